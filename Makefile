@@ -1,0 +1,108 @@
+# owl — build, test, demo, bench.
+#
+#   make                 build build/owl, the CUDA backend object and the test tools
+#   make test            install packages, build, run every test; ends "N passed, N failed"
+#   make test SANITIZE=1 the same under AddressSanitizer + UndefinedBehaviorSanitizer (build-san/)
+#   make test T=registry only tests whose name contains "registry"
+#   make demo            the whole appliance end to end in a throw-away home
+#   make bench           benchmarks (they unset OPENBLAS_CORETYPE themselves, and say so)
+#   make fuzz            libFuzzer targets for the parsers of untrusted input (build-fuzz/)
+#
+# Sources are found by wildcard: a new .c file in a module folder is built
+# without touching this file. Each test tests/unit/test_*.c becomes its own
+# binary; each folder tests/tools/NAME/ becomes the tool build/NAME.
+
+SANITIZE ?= 0
+ifeq ($(SANITIZE),1)
+BUILD ?= build-san
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else
+BUILD ?= build
+SANFLAGS :=
+endif
+
+CC      ?= gcc
+NVCC    ?= $(shell command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+PKGS    := sqlite3 libcurl openssl libarchive jansson libpcre2-8 libmicrohttpd
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=gnu17 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-format-truncation -fopenmp -march=x86-64-v3 \
+           -MMD -MP -I. -I/usr/include/x86_64-linux-gnu/openblas-pthread $(PKG_CFLAGS) $(SANFLAGS) \
+           -DOWL_CUDA_LIB='"libowl_cuda.so"'
+LDFLAGS += -fopenmp $(SANFLAGS) -rdynamic
+LDLIBS  += $(PKG_LIBS) -lopenblas -lzstd -ldl -lpthread -lm
+
+MODULES := common registry licenses engine engine/kernels engine/kernels/cpu train deploy
+LIB_SRC := $(foreach m,$(MODULES),$(wildcard $(m)/*.c))
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+CMD_SRC := $(wildcard cmd/*.c)
+CMD_OBJ := $(CMD_SRC:%.c=$(BUILD)/obj/%.o)
+CU_SRC  := $(wildcard engine/kernels/cuda/*.cu)
+TEST_SRC := $(wildcard tests/unit/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+TEST_COMMON := $(filter-out $(TEST_SRC),$(wildcard tests/unit/*.c))
+TEST_COMMON_OBJ := $(TEST_COMMON:%.c=$(BUILD)/obj/%.o)
+TOOLS   := $(notdir $(patsubst %/,%,$(dir $(wildcard tests/tools/*/*.c))))
+TOOL_BIN := $(addprefix $(BUILD)/,$(sort $(TOOLS)))
+
+all: $(BUILD)/owl $(BUILD)/libowl_cuda.so $(TOOL_BIN) $(TEST_BIN)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/libowl.a: $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/owl: $(CMD_OBJ) $(BUILD)/libowl.a
+	$(CC) $(LDFLAGS) -o $@ $(CMD_OBJ) $(BUILD)/libowl.a $(LDLIBS)
+
+# The CUDA backend is a separate shared object loaded with dlopen at run time,
+# so that owl runs on machines without a GPU. It is always compiled and linked.
+$(BUILD)/libowl_cuda.so: $(CU_SRC) $(wildcard engine/kernels/cuda/*.h engine/kernels/*.h)
+	@mkdir -p $(dir $@)
+	$(NVCC) -O2 -std=c++17 -shared -Xcompiler -fPIC -I. -o $@ $(CU_SRC) \
+	    -L$(CUDA_HOME)/lib64 -Xlinker -rpath=$(CUDA_HOME)/lib64 -lcublas -lcublasLt -lnccl
+
+$(BUILD)/tests/%: tests/unit/%.c $(TEST_COMMON_OBJ) $(BUILD)/libowl.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(TEST_COMMON_OBJ) $(BUILD)/libowl.a $(LDLIBS)
+
+.SECONDEXPANSION:
+$(TOOL_BIN): $(BUILD)/%: $$(wildcard tests/tools/%/*.c) $$(wildcard tests/tools/%/*.h) $(BUILD)/libowl.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(filter %.c,$^) $(BUILD)/libowl.a $(LDLIBS)
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+test: bootstrap
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) SANITIZE=$(SANITIZE) tests/run.sh $(T)
+
+demo: bootstrap
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) scripts/demo.sh
+
+bench: bootstrap
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) scripts/bench.sh $(B)
+
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+fuzz: bootstrap
+	@mkdir -p build-fuzz
+	@for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
+	  echo "clang $$n"; \
+	  clang -std=gnu17 -g -O1 -fsanitize=fuzzer,address,undefined -fopenmp -I. $(PKG_CFLAGS) \
+	    -I/usr/include/x86_64-linux-gnu/openblas-pthread -o build-fuzz/$$n $$f $(LIB_SRC) \
+	    $(PKG_LIBS) -lopenblas -lzstd -ldl -lpthread -lm || exit 1; done
+
+clean:
+	rm -rf build build-san build-fuzz
+
+.PHONY: all bootstrap test demo bench fuzz clean
+-include $(LIB_OBJ:.o=.d) $(CMD_OBJ:.o=.d)

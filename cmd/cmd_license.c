@@ -1,0 +1,6 @@
+/* owl license verbs. */
+#include "cmd.h"
+
+const owl_command cmd_license_commands[] = {
+	{0},
+};

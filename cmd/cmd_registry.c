@@ -1,0 +1,6 @@
+/* owl registry verbs. */
+#include "cmd.h"
+
+const owl_command cmd_registry_commands[] = {
+	{0},
+};

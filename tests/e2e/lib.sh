@@ -1,0 +1,53 @@
+# Shared helpers for end-to-end tests. Source it from a test script:
+#   . "$(dirname "$0")/lib.sh"
+# Each check prints "PASS name" or "FAIL name: why", which tests/run.sh counts.
+set -u
+: "${OWL_ROOT:=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
+: "${OWL_BUILD:=$OWL_ROOT/build}"
+: "${OWL_BIN:=$OWL_BUILD/owl}"
+: "${OWL_SHARED:=$OWL_ROOT/../shared}"
+export OWL_ROOT OWL_BUILD OWL_BIN OWL_SHARED
+
+# A throw-away directory for this test, removed on exit; the data home lives in it.
+T=$(mktemp -d "${TMPDIR:-/tmp}/owl-e2e-XXXXXX")
+export OWL_HOME="$T/home"
+_cleanups=()
+on_exit() { _cleanups+=("$1"); }
+_run_cleanups() {
+  local c
+  for c in "${_cleanups[@]}"; do eval "$c" >/dev/null 2>&1 || true; done
+  rm -rf "$T"
+}
+trap _run_cleanups EXIT
+
+pass() { echo "PASS $1"; }
+fail() { echo "FAIL $1: $2"; }
+
+# owl with the test's home; output in $OUT, stderr in $ERR, status in $RC.
+owl() {
+  "$OWL_BIN" "$@" >"$T/.out" 2>"$T/.err"
+  RC=$?
+  OUT=$(cat "$T/.out")
+  ERR=$(cat "$T/.err")
+  return 0
+}
+
+# expect_rc NAME WANT: checks the status of the last owl call.
+expect_rc() {
+  if [ "$RC" -eq "$2" ]; then pass "$1"; else fail "$1" "expected exit $2, got $RC; stderr: $ERR"; fi
+}
+# expect_contains NAME HAYSTACK NEEDLE
+expect_contains() {
+  if [[ "$2" == *"$3"* ]]; then pass "$1"; else fail "$1" "expected to find '$3' in: ${2:0:600}"; fi
+}
+expect_not_contains() {
+  if [[ "$2" != *"$3"* ]]; then pass "$1"; else fail "$1" "did not expect '$3' in: ${2:0:600}"; fi
+}
+expect_eq() {
+  if [ "$2" == "$3" ]; then pass "$1"; else fail "$1" "expected '$3', got '$2'"; fi
+}
+
+# A free TCP port on loopback.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}

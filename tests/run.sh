@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Runs every unit test binary ($BUILD/tests/test_*) and every end-to-end script
+# (tests/e2e/*.sh). Each prints "PASS name" / "FAIL name: why" lines; this
+# script counts them and ends with the line "N passed, N failed".
+# Usage: tests/run.sh [FILTER]   (only tests whose file name contains FILTER)
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+BUILD=${BUILD:-build}
+FILTER=${1:-}
+export OWL_ROOT="$ROOT"
+export OWL_BIN="$ROOT/$BUILD/owl"
+export OWL_BUILD="$ROOT/$BUILD"
+export OWL_SHARED="${OWL_SHARED:-$ROOT/../shared}"
+export PATH="$ROOT/$BUILD:$PATH"
+export TMPDIR="${TMPDIR:-/tmp}"
+if [ "${SANITIZE:-0}" = 1 ]; then
+  export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1"
+  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+  # OpenMP's runtime keeps thread pools alive at exit; those are not owl's leaks.
+  export LSAN_OPTIONS="suppressions=$ROOT/tests/lsan.supp:print_suppressions=0"
+fi
+
+passed=0
+failed=0
+failed_names=()
+logdir=$(mktemp -d "$TMPDIR/owl-tests-XXXXXX")
+
+run_one() { # name, command...
+  local name=$1; shift
+  local log="$logdir/$name.log"
+  local start=$SECONDS
+  "$@" >"$log" 2>&1
+  local rc=$?
+  local p f
+  p=$(grep -c '^PASS ' "$log")
+  f=$(grep -c '^FAIL ' "$log")
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+    # crashed or exited non-zero without naming a failure: count it as one
+    echo "FAIL $name: exited with status $rc without reporting a failed test" >>"$log"
+    f=1
+  fi
+  passed=$((passed + p))
+  failed=$((failed + f))
+  printf '%-40s %3d passed %3d failed  (%ds)\n' "$name" "$p" "$f" $((SECONDS - start))
+  if [ "$f" -gt 0 ]; then
+    failed_names+=("$name")
+    grep -v '^PASS ' "$log" | tail -n 40 | sed 's/^/    /'
+  fi
+}
+
+for bin in "$BUILD"/tests/test_*; do
+  [ -x "$bin" ] || continue
+  name=$(basename "$bin")
+  [[ -z "$FILTER" || "$name" == *"$FILTER"* ]] || continue
+  run_one "$name" "$bin"
+done
+for script in tests/e2e/*.sh; do
+  [ -f "$script" ] || continue
+  name=$(basename "$script" .sh)
+  [[ "$name" == lib ]] && continue
+  [[ -z "$FILTER" || "$name" == *"$FILTER"* ]] || continue
+  run_one "$name" bash "$script"
+done
+
+rm -rf "$logdir"
+echo
+[ ${#failed_names[@]} -gt 0 ] && echo "failed: ${failed_names[*]}"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
