@@ -10,7 +10,7 @@ PACKAGES=(
   libsqlite3-dev libcurl4-openssl-dev libssl-dev libarchive-dev
   libjansson-dev libpcre2-dev libopenblas-dev libmicrohttpd-dev libzstd-dev
   # tests, demo and benchmarks
-  sqlite3 nginx-light openssl curl zstd python3 python3-torch python3-numpy
+  sqlite3 nginx-light openssl curl zstd python3 python3-venv python3-torch python3-numpy python3-sentencepiece python3-yaml
   clang libclang-rt-14-dev
 )
 
