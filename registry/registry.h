@@ -46,4 +46,70 @@ void registry_store_rollback(registry_store *s); /* no-op outside a transaction 
 int registry_schema_migrate(registry_store *s, owl_err *err);
 #define REGISTRY_SCHEMA_MODULE "registry"
 
+/* ---- downloads over HTTP(S) (registry/fetch.c, registry/hub.c) ------- */
+
+/* How files are fetched. Zero-initialised options mean the defaults. */
+typedef struct registry_fetch_opts {
+	const char *ca_cert;      /* PEM file of a private CA (--ca-cert), or NULL */
+	const char *bearer_token; /* sent as "Authorization: Bearer" to token_host only;
+				     never logged, stored or put in an error message */
+	const char *token_host;   /* host the token may be sent to (not to a CDN redirect) */
+	int max_retries;          /* transient errors (5xx, timeouts, resets); 0 = default 5 */
+	long connect_timeout_s;   /* 0 = default 30 */
+	long stall_timeout_s;     /* abort a transfer that moves < 1 byte/s this long; 0 = 60 */
+	int parallel;             /* files fetched at once; 0 = default 4 */
+	owl_progress_fn progress; /* may be NULL */
+	void *progress_ctx;
+} registry_fetch_opts;
+
+/* One file to fetch. The caller fills the "in" fields; fetch fills "out". */
+typedef struct registry_fetch_file {
+	const char *url;             /* in */
+	const char *name;            /* in: for messages and the progress label */
+	const char *expected_sha256; /* in: hex digest the source promises, or NULL */
+	uint64_t expected_size;      /* in: 0 when unknown */
+	const char *tmp_path;        /* in: partial file under tmp/; if it exists the
+					download resumes from its end (HTTP Range) */
+	char sha256[65];             /* out: digest of the complete file */
+	uint64_t size;               /* out */
+	uint64_t bytes_transferred;  /* out: bytes that crossed the network this call */
+	char *repo_commit;           /* out: X-Repo-Commit header, malloc'd, or NULL */
+	owl_err err;                 /* out: this file's failure, if any */
+} registry_fetch_file;
+
+/* Fetches n files, several at once, hashing (SHA-256) while the bytes stream,
+ * resuming partial files, retrying transient errors with backoff, TLS
+ * verification always on. On success every tmp_path holds its complete file,
+ * fsync'd, with sha256/size filled. A digest that differs from
+ * expected_sha256 fails with OWL_EINTEGRITY naming the file, the expected and
+ * the actual digest, and removes that tmp file. Returns the first failure. */
+int registry_fetch_files(const registry_fetch_opts *opts, registry_fetch_file *files, size_t n,
+			 owl_err *err);
+void registry_fetch_file_release(registry_fetch_file *f); /* frees out fields */
+
+/* A Hugging Face-style hub repository listing (registry/hub.c). */
+typedef struct registry_hub_entry {
+	char *path;
+	uint64_t size;
+	char *sha256; /* LFS oid (sha256 hex) or NULL for small files */
+	char *oid;    /* git blob sha1 */
+} registry_hub_entry;
+
+typedef struct registry_hub_listing {
+	registry_hub_entry *entries;
+	size_t n;
+	char *commit; /* the commit the revision resolved to (40 hex) */
+} registry_hub_listing;
+
+/* Lists every file of ORG/REPO at revision (branch, tag or commit) through
+ * GET {endpoint}/api/models/{repo}/tree/{revision}?recursive=true, following
+ * pagination, and resolves the commit. Gated (401/403 GatedRepo), missing
+ * repository/revision/entry (404 with X-Error-Code) each give a clear message. */
+int registry_hub_list(const registry_fetch_opts *opts, const char *endpoint, const char *repo,
+		      const char *revision, registry_hub_listing *out, owl_err *err);
+/* The URL of one file's bytes: {endpoint}/{repo}/resolve/{revision}/{path}; caller frees. */
+char *registry_hub_file_url(const char *endpoint, const char *repo, const char *revision,
+			    const char *path);
+void registry_hub_listing_release(registry_hub_listing *l);
+
 #endif
