@@ -46,3 +46,7 @@ for verb in $(printf '%s\n' "$OUT" | awk '/^VERBS/{v=1;next} v && /^  [a-z]/{pri
   "$OWL_BIN" "$verb" --help >"$T/h" 2>&1
   if grep -q '^USAGE' "$T/h" && grep -q '^EXAMPLES' "$T/h"; then pass "help_complete_$verb"; else fail "help_complete_$verb" "missing USAGE or EXAMPLES"; fi
 done
+
+# docs/cli.md is generated from the help text; it must match the binary.
+( cd "$OWL_ROOT" && bash scripts/gen-cli-doc.sh "$OWL_BIN" "$T/cli.md" )
+if cmp -s "$T/cli.md" "$OWL_ROOT/docs/cli.md"; then pass docs_cli_matches_help; else fail docs_cli_matches_help "docs/cli.md is stale: run scripts/gen-cli-doc.sh"; fi
