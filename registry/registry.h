@@ -46,6 +46,49 @@ void registry_store_rollback(registry_store *s); /* no-op outside a transaction 
 int registry_schema_migrate(registry_store *s, owl_err *err);
 #define REGISTRY_SCHEMA_MODULE "registry"
 
+/* ---- versions (registry/versions.c) --------------------------------- */
+
+/* One file of a version: its path inside the checkpoint and its blob. */
+typedef struct registry_file {
+	char *path;      /* relative, e.g. "model-00001-of-00002.safetensors" */
+	char digest[65]; /* sha256 hex of the content */
+	uint64_t size;
+	char *blob_path; /* absolute path of the blob under blobs/sha256/ */
+} registry_file;
+
+/* A registered version, with its files. Filled by registry_resolve; the
+ * caller releases it with registry_version_release. */
+typedef struct registry_version {
+	int64_t id;            /* versions.id */
+	int64_t model_id;
+	char *model;           /* model name */
+	int number;            /* 1, 2, 3 ... within the model */
+	char *source;          /* what was pulled (never contains a token) */
+	char *revision;        /* commit the source resolved to, or NULL */
+	char *format;          /* "hf" (config.json + safetensors), "gguf", "adapter" */
+	int64_t parent_id;     /* base version of a derived version, or 0 */
+	char *config_json;     /* summary JSON, or NULL */
+	uint64_t total_bytes;
+	int64_t created_at;
+	registry_file *files;
+	size_t nfiles;
+} registry_version;
+
+/* Resolves a reference "NAME" (latest version), "NAME@3" or "NAME:TAG". An
+ * unknown name, version or tag is an error that says which and what exists. */
+int registry_resolve(registry_store *s, const char *ref, registry_version *out, owl_err *err);
+void registry_version_release(registry_version *v);
+/* The file with this relative path, or NULL. */
+const registry_file *registry_version_file(const registry_version *v, const char *path);
+
+/* Makes the version readable as an ordinary checkpoint folder:
+ * home/snapshots/NAME/V/ holding one symlink per file (to its blob), in the
+ * checkpoint's own layout, so the engine and the license detector read a
+ * folder (or, for a GGUF version, the single .gguf inside it) without knowing
+ * about blobs. Idempotent. *dir_out is malloc'd; the caller frees it. */
+int registry_version_materialize(registry_store *s, const registry_version *v, char **dir_out,
+				 owl_err *err);
+
 /* ---- downloads over HTTP(S) (registry/fetch.c, registry/hub.c) ------- */
 
 /* How files are fetched. Zero-initialised options mean the defaults. */

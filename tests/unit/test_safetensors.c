@@ -106,6 +106,8 @@ static void validate_file_and_index(void)
 	fputs("{\"weight_map\":{\"a\":\"../evil\"}}", fp);
 	fclose(fp);
 	CHECK_INT(st_index_load(path, &ix, &err), OWL_EINTEGRITY);
+	owl_remove_tree(dir, &err);
+	free(dir);
 }
 
 int main(void)
