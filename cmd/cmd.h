@@ -13,6 +13,7 @@
 #define OWL_CMD_H
 
 #include "common/common.h"
+#include "registry/registry.h"
 
 typedef struct owl_ctx {
 	const char *home; /* resolved data home: --home, $OWL_HOME, or XDG data dir */
@@ -34,6 +35,12 @@ extern const owl_command cmd_status_commands[];
 extern const owl_command cmd_registry_commands[];
 extern const owl_command cmd_license_commands[];
 extern const owl_command cmd_engine_commands[];
+
+/* Opens the data home's store with every module's schema applied. */
+struct registry_store;
+int cmd_open_store(owl_ctx *ctx, struct registry_store **out, owl_err *err);
+/* A progress reporter that is silent under --quiet and --json. */
+void cmd_progress_init(owl_ctx *ctx, owl_progress *p);
 
 /* Prints "owl: error: MSG" to stderr and returns err->code (OWL_EFAIL if 0). */
 int cmd_fail(const owl_err *err);

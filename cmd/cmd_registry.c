@@ -1,6 +1,700 @@
-/* owl registry verbs. */
+/* Registry verbs: pull, list, show, tag, rm, gc, verify, export, import. */
+#define _GNU_SOURCE
 #include "cmd.h"
 
+#include <getopt.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- shared output helpers --------------------------------------------- */
+
+static json_t *config_summary(const char *config_json)
+{
+	json_t *c = config_json ? json_loads(config_json, 0, NULL) : NULL;
+	return c ? c : json_object();
+}
+
+static void fmt_params(uint64_t n, char *out, size_t len)
+{
+	if (n >= 1000000000ull)
+		snprintf(out, len, "%.2fB", (double)n / 1e9);
+	else if (n >= 1000000ull)
+		snprintf(out, len, "%.1fM", (double)n / 1e6);
+	else
+		snprintf(out, len, "%llu", (unsigned long long)n);
+}
+
+/* "LlamaForCausalLM, 135.0M parameters, bf16, context 8192" */
+static void describe_config(const char *config_json, char *out, size_t len)
+{
+	json_t *c = config_summary(config_json);
+	owl_buf b;
+	owl_buf_init(&b, 1024);
+	const char *arch = json_string_value(json_object_get(c, "architecture"));
+	if (arch)
+		owl_buf_printf(&b, "%s", arch);
+	json_int_t params = json_integer_value(json_object_get(c, "parameters"));
+	if (params > 0) {
+		char p[32];
+		fmt_params((uint64_t)params, p, sizeof p);
+		owl_buf_printf(&b, "%s%s parameters", b.len ? ", " : "", p);
+	}
+	const char *dtype = json_string_value(json_object_get(c, "dtype"));
+	if (dtype)
+		owl_buf_printf(&b, "%s%s", b.len ? ", " : "", dtype);
+	json_int_t ctxlen = json_integer_value(json_object_get(c, "context_length"));
+	if (ctxlen > 0)
+		owl_buf_printf(&b, "%scontext %lld", b.len ? ", " : "", (long long)ctxlen);
+	snprintf(out, len, "%s", b.len ? b.data : "no config summary");
+	owl_buf_release(&b);
+	json_decref(c);
+}
+
+/* ---- pull ---------------------------------------------------------------- */
+
+static int run_pull(owl_ctx *ctx, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"name", required_argument, 0, 'n'}, {"tag", required_argument, 0, 't'},
+		{"sha256", required_argument, 0, 's'}, {"ca-cert", required_argument, 0, 'c'},
+		{"include", required_argument, 0, 'i'}, {0, 0, 0, 0},
+	};
+	const char *name = NULL, *tag = NULL, *sha = NULL, *ca = NULL;
+	const char *include[33] = {0};
+	int ninclude = 0, c;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'n': name = optarg; break;
+		case 't': tag = optarg; break;
+		case 's': sha = optarg; break;
+		case 'c': ca = optarg; break;
+		case 'i':
+			if (ninclude == 32)
+				return cmd_usage_error("pull", "at most 32 --include patterns");
+			include[ninclude++] = optarg;
+			break;
+		default: return cmd_usage_error("pull", "unknown option");
+		}
+	}
+	if (optind != argc - 1)
+		return cmd_usage_error("pull", "expected one SOURCE");
+	const char *source = argv[optind];
+	if (sha && !owl_is_hex_digest(sha, 64))
+		return cmd_usage_error("pull", "--sha256 wants 64 lowercase hex digits");
+	if (name && !registry_valid_name(name))
+		return cmd_usage_error("pull", "invalid --name '%s': use letters, digits, '-', '_', "
+				       "'.' and '/'", name);
+
+	owl_err err = {0};
+	registry_store *s = NULL;
+	if (cmd_open_store(ctx, &s, &err))
+		return cmd_fail(&err);
+	owl_progress prog;
+	cmd_progress_init(ctx, &prog);
+	registry_source_opts so = {
+		.expected_sha256 = sha, .ca_cert = ca, .include = ninclude ? include : NULL,
+		.progress = owl_progress_update, .progress_ctx = &prog,
+	};
+	if (!ctx->quiet && !ctx->json)
+		fprintf(stderr, "pulling %s\n", source);
+	registry_stage *st = NULL;
+	int rc = registry_stage_from_source(s, source, &so, &st, &err);
+	owl_progress_finish(&prog);
+	if (rc) {
+		registry_store_close(s);
+		return cmd_fail(&err);
+	}
+	const char *model = name ? name : st->default_name;
+	registry_commit_result res;
+	rc = registry_stage_commit(s, st, model, 0, tag, NULL, NULL, &res, &err);
+	if (rc) {
+		registry_stage_free(st);
+		registry_store_close(s);
+		return cmd_fail(&err);
+	}
+	char desc[256], total[32], fresh[32];
+	describe_config(st->config_json, desc, sizeof desc);
+	owl_fmt_bytes(st->total_bytes, total, sizeof total);
+	owl_fmt_bytes(res.new_bytes, fresh, sizeof fresh);
+	if (ctx->json) {
+		json_t *o = json_object();
+		json_object_set_new(o, "model", json_string(model));
+		json_object_set_new(o, "version", json_integer(res.number));
+		json_object_set_new(o, "ref", json_sprintf("%s@%d", model, res.number));
+		json_object_set_new(o, "source", json_string(st->source));
+		json_object_set_new(o, "revision", st->revision ? json_string(st->revision) : json_null());
+		json_object_set_new(o, "format", json_string(st->format));
+		json_object_set_new(o, "files", json_integer((json_int_t)st->nfiles));
+		json_object_set_new(o, "bytes", json_integer((json_int_t)st->total_bytes));
+		json_object_set_new(o, "new_bytes", json_integer((json_int_t)res.new_bytes));
+		json_object_set_new(o, "config", config_summary(st->config_json));
+		if (tag)
+			json_object_set_new(o, "tag", json_string(tag));
+		cmd_print_json(o);
+	} else {
+		printf("registered %s@%d: %zu files, %s (%s new), format %s\n", model, res.number,
+		       st->nfiles, total, fresh, st->format);
+		printf("  %s\n", desc);
+		if (st->revision)
+			printf("  revision %s\n", st->revision);
+		if (tag)
+			printf("  tagged %s:%s\n", model, tag);
+	}
+	registry_stage_free(st);
+	registry_store_close(s);
+	return OWL_OK;
+}
+
+/* ---- list ---------------------------------------------------------------- */
+
+static int run_list(owl_ctx *ctx, int argc, char **argv)
+{
+	const char *only = NULL;
+	if (argc > 2)
+		return cmd_usage_error("list", "expected at most one NAME");
+	if (argc == 2)
+		only = argv[1];
+	owl_err err = {0};
+	registry_store *s = NULL;
+	if (cmd_open_store(ctx, &s, &err))
+		return cmd_fail(&err);
+	sqlite3_stmt *q = NULL;
+	sqlite3_prepare_v2(s->db,
+			   "SELECT m.name, v.version, v.format, v.total_bytes, v.created_at, v.source,"
+			   " v.config_json, (SELECT group_concat(tag, ',') FROM"
+			   "  (SELECT tag FROM tags t WHERE t.version_id=v.id ORDER BY tag))"
+			   " FROM versions v JOIN models m ON m.id=v.model_id"
+			   " WHERE ?1 IS NULL OR m.name=?1 ORDER BY m.name, v.version", -1, &q, NULL);
+	sqlite3_bind_text(q, 1, only, -1, SQLITE_STATIC);
+	json_t *arr = json_array();
+	int n = 0;
+	if (!ctx->json)
+		printf("%-32s %-7s %-12s %10s  %-20s %s\n", "NAME", "FORMAT", "TAGS", "SIZE",
+		       "CREATED", "SUMMARY");
+	while (sqlite3_step(q) == SQLITE_ROW) {
+		const char *model = (const char *)sqlite3_column_text(q, 0);
+		int ver = sqlite3_column_int(q, 1);
+		const char *format = (const char *)sqlite3_column_text(q, 2);
+		uint64_t bytes = (uint64_t)sqlite3_column_int64(q, 3);
+		int64_t created = sqlite3_column_int64(q, 4);
+		const char *source = (const char *)sqlite3_column_text(q, 5);
+		const char *cfg = (const char *)sqlite3_column_text(q, 6);
+		const char *tags = (const char *)sqlite3_column_text(q, 7);
+		n++;
+		if (ctx->json) {
+			json_t *o = json_object();
+			json_object_set_new(o, "model", json_string(model));
+			json_object_set_new(o, "version", json_integer(ver));
+			json_object_set_new(o, "ref", json_sprintf("%s@%d", model, ver));
+			json_object_set_new(o, "format", json_string(format));
+			json_object_set_new(o, "bytes", json_integer((json_int_t)bytes));
+			json_object_set_new(o, "created_at", json_integer(created));
+			json_object_set_new(o, "source", json_string(source));
+			json_t *ta = json_array();
+			if (tags) {
+				char *copy = owl_xstrdup(tags), *save = NULL;
+				for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
+					json_array_append_new(ta, json_string(t));
+				free(copy);
+			}
+			json_object_set_new(o, "tags", ta);
+			json_object_set_new(o, "config", config_summary(cfg));
+			json_array_append_new(arr, o);
+		} else {
+			char ref[160], size[32], when[32], desc[256];
+			snprintf(ref, sizeof ref, "%s@%d", model, ver);
+			owl_fmt_bytes(bytes, size, sizeof size);
+			owl_fmt_time(created, when, sizeof when);
+			describe_config(cfg, desc, sizeof desc);
+			printf("%-32s %-7s %-12s %10s  %-20s %s\n", ref, format, tags ? tags : "-", size,
+			       when, desc);
+		}
+	}
+	sqlite3_finalize(q);
+	registry_store_close(s);
+	if (ctx->json)
+		cmd_print_json(arr);
+	else {
+		json_decref(arr);
+		if (n == 0)
+			printf("(no models yet: 'owl pull SOURCE' registers one)\n");
+	}
+	return OWL_OK;
+}
+
+/* ---- show ---------------------------------------------------------------- */
+
+static int run_show(owl_ctx *ctx, int argc, char **argv)
+{
+	if (argc != 2)
+		return cmd_usage_error("show", "expected one NAME[@V|:TAG]");
+	owl_err err = {0};
+	registry_store *s = NULL;
+	if (cmd_open_store(ctx, &s, &err))
+		return cmd_fail(&err);
+	registry_version v;
+	if (registry_resolve(s, argv[1], &v, &err)) {
+		registry_store_close(s);
+		return cmd_fail(&err);
+	}
+	/* Tags pointing here and the parent, for lineage. */
+	json_t *tags = json_array();
+	sqlite3_stmt *q = NULL;
+	sqlite3_prepare_v2(s->db, "SELECT tag FROM tags WHERE version_id=? ORDER BY tag", -1, &q,
+			   NULL);
+	sqlite3_bind_int64(q, 1, v.id);
+	while (sqlite3_step(q) == SQLITE_ROW)
+		json_array_append_new(tags, json_string((const char *)sqlite3_column_text(q, 0)));
+	sqlite3_finalize(q);
+	registry_version parent = {0};
+	int has_parent = v.parent_id && registry_version_by_id(s, v.parent_id, &parent, NULL) == 0;
+
+	if (ctx->json) {
+		json_t *o = json_object();
+		json_object_set_new(o, "model", json_string(v.model));
+		json_object_set_new(o, "version", json_integer(v.number));
+		json_object_set_new(o, "ref", json_sprintf("%s@%d", v.model, v.number));
+		json_object_set_new(o, "source", json_string(v.source));
+		json_object_set_new(o, "revision", v.revision ? json_string(v.revision) : json_null());
+		json_object_set_new(o, "format", json_string(v.format));
+		json_object_set_new(o, "bytes", json_integer((json_int_t)v.total_bytes));
+		json_object_set_new(o, "created_at", json_integer(v.created_at));
+		json_object_set_new(o, "tags", json_incref(tags));
+		json_object_set_new(o, "parent", has_parent ? json_sprintf("%s@%d", parent.model,
+									parent.number)
+							    : json_null());
+		json_object_set_new(o, "config", config_summary(v.config_json));
+		json_t *fa = json_array();
+		for (size_t i = 0; i < v.nfiles; i++) {
+			json_t *f = json_object();
+			json_object_set_new(f, "path", json_string(v.files[i].path));
+			json_object_set_new(f, "size", json_integer((json_int_t)v.files[i].size));
+			json_object_set_new(f, "sha256", json_string(v.files[i].digest));
+			json_array_append_new(fa, f);
+		}
+		json_object_set_new(o, "files", fa);
+		cmd_print_json(o);
+	} else {
+		char when[32], size[32], desc[256];
+		owl_fmt_time(v.created_at, when, sizeof when);
+		owl_fmt_bytes(v.total_bytes, size, sizeof size);
+		describe_config(v.config_json, desc, sizeof desc);
+		printf("%s@%d\n", v.model, v.number);
+		printf("  source:   %s\n", v.source);
+		if (v.revision)
+			printf("  revision: %s\n", v.revision);
+		printf("  format:   %s\n", v.format);
+		printf("  model:    %s\n", desc);
+		printf("  size:     %s in %zu files\n", size, v.nfiles);
+		printf("  created:  %s\n", when);
+		if (json_array_size(tags)) {
+			printf("  tags:    ");
+			size_t i;
+			json_t *t;
+			json_array_foreach(tags, i, t) printf(" %s", json_string_value(t));
+			printf("\n");
+		}
+		if (has_parent)
+			printf("  parent:   %s@%d\n", parent.model, parent.number);
+		printf("  files:\n");
+		for (size_t i = 0; i < v.nfiles; i++) {
+			char fs[32];
+			owl_fmt_bytes(v.files[i].size, fs, sizeof fs);
+			printf("    %-44s %10s  sha256:%s\n", v.files[i].path, fs, v.files[i].digest);
+		}
+	}
+	json_decref(tags);
+	registry_version_release(&parent);
+	registry_version_release(&v);
+	registry_store_close(s);
+	return OWL_OK;
+}
+
+/* ---- tag ----------------------------------------------------------------- */
+
+static int run_tag(owl_ctx *ctx, int argc, char **argv)
+{
+	owl_err err = {0};
+	registry_store *s = NULL;
+	if (argc == 3 && strcmp(argv[1], "--delete") == 0) {
+		const char *colon = strrchr(argv[2], ':');
+		if (!colon)
+			return cmd_usage_error("tag", "--delete wants NAME:TAG");
+		char *model = owl_xasprintf("%.*s", (int)(colon - argv[2]), argv[2]);
+		int rc = cmd_open_store(ctx, &s, &err);
+		if (!rc)
+			rc = registry_tag_delete(s, model, colon + 1, &err);
+		free(model);
+		registry_store_close(s);
+		if (rc)
+			return cmd_fail(&err);
+		if (!ctx->quiet)
+			printf("deleted tag %s\n", argv[2]);
+		return OWL_OK;
+	}
+	if (argc == 3 && strcmp(argv[1], "--history") == 0) {
+		if (cmd_open_store(ctx, &s, &err))
+			return cmd_fail(&err);
+		sqlite3_stmt *q = NULL;
+		sqlite3_prepare_v2(s->db,
+				   "SELECT h.tag, h.at, ov.version, nv.version FROM tag_history h"
+				   " JOIN models m ON m.id=h.model_id"
+				   " LEFT JOIN versions ov ON ov.id=h.old_version_id"
+				   " LEFT JOIN versions nv ON nv.id=h.new_version_id"
+				   " WHERE m.name=? ORDER BY h.id", -1, &q, NULL);
+		sqlite3_bind_text(q, 1, argv[2], -1, SQLITE_STATIC);
+		json_t *arr = json_array();
+		while (sqlite3_step(q) == SQLITE_ROW) {
+			const char *tag = (const char *)sqlite3_column_text(q, 0);
+			int64_t at = sqlite3_column_int64(q, 1);
+			int from = sqlite3_column_type(q, 2) == SQLITE_NULL ? 0 : sqlite3_column_int(q, 2);
+			int to = sqlite3_column_type(q, 3) == SQLITE_NULL ? 0 : sqlite3_column_int(q, 3);
+			if (ctx->json) {
+				json_t *o = json_pack("{s:s, s:I}", "tag", tag, "at", (json_int_t)at);
+				json_object_set_new(o, "from", from ? json_integer(from) : json_null());
+				json_object_set_new(o, "to", to ? json_integer(to) : json_null());
+				json_array_append_new(arr, o);
+			} else {
+				char when[32], a[16] = "-", b[16] = "(deleted)";
+				owl_fmt_time(at, when, sizeof when);
+				if (from)
+					snprintf(a, sizeof a, "@%d", from);
+				if (to)
+					snprintf(b, sizeof b, "@%d", to);
+				printf("%s  %-12s %s -> %s\n", when, tag, a, b);
+			}
+		}
+		sqlite3_finalize(q);
+		registry_store_close(s);
+		if (ctx->json)
+			cmd_print_json(arr);
+		else
+			json_decref(arr);
+		return OWL_OK;
+	}
+	if (argc != 3 || argv[1][0] == '-')
+		return cmd_usage_error("tag", "expected NAME@V TAG, --delete NAME:TAG or --history NAME");
+	if (cmd_open_store(ctx, &s, &err))
+		return cmd_fail(&err);
+	registry_version v;
+	int rc = registry_resolve(s, argv[1], &v, &err);
+	if (!rc)
+		rc = registry_tag_set(s, &v, argv[2], &err);
+	if (!rc && !ctx->quiet)
+		printf("%s:%s -> %s@%d\n", v.model, argv[2], v.model, v.number);
+	registry_version_release(&v);
+	registry_store_close(s);
+	return rc ? cmd_fail(&err) : OWL_OK;
+}
+
+/* ---- rm, gc, verify -------------------------------------------------------- */
+
+static int run_rm(owl_ctx *ctx, int argc, char **argv)
+{
+	if (argc != 2)
+		return cmd_usage_error("rm", "expected one NAME@V");
+	if (!strchr(argv[1], '@'))
+		return cmd_usage_error("rm", "name the version to remove explicitly, e.g. %s@1",
+				       argv[1]);
+	owl_err err = {0};
+	registry_store *s = NULL;
+	if (cmd_open_store(ctx, &s, &err))
+		return cmd_fail(&err);
+	registry_version v;
+	int rc = registry_resolve(s, argv[1], &v, &err);
+	if (!rc)
+		rc = registry_version_remove(s, &v, &err);
+	if (!rc && !ctx->quiet)
+		printf("removed %s@%d (its blobs are freed by 'owl gc' when nothing else uses them)\n",
+		       v.model, v.number);
+	registry_version_release(&v);
+	registry_store_close(s);
+	return rc ? cmd_fail(&err) : OWL_OK;
+}
+
+static int run_gc(owl_ctx *ctx, int argc, char **argv)
+{
+	int dry = argc == 2 && strcmp(argv[1], "--dry-run") == 0;
+	if (argc > 2 || (argc == 2 && !dry))
+		return cmd_usage_error("gc", "unexpected argument '%s'", argv[1]);
+	owl_err err = {0};
+	registry_store *s = NULL;
+	if (cmd_open_store(ctx, &s, &err))
+		return cmd_fail(&err);
+	registry_gc_result r;
+	int rc = registry_gc(s, dry, &r, &err);
+	registry_store_close(s);
+	if (rc)
+		return cmd_fail(&err);
+	if (ctx->json) {
+		cmd_print_json(json_pack("{s:b, s:I, s:I, s:I}", "dry_run", dry, "blobs_removed",
+					 (json_int_t)r.blobs_removed, "bytes_freed",
+					 (json_int_t)r.bytes_freed, "stale_staging_removed",
+					 (json_int_t)r.stale_tmp_removed));
+	} else {
+		char b[32];
+		owl_fmt_bytes(r.bytes_freed, b, sizeof b);
+		printf("%s %llu unreferenced blobs, %s freed; %llu stale staging folders\n",
+		       dry ? "would remove" : "removed", (unsigned long long)r.blobs_removed, b,
+		       (unsigned long long)r.stale_tmp_removed);
+	}
+	return OWL_OK;
+}
+
+static void print_problem(void *ctx, const char *model, int number, const char *path,
+			  const char *digest, const char *problem)
+{
+	json_t *arr = ctx;
+	if (arr)
+		json_array_append_new(arr, json_pack("{s:s, s:i, s:s, s:s, s:s}", "model", model,
+						     "version", number, "path", path, "sha256",
+						     digest, "problem", problem));
+	else
+		fprintf(stderr, "%s@%d: %s: %s\n", model, number, path, problem);
+}
+
+static int run_verify(owl_ctx *ctx, int argc, char **argv)
+{
+	if (argc > 2)
+		return cmd_usage_error("verify", "expected at most one NAME[@V]");
+	owl_err err = {0};
+	registry_store *s = NULL;
+	if (cmd_open_store(ctx, &s, &err))
+		return cmd_fail(&err);
+	registry_version v = {0};
+	if (argc == 2 && registry_resolve(s, argv[1], &v, &err)) {
+		registry_store_close(s);
+		return cmd_fail(&err);
+	}
+	json_t *problems = ctx->json ? json_array() : NULL;
+	uint64_t checked = 0;
+	/* A name without @V verifies every version of that model. */
+	int rc = 0;
+	if (argc == 2 && !strchr(argv[1], '@') && !strchr(argv[1], ':')) {
+		sqlite3_stmt *q = NULL;
+		sqlite3_prepare_v2(s->db, "SELECT id FROM versions WHERE model_id=? ORDER BY version",
+				   -1, &q, NULL);
+		sqlite3_bind_int64(q, 1, v.model_id);
+		uint64_t bad = 0;
+		while (sqlite3_step(q) == SQLITE_ROW) {
+			registry_version one;
+			uint64_t n = 0;
+			owl_err e1 = {0};
+			if (registry_version_by_id(s, sqlite3_column_int64(q, 0), &one, &e1) == 0) {
+				if (registry_verify(s, &one, print_problem, problems, &n, &e1))
+					bad++;
+				checked += n;
+				registry_version_release(&one);
+			}
+		}
+		sqlite3_finalize(q);
+		if (bad)
+			rc = owl_err_set(&err, OWL_EINTEGRITY, "%llu version(s) of '%s' have corrupt or "
+					 "missing files", (unsigned long long)bad, v.model);
+	} else {
+		rc = registry_verify(s, argc == 2 ? &v : NULL, print_problem, problems, &checked, &err);
+	}
+	registry_version_release(&v);
+	registry_store_close(s);
+	if (ctx->json) {
+		cmd_print_json(json_pack("{s:b, s:I, s:o}", "ok", rc == 0, "files_checked",
+					 (json_int_t)checked, "problems", problems));
+		return rc;
+	}
+	if (rc)
+		return cmd_fail(&err);
+	printf("ok: %llu files verified\n", (unsigned long long)checked);
+	return OWL_OK;
+}
+
+/* ---- export / import ----------------------------------------------------- */
+
+static int run_export(owl_ctx *ctx, int argc, char **argv)
+{
+	if (argc != 3)
+		return cmd_usage_error("export", "expected NAME@V FILE.tar[.zst]");
+	owl_err err = {0};
+	registry_store *s = NULL;
+	if (cmd_open_store(ctx, &s, &err))
+		return cmd_fail(&err);
+	registry_version v;
+	int rc = registry_resolve(s, argv[1], &v, &err);
+	if (!rc)
+		rc = registry_export(s, &v, argv[2], NULL, &err);
+	if (!rc && !ctx->quiet) {
+		char b[32];
+		owl_fmt_bytes(v.total_bytes, b, sizeof b);
+		printf("exported %s@%d to %s (%zu files, %s)\n", v.model, v.number, argv[2], v.nfiles, b);
+	}
+	registry_version_release(&v);
+	registry_store_close(s);
+	return rc ? cmd_fail(&err) : OWL_OK;
+}
+
+static int run_import(owl_ctx *ctx, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"name", required_argument, 0, 'n'}, {"tag", required_argument, 0, 't'}, {0, 0, 0, 0},
+	};
+	const char *name = NULL, *tag = NULL;
+	int c;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		if (c == 'n')
+			name = optarg;
+		else if (c == 't')
+			tag = optarg;
+		else
+			return cmd_usage_error("import", "unknown option");
+	}
+	if (optind != argc - 1)
+		return cmd_usage_error("import", "expected one FILE");
+	owl_err err = {0};
+	registry_store *s = NULL;
+	if (cmd_open_store(ctx, &s, &err))
+		return cmd_fail(&err);
+	registry_stage *st = NULL;
+	char *manifest = NULL;
+	int rc = registry_import_stage(s, argv[optind], &st, &manifest, &err);
+	registry_commit_result res = {0};
+	const char *model = NULL;
+	if (!rc) {
+		model = name ? name : st->default_name;
+		rc = registry_stage_commit(s, st, model, 0, tag, NULL, NULL, &res, &err);
+	}
+	if (!rc) {
+		if (ctx->json)
+			cmd_print_json(json_pack("{s:s, s:i, s:o, s:I}", "model", model, "version",
+						 res.number, "ref", json_sprintf("%s@%d", model, res.number),
+						 "files", (json_int_t)st->nfiles));
+		else
+			printf("imported %s@%d from %s (%zu files, every digest verified)\n", model,
+			       res.number, argv[optind], st->nfiles);
+	}
+	free(manifest);
+	registry_stage_free(st);
+	registry_store_close(s);
+	return rc ? cmd_fail(&err) : OWL_OK;
+}
+
 const owl_command cmd_registry_commands[] = {
+	{"pull", run_pull, "download or copy a checkpoint, verify it and register a new version",
+	 "USAGE\n"
+	 "  owl pull SOURCE [--name NAME] [--tag TAG] [--sha256 HEX] [--ca-cert FILE]\n"
+	 "           [--include GLOB]...\n"
+	 "\n"
+	 "Registers SOURCE as the next version of NAME (NAME@1, NAME@2, ...). SOURCE is:\n"
+	 "  https://HOST/PATH/FILE   one file: a .gguf, a .safetensors or an archive\n"
+	 "  hf://ORG/REPO[@REV]      a hub repository at a branch, tag or commit\n"
+	 "                           (endpoint $OWL_HF_ENDPOINT, token $OWL_HF_TOKEN)\n"
+	 "  ./folder                 a checkpoint folder (config.json, *.safetensors, ...)\n"
+	 "  ./model.tar.zst          an archive: .tar, .tar.gz, .tar.zst or .zip\n"
+	 "  ./model.gguf             a single local file\n"
+	 "\n"
+	 "Every file is hashed (SHA-256) while it streams and checked against the digest\n"
+	 "the source promises (hub LFS metadata, --sha256); a mismatch stores nothing and\n"
+	 "exits 4. Pickle files (.bin, .pt, .pth, .ckpt) are refused; safetensors and GGUF\n"
+	 "headers are checked before anything is registered. Downloads run in parallel,\n"
+	 "resume after an interruption and retry transient errors. Identical files are\n"
+	 "stored once. A version is pinned to the commit the hub resolved, not a branch.\n"
+	 "\n"
+	 "OPTIONS\n"
+	 "  --name NAME      model name (default: derived from the source)\n"
+	 "  --tag TAG        also point TAG at the new version\n"
+	 "  --sha256 HEX     expected digest of a single-file source\n"
+	 "  --ca-cert FILE   trust this CA (PEM) for HTTPS, e.g. a private mirror\n"
+	 "  --include GLOB   hub: only files matching GLOB (repeatable), e.g. '*Q4_K_M.gguf'\n"
+	 "\n"
+	 "EXAMPLES\n"
+	 "  owl pull hf://HuggingFaceTB/SmolLM2-135M-Instruct@main --name smollm2 --tag stable\n"
+	 "  owl pull https://mirror.internal/models/tinyllama.Q8_0.gguf --sha256 9f2c...\n"
+	 "  owl pull ./checkpoints/support-bot-v3 --name support-bot\n"},
+	{"list", run_list, "list registered models and versions",
+	 "USAGE\n"
+	 "  owl list [NAME] [--json]\n"
+	 "\n"
+	 "Lists every version (or those of NAME) with format, tags, size, creation time\n"
+	 "and a summary of its config.\n"
+	 "\n"
+	 "EXAMPLES\n"
+	 "  owl list\n"
+	 "  owl list smollm2 --json\n"},
+	{"show", run_show, "show one version: files, digests, source, config summary",
+	 "USAGE\n"
+	 "  owl show NAME[@V|:TAG] [--json]\n"
+	 "\n"
+	 "Shows the version's source and pinned revision, format, architecture,\n"
+	 "parameter count, dtype and context length, tags, parent (for derived\n"
+	 "versions) and every file with its size and SHA-256. NAME alone is the\n"
+	 "latest version.\n"
+	 "\n"
+	 "EXAMPLES\n"
+	 "  owl show smollm2@1\n"
+	 "  owl show smollm2:stable --json\n"},
+	{"tag", run_tag, "point a tag at a version, delete a tag, or show tag history",
+	 "USAGE\n"
+	 "  owl tag NAME@V TAG\n"
+	 "  owl tag --delete NAME:TAG\n"
+	 "  owl tag --history NAME [--json]\n"
+	 "\n"
+	 "Tags are movable names for versions (stable, canary, prod). Every move is\n"
+	 "recorded with its time; --history shows them.\n"
+	 "\n"
+	 "EXAMPLES\n"
+	 "  owl tag smollm2@3 stable\n"
+	 "  owl tag --history smollm2\n"},
+	{"rm", run_rm, "remove a version (refused while a tag or derived version uses it)",
+	 "USAGE\n"
+	 "  owl rm NAME@V\n"
+	 "\n"
+	 "Removes the version's record. Its blobs stay until 'owl gc' finds nothing\n"
+	 "else uses them. Refused while a tag, a derived version or a deployment\n"
+	 "references the version.\n"
+	 "\n"
+	 "EXAMPLES\n"
+	 "  owl rm smollm2@1 && owl gc\n"},
+	{"gc", run_gc, "delete blobs no version references and stale staging folders",
+	 "USAGE\n"
+	 "  owl gc [--dry-run] [--json]\n"
+	 "\n"
+	 "Frees disk space: blobs no version references (after 'owl rm', or left by an\n"
+	 "interrupted pull) and staging folders of pulls whose process is gone.\n"
+	 "\n"
+	 "EXAMPLES\n"
+	 "  owl gc --dry-run\n"
+	 "  owl gc\n"},
+	{"verify", run_verify, "re-hash stored files and report corrupt or missing ones (exit 4)",
+	 "USAGE\n"
+	 "  owl verify [NAME[@V]] [--json]\n"
+	 "\n"
+	 "Re-reads every blob of the version (all versions of NAME, or everything)\n"
+	 "and compares its SHA-256 with the recorded digest. Every corrupt or missing\n"
+	 "file is reported; the exit status is 4 if there was any.\n"
+	 "\n"
+	 "EXAMPLES\n"
+	 "  owl verify\n"
+	 "  owl verify smollm2@2\n"},
+	{"export", run_export, "write a version to a bundle for air-gapped transfer",
+	 "USAGE\n"
+	 "  owl export NAME@V FILE.tar[.zst]\n"
+	 "\n"
+	 "Writes a bundle holding the version's files and a manifest (model, version,\n"
+	 "source, revision, format, config, and each file's path, size and SHA-256).\n"
+	 "A .zst suffix compresses with zstd. 'owl import' on the other side checks\n"
+	 "every digest before it registers anything.\n"
+	 "\n"
+	 "EXAMPLES\n"
+	 "  owl export smollm2@2 /media/usb/smollm2-v2.tar.zst\n"},
+	{"import", run_import, "register a version from a bundle, verifying every digest",
+	 "USAGE\n"
+	 "  owl import FILE [--name NAME] [--tag TAG]\n"
+	 "\n"
+	 "Reads a bundle written by 'owl export', checks that its files match the\n"
+	 "manifest exactly (no missing, extra or altered file), then registers it as\n"
+	 "the next version of its model (or of NAME). A mismatch stores nothing, exit 4.\n"
+	 "\n"
+	 "EXAMPLES\n"
+	 "  owl import /media/usb/smollm2-v2.tar.zst\n"
+	 "  owl import bundle.tar --name smollm2-offline --tag stable\n"},
 	{0},
 };

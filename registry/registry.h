@@ -46,6 +46,102 @@ void registry_store_rollback(registry_store *s); /* no-op outside a transaction 
 int registry_schema_migrate(registry_store *s, owl_err *err);
 #define REGISTRY_SCHEMA_MODULE "registry"
 
+/* ---- blobs (registry/blobs.c) ---------------------------------------- */
+
+/* home/blobs/sha256/ab/abcdef...; caller frees. */
+char *registry_blob_path(const registry_store *s, const char *digest);
+/* SHA-256 of a file, streamed. */
+int registry_hash_file(const char *path, char hex[65], uint64_t *size, owl_err *err);
+/* Copies src to dst (created, fsync'd) while hashing the bytes. */
+int registry_copy_hashing(const char *src, const char *dst, char hex[65], uint64_t *size,
+			  owl_progress_fn progress, void *progress_ctx, owl_err *err);
+/* Moves a complete staged file into the blob store under its digest (fsync,
+ * rename, fsync dir). An existing blob of that digest is replaced by the
+ * freshly hashed copy: identical files are stored once, and a damaged blob
+ * heals when its content is pulled again. Touches no database row. */
+int registry_blob_ingest(registry_store *s, const char *staged_path, const char *digest,
+			 owl_err *err);
+
+/* ---- staging and registering versions (registry/stage.c) ------------- */
+
+/* A checkpoint being assembled under tmp/ before it becomes a version:
+ * files_dir holds the files in the checkpoint's own layout, so that the
+ * license detector and validators read an ordinary folder. Nothing in a
+ * stage is visible in the registry until registry_stage_commit. */
+typedef struct registry_stage_file {
+	char *path;        /* relative path in the checkpoint */
+	char digest[65];
+	uint64_t size;
+	char *expected;    /* digest the source promised, or NULL */
+} registry_stage_file;
+
+typedef struct registry_stage {
+	char *dir;         /* tmp/stage-PID-N, removed by registry_stage_free */
+	char *files_dir;   /* dir/files */
+	registry_stage_file *files;
+	size_t nfiles, cap;
+	char *source;      /* token-free description of the source */
+	char *revision;    /* commit the source resolved to, or NULL */
+	char *format;      /* filled by registry_stage_validate: "hf", "gguf", "safetensors", "adapter", "files" */
+	char *config_json; /* filled by registry_stage_validate (summary) */
+	char *default_name;/* name derived from the source */
+	uint64_t total_bytes;
+} registry_stage;
+
+int registry_stage_new(registry_store *s, const char *source, registry_stage **out, owl_err *err);
+/* Removes the staging folder and frees the stage (accepts NULL). */
+void registry_stage_free(registry_stage *st);
+/* Records a file already written at files_dir/path with its digest and size. */
+int registry_stage_add(registry_stage *st, const char *path, const char *digest, uint64_t size,
+		       const char *expected, owl_err *err);
+/* Copies a local file into the stage at path, hashing it. */
+int registry_stage_copy(registry_stage *st, const char *src, const char *path,
+			owl_progress_fn progress, void *progress_ctx, owl_err *err);
+/* Safety and shape checks before anything is registered: refuses pickle
+ * files, validates every safetensors header and GGUF file, checks that a
+ * sharded index names files that exist, and fills format and config_json. */
+int registry_stage_validate(registry_stage *st, owl_err *err);
+
+/* Called inside the registering transaction with the new version's id (the
+ * license module stores its findings there). */
+typedef int (*registry_commit_hook)(void *ctx, registry_store *s, int64_t version_id,
+				    owl_err *err);
+
+/* Model names: letters, digits, '-', '_', '.', '/' (no "..", no leading or
+ * trailing '/'), at most 128 characters. */
+int registry_valid_name(const char *name);
+
+typedef struct registry_commit_result {
+	int64_t version_id;
+	int number; /* N of NAME@N */
+	uint64_t new_bytes, shared_bytes; /* blob bytes added vs already stored */
+} registry_commit_result;
+
+/* Registers the stage as version N+1 of model `name` in one transaction:
+ * blobs moved in, rows inserted, optional tag set, hook run. On failure the
+ * transaction rolls back (blobs already moved are reclaimed by gc). */
+int registry_stage_commit(registry_store *s, registry_stage *st, const char *name,
+			  int64_t parent_version_id, const char *tag, registry_commit_hook hook,
+			  void *hook_ctx, registry_commit_result *res, owl_err *err);
+
+/* ---- sources (registry/source.c) -------------------------------------- */
+
+typedef struct registry_source_opts {
+	const char *expected_sha256; /* --sha256 for a single-file URL or file */
+	const char *ca_cert;         /* --ca-cert */
+	const char *const *include;  /* hub file globs (--include), NULL-terminated or NULL */
+	owl_progress_fn progress;
+	void *progress_ctx;
+} registry_source_opts;
+
+/* Fills a new stage from SOURCE: an http(s) URL of one file (GGUF,
+ * safetensors or archive), hf://ORG/REPO[@REVISION], a local folder, a local
+ * archive (tar, tar.gz, tar.zst, zip) or a local .gguf/.safetensors file.
+ * Archives are extracted with every entry checked (no absolute paths, no
+ * "..", no links). The stage is validated before it is returned. */
+int registry_stage_from_source(registry_store *s, const char *source,
+			       const registry_source_opts *o, registry_stage **out, owl_err *err);
+
 /* ---- versions (registry/versions.c) --------------------------------- */
 
 /* One file of a version: its path inside the checkpoint and its blob. */
@@ -77,6 +173,7 @@ typedef struct registry_version {
 /* Resolves a reference "NAME" (latest version), "NAME@3" or "NAME:TAG". An
  * unknown name, version or tag is an error that says which and what exists. */
 int registry_resolve(registry_store *s, const char *ref, registry_version *out, owl_err *err);
+int registry_version_by_id(registry_store *s, int64_t id, registry_version *out, owl_err *err);
 void registry_version_release(registry_version *v);
 /* The file with this relative path, or NULL. */
 const registry_file *registry_version_file(const registry_version *v, const char *path);
@@ -88,6 +185,43 @@ const registry_file *registry_version_file(const registry_version *v, const char
  * about blobs. Idempotent. *dir_out is malloc'd; the caller frees it. */
 int registry_version_materialize(registry_store *s, const registry_version *v, char **dir_out,
 				 owl_err *err);
+
+/* Sets (or moves) TAG of the model to the version; the move is recorded in
+ * tag_history. */
+int registry_tag_set(registry_store *s, const registry_version *v, const char *tag, owl_err *err);
+int registry_tag_delete(registry_store *s, const char *model, const char *tag, owl_err *err);
+/* Removes a version's rows (blobs stay until gc). Refused while a tag points
+ * at it or a derived version names it as parent; `what_refs` says which. */
+int registry_version_remove(registry_store *s, const registry_version *v, owl_err *err);
+
+typedef struct registry_gc_result {
+	uint64_t blobs_removed, bytes_freed, stale_tmp_removed;
+} registry_gc_result;
+/* Removes blobs no version references (rows and files, including files left
+ * in blobs/ by an interrupted pull) and staging folders of dead processes. */
+int registry_gc(registry_store *s, int dry_run, registry_gc_result *res, owl_err *err);
+
+typedef void (*registry_verify_report)(void *ctx, const char *model, int number,
+				       const char *path, const char *digest, const char *problem);
+/* Re-hashes the blobs of one version (v != NULL) or of every version; calls
+ * report for every missing or corrupt file. Returns OWL_EINTEGRITY when any
+ * was found, with a count in err. */
+int registry_verify(registry_store *s, const registry_version *v, registry_verify_report report,
+		    void *report_ctx, uint64_t *files_checked, owl_err *err);
+
+/* ---- bundles for air-gapped transfer (registry/bundle.c) -------------- */
+
+/* Writes FILE (.tar, or .tar.zst) holding manifest.json (model, version,
+ * source, revision, format, config, and every file's path, size and sha256)
+ * and the files under files/. Written to FILE.part and renamed. */
+int registry_export(registry_store *s, const registry_version *v, const char *file,
+		    const char *extra_manifest_json, owl_err *err);
+/* Reads a bundle into a new stage, verifying every file's digest and that
+ * the files match the manifest exactly, before anything is registered.
+ * *manifest_out (jansson-free JSON text, caller frees) lets the caller read
+ * the original name and license facts. */
+int registry_import_stage(registry_store *s, const char *file, registry_stage **out,
+			  char **manifest_out, owl_err *err);
 
 /* ---- downloads over HTTP(S) (registry/fetch.c, registry/hub.c) ------- */
 

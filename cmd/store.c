@@ -1,0 +1,18 @@
+/* Opening the store for a command: the registry's schema and every other
+ * module's, so that each verb sees one fully migrated database. */
+#include "cmd.h"
+
+int cmd_open_store(owl_ctx *ctx, registry_store **out, owl_err *err)
+{
+	registry_store *s = NULL;
+	int rc = registry_store_open(ctx->home, &s, err);
+	if (rc)
+		return rc;
+	*out = s;
+	return 0;
+}
+
+void cmd_progress_init(owl_ctx *ctx, owl_progress *p)
+{
+	owl_progress_init(p, ctx->quiet || ctx->json);
+}

@@ -1,0 +1,497 @@
+/* Staging: a checkpoint is assembled in tmp/stage-PID-N/files/, checked, and
+ * only then registered in one transaction. Until registry_stage_commit runs,
+ * nothing of it is visible; a kill at any point leaves a staging folder that
+ * `owl gc` removes once its process is gone. */
+#define _GNU_SOURCE
+#include "registry.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/safetensors.h"
+
+static atomic_int stage_counter;
+
+int registry_stage_new(registry_store *s, const char *source, registry_stage **out, owl_err *err)
+{
+	*out = NULL;
+	registry_stage *st = owl_xcalloc(1, sizeof *st);
+	st->dir = owl_xasprintf("%s/stage-%d-%d", s->tmp_dir, (int)getpid(),
+				atomic_fetch_add(&stage_counter, 1));
+	st->files_dir = owl_path_join(st->dir, "files");
+	st->source = owl_xstrdup(source);
+	owl_remove_tree(st->dir, NULL);
+	int rc = owl_mkdir_p(st->files_dir, err);
+	if (rc) {
+		registry_stage_free(st);
+		return rc;
+	}
+	*out = st;
+	return 0;
+}
+
+void registry_stage_free(registry_stage *st)
+{
+	if (!st)
+		return;
+	if (st->dir)
+		owl_remove_tree(st->dir, NULL);
+	for (size_t i = 0; i < st->nfiles; i++) {
+		free(st->files[i].path);
+		free(st->files[i].expected);
+	}
+	free(st->files);
+	free(st->dir);
+	free(st->files_dir);
+	free(st->source);
+	free(st->revision);
+	free(st->format);
+	free(st->config_json);
+	free(st->default_name);
+	free(st);
+}
+
+/* A relative path that stays inside the checkpoint: no leading '/', no ".."
+ * component, no empty component, no control characters. */
+static int safe_relative_path(const char *p)
+{
+	if (!*p || *p == '/' || strlen(p) > 1024)
+		return 0;
+	const char *c = p;
+	while (*c) {
+		const char *e = strchr(c, '/');
+		size_t n = e ? (size_t)(e - c) : strlen(c);
+		if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
+			return 0;
+		for (size_t i = 0; i < n; i++)
+			if ((unsigned char)c[i] < 0x20)
+				return 0;
+		c += n;
+		if (*c == '/')
+			c++;
+	}
+	return 1;
+}
+
+int registry_stage_add(registry_stage *st, const char *path, const char *digest, uint64_t size,
+		       const char *expected, owl_err *err)
+{
+	if (!safe_relative_path(path))
+		return owl_err_set(err, OWL_EINTEGRITY, "refusing file path '%s': it is absolute, "
+				   "contains '..' or is empty", path);
+	for (size_t i = 0; i < st->nfiles; i++)
+		if (strcmp(st->files[i].path, path) == 0)
+			return owl_err_set(err, OWL_EINTEGRITY, "file '%s' appears twice in the source",
+					   path);
+	if (st->nfiles == st->cap) {
+		st->cap = st->cap ? 2 * st->cap : 16;
+		st->files = owl_xrealloc(st->files, st->cap * sizeof *st->files);
+	}
+	registry_stage_file *f = &st->files[st->nfiles++];
+	memset(f, 0, sizeof *f);
+	f->path = owl_xstrdup(path);
+	snprintf(f->digest, sizeof f->digest, "%s", digest);
+	f->size = size;
+	f->expected = expected ? owl_xstrdup(expected) : NULL;
+	st->total_bytes += size;
+	return 0;
+}
+
+/* Creates the parent folders of files_dir/path. */
+static int make_parents(registry_stage *st, const char *path, char **full_out, owl_err *err)
+{
+	char *full = owl_path_join(st->files_dir, path);
+	char *parent = owl_xstrdup(full);
+	char *slash = strrchr(parent, '/');
+	*slash = 0;
+	int rc = owl_mkdir_p(parent, err);
+	free(parent);
+	if (rc) {
+		free(full);
+		return rc;
+	}
+	*full_out = full;
+	return 0;
+}
+
+int registry_stage_copy(registry_stage *st, const char *src, const char *path,
+			owl_progress_fn progress, void *progress_ctx, owl_err *err)
+{
+	if (!safe_relative_path(path))
+		return owl_err_set(err, OWL_EINTEGRITY, "refusing file path '%s'", path);
+	char *dst = NULL;
+	int rc = make_parents(st, path, &dst, err);
+	if (rc)
+		return rc;
+	char hex[65];
+	uint64_t size = 0;
+	rc = registry_copy_hashing(src, dst, hex, &size, progress, progress_ctx, err);
+	free(dst);
+	if (rc)
+		return rc;
+	return registry_stage_add(st, path, hex, size, NULL, err);
+}
+
+/* ---- validation ------------------------------------------------------- */
+
+static int has_suffix(const char *s, const char *suffix)
+{
+	size_t a = strlen(s), b = strlen(suffix);
+	return a >= b && strcasecmp(s + a - b, suffix) == 0;
+}
+
+/* Pickle can run arbitrary code when loaded: owl never stores it. */
+static int is_pickle(const char *path)
+{
+	static const char *const ext[] = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"};
+	for (size_t i = 0; i < sizeof ext / sizeof ext[0]; i++)
+		if (has_suffix(path, ext[i]))
+			return 1;
+	return 0;
+}
+
+static const registry_stage_file *stage_find(const registry_stage *st, const char *path)
+{
+	for (size_t i = 0; i < st->nfiles; i++)
+		if (strcmp(st->files[i].path, path) == 0)
+			return &st->files[i];
+	return NULL;
+}
+
+static int check_gguf_magic(const char *full, const char *path, owl_err *err)
+{
+	FILE *f = fopen(full, "rb");
+	if (!f)
+		return owl_err_set(err, OWL_EFAIL, "cannot open '%s': %s", path, strerror(errno));
+	char magic[4] = {0};
+	size_t n = fread(magic, 1, 4, f);
+	fclose(f);
+	if (n != 4 || memcmp(magic, "GGUF", 4) != 0)
+		return owl_err_set(err, OWL_EINTEGRITY, "cannot accept '%s': not a GGUF file "
+				   "(missing the GGUF magic)", path);
+	return 0;
+}
+
+/* Parameters and dominant dtype from the safetensors headers. */
+static int scan_safetensors(const registry_stage *st, uint64_t *params, char *dtype, size_t dn,
+			    owl_err *err)
+{
+	uint64_t by_dtype[16] = {0};
+	*params = 0;
+	for (size_t i = 0; i < st->nfiles; i++) {
+		if (!has_suffix(st->files[i].path, ".safetensors"))
+			continue;
+		char *full = owl_path_join(st->files_dir, st->files[i].path);
+		st_file *sf = NULL;
+		int rc = st_open(full, &sf, err);
+		free(full);
+		if (rc)
+			return rc;
+		for (size_t t = 0; t < st_count(sf); t++) {
+			const st_tensor *tt = st_tensor_at(sf, t);
+			uint64_t n = 1;
+			for (int d = 0; d < tt->n_dims; d++)
+				n *= (uint64_t)tt->shape[d];
+			*params += n;
+			if ((unsigned)tt->dtype < 16)
+				by_dtype[tt->dtype] += n;
+		}
+		st_close(sf);
+	}
+	int best = -1;
+	for (int d = 0; d < 16; d++)
+		if (by_dtype[d] && (best < 0 || by_dtype[d] > by_dtype[best]))
+			best = d;
+	snprintf(dtype, dn, "%s", best >= 0 ? st_dtype_name((st_dtype)best) : "");
+	for (char *c = dtype; *c; c++)
+		*c = (char)(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
+	return 0;
+}
+
+/* The summary `owl show` prints: architecture, parameters, dtype, context. */
+static int summarise_config(registry_stage *st, uint64_t params, const char *dtype, owl_err *err)
+{
+	json_t *sum = json_object();
+	const registry_stage_file *cf = stage_find(st, "config.json");
+	if (!cf)
+		cf = stage_find(st, "adapter_config.json");
+	if (cf) {
+		char *full = owl_path_join(st->files_dir, cf->path);
+		char *text = NULL;
+		int rc = owl_read_file(full, 4u << 20, &text, NULL, err);
+		free(full);
+		if (rc) {
+			json_decref(sum);
+			return rc;
+		}
+		json_error_t je;
+		json_t *cfg = json_loads(text, JSON_REJECT_DUPLICATES, &je);
+		free(text);
+		if (!json_is_object(cfg)) {
+			json_decref(cfg);
+			json_decref(sum);
+			return owl_err_set(err, OWL_EINTEGRITY, "cannot accept '%s': not a JSON object "
+					   "(line %d: %s)", cf->path, je.line, je.text);
+		}
+		json_t *arch = json_array_get(json_object_get(cfg, "architectures"), 0);
+		if (json_is_string(arch))
+			json_object_set(sum, "architecture", arch);
+		static const struct { const char *from, *to; } keys[] = {
+			{"model_type", "model_type"}, {"max_position_embeddings", "context_length"},
+			{"num_hidden_layers", "layers"}, {"hidden_size", "hidden_size"},
+			{"num_attention_heads", "heads"}, {"num_key_value_heads", "kv_heads"},
+			{"vocab_size", "vocab_size"}, {"torch_dtype", "torch_dtype"},
+			{"peft_type", "peft_type"}, {"r", "lora_rank"},
+			{"base_model_name_or_path", "base_model"},
+		};
+		for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+			json_t *v = json_object_get(cfg, keys[i].from);
+			if (v && !json_is_null(v))
+				json_object_set(sum, keys[i].to, v);
+		}
+		json_decref(cfg);
+	}
+	if (params)
+		json_object_set_new(sum, "parameters", json_integer((json_int_t)params));
+	if (dtype && *dtype)
+		json_object_set_new(sum, "dtype", json_string(dtype));
+	char *text = json_dumps(sum, JSON_COMPACT | JSON_SORT_KEYS);
+	json_decref(sum);
+	free(st->config_json);
+	st->config_json = text;
+	return 0;
+}
+
+int registry_stage_validate(registry_stage *st, owl_err *err)
+{
+	if (st->nfiles == 0)
+		return owl_err_set(err, OWL_EUSAGE, "'%s' holds no files", st->source);
+	/* 1. Pickle is refused by name, before anything is opened. */
+	owl_buf names;
+	owl_buf_init(&names, 4096);
+	int npickle = 0;
+	for (size_t i = 0; i < st->nfiles; i++)
+		if (is_pickle(st->files[i].path)) {
+			owl_buf_printf(&names, "%s'%s'", npickle ? ", " : "", st->files[i].path);
+			npickle++;
+		}
+	if (npickle) {
+		int rc = owl_err_set(err, OWL_EDENIED,
+				     "refusing %s: pickle files (.bin .pt .pth .ckpt .pkl) can run "
+				     "arbitrary code when loaded; owl accepts safetensors and GGUF only "
+				     "(convert the weights, or leave those files out of the source)",
+				     names.data);
+		owl_buf_release(&names);
+		return rc;
+	}
+	owl_buf_release(&names);
+
+	/* 2. Weights are checked by their format's own rules. */
+	int n_st = 0, n_gguf = 0;
+	for (size_t i = 0; i < st->nfiles; i++) {
+		const char *p = st->files[i].path;
+		char *full = owl_path_join(st->files_dir, p);
+		int rc = 0;
+		if (has_suffix(p, ".safetensors")) {
+			n_st++;
+			rc = st_validate_file(full, err);
+		} else if (has_suffix(p, ".gguf")) {
+			n_gguf++;
+			rc = check_gguf_magic(full, p, err);
+		}
+		free(full);
+		if (rc)
+			return rc;
+	}
+	const registry_stage_file *ixf = stage_find(st, "model.safetensors.index.json");
+	if (ixf) {
+		char *full = owl_path_join(st->files_dir, ixf->path);
+		st_index *ix = NULL;
+		int rc = st_index_load(full, &ix, err);
+		free(full);
+		if (rc)
+			return rc;
+		for (size_t i = 0; i < st_index_file_count(ix); i++)
+			if (!stage_find(st, st_index_file_at(ix, i))) {
+				rc = owl_err_set(err, OWL_EINTEGRITY, "the sharded checkpoint is incomplete: "
+						 "model.safetensors.index.json names '%s', which the "
+						 "source does not have", st_index_file_at(ix, i));
+				break;
+			}
+		st_index_free(ix);
+		if (rc)
+			return rc;
+	}
+
+	/* 3. Format: what the engine will be able to load. */
+	const char *format;
+	if (stage_find(st, "adapter_config.json") && n_st)
+		format = "adapter";
+	else if (stage_find(st, "config.json") && n_st)
+		format = "hf";
+	else if (n_gguf)
+		format = "gguf";
+	else if (n_st)
+		format = "safetensors";
+	else
+		return owl_err_set(err, OWL_EUSAGE, "'%s' holds no model weights: expected "
+				   ".safetensors files (with config.json) or a .gguf file", st->source);
+	free(st->format);
+	st->format = owl_xstrdup(format);
+
+	uint64_t params = 0;
+	char dtype[16] = "";
+	int rc = scan_safetensors(st, &params, dtype, sizeof dtype, err);
+	if (rc)
+		return rc;
+	return summarise_config(st, params, dtype, err);
+}
+
+/* ---- registering ------------------------------------------------------ */
+
+static int64_t model_id_for(registry_store *s, const char *name, int create, owl_err *err)
+{
+	sqlite3_stmt *q = NULL;
+	int64_t id = 0;
+	sqlite3_prepare_v2(s->db, "SELECT id FROM models WHERE name=?", -1, &q, NULL);
+	sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
+	if (sqlite3_step(q) == SQLITE_ROW)
+		id = sqlite3_column_int64(q, 0);
+	sqlite3_finalize(q);
+	if (id || !create)
+		return id;
+	sqlite3_prepare_v2(s->db, "INSERT INTO models(name, created_at) VALUES (?, ?)", -1, &q, NULL);
+	sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(q, 2, owl_unix_time());
+	if (sqlite3_step(q) == SQLITE_DONE)
+		id = sqlite3_last_insert_rowid(s->db);
+	else
+		owl_err_set(err, OWL_EFAIL, "cannot add model '%s': %s", name, sqlite3_errmsg(s->db));
+	sqlite3_finalize(q);
+	return id;
+}
+
+int registry_valid_name(const char *name)
+{
+	size_t n = strlen(name);
+	if (n == 0 || n > 128)
+		return 0;
+	if (!((name[0] >= 'a' && name[0] <= 'z') || (name[0] >= 'A' && name[0] <= 'Z') ||
+	      (name[0] >= '0' && name[0] <= '9')))
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		char c = name[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '-' || c == '_' || c == '.' || c == '/'))
+			return 0;
+	}
+	return strstr(name, "..") == NULL && name[n - 1] != '/' && strstr(name, "//") == NULL;
+}
+
+static int step_done(registry_store *s, sqlite3_stmt *q, const char *what, owl_err *err)
+{
+	int rc = sqlite3_step(q);
+	sqlite3_finalize(q);
+	if (rc != SQLITE_DONE)
+		return owl_err_set(err, OWL_EFAIL, "cannot %s: %s", what, sqlite3_errmsg(s->db));
+	return 0;
+}
+
+int registry_stage_commit(registry_store *s, registry_stage *st, const char *name,
+			  int64_t parent_version_id, const char *tag, registry_commit_hook hook,
+			  void *hook_ctx, registry_commit_result *res, owl_err *err)
+{
+	memset(res, 0, sizeof *res);
+	if (!registry_valid_name(name))
+		return owl_err_set(err, OWL_EUSAGE, "invalid model name '%s': use letters, digits, "
+				   "'-', '_', '.' and '/' (e.g. smollm2-135m or acme/support-bot)", name);
+	if (!st->format)
+		return owl_err_set(err, OWL_EFAIL, "internal: stage committed before validation");
+	int rc = registry_store_begin(s, err);
+	if (rc)
+		return rc;
+	int64_t mid = model_id_for(s, name, 1, err);
+	if (!mid) {
+		rc = err && err->code ? err->code : OWL_EFAIL;
+		goto fail;
+	}
+	sqlite3_stmt *q = NULL;
+	int number = 1;
+	sqlite3_prepare_v2(s->db, "SELECT COALESCE(MAX(version),0)+1 FROM versions WHERE model_id=?",
+			   -1, &q, NULL);
+	sqlite3_bind_int64(q, 1, mid);
+	if (sqlite3_step(q) == SQLITE_ROW)
+		number = sqlite3_column_int(q, 0);
+	sqlite3_finalize(q);
+
+	sqlite3_prepare_v2(s->db,
+			   "INSERT INTO versions(model_id, version, source, revision, format,"
+			   " parent_version_id, config_json, total_bytes, created_at)"
+			   " VALUES (?,?,?,?,?,?,?,?,?)", -1, &q, NULL);
+	sqlite3_bind_int64(q, 1, mid);
+	sqlite3_bind_int(q, 2, number);
+	sqlite3_bind_text(q, 3, st->source, -1, SQLITE_STATIC);
+	sqlite3_bind_text(q, 4, st->revision, -1, SQLITE_STATIC);
+	sqlite3_bind_text(q, 5, st->format, -1, SQLITE_STATIC);
+	if (parent_version_id)
+		sqlite3_bind_int64(q, 6, parent_version_id);
+	sqlite3_bind_text(q, 7, st->config_json, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(q, 8, (sqlite3_int64)st->total_bytes);
+	sqlite3_bind_int64(q, 9, owl_unix_time());
+	if ((rc = step_done(s, q, "add the version", err)))
+		goto fail;
+	int64_t vid = sqlite3_last_insert_rowid(s->db);
+
+	for (size_t i = 0; i < st->nfiles; i++) {
+		registry_stage_file *f = &st->files[i];
+		char *blob = registry_blob_path(s, f->digest);
+		int existed = owl_path_exists(blob);
+		free(blob);
+		if (existed)
+			res->shared_bytes += f->size;
+		else
+			res->new_bytes += f->size;
+		char *staged = owl_path_join(st->files_dir, f->path);
+		rc = registry_blob_ingest(s, staged, f->digest, err);
+		free(staged);
+		if (rc)
+			goto fail;
+		sqlite3_prepare_v2(s->db, "INSERT OR IGNORE INTO blobs(digest, size, created_at)"
+				   " VALUES (?,?,?)", -1, &q, NULL);
+		sqlite3_bind_text(q, 1, f->digest, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(q, 2, (sqlite3_int64)f->size);
+		sqlite3_bind_int64(q, 3, owl_unix_time());
+		if ((rc = step_done(s, q, "record a blob", err)))
+			goto fail;
+		sqlite3_prepare_v2(s->db, "INSERT INTO version_files(version_id, path, digest, size,"
+				   " expected_digest) VALUES (?,?,?,?,?)", -1, &q, NULL);
+		sqlite3_bind_int64(q, 1, vid);
+		sqlite3_bind_text(q, 2, f->path, -1, SQLITE_STATIC);
+		sqlite3_bind_text(q, 3, f->digest, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(q, 4, (sqlite3_int64)f->size);
+		sqlite3_bind_text(q, 5, f->expected, -1, SQLITE_STATIC);
+		if ((rc = step_done(s, q, "record a file", err)))
+			goto fail;
+	}
+	if (hook && (rc = hook(hook_ctx, s, vid, err)))
+		goto fail;
+	res->version_id = vid;
+	res->number = number;
+	if (tag) {
+		registry_version v = {.id = vid, .model_id = mid, .model = (char *)name,
+				      .number = number};
+		if ((rc = registry_tag_set(s, &v, tag, err)))
+			goto fail;
+	}
+	if ((rc = registry_store_commit(s, err)))
+		goto fail;
+	return 0;
+fail:
+	registry_store_rollback(s);
+	memset(res, 0, sizeof *res);
+	return rc ? rc : OWL_EFAIL;
+}

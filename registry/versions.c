@@ -1,0 +1,545 @@
+/* Versions: resolving references, snapshots, tags, removal, gc and verify. */
+#define _GNU_SOURCE
+#include "registry.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char *col_dup(sqlite3_stmt *q, int i)
+{
+	const unsigned char *t = sqlite3_column_text(q, i);
+	return t ? owl_xstrdup((const char *)t) : NULL;
+}
+
+/* "NAME", "NAME@3" or "NAME:TAG" -> parts. Names may contain '/', never '@' or ':'. */
+static void split_ref(const char *ref, char **name, int *number, char **tag)
+{
+	*number = 0;
+	*tag = NULL;
+	const char *at = strrchr(ref, '@');
+	const char *colon = strrchr(ref, ':');
+	if (at) {
+		*name = owl_xasprintf("%.*s", (int)(at - ref), ref);
+		char *end = NULL;
+		long n = strtol(at + 1, &end, 10);
+		*number = (end && *end == 0 && n > 0 && n < 1000000000) ? (int)n : -1;
+	} else if (colon) {
+		*name = owl_xasprintf("%.*s", (int)(colon - ref), ref);
+		*tag = owl_xstrdup(colon + 1);
+	} else {
+		*name = owl_xstrdup(ref);
+	}
+}
+
+/* "3 versions: 1, 2, 3" or "tags: stable, canary" for error messages. */
+static void list_for_error(registry_store *s, const char *sql, int64_t mid, owl_buf *out)
+{
+	sqlite3_stmt *q = NULL;
+	sqlite3_prepare_v2(s->db, sql, -1, &q, NULL);
+	sqlite3_bind_int64(q, 1, mid);
+	int n = 0;
+	while (sqlite3_step(q) == SQLITE_ROW && n < 20)
+		owl_buf_printf(out, "%s%s", n++ ? ", " : "", sqlite3_column_text(q, 0));
+	if (n == 0)
+		owl_buf_printf(out, "none");
+	sqlite3_finalize(q);
+}
+
+static int load_version(registry_store *s, int64_t vid, registry_version *v, owl_err *err)
+{
+	sqlite3_stmt *q = NULL;
+	sqlite3_prepare_v2(s->db,
+			   "SELECT v.id, v.model_id, m.name, v.version, v.source, v.revision, v.format,"
+			   " COALESCE(v.parent_version_id,0), v.config_json, v.total_bytes, v.created_at"
+			   " FROM versions v JOIN models m ON m.id = v.model_id WHERE v.id=?",
+			   -1, &q, NULL);
+	sqlite3_bind_int64(q, 1, vid);
+	if (sqlite3_step(q) != SQLITE_ROW) {
+		sqlite3_finalize(q);
+		return owl_err_set(err, OWL_EFAIL, "version id %lld does not exist", (long long)vid);
+	}
+	v->id = sqlite3_column_int64(q, 0);
+	v->model_id = sqlite3_column_int64(q, 1);
+	v->model = col_dup(q, 2);
+	v->number = sqlite3_column_int(q, 3);
+	v->source = col_dup(q, 4);
+	v->revision = col_dup(q, 5);
+	v->format = col_dup(q, 6);
+	v->parent_id = sqlite3_column_int64(q, 7);
+	v->config_json = col_dup(q, 8);
+	v->total_bytes = (uint64_t)sqlite3_column_int64(q, 9);
+	v->created_at = sqlite3_column_int64(q, 10);
+	sqlite3_finalize(q);
+
+	sqlite3_prepare_v2(s->db, "SELECT path, digest, size FROM version_files WHERE version_id=?"
+			   " ORDER BY path", -1, &q, NULL);
+	sqlite3_bind_int64(q, 1, vid);
+	size_t cap = 0;
+	while (sqlite3_step(q) == SQLITE_ROW) {
+		if (v->nfiles == cap) {
+			cap = cap ? 2 * cap : 8;
+			v->files = owl_xrealloc(v->files, cap * sizeof *v->files);
+		}
+		registry_file *f = &v->files[v->nfiles++];
+		f->path = col_dup(q, 0);
+		snprintf(f->digest, sizeof f->digest, "%s", (const char *)sqlite3_column_text(q, 1));
+		f->size = (uint64_t)sqlite3_column_int64(q, 2);
+		f->blob_path = registry_blob_path(s, f->digest);
+	}
+	sqlite3_finalize(q);
+	return 0;
+}
+
+int registry_version_by_id(registry_store *s, int64_t vid, registry_version *out, owl_err *err)
+{
+	memset(out, 0, sizeof *out);
+	int rc = load_version(s, vid, out, err);
+	if (rc)
+		registry_version_release(out);
+	return rc;
+}
+
+int registry_resolve(registry_store *s, const char *ref, registry_version *out, owl_err *err)
+{
+	memset(out, 0, sizeof *out);
+	char *name = NULL, *tag = NULL;
+	int number = 0;
+	split_ref(ref, &name, &number, &tag);
+	int rc = 0;
+	int64_t mid = 0, vid = 0;
+	sqlite3_stmt *q = NULL;
+	sqlite3_prepare_v2(s->db, "SELECT id FROM models WHERE name=?", -1, &q, NULL);
+	sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
+	if (sqlite3_step(q) == SQLITE_ROW)
+		mid = sqlite3_column_int64(q, 0);
+	sqlite3_finalize(q);
+	if (!mid) {
+		rc = owl_err_set(err, OWL_EFAIL, "no model named '%s' (see 'owl list')", name);
+		goto out;
+	}
+	if (number < 0) {
+		rc = owl_err_set(err, OWL_EUSAGE, "'%s': the version after '@' must be a number, "
+				 "e.g. %s@1", ref, name);
+		goto out;
+	}
+	if (tag) {
+		sqlite3_prepare_v2(s->db, "SELECT version_id FROM tags WHERE model_id=? AND tag=?", -1,
+				   &q, NULL);
+		sqlite3_bind_int64(q, 1, mid);
+		sqlite3_bind_text(q, 2, tag, -1, SQLITE_STATIC);
+	} else if (number) {
+		sqlite3_prepare_v2(s->db, "SELECT id FROM versions WHERE model_id=? AND version=?", -1,
+				   &q, NULL);
+		sqlite3_bind_int64(q, 1, mid);
+		sqlite3_bind_int(q, 2, number);
+	} else {
+		sqlite3_prepare_v2(s->db, "SELECT id FROM versions WHERE model_id=?"
+				   " ORDER BY version DESC LIMIT 1", -1, &q, NULL);
+		sqlite3_bind_int64(q, 1, mid);
+	}
+	if (sqlite3_step(q) == SQLITE_ROW)
+		vid = sqlite3_column_int64(q, 0);
+	sqlite3_finalize(q);
+	if (!vid) {
+		owl_buf have;
+		owl_buf_init(&have, 1024);
+		if (tag) {
+			list_for_error(s, "SELECT tag FROM tags WHERE model_id=? ORDER BY tag", mid, &have);
+			rc = owl_err_set(err, OWL_EFAIL, "model '%s' has no tag '%s' (tags: %s)", name,
+					 tag, have.data);
+		} else {
+			list_for_error(s, "SELECT version FROM versions WHERE model_id=? ORDER BY version",
+				       mid, &have);
+			rc = owl_err_set(err, OWL_EFAIL, "model '%s' has no version %d (versions: %s)",
+					 name, number, have.data);
+		}
+		owl_buf_release(&have);
+		goto out;
+	}
+	rc = load_version(s, vid, out, err);
+out:
+	free(name);
+	free(tag);
+	if (rc)
+		registry_version_release(out);
+	return rc;
+}
+
+void registry_version_release(registry_version *v)
+{
+	if (!v)
+		return;
+	for (size_t i = 0; i < v->nfiles; i++) {
+		free(v->files[i].path);
+		free(v->files[i].blob_path);
+	}
+	free(v->files);
+	free(v->model);
+	free(v->source);
+	free(v->revision);
+	free(v->format);
+	free(v->config_json);
+	memset(v, 0, sizeof *v);
+}
+
+const registry_file *registry_version_file(const registry_version *v, const char *path)
+{
+	for (size_t i = 0; i < v->nfiles; i++)
+		if (strcmp(v->files[i].path, path) == 0)
+			return &v->files[i];
+	return NULL;
+}
+
+int registry_version_materialize(registry_store *s, const registry_version *v, char **dir_out,
+				 owl_err *err)
+{
+	*dir_out = NULL;
+	char *dir = owl_xasprintf("%s/snapshots/%s/%d", s->home, v->model, v->number);
+	int rc = owl_mkdir_p(dir, err);
+	for (size_t i = 0; rc == 0 && i < v->nfiles; i++) {
+		char *link_path = owl_path_join(dir, v->files[i].path);
+		char *parent = owl_xstrdup(link_path);
+		*strrchr(parent, '/') = 0;
+		rc = owl_mkdir_p(parent, err);
+		free(parent);
+		char target[4096];
+		ssize_t n = rc ? -1 : readlink(link_path, target, sizeof target - 1);
+		if (rc == 0 && !(n > 0 && (size_t)n == strlen(v->files[i].blob_path) &&
+				 memcmp(target, v->files[i].blob_path, (size_t)n) == 0)) {
+			unlink(link_path);
+			if (symlink(v->files[i].blob_path, link_path) != 0)
+				rc = owl_err_set(err, OWL_EFAIL, "cannot link '%s': %s", link_path,
+						 strerror(errno));
+		}
+		free(link_path);
+	}
+	if (rc) {
+		free(dir);
+		return rc;
+	}
+	*dir_out = dir;
+	return 0;
+}
+
+/* ---- tags -------------------------------------------------------------- */
+
+int registry_tag_set(registry_store *s, const registry_version *v, const char *tag, owl_err *err)
+{
+	if (!registry_valid_name(tag) || strchr(tag, '/'))
+		return owl_err_set(err, OWL_EUSAGE, "invalid tag '%s': use letters, digits, '-', '_' "
+				   "and '.'", tag);
+	int64_t old = 0;
+	sqlite3_stmt *q = NULL;
+	sqlite3_prepare_v2(s->db, "SELECT version_id FROM tags WHERE model_id=? AND tag=?", -1, &q,
+			   NULL);
+	sqlite3_bind_int64(q, 1, v->model_id);
+	sqlite3_bind_text(q, 2, tag, -1, SQLITE_STATIC);
+	if (sqlite3_step(q) == SQLITE_ROW)
+		old = sqlite3_column_int64(q, 0);
+	sqlite3_finalize(q);
+	if (old == v->id)
+		return 0;
+	int rc = registry_store_exec(s, "SAVEPOINT tag_set", err);
+	if (rc)
+		return rc;
+	int64_t now = owl_unix_time();
+	sqlite3_prepare_v2(s->db, "INSERT INTO tags(model_id, tag, version_id, updated_at)"
+			   " VALUES (?,?,?,?) ON CONFLICT(model_id, tag) DO UPDATE SET"
+			   " version_id=excluded.version_id, updated_at=excluded.updated_at", -1, &q,
+			   NULL);
+	sqlite3_bind_int64(q, 1, v->model_id);
+	sqlite3_bind_text(q, 2, tag, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(q, 3, v->id);
+	sqlite3_bind_int64(q, 4, now);
+	int ok = sqlite3_step(q) == SQLITE_DONE;
+	sqlite3_finalize(q);
+	if (ok) {
+		sqlite3_prepare_v2(s->db, "INSERT INTO tag_history(model_id, tag, old_version_id,"
+				   " new_version_id, at) VALUES (?,?,?,?,?)", -1, &q, NULL);
+		sqlite3_bind_int64(q, 1, v->model_id);
+		sqlite3_bind_text(q, 2, tag, -1, SQLITE_STATIC);
+		if (old)
+			sqlite3_bind_int64(q, 3, old);
+		sqlite3_bind_int64(q, 4, v->id);
+		sqlite3_bind_int64(q, 5, now);
+		ok = sqlite3_step(q) == SQLITE_DONE;
+		sqlite3_finalize(q);
+	}
+	if (!ok) {
+		rc = owl_err_set(err, OWL_EFAIL, "cannot set tag '%s': %s", tag, sqlite3_errmsg(s->db));
+		registry_store_exec(s, "ROLLBACK TO tag_set; RELEASE tag_set", NULL);
+		return rc;
+	}
+	return registry_store_exec(s, "RELEASE tag_set", err);
+}
+
+int registry_tag_delete(registry_store *s, const char *model, const char *tag, owl_err *err)
+{
+	registry_version v;
+	char *ref = owl_xasprintf("%s:%s", model, tag);
+	int rc = registry_resolve(s, ref, &v, err);
+	free(ref);
+	if (rc)
+		return rc;
+	if ((rc = registry_store_exec(s, "SAVEPOINT tag_del", err)))
+		goto out;
+	sqlite3_stmt *q = NULL;
+	sqlite3_prepare_v2(s->db, "DELETE FROM tags WHERE model_id=? AND tag=?", -1, &q, NULL);
+	sqlite3_bind_int64(q, 1, v.model_id);
+	sqlite3_bind_text(q, 2, tag, -1, SQLITE_STATIC);
+	int ok = sqlite3_step(q) == SQLITE_DONE;
+	sqlite3_finalize(q);
+	sqlite3_prepare_v2(s->db, "INSERT INTO tag_history(model_id, tag, old_version_id,"
+			   " new_version_id, at) VALUES (?,?,?,NULL,?)", -1, &q, NULL);
+	sqlite3_bind_int64(q, 1, v.model_id);
+	sqlite3_bind_text(q, 2, tag, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(q, 3, v.id);
+	sqlite3_bind_int64(q, 4, owl_unix_time());
+	ok = ok && sqlite3_step(q) == SQLITE_DONE;
+	sqlite3_finalize(q);
+	if (!ok) {
+		rc = owl_err_set(err, OWL_EFAIL, "cannot delete tag '%s': %s", tag,
+				 sqlite3_errmsg(s->db));
+		registry_store_exec(s, "ROLLBACK TO tag_del; RELEASE tag_del", NULL);
+		goto out;
+	}
+	rc = registry_store_exec(s, "RELEASE tag_del", err);
+out:
+	registry_version_release(&v);
+	return rc;
+}
+
+/* ---- removal ----------------------------------------------------------- */
+
+/* Tables of other modules that pin a version (deployments, adapters ...)
+ * register here by name and column, so that rm refuses while any row
+ * references the version. Missing tables are skipped: a module that is not
+ * installed pins nothing. */
+static const struct { const char *table, *column, *what; } pins[] = {
+	{"tags", "version_id", "tag"},
+	{"versions", "parent_version_id", "derived version"},
+	{"deployments", "version_id", "deployment"},
+};
+
+static int table_exists(registry_store *s, const char *table)
+{
+	sqlite3_stmt *q = NULL;
+	sqlite3_prepare_v2(s->db, "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", -1,
+			   &q, NULL);
+	sqlite3_bind_text(q, 1, table, -1, SQLITE_STATIC);
+	int yes = sqlite3_step(q) == SQLITE_ROW;
+	sqlite3_finalize(q);
+	return yes;
+}
+
+int registry_version_remove(registry_store *s, const registry_version *v, owl_err *err)
+{
+	for (size_t i = 0; i < sizeof pins / sizeof pins[0]; i++) {
+		if (!table_exists(s, pins[i].table))
+			continue;
+		char *sql = owl_xasprintf("SELECT COUNT(*) FROM %s WHERE %s=?", pins[i].table,
+					  pins[i].column);
+		sqlite3_stmt *q = NULL;
+		long long n = 0;
+		if (sqlite3_prepare_v2(s->db, sql, -1, &q, NULL) == SQLITE_OK) {
+			sqlite3_bind_int64(q, 1, v->id);
+			if (sqlite3_step(q) == SQLITE_ROW)
+				n = sqlite3_column_int64(q, 0);
+		}
+		sqlite3_finalize(q);
+		free(sql);
+		if (n > 0) {
+			const char *hint = strcmp(pins[i].table, "tags") == 0
+				? "; move or delete the tag first (owl tag --delete NAME:TAG)"
+				: "";
+			return owl_err_set(err, OWL_EDENIED, "refusing to remove %s@%d: %lld %s%s "
+					   "still reference%s it%s", v->model, v->number, n,
+					   pins[i].what, n == 1 ? "" : "s", n == 1 ? "s" : "", hint);
+		}
+	}
+	int rc = registry_store_begin(s, err);
+	if (rc)
+		return rc;
+	sqlite3_stmt *q = NULL;
+	sqlite3_prepare_v2(s->db, "DELETE FROM versions WHERE id=?", -1, &q, NULL);
+	sqlite3_bind_int64(q, 1, v->id);
+	int ok = sqlite3_step(q) == SQLITE_DONE;
+	sqlite3_finalize(q);
+	if (!ok) {
+		rc = owl_err_set(err, OWL_EFAIL, "cannot remove %s@%d: %s", v->model, v->number,
+				 sqlite3_errmsg(s->db));
+		registry_store_rollback(s);
+		return rc;
+	}
+	/* The snapshot folder holds links only; it is rebuilt on demand. */
+	char *snap = owl_xasprintf("%s/snapshots/%s/%d", s->home, v->model, v->number);
+	owl_remove_tree(snap, NULL);
+	free(snap);
+	return registry_store_commit(s, err);
+}
+
+/* ---- gc ---------------------------------------------------------------- */
+
+static int blob_referenced(registry_store *s, const char *digest)
+{
+	sqlite3_stmt *q = NULL;
+	sqlite3_prepare_v2(s->db, "SELECT 1 FROM version_files WHERE digest=? LIMIT 1", -1, &q,
+			   NULL);
+	sqlite3_bind_text(q, 1, digest, -1, SQLITE_STATIC);
+	int yes = sqlite3_step(q) == SQLITE_ROW;
+	sqlite3_finalize(q);
+	return yes;
+}
+
+/* A staging folder tmp/stage-PID-N whose process no longer runs. */
+static int stale_stage(const char *name)
+{
+	int pid = 0;
+	if (sscanf(name, "stage-%d-", &pid) != 1 || pid <= 0)
+		return 0;
+	return kill(pid, 0) != 0 && errno == ESRCH;
+}
+
+int registry_gc(registry_store *s, int dry_run, registry_gc_result *res, owl_err *err)
+{
+	memset(res, 0, sizeof *res);
+	/* Holding the write lock keeps a concurrent pull from registering a
+	 * version whose blob we are about to delete. */
+	int rc = registry_store_begin(s, err);
+	if (rc)
+		return rc;
+	DIR *top = opendir(s->blobs_dir);
+	struct dirent *de;
+	while (top && (de = readdir(top))) {
+		if (de->d_name[0] == '.')
+			continue;
+		char *sub = owl_path_join(s->blobs_dir, de->d_name);
+		DIR *d = opendir(sub);
+		struct dirent *be;
+		while (d && (be = readdir(d))) {
+			if (be->d_name[0] == '.' || blob_referenced(s, be->d_name))
+				continue;
+			char *p = owl_path_join(sub, be->d_name);
+			struct stat sb;
+			if (stat(p, &sb) == 0) {
+				res->blobs_removed++;
+				res->bytes_freed += (uint64_t)sb.st_size;
+				if (!dry_run)
+					unlink(p);
+			}
+			free(p);
+		}
+		if (d)
+			closedir(d);
+		if (!dry_run)
+			rmdir(sub); /* only succeeds when empty */
+		free(sub);
+	}
+	if (top)
+		closedir(top);
+	if (!dry_run) {
+		rc = registry_store_exec(s, "DELETE FROM blobs WHERE digest NOT IN"
+					    " (SELECT digest FROM version_files)", err);
+		if (rc) {
+			registry_store_rollback(s);
+			return rc;
+		}
+	}
+	rc = registry_store_commit(s, err);
+	if (rc)
+		return rc;
+	DIR *tmp = opendir(s->tmp_dir);
+	while (tmp && (de = readdir(tmp))) {
+		if (!stale_stage(de->d_name))
+			continue;
+		res->stale_tmp_removed++;
+		if (!dry_run) {
+			char *p = owl_path_join(s->tmp_dir, de->d_name);
+			owl_remove_tree(p, NULL);
+			free(p);
+		}
+	}
+	if (tmp)
+		closedir(tmp);
+	return 0;
+}
+
+/* ---- verify ------------------------------------------------------------ */
+
+int registry_verify(registry_store *s, const registry_version *v, registry_verify_report report,
+		    void *report_ctx, uint64_t *files_checked, owl_err *err)
+{
+	sqlite3_stmt *q = NULL;
+	sqlite3_prepare_v2(s->db,
+			   "SELECT m.name, v.version, f.path, f.digest, f.size FROM version_files f"
+			   " JOIN versions v ON v.id=f.version_id JOIN models m ON m.id=v.model_id"
+			   " WHERE ?1=0 OR v.id=?1 ORDER BY m.name, v.version, f.path", -1, &q, NULL);
+	sqlite3_bind_int64(q, 1, v ? v->id : 0);
+	uint64_t checked = 0, bad = 0;
+	/* Many versions share blobs: hash each blob once. */
+	char (*seen)[65] = NULL;
+	int *seen_ok = NULL;
+	size_t nseen = 0, cap = 0;
+	while (sqlite3_step(q) == SQLITE_ROW) {
+		const char *model = (const char *)sqlite3_column_text(q, 0);
+		int number = sqlite3_column_int(q, 1);
+		const char *path = (const char *)sqlite3_column_text(q, 2);
+		const char *digest = (const char *)sqlite3_column_text(q, 3);
+		uint64_t size = (uint64_t)sqlite3_column_int64(q, 4);
+		checked++;
+		const char *problem = NULL;
+		char problem_buf[256];
+		size_t k;
+		for (k = 0; k < nseen; k++)
+			if (strcmp(seen[k], digest) == 0)
+				break;
+		if (k < nseen) {
+			if (!seen_ok[k])
+				problem = "corrupt or missing (see above)";
+		} else {
+			char *blob = registry_blob_path(s, digest);
+			char hex[65];
+			uint64_t got = 0;
+			owl_err herr = {0};
+			if (!owl_path_exists(blob)) {
+				problem = "missing: the blob file is gone";
+			} else if (registry_hash_file(blob, hex, &got, &herr) != 0) {
+				snprintf(problem_buf, sizeof problem_buf, "unreadable: %s", herr.msg);
+				problem = problem_buf;
+			} else if (strcmp(hex, digest) != 0 || got != size) {
+				snprintf(problem_buf, sizeof problem_buf,
+					 "corrupt: content hashes to %s (%llu bytes), expected %s "
+					 "(%llu bytes)", hex, (unsigned long long)got, digest,
+					 (unsigned long long)size);
+				problem = problem_buf;
+			}
+			free(blob);
+			if (nseen == cap) {
+				cap = cap ? 2 * cap : 64;
+				seen = owl_xrealloc(seen, cap * sizeof *seen);
+				seen_ok = owl_xrealloc(seen_ok, cap * sizeof *seen_ok);
+			}
+			snprintf(seen[nseen], 65, "%s", digest);
+			seen_ok[nseen++] = problem == NULL;
+		}
+		if (problem) {
+			bad++;
+			if (report)
+				report(report_ctx, model, number, path, digest, problem);
+		}
+	}
+	sqlite3_finalize(q);
+	free(seen);
+	free(seen_ok);
+	if (files_checked)
+		*files_checked = checked;
+	if (bad)
+		return owl_err_set(err, OWL_EINTEGRITY, "%llu of %llu files are corrupt or missing",
+				   (unsigned long long)bad, (unsigned long long)checked);
+	return 0;
+}
