@@ -65,6 +65,11 @@ char *registry_default_name(const char *path)
 
 /* ---- local folder ------------------------------------------------------ */
 
+static int cmp_names(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
 /* Walks dir recursively (following links: a Hugging Face cache snapshot is a
  * folder of links to blobs), skipping hidden entries such as .git. */
 static int add_tree(registry_stage *st, const char *root, const char *rel,
@@ -93,7 +98,8 @@ static int add_tree(registry_stage *st, const char *root, const char *rel,
 		names[n++] = owl_xstrdup(de->d_name);
 	}
 	closedir(d);
-	qsort(names, n, sizeof *names, (int (*)(const void *, const void *))strcmp);
+	if (n > 1)
+		qsort(names, n, sizeof *names, cmp_names);
 	for (size_t i = 0; i < n; i++) {
 		if (rc) {
 			free(names[i]);
