@@ -14,7 +14,13 @@ extern "C" int owl_cuda_probe(int *device_count, char *desc, size_t desc_len, in
 	int n = 0;
 	cudaError_t e = cudaGetDeviceCount(&n);
 	if (e != cudaSuccess) {
-		snprintf(desc, desc_len, "%s", cudaGetErrorString(e));
+		// On a machine without a GPU the runtime reports a missing or too old
+		// driver; say what that means for the user, keep the runtime's words.
+		if (e == cudaErrorInsufficientDriver || e == cudaErrorNoDevice)
+			snprintf(desc, desc_len, "no usable NVIDIA GPU or driver on this machine (%s)",
+				 cudaGetErrorString(e));
+		else
+			snprintf(desc, desc_len, "%s", cudaGetErrorString(e));
 		return 1;
 	}
 	*device_count = n;
