@@ -512,6 +512,16 @@ static int run_verify(owl_ctx *ctx, int argc, char **argv)
 
 static int run_export(owl_ctx *ctx, int argc, char **argv)
 {
+	static const struct option opts[] = {{"sign", required_argument, 0, 'k'}, {0, 0, 0, 0}};
+	const char *key = NULL;
+	int c;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		if (c != 'k')
+			return cmd_usage_error("export", "unknown option");
+		key = optarg;
+	}
+	argv += optind - 1;
+	argc -= optind - 1;
 	if (argc != 3)
 		return cmd_usage_error("export", "expected NAME@V FILE.tar[.zst]");
 	owl_err err = {0};
@@ -521,11 +531,12 @@ static int run_export(owl_ctx *ctx, int argc, char **argv)
 	registry_version v;
 	int rc = registry_resolve(s, argv[1], &v, &err);
 	if (!rc)
-		rc = registry_export(s, &v, argv[2], NULL, &err);
+		rc = registry_export(s, &v, argv[2], NULL, key, &err);
 	if (!rc && !ctx->quiet) {
 		char b[32];
 		owl_fmt_bytes(v.total_bytes, b, sizeof b);
-		printf("exported %s@%d to %s (%zu files, %s)\n", v.model, v.number, argv[2], v.nfiles, b);
+		printf("exported %s@%d to %s (%zu files, %s%s)\n", v.model, v.number, argv[2],
+		       v.nfiles, b, key ? ", signed" : "");
 	}
 	registry_version_release(&v);
 	registry_store_close(s);
@@ -535,15 +546,18 @@ static int run_export(owl_ctx *ctx, int argc, char **argv)
 static int run_import(owl_ctx *ctx, int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"name", required_argument, 0, 'n'}, {"tag", required_argument, 0, 't'}, {0, 0, 0, 0},
+		{"name", required_argument, 0, 'n'}, {"tag", required_argument, 0, 't'},
+		{"trust", required_argument, 0, 'k'}, {0, 0, 0, 0},
 	};
-	const char *name = NULL, *tag = NULL;
+	const char *name = NULL, *tag = NULL, *trust_key = NULL;
 	int c;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		if (c == 'n')
 			name = optarg;
 		else if (c == 't')
 			tag = optarg;
+		else if (c == 'k')
+			trust_key = optarg;
 		else
 			return cmd_usage_error("import", "unknown option");
 	}
@@ -555,7 +569,8 @@ static int run_import(owl_ctx *ctx, int argc, char **argv)
 		return cmd_fail(&err);
 	registry_stage *st = NULL;
 	char *manifest = NULL;
-	int rc = registry_import_stage(s, argv[optind], &st, &manifest, &err);
+	registry_bundle_trust trust;
+	int rc = registry_import_stage(s, argv[optind], trust_key, &st, &manifest, &trust, &err);
 	registry_commit_result res = {0};
 	const char *model = NULL;
 	if (!rc) {
@@ -564,12 +579,19 @@ static int run_import(owl_ctx *ctx, int argc, char **argv)
 	}
 	if (!rc) {
 		if (ctx->json)
-			cmd_print_json(json_pack("{s:s, s:i, s:o, s:I}", "model", model, "version",
+			cmd_print_json(json_pack("{s:s, s:i, s:o, s:I, s:s}", "model", model, "version",
 						 res.number, "ref", json_sprintf("%s@%d", model, res.number),
-						 "files", (json_int_t)st->nfiles));
+						 "files", (json_int_t)st->nfiles, "signature",
+						 trust == REGISTRY_BUNDLE_SIGNATURE_OK ? "verified"
+						 : trust == REGISTRY_BUNDLE_SIGNED_UNCHECKED ? "unchecked"
+											     : "none"));
 		else
-			printf("imported %s@%d from %s (%zu files, every digest verified)\n", model,
-			       res.number, argv[optind], st->nfiles);
+			printf("imported %s@%d from %s (%zu files, every digest verified%s)\n", model,
+			       res.number, argv[optind], st->nfiles,
+			       trust == REGISTRY_BUNDLE_SIGNATURE_OK ? ", signature verified"
+			       : trust == REGISTRY_BUNDLE_SIGNED_UNCHECKED
+				       ? "; signed, but not checked: pass --trust KEY.pub"
+				       : "");
 	}
 	free(manifest);
 	registry_stage_free(st);
@@ -676,25 +698,30 @@ const owl_command cmd_registry_commands[] = {
 	 "  owl verify smollm2@2\n"},
 	{"export", run_export, "write a version to a bundle for air-gapped transfer",
 	 "USAGE\n"
-	 "  owl export NAME@V FILE.tar[.zst]\n"
+	 "  owl export NAME@V FILE.tar[.zst] [--sign KEY.pem]\n"
 	 "\n"
 	 "Writes a bundle holding the version's files and a manifest (model, version,\n"
 	 "source, revision, format, config, and each file's path, size and SHA-256).\n"
 	 "A .zst suffix compresses with zstd. 'owl import' on the other side checks\n"
-	 "every digest before it registers anything.\n"
+	 "every digest before it registers anything. --sign adds manifest.sig, an\n"
+	 "Ed25519 signature of the manifest (openssl genpkey -algorithm ed25519 -out\n"
+	 "KEY.pem makes a key).\n"
 	 "\n"
 	 "EXAMPLES\n"
-	 "  owl export smollm2@2 /media/usb/smollm2-v2.tar.zst\n"},
+	 "  owl export smollm2@2 /media/usb/smollm2-v2.tar.zst\n"
+	 "  owl export smollm2@2 smollm2-v2.tar --sign /etc/owl/release.pem\n"},
 	{"import", run_import, "register a version from a bundle, verifying every digest",
 	 "USAGE\n"
-	 "  owl import FILE [--name NAME] [--tag TAG]\n"
+	 "  owl import FILE [--name NAME] [--tag TAG] [--trust KEY.pub]\n"
 	 "\n"
 	 "Reads a bundle written by 'owl export', checks that its files match the\n"
 	 "manifest exactly (no missing, extra or altered file), then registers it as\n"
 	 "the next version of its model (or of NAME). A mismatch stores nothing, exit 4.\n"
+	 "--trust requires a valid signature by that Ed25519 public key (PEM).\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl import /media/usb/smollm2-v2.tar.zst\n"
-	 "  owl import bundle.tar --name smollm2-offline --tag stable\n"},
+	 "  owl import bundle.tar --name smollm2-offline --tag stable\n"
+	 "  owl import smollm2-v2.tar --trust /etc/owl/release.pub\n"},
 	{0},
 };

@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -22,6 +23,75 @@ static int has_suffix(const char *s, const char *suffix)
 {
 	size_t a = strlen(s), b = strlen(suffix);
 	return a >= b && strcasecmp(s + a - b, suffix) == 0;
+}
+
+/* ---- signatures (Ed25519 over the manifest's bytes) --------------------- */
+
+static int sign_manifest(const char *key_path, const char *msg, size_t n, char hex[129],
+			 owl_err *err)
+{
+	FILE *f = fopen(key_path, "r");
+	if (!f)
+		return owl_err_set(err, OWL_EUSAGE, "cannot open signing key '%s': %s", key_path,
+				   strerror(errno));
+	EVP_PKEY *pk = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+	fclose(f);
+	if (!pk || EVP_PKEY_id(pk) != EVP_PKEY_ED25519) {
+		EVP_PKEY_free(pk);
+		return owl_err_set(err, OWL_EUSAGE, "'%s' is not an Ed25519 private key in PEM "
+				   "(make one with: openssl genpkey -algorithm ed25519 -out KEY.pem)",
+				   key_path);
+	}
+	unsigned char sig[64];
+	size_t sl = sizeof sig;
+	EVP_MD_CTX *c = EVP_MD_CTX_new();
+	int ok = EVP_DigestSignInit(c, NULL, NULL, NULL, pk) == 1 &&
+		 EVP_DigestSign(c, sig, &sl, (const unsigned char *)msg, n) == 1 && sl == 64;
+	EVP_MD_CTX_free(c);
+	EVP_PKEY_free(pk);
+	if (!ok)
+		return owl_err_set(err, OWL_EFAIL, "cannot sign the manifest with '%s'", key_path);
+	owl_hex(sig, 64, hex);
+	return 0;
+}
+
+static int check_signature(const char *pub_path, const char *msg, size_t n, const char *sig_hex,
+			   const char *label, owl_err *err)
+{
+	unsigned char sig[64];
+	size_t hl = strlen(sig_hex);
+	while (hl && (sig_hex[hl - 1] == '\n' || sig_hex[hl - 1] == ' '))
+		hl--;
+	if (hl != 128)
+		return owl_err_set(err, OWL_EINTEGRITY, "'%s': manifest.sig is not an Ed25519 "
+				   "signature", label);
+	for (size_t i = 0; i < 64; i++) {
+		unsigned int b;
+		if (sscanf(sig_hex + 2 * i, "%2x", &b) != 1)
+			return owl_err_set(err, OWL_EINTEGRITY, "'%s': manifest.sig is not hex", label);
+		sig[i] = (unsigned char)b;
+	}
+	FILE *f = fopen(pub_path, "r");
+	if (!f)
+		return owl_err_set(err, OWL_EUSAGE, "cannot open trusted key '%s': %s", pub_path,
+				   strerror(errno));
+	EVP_PKEY *pk = PEM_read_PUBKEY(f, NULL, NULL, NULL);
+	fclose(f);
+	if (!pk || EVP_PKEY_id(pk) != EVP_PKEY_ED25519) {
+		EVP_PKEY_free(pk);
+		return owl_err_set(err, OWL_EUSAGE, "'%s' is not an Ed25519 public key in PEM "
+				   "(derive it with: openssl pkey -in KEY.pem -pubout -out KEY.pub)",
+				   pub_path);
+	}
+	EVP_MD_CTX *c = EVP_MD_CTX_new();
+	int ok = EVP_DigestVerifyInit(c, NULL, NULL, NULL, pk) == 1 &&
+		 EVP_DigestVerify(c, sig, 64, (const unsigned char *)msg, n) == 1;
+	EVP_MD_CTX_free(c);
+	EVP_PKEY_free(pk);
+	if (!ok)
+		return owl_err_set(err, OWL_EINTEGRITY, "'%s': the manifest's signature does not "
+				   "verify with '%s'; nothing was stored", label, pub_path);
+	return 0;
 }
 
 static json_t *manifest_for(const registry_version *v, const char *extra_json)
@@ -70,7 +140,7 @@ static int write_entry_header(struct archive *a, const char *path, uint64_t size
 }
 
 int registry_export(registry_store *s, const registry_version *v, const char *file,
-		    const char *extra_manifest_json, owl_err *err)
+		    const char *extra_manifest_json, const char *sign_key, owl_err *err)
 {
 	(void)s;
 	char *part = owl_xasprintf("%s.part", file);
@@ -92,10 +162,21 @@ int registry_export(registry_store *s, const registry_version *v, const char *fi
 	char *mtext = json_dumps(m, JSON_INDENT(2) | JSON_SORT_KEYS);
 	json_decref(m);
 	size_t mlen = strlen(mtext);
-	rc = write_entry_header(a, "manifest.json", mlen, v->created_at, file, err);
+	char sig[130] = "";
+	if (sign_key)
+		rc = sign_manifest(sign_key, mtext, mlen, sig, err);
+	if (!rc)
+		rc = write_entry_header(a, "manifest.json", mlen, v->created_at, file, err);
 	if (!rc && archive_write_data(a, mtext, mlen) != (la_ssize_t)mlen)
 		rc = owl_err_set(err, OWL_EFAIL, "cannot write the manifest into '%s': %s", file,
 				 archive_error_string(a));
+	if (!rc && sign_key) {
+		strcat(sig, "\n");
+		rc = write_entry_header(a, "manifest.sig", 129, v->created_at, file, err);
+		if (!rc && archive_write_data(a, sig, 129) != 129)
+			rc = owl_err_set(err, OWL_EFAIL, "cannot write the signature into '%s': %s",
+					 file, archive_error_string(a));
+	}
 	free(mtext);
 	unsigned char *buf = owl_xmalloc(1u << 20);
 	for (size_t i = 0; !rc && i < v->nfiles; i++) {
@@ -156,8 +237,8 @@ int registry_export(registry_store *s, const registry_version *v, const char *fi
 	return rc;
 }
 
-/* Checks the unpacked stage against the manifest, then turns it into the
- * checkpoint itself (files/ becomes the root, manifest.json leaves). */
+/* Checks the unpacked stage (manifest and signature already taken out)
+ * against the manifest, then makes files/ the checkpoint's root. */
 static int check_against_manifest(registry_stage *st, json_t *m, const char *label, owl_err *err)
 {
 	json_t *files = json_object_get(m, "files");
@@ -189,10 +270,8 @@ static int check_against_manifest(registry_stage *st, json_t *m, const char *lab
 					   label, path, sha, got->digest);
 		got->expected = owl_xstrdup(sha);
 	}
-	/* Everything staged must be the manifest or a listed file. */
+	/* Everything staged must be a listed file. */
 	for (size_t k = 0; k < st->nfiles; k++) {
-		if (strcmp(st->files[k].path, "manifest.json") == 0)
-			continue;
 		int listed = 0;
 		json_array_foreach(files, i, f) {
 			const char *path = json_string_value(json_object_get(f, "path"));
@@ -205,29 +284,41 @@ static int check_against_manifest(registry_stage *st, json_t *m, const char *lab
 					   "does not list; nothing was stored", label,
 					   st->files[k].path);
 	}
-	if (st->nfiles != nlisted + 1)
+	if (st->nfiles != nlisted)
 		return owl_err_set(err, OWL_EINTEGRITY, "'%s': %zu files for %zu manifest entries",
-				   label, st->nfiles - 1, nlisted);
-	/* Drop manifest.json from the stage, then make files/ the root. */
-	for (size_t k = 0; k < st->nfiles; k++)
-		if (strcmp(st->files[k].path, "manifest.json") == 0) {
-			char *p = owl_path_join(st->files_dir, "manifest.json");
-			unlink(p);
-			free(p);
-			st->total_bytes -= st->files[k].size;
-			free(st->files[k].path);
-			free(st->files[k].expected);
-			st->files[k] = st->files[--st->nfiles];
-			break;
-		}
+				   label, st->nfiles, nlisted);
 	return st->nfiles ? registry_stage_strip_top(st, err) : 0;
 }
 
-int registry_import_stage(registry_store *s, const char *file, registry_stage **out,
-			  char **manifest_out, owl_err *err)
+/* Takes a bundle's own file (manifest.json, manifest.sig) out of the stage
+ * and returns its bytes, or NULL when the bundle lacks it. */
+static char *pop_stage_file(registry_stage *st, const char *path, size_t max, owl_err *err,
+			    int *rc)
+{
+	for (size_t k = 0; k < st->nfiles; k++) {
+		if (strcmp(st->files[k].path, path) != 0)
+			continue;
+		char *full = owl_path_join(st->files_dir, path);
+		char *text = NULL;
+		*rc = owl_read_file(full, max, &text, NULL, err);
+		unlink(full);
+		free(full);
+		st->total_bytes -= st->files[k].size;
+		free(st->files[k].path);
+		free(st->files[k].expected);
+		st->files[k] = st->files[--st->nfiles];
+		return text;
+	}
+	return NULL;
+}
+
+int registry_import_stage(registry_store *s, const char *file, const char *trust_key,
+			  registry_stage **out, char **manifest_out, registry_bundle_trust *trust,
+			  owl_err *err)
 {
 	*out = NULL;
 	*manifest_out = NULL;
+	*trust = REGISTRY_BUNDLE_UNSIGNED;
 	registry_stage *st = NULL;
 	char *source = owl_xasprintf("bundle:%s", file);
 	int rc = registry_stage_new(s, source, &st, err);
@@ -235,25 +326,29 @@ int registry_import_stage(registry_store *s, const char *file, registry_stage **
 	if (rc)
 		return rc;
 	json_t *m = NULL;
+	char *text = NULL, *sig = NULL;
 	rc = registry_stage_extract(st, file, file, err);
+	if (!rc)
+		text = pop_stage_file(st, "manifest.json", 16u << 20, err, &rc);
+	if (!rc)
+		sig = pop_stage_file(st, "manifest.sig", 4096, err, &rc);
+	if (!rc && !text)
+		rc = owl_err_set(err, OWL_EINTEGRITY, "'%s' is not an owl bundle: it has no "
+				 "manifest.json", file);
+	if (!rc && trust_key && !sig)
+		rc = owl_err_set(err, OWL_EINTEGRITY, "'%s' is not signed, and --trust requires a "
+				 "signature; nothing was stored", file);
+	if (!rc && trust_key)
+		rc = check_signature(trust_key, text, strlen(text), sig, file, err);
+	if (!rc && sig)
+		*trust = trust_key ? REGISTRY_BUNDLE_SIGNATURE_OK : REGISTRY_BUNDLE_SIGNED_UNCHECKED;
 	if (!rc) {
-		char *mpath = owl_path_join(st->files_dir, "manifest.json");
-		char *text = NULL;
-		if (!owl_path_exists(mpath))
-			rc = owl_err_set(err, OWL_EINTEGRITY, "'%s' is not an owl bundle: it has no "
-					 "manifest.json", file);
-		else
-			rc = owl_read_file(mpath, 16u << 20, &text, NULL, err);
-		free(mpath);
-		if (!rc) {
-			json_error_t je;
-			m = json_loads(text, JSON_REJECT_DUPLICATES, &je);
-			if (!json_is_object(m) ||
-			    json_integer_value(json_object_get(m, "owl_bundle")) != BUNDLE_FORMAT)
-				rc = owl_err_set(err, OWL_EINTEGRITY, "'%s': manifest.json is not a "
-						 "bundle manifest of format %d", file, BUNDLE_FORMAT);
-			*manifest_out = text;
-		}
+		json_error_t je;
+		m = json_loads(text, JSON_REJECT_DUPLICATES, &je);
+		if (!json_is_object(m) ||
+		    json_integer_value(json_object_get(m, "owl_bundle")) != BUNDLE_FORMAT)
+			rc = owl_err_set(err, OWL_EINTEGRITY, "'%s': manifest.json is not a bundle "
+					 "manifest of format %d", file, BUNDLE_FORMAT);
 	}
 	if (!rc)
 		rc = check_against_manifest(st, m, file, err);
@@ -271,12 +366,13 @@ int registry_import_stage(registry_store *s, const char *file, registry_stage **
 		rc = registry_stage_validate(st, err);
 	}
 	json_decref(m);
+	free(sig);
 	if (rc) {
 		registry_stage_free(st);
-		free(*manifest_out);
-		*manifest_out = NULL;
+		free(text);
 		return rc;
 	}
+	*manifest_out = text;
 	*out = st;
 	return 0;
 }

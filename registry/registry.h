@@ -211,17 +211,28 @@ int registry_verify(registry_store *s, const registry_version *v, registry_verif
 
 /* ---- bundles for air-gapped transfer (registry/bundle.c) -------------- */
 
-/* Writes FILE (.tar, or .tar.zst) holding manifest.json (model, version,
- * source, revision, format, config, and every file's path, size and sha256)
- * and the files under files/. Written to FILE.part and renamed. */
+/* Writes FILE (.tar, .tar.gz or .tar.zst) holding manifest.json (model,
+ * version, source, revision, format, config, and every file's path, size and
+ * sha256) and the files under files/; with sign_key (an Ed25519 private key
+ * in PEM) also manifest.sig, the signature of manifest.json's bytes. Every
+ * blob is re-hashed while it is written; written to FILE.part and renamed. */
 int registry_export(registry_store *s, const registry_version *v, const char *file,
-		    const char *extra_manifest_json, owl_err *err);
+		    const char *extra_manifest_json, const char *sign_key, owl_err *err);
+
+typedef enum registry_bundle_trust {
+	REGISTRY_BUNDLE_UNSIGNED = 0,
+	REGISTRY_BUNDLE_SIGNED_UNCHECKED, /* has a signature, no key given to check it */
+	REGISTRY_BUNDLE_SIGNATURE_OK,
+} registry_bundle_trust;
+
 /* Reads a bundle into a new stage, verifying every file's digest and that
- * the files match the manifest exactly, before anything is registered.
- * *manifest_out (jansson-free JSON text, caller frees) lets the caller read
- * the original name and license facts. */
-int registry_import_stage(registry_store *s, const char *file, registry_stage **out,
-			  char **manifest_out, owl_err *err);
+ * the files match the manifest exactly, before anything is registered. With
+ * trust_key (an Ed25519 public key in PEM) the bundle must carry a valid
+ * signature by that key. *manifest_out (JSON text, caller frees) lets the
+ * caller read the original name and license facts. */
+int registry_import_stage(registry_store *s, const char *file, const char *trust_key,
+			  registry_stage **out, char **manifest_out, registry_bundle_trust *trust,
+			  owl_err *err);
 
 /* ---- downloads over HTTP(S) (registry/fetch.c, registry/hub.c) ------- */
 

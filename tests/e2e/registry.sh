@@ -182,3 +182,27 @@ cp "$T/m2/tokenizer.json" "$T/tamper/files/extra.json"
 tar -C "$T/tamper" -cf "$T/extra.tar" manifest.json files
 OWL_HOME="$T/home3" owl import "$T/extra.tar"
 expect_rc import_extra_file_refused 4
+
+# --- signed bundles ---------------------------------------------------------------------------
+openssl genpkey -algorithm ed25519 -out "$T/key.pem" 2>/dev/null
+openssl pkey -in "$T/key.pem" -pubout -out "$T/key.pub" 2>/dev/null
+openssl genpkey -algorithm ed25519 -out "$T/other.pem" 2>/dev/null
+openssl pkey -in "$T/other.pem" -pubout -out "$T/other.pub" 2>/dev/null
+owl export rt@1 "$T/signed.tar" --sign "$T/key.pem"
+expect_rc export_signed 0
+OWL_HOME="$T/home4" owl import "$T/signed.tar" --trust "$T/key.pub" --json
+expect_rc import_signed_trusted 0
+expect_eq import_signature_verified "$(json 'd["signature"]')" "verified"
+OWL_HOME="$T/home4" owl import "$T/signed.tar" --trust "$T/other.pub"
+expect_rc import_wrong_key_refused 4
+expect_contains import_wrong_key_reason "$ERR" "does not verify"
+OWL_HOME="$T/home4" owl import "$T/rt.tar.zst" --trust "$T/key.pub"
+expect_rc import_unsigned_refused_with_trust 4
+# Editing the manifest of a signed bundle breaks the signature.
+mkdir -p "$T/sig" && tar -C "$T/sig" -xf "$T/signed.tar"
+sed -i 's/"rt"/"rx"/' "$T/sig/manifest.json"
+tar -C "$T/sig" -cf "$T/resigned.tar" manifest.json manifest.sig files
+OWL_HOME="$T/home4" owl import "$T/resigned.tar" --trust "$T/key.pub"
+expect_rc import_edited_manifest_refused 4
+OWL_HOME="$T/home4" owl list --json
+expect_eq signed_imports_registered_once "$(json 'len(d)')" "1"
