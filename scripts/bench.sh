@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Benchmarks. The test environment sets OPENBLAS_CORETYPE=Haswell (and
+# OPENBLAS_L2_SIZE) because old OpenBLAS builds misdetect this CPU; that is
+# correct but halves GEMM speed, so the benchmarks unset both for their own
+# processes and say so.
+# Usage: scripts/bench.sh [registry|engine|all]   (default all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export BUILD=${BUILD:-build}
+which=${1:-all}
+echo "bench: unsetting OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE for the benchmark processes"
+unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE
+case "$which" in
+  registry) scripts/bench-registry.sh ;;
+  engine) scripts/bench-engine.sh ;;
+  all)
+    scripts/bench-registry.sh
+    [ -x scripts/bench-engine.sh ] && scripts/bench-engine.sh
+    ;;
+  *) echo "usage: scripts/bench.sh [registry|engine|all]" >&2; exit 2 ;;
+esac
