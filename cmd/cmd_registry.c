@@ -128,6 +128,7 @@ static int run_pull(owl_ctx *ctx, int argc, char **argv)
 		json_object_set_new(o, "files", json_integer((json_int_t)st->nfiles));
 		json_object_set_new(o, "bytes", json_integer((json_int_t)st->total_bytes));
 		json_object_set_new(o, "new_bytes", json_integer((json_int_t)res.new_bytes));
+		json_object_set_new(o, "downloaded_bytes", json_integer((json_int_t)st->downloaded_bytes));
 		json_object_set_new(o, "config", config_summary(st->config_json));
 		if (tag)
 			json_object_set_new(o, "tag", json_string(tag));

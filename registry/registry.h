@@ -86,6 +86,7 @@ typedef struct registry_stage {
 	char *config_json; /* filled by registry_stage_validate (summary) */
 	char *default_name;/* name derived from the source */
 	uint64_t total_bytes;
+	uint64_t downloaded_bytes; /* bytes that crossed the network (resume makes it < total) */
 } registry_stage;
 
 int registry_stage_new(registry_store *s, const char *source, registry_stage **out, owl_err *err);

@@ -94,6 +94,7 @@ int registry_stage_from_url(registry_store *s, const char *url, const registry_s
 		.url = url, .name = base, .expected_sha256 = o->expected_sha256, .tmp_path = part,
 	};
 	rc = registry_fetch_files(&fo, &f, 1, err);
+	st->downloaded_bytes = f.bytes_transferred;
 	if (!rc) {
 		if (registry_is_archive_name(base)) {
 			rc = registry_stage_extract(st, part, base, err);
@@ -223,6 +224,8 @@ int registry_stage_from_hub(registry_store *s, const char *source, const registr
 				 o->include ? ": no file matches --include" : ": the repository is empty");
 	if (!rc)
 		rc = registry_fetch_files(&fo, files, nfiles, err);
+	for (size_t i = 0; i < nfiles; i++)
+		st->downloaded_bytes += files[i].bytes_transferred;
 	for (size_t i = 0; !rc && i < nfiles; i++)
 		rc = stage_download(st, files[i].tmp_path, keep_paths[i], &files[i], err);
 	free(keep_paths);

@@ -307,6 +307,22 @@ int registry_stage_validate(registry_stage *st, owl_err *err)
 		if (rc)
 			return rc;
 	}
+	/* 3. Format: what the engine will be able to load. */
+	const char *format;
+	if (stage_find(st, "adapter_config.json") && n_st)
+		format = "adapter";
+	else if (stage_find(st, "config.json") && n_st)
+		format = "hf";
+	else if (n_gguf)
+		format = "gguf";
+	else if (n_st)
+		format = "safetensors";
+	else
+		return owl_err_set(err, OWL_EUSAGE, "'%s' holds no model weights: expected "
+				   ".safetensors files (with config.json) or a .gguf file", st->source);
+	free(st->format);
+	st->format = owl_xstrdup(format);
+
 	const registry_stage_file *ixf = stage_find(st, "model.safetensors.index.json");
 	if (ixf) {
 		char *full = owl_path_join(st->files_dir, ixf->path);
@@ -326,22 +342,6 @@ int registry_stage_validate(registry_stage *st, owl_err *err)
 		if (rc)
 			return rc;
 	}
-
-	/* 3. Format: what the engine will be able to load. */
-	const char *format;
-	if (stage_find(st, "adapter_config.json") && n_st)
-		format = "adapter";
-	else if (stage_find(st, "config.json") && n_st)
-		format = "hf";
-	else if (n_gguf)
-		format = "gguf";
-	else if (n_st)
-		format = "safetensors";
-	else
-		return owl_err_set(err, OWL_EUSAGE, "'%s' holds no model weights: expected "
-				   ".safetensors files (with config.json) or a .gguf file", st->source);
-	free(st->format);
-	st->format = owl_xstrdup(format);
 
 	uint64_t params = 0;
 	char dtype[16] = "";

@@ -58,7 +58,7 @@ done
 for script in tests/e2e/*.sh; do
   [ -f "$script" ] || continue
   name=$(basename "$script" .sh)
-  [[ "$name" == lib ]] && continue
+  [[ "$name" == lib || "$name" == lib-* ]] && continue  # sourced helpers, not tests
   [[ -z "$FILTER" || "$name" == *"$FILTER"* ]] || continue
   run_one "$name" bash "$script"
 done

@@ -6,7 +6,7 @@
 FX="$OWL_BUILD/owl-fixture"
 "$FX" --out "$T/m" --seed 3 --preset tiny --shards 2 --license apache-2.0 >/dev/null
 "$FX" --out "$T/m2" --seed 4 --preset tiny --license mit >/dev/null
-json() { printf '%s' "$OUT" | python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+json() { printf '%s' "$OUT" | python3 -c "import json,sys; d=json.load(sys.stdin); print($1)" 2>/dev/null; }
 nblobs() { find "$OWL_HOME/blobs" -type f | wc -l; }
 
 # --- folder pull, versions, dedup --------------------------------------------
