@@ -36,6 +36,7 @@ typedef struct transfer {
 	EVP_MD_CTX *md;
 	uint64_t have;        /* bytes in the file (resumed prefix + this attempt) */
 	uint64_t start;       /* offset this attempt asked for */
+	uint64_t size_hint;   /* expected_size, or what Content-Length announced */
 	int attempt;
 	int status_checked;   /* the response status was looked at */
 	int restart_from_zero;/* the server ignored Range: rewrite the file */
@@ -108,6 +109,10 @@ static size_t on_data(char *buf, size_t size, size_t n, void *ud)
 		t->status_checked = 1;
 		if (t->http_status >= 400)
 			return len; /* swallowed; the status decides after the transfer */
+		curl_off_t cl = -1;
+		curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+		if (!t->f->expected_size && cl > 0)
+			t->size_hint = (t->http_status == 206 ? t->start : 0) + (uint64_t)cl;
 		if (t->start > 0 && t->http_status == 200) {
 			/* The server ignored Range: start over from zero. */
 			if (ftruncate(fileno(t->out), 0) != 0 || fseek(t->out, 0, SEEK_SET) != 0)
@@ -330,12 +335,13 @@ int registry_fetch_files(const registry_fetch_opts *opts, registry_fetch_file *f
 	}
 	CURLM *multi = curl_multi_init();
 	transfer *ts = owl_xcalloc(n ? n : 1, sizeof *ts);
-	uint64_t total = 0;
 	for (size_t i = 0; i < n; i++) {
 		ts[i].f = &files[i];
 		ts[i].opts = opts;
-		total += files[i].expected_size;
+		ts[i].size_hint = files[i].expected_size;
 	}
+	char label[64];
+	snprintf(label, sizeof label, "download (%zu file%s)", n, n == 1 ? "" : "s");
 	int parallel = opts->parallel > 0 ? opts->parallel : 4;
 	int rc = 0, running = 0;
 	size_t ndone = 0;
@@ -380,12 +386,15 @@ int registry_fetch_files(const registry_fetch_opts *opts, registry_fetch_file *f
 			}
 		}
 		if (opts->progress && (owl_now() - last_progress > 0.2 || ndone == n)) {
-			uint64_t have = 0;
-			for (size_t i = 0; i < n; i++)
+			/* The total is known once every file's size is. */
+			uint64_t have = 0, total = 0;
+			int unknown = 0;
+			for (size_t i = 0; i < n; i++) {
 				have += ts[i].have;
-			char label[128];
-			snprintf(label, sizeof label, "%zu/%zu files", ndone, n);
-			opts->progress(opts->progress_ctx, label, have, total);
+				total += ts[i].size_hint;
+				unknown |= ts[i].size_hint == 0;
+			}
+			opts->progress(opts->progress_ctx, label, have, unknown ? 0 : total);
 			last_progress = owl_now();
 		}
 		if (ndone < n && rc == 0)

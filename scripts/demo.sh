@@ -1,18 +1,60 @@
 #!/usr/bin/env bash
-# The appliance end to end, as far as it is built today, in a throw-away home:
-# the status of this machine, then a fixture checkpoint written by owl's own
-# generator. Later stages (pull, license gate, run) are added here as they land.
+# The appliance end to end, in a throw-away home, against a loopback server:
+# a hub-style repository and a plain HTTPS file server (nginx) hold fixture
+# checkpoints; owl pulls, lists, shows, tags, verifies, exports and imports
+# them. Each stage prints the command it runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
-work=$(mktemp -d "${TMPDIR:-/tmp}/owl-demo-XXXXXX")
-trap 'rm -rf "$work"' EXIT
-export OWL_HOME="$work/home"
-echo "== owl status"
-"$BUILD/owl" status
+export OWL_ROOT=$PWD OWL_BUILD=$PWD/$BUILD OWL_BIN=$PWD/$BUILD/owl
+# The loopback server and the throw-away folder come from the test helpers.
+. tests/e2e/lib.sh
+. tests/e2e/lib-nginx.sh
+set +u
+
+step() { echo; echo "== $*"; }
+run() { echo "\$ owl $*"; "$OWL_BIN" "$@"; }
+
+step "this machine"
+run status
+
+step "a loopback model hub (nginx) holding a fixture checkpoint, license apache-2.0"
+nginx_start
+"$OWL_BUILD/owl-fixture" --out "$T/acme-chat" --seed 1 --preset tiny --shards 2 \
+  --license apache-2.0 >/dev/null
+hub_publish "$T/acme-chat" acme/chat main 5f1e0c4a9b7d3e2f1a0b9c8d7e6f5a4b3c2d1e0f
+export OWL_HF_ENDPOINT="$NGX_HTTP"
+echo "hub at $OWL_HF_ENDPOINT: $(ls "$T/acme-chat" | tr '\n' ' ')"
+
+step "pull it: every file hashed while it streams, pinned to the commit"
+run pull hf://acme/chat@main --name acme-chat --tag stable
+run list
+run show acme-chat:stable
+
+step "a second checkpoint over HTTPS from a private CA, as a single GGUF file"
+"$OWL_BUILD/owl-fixture" --out "$T/gguf" --seed 2 --preset tiny --gguf Q8_0 --gguf-only >/dev/null
+cp "$T"/gguf/*.gguf "$NGX_WWW/files/acme-chat.Q8_0.gguf"
+run pull "$NGX_HTTPS/files/acme-chat.Q8_0.gguf" --ca-cert "$NGX_CA" --name acme-chat-q8
+
+step "a corrupted blob is found by verify (exit 4), and healed by pulling again"
+blob=$(find "$OWL_HOME/blobs" -type f -size +100k | head -1)
+chmod u+w "$blob" && printf 'X' | dd of="$blob" bs=1 seek=4096 conv=notrunc 2>/dev/null
+run verify acme-chat || echo "(exit $? as expected)"
+run pull hf://acme/chat@main --name acme-chat --quiet >/dev/null
+run verify
+
+step "air-gapped transfer: a signed bundle, imported into a second home"
+openssl genpkey -algorithm ed25519 -out "$T/release.pem" 2>/dev/null
+openssl pkey -in "$T/release.pem" -pubout -out "$T/release.pub" 2>/dev/null
+run export acme-chat@1 "$T/acme-chat-1.tar.zst" --sign "$T/release.pem"
+OWL_HOME="$T/offline" run import "$T/acme-chat-1.tar.zst" --trust "$T/release.pub"
+OWL_HOME="$T/offline" run list
+
+step "versions, tags and clean-up"
+run tag acme-chat@2 stable
+run tag --history acme-chat
+run tag --delete acme-chat:stable
+run rm acme-chat@1
+run gc
 echo
-echo "== a fixture checkpoint (Hugging Face layout, license apache-2.0)"
-"$BUILD/owl-fixture" --out "$work/model" --seed 1 --license apache-2.0
-ls -l "$work/model"
-echo
-echo "demo: pull, license gate and generation are not built yet (issues 2, 3, 4)"
+echo "demo done."
