@@ -183,15 +183,16 @@ static int parse_tree_page(const char *text, size_t len, registry_hub_listing *o
 		json_t *lfs = json_object_get(it, "lfs");
 		const char *lfs_oid = json_string_value(json_object_get(lfs, "oid"));
 		const char *oid = json_string_value(json_object_get(it, "oid"));
-		if (!json_is_integer(size) || json_integer_value(size) < 0) {
+		/* The message is built before json_decref frees `path`. */
+		int rc = 0;
+		if (!json_is_integer(size) || json_integer_value(size) < 0)
+			rc = owl_err_set(err, OWL_EFAIL, "the hub's listing gives no size for '%s'", path);
+		else if (lfs_oid && !owl_is_hex_digest(lfs_oid, 64))
+			rc = owl_err_set(err, OWL_EFAIL, "the hub's listing gives '%s' an LFS oid that "
+					 "is not a sha256 digest", path);
+		if (rc) {
 			json_decref(arr);
-			return owl_err_set(err, OWL_EFAIL, "the hub's listing gives no size for '%s'",
-					   path);
-		}
-		if (lfs_oid && !owl_is_hex_digest(lfs_oid, 64)) {
-			json_decref(arr);
-			return owl_err_set(err, OWL_EFAIL, "the hub's listing gives '%s' an LFS oid that "
-					   "is not a sha256 digest", path);
+			return rc;
 		}
 		if (out->n == *cap) {
 			*cap = *cap ? 2 * *cap : 64;
@@ -227,6 +228,16 @@ static char *escape_path(const char *p)
 	}
 	curl_easy_cleanup(e);
 	return b.len ? owl_buf_steal(&b) : owl_xstrdup("");
+}
+
+int registry_hub_parse_listing(const char *text, size_t len, registry_hub_listing *out,
+			       owl_err *err)
+{
+	size_t cap = out->n;
+	int rc = parse_tree_page(text, len, out, &cap, err);
+	if (rc)
+		registry_hub_listing_release(out);
+	return rc;
 }
 
 char *registry_hub_file_url(const char *endpoint, const char *repo, const char *revision,

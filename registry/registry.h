@@ -296,6 +296,10 @@ typedef struct registry_hub_listing {
  * repository/revision/entry (404 with X-Error-Code) each give a clear message. */
 int registry_hub_list(const registry_fetch_opts *opts, const char *endpoint, const char *repo,
 		      const char *revision, registry_hub_listing *out, owl_err *err);
+/* Parses one page of a tree listing (a JSON array) and appends its files to
+ * out (which starts zeroed). Exposed for the fuzz target. */
+int registry_hub_parse_listing(const char *text, size_t len, registry_hub_listing *out,
+			       owl_err *err);
 /* The URL of one file's bytes: {endpoint}/{repo}/resolve/{revision}/{path}; caller frees. */
 char *registry_hub_file_url(const char *endpoint, const char *repo, const char *revision,
 			    const char *path);

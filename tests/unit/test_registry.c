@@ -148,8 +148,28 @@ static void names_are_checked(void)
 	CHECK(!registry_valid_name("a@1"), "at sign");
 }
 
+/* Found by fuzz_hub_listing: the error message used a string the JSON
+ * document had already freed. */
+static void hub_listing_errors_name_the_file(void)
+{
+	const char *bad = "[{\"type\":\"file\",\"path\":\"w.safetensors\",\"size\":1,"
+			  "\"lfs\":{\"oid\":\"zz\",\"size\":1}}]";
+	registry_hub_listing l = {0};
+	owl_err err = {0};
+	CHECK_INT(registry_hub_parse_listing(bad, strlen(bad), &l, &err), OWL_EFAIL);
+	CHECK(strstr(err.msg, "'w.safetensors'") != NULL, "names the file: %s", err.msg);
+	const char *good = "[{\"type\":\"directory\",\"path\":\"d\",\"size\":0},"
+			   "{\"type\":\"file\",\"path\":\"d/a.json\",\"size\":3,\"oid\":\"ab\"}]";
+	CHECK_INT(registry_hub_parse_listing(good, strlen(good), &l, &err), 0);
+	CHECK_INT((long long)l.n, 1);
+	if (l.n)
+		CHECK_STR(l.entries[0].path, "d/a.json");
+	registry_hub_listing_release(&l);
+}
+
 int main(void)
 {
+	RUN_TEST(hub_listing_errors_name_the_file);
 	RUN_TEST(failed_commit_leaves_nothing_visible_and_gc_reclaims);
 	RUN_TEST(resolve_explains_missing_versions_and_tags);
 	RUN_TEST(names_are_checked);
