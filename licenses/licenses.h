@@ -1,0 +1,176 @@
+/* licenses: what a checkpoint's license is, what the company's rules say
+ * about using it, and a tamper-evident record of every decision.
+ *
+ *   catalog      facts about known licenses (licenses/catalog.json, compiled
+ *                in and loaded into SQLite on migration)
+ *   detection    findings, each with its evidence and confidence, from a
+ *                checkpoint folder: model card front matter, LICENSE files
+ *                recognised by their text, GGUF and safetensors metadata
+ *   policy       rules in SQLite (effect, matchers, conditions, priority)
+ *                evaluated for an action (import, finetune, deploy, export)
+ *   approvals    human sign-off for rules that require it, with expiry
+ *   audit        every decision in an append-only, hash-chained table
+ */
+#ifndef OWL_LICENSES_H
+#define OWL_LICENSES_H
+
+#include "registry/registry.h"
+
+/* The module's schema, the catalog and, on a fresh home, the default policy. */
+int licenses_migrate(registry_store *s, owl_err *err);
+#define LICENSES_SCHEMA_MODULE "licenses"
+
+/* ---- catalog ----------------------------------------------------------- */
+
+typedef struct license_facts {
+	char id[64];
+	char name[128];
+	char category[32];      /* permissive, copyleft, responsible-ai, non-commercial,
+				   vendor-community, unknown, other */
+	int commercial;         /* commercial use allowed */
+	int64_t mau_limit;      /* monthly active users above which the license stops, 0 = none */
+	int derivatives;        /* derivatives allowed */
+	int flow_down;          /* use restrictions must flow down to derivatives and users */
+	int outputs_train;      /* outputs may be used to train other models */
+	char attribution[512];  /* notice required, or "" */
+	char name_prefix[32];   /* derived model names must begin with this, or "" */
+	char link[256];
+	char summary[512];
+} license_facts;
+
+/* Facts for a catalog id ("unknown" and "other" exist too). */
+int license_catalog_get(registry_store *s, const char *id, license_facts *out, owl_err *err);
+/* The catalog id a card value names ("Llama3.1", "apache2" ...), or NULL. */
+const char *license_catalog_resolve_alias(registry_store *s, const char *value, char *buf,
+					  size_t buflen);
+
+/* ---- detection ----------------------------------------------------------- */
+
+typedef struct license_finding {
+	char license_id[64];   /* catalog id, "other" (unrecognised), or "" for supporting evidence */
+	char source[32];       /* card, card-name, card-link, license-file, use-policy, gguf, safetensors */
+	char evidence[512];    /* where and what, e.g. "README.md front matter: license: llama3.1" */
+	double confidence;     /* 0..1 */
+} license_finding;
+
+typedef struct license_findings {
+	license_finding *items;
+	size_t n, cap;
+	char base_model[256];  /* card base_model, for lineage; "" if none */
+	char summary[512];     /* one line for pull output */
+} license_findings;
+
+/* Reads every place a checkpoint folder states its license. Never fails on
+ * a strange card (an unreadable statement becomes a low-confidence finding);
+ * errors are for I/O only. The caller frees with license_findings_free. */
+int license_detect_dir(registry_store *s, const char *dir, license_findings **out, owl_err *err);
+void license_findings_free(license_findings *f);
+const char *license_findings_summary(const license_findings *f);
+
+/* Recognises a license text: the catalog id of the reference it matches
+ * (with similarity in *score), "" when nothing is close, or the nearest id
+ * with *near set when the text resembles a reference but differs from it. */
+void license_recognise_text(const char *text, size_t len, char *id, size_t idlen, double *score,
+			    int *near);
+
+/* Stores findings for a version (inside the caller's transaction). */
+int license_findings_store(registry_store *s, int64_t version_id, const license_findings *f,
+			   owl_err *err);
+
+/* The license a version is under: a human conclusion if recorded, else the
+ * findings (walking parent_version_id for derived versions). status is
+ * "concluded", "detected", "conflict" or "unknown". */
+typedef struct license_status {
+	char license_id[64];   /* catalog id, or "conflict" / "unknown" */
+	char status[16];
+	char detail[512];      /* the conflicting ids, or the conclusion's reason */
+	int64_t from_version;  /* the version the license came from (a base, for derived ones) */
+} license_status;
+int license_status_for(registry_store *s, int64_t version_id, const license_findings *pending,
+		       license_status *out, owl_err *err);
+
+/* Records a human conclusion beside the detected findings. */
+int license_conclude(registry_store *s, int64_t version_id, const char *license_id,
+		     const char *reason, const char *by, owl_err *err);
+
+/* ---- policy and the gate -------------------------------------------------- */
+
+typedef enum license_effect {
+	LICENSE_ALLOW = 0,
+	LICENSE_REQUIRE_APPROVAL = 1,
+	LICENSE_DENY = 2,
+} license_effect;
+const char *license_effect_name(license_effect e);
+
+typedef struct license_rule {
+	int64_t id;
+	char name[64];
+	license_effect effect;
+	int priority;          /* higher is considered first */
+	char license[128];     /* comma-separated globs on the license id, "" = any */
+	char category[128];    /* comma-separated globs on the category */
+	char action[128];      /* import, finetune, deploy, export (globs, comma-separated) */
+	char use[128];         /* internal, commercial, research */
+	char model[128];       /* globs on the model name */
+	char when[128];        /* conditions, comma-separated (see license_conditions) */
+	char message[512];
+} license_rule;
+
+/* The conditions a rule's `when` may name, with their meaning, for help text. */
+extern const char *const license_conditions[][2];
+
+int license_rule_add(registry_store *s, const license_rule *r, owl_err *err);
+int license_rule_remove(registry_store *s, const char *name, owl_err *err);
+/* All rules in evaluation order; caller frees *out. */
+int license_rules_list(registry_store *s, license_rule **out, size_t *n, owl_err *err);
+int license_org_set(registry_store *s, const char *key, const char *value, owl_err *err);
+
+typedef struct license_request {
+	const char *model;          /* model name (naming rules) */
+	int64_t version_id;         /* 0 when not registered yet (import) */
+	const license_findings *findings; /* import: detected, not stored; else NULL */
+	int derived;                /* the subject is a derived model (adapter, merge) */
+	const char *action;         /* import, finetune, deploy, export */
+	const char *use;            /* internal, commercial, research; NULL = internal */
+	const char *actor;          /* who asks; NULL = $USER */
+} license_request;
+
+typedef struct license_decision {
+	license_effect effect;      /* what the rule said */
+	int allowed;                /* allow, or require_approval with a valid approval */
+	char rule[64];              /* the deciding rule's name */
+	char message[512];
+	char license_id[64];
+	char license_status[16];
+	char approval[256];         /* "approved by X until T: reason", if one was used */
+	char explanation[4096];     /* every rule considered, in order, and why it matched or not */
+} license_decision;
+
+/* Evaluates the policy without recording anything (owl policy test). */
+int license_evaluate(registry_store *s, const license_request *req, license_decision *out,
+		     owl_err *err);
+/* Evaluates and records the decision in the audit log (its own transaction:
+ * the caller must not hold one). Returns 0 when allowed; OWL_EDENIED with a
+ * message naming the rule, the license and what would allow it otherwise. */
+int license_gate(registry_store *s, const license_request *req, license_decision *out,
+		 owl_err *err);
+
+/* Approves an action on a version; expires_at 0 = never. */
+int license_approve(registry_store *s, int64_t version_id, const char *action, const char *use,
+		    const char *by, const char *reason, int64_t expires_at, owl_err *err);
+
+/* ---- audit ------------------------------------------------------------------ */
+
+typedef struct license_audit_entry {
+	int64_t at;
+	const char *actor, *action, *subject, *use, *effect, *rule, *license, *evidence;
+	int64_t version_id;
+} license_audit_entry;
+
+/* Appends one row, chained to the previous one by SHA-256. */
+int license_audit_append(registry_store *s, const license_audit_entry *e, owl_err *err);
+/* Recomputes the chain; OWL_EINTEGRITY naming the first row that was edited,
+ * deleted or inserted. *rows receives the number of rows checked. */
+int license_audit_verify(registry_store *s, int64_t *rows, owl_err *err);
+
+#endif
