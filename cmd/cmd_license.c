@@ -1,6 +1,788 @@
-/* owl license verbs. */
+/* License verbs: license (show, set, catalog), policy (add, list, rm, test,
+ * export, import, org), approve, audit (list, verify). */
+#define _GNU_SOURCE
 #include "cmd.h"
+#include "licenses/licenses.h"
+
+#include <getopt.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const char *whoami(void)
+{
+	const char *u = getenv("USER");
+	return u && *u ? u : "unknown";
+}
+
+/* Opens the store and resolves a reference in one step. */
+static int open_and_resolve(owl_ctx *ctx, const char *ref, registry_store **s,
+			    registry_version *v, owl_err *err)
+{
+	int rc = cmd_open_store(ctx, s, err);
+	if (rc)
+		return rc;
+	rc = registry_resolve(*s, ref, v, err);
+	if (rc) {
+		registry_store_close(*s);
+		*s = NULL;
+	}
+	return rc;
+}
+
+/* "30d", "12h", "90m", or an ISO date "2026-12-31" -> unix time. */
+static int parse_expiry(const char *s, int64_t *out)
+{
+	char *end = NULL;
+	long long n = strtoll(s, &end, 10);
+	if (end && end != s && end[0] && !end[1] && n > 0) {
+		int64_t unit = end[0] == 'd' ? 86400 : end[0] == 'h' ? 3600 : end[0] == 'm' ? 60
+			     : end[0] == 's' ? 1 : 0;
+		if (!unit)
+			return -1;
+		*out = owl_unix_time() + n * unit;
+		return 0;
+	}
+	struct tm tm = {0};
+	const char *rest = strptime(s, "%Y-%m-%d", &tm);
+	if (!rest || (*rest && *rest != 'T'))
+		return -1;
+	*out = (int64_t)timegm(&tm);
+	return 0;
+}
+
+/* ---- owl license ----------------------------------------------------------- */
+
+static void print_facts(const license_facts *f)
+{
+	char mau[64] = "none";
+	if (f->mau_limit)
+		snprintf(mau, sizeof mau, "%lld monthly active users", (long long)f->mau_limit);
+	printf("  %s: %s (%s)\n", f->id, f->name, f->category);
+	printf("    commercial use:        %s\n", f->commercial ? "allowed" : "not allowed");
+	printf("    user threshold:        %s\n", mau);
+	printf("    derivatives:           %s\n", f->derivatives ? "allowed" : "not allowed");
+	printf("    restrictions flow down: %s\n", f->flow_down ? "yes" : "no");
+	printf("    outputs train others:  %s\n", f->outputs_train ? "allowed" : "not allowed");
+	if (f->name_prefix[0])
+		printf("    derived names:         must begin with \"%s\"\n", f->name_prefix);
+	if (f->attribution[0])
+		printf("    attribution:           %s\n", f->attribution);
+	if (f->link[0])
+		printf("    text:                  %s\n", f->link);
+	if (f->summary[0])
+		printf("    in short:              %s\n", f->summary);
+}
+
+static json_t *facts_json(const license_facts *f)
+{
+	return json_pack("{s:s, s:s, s:s, s:b, s:I, s:b, s:b, s:b, s:s, s:s, s:s, s:s}", "id", f->id,
+			 "name", f->name, "category", f->category, "commercial", f->commercial,
+			 "mau_limit", (json_int_t)f->mau_limit, "derivatives", f->derivatives,
+			 "flow_down", f->flow_down, "outputs_train_other_models", f->outputs_train,
+			 "derivative_name_prefix", f->name_prefix, "attribution", f->attribution,
+			 "link", f->link, "summary", f->summary);
+}
+
+static int license_show(owl_ctx *ctx, const char *ref)
+{
+	owl_err err = {0};
+	registry_store *s = NULL;
+	registry_version v;
+	if (open_and_resolve(ctx, ref, &s, &v, &err))
+		return cmd_fail(&err);
+	license_status st;
+	license_status_for(s, v.id, NULL, &st, &err);
+	json_t *findings = json_array();
+	sqlite3_stmt *q = NULL;
+	int64_t src = st.from_version ? st.from_version : v.id;
+	sqlite3_prepare_v2(s->db, "SELECT license_id, source, evidence, confidence FROM"
+			   " license_findings WHERE version_id=? ORDER BY id", -1, &q, NULL);
+	sqlite3_bind_int64(q, 1, src);
+	while (sqlite3_step(q) == SQLITE_ROW)
+		json_array_append_new(findings, json_pack("{s:s, s:s, s:s, s:f}", "license",
+							  sqlite3_column_text(q, 0), "source",
+							  sqlite3_column_text(q, 1), "evidence",
+							  sqlite3_column_text(q, 2), "confidence",
+							  sqlite3_column_double(q, 3)));
+	sqlite3_finalize(q);
+	json_t *conclusions = json_array();
+	sqlite3_prepare_v2(s->db, "SELECT license_id, reason, by, at FROM license_conclusions WHERE"
+			   " version_id=? ORDER BY id", -1, &q, NULL);
+	sqlite3_bind_int64(q, 1, src);
+	while (sqlite3_step(q) == SQLITE_ROW)
+		json_array_append_new(conclusions, json_pack("{s:s, s:s, s:s, s:I}", "license",
+							     sqlite3_column_text(q, 0), "reason",
+							     sqlite3_column_text(q, 1), "by",
+							     sqlite3_column_text(q, 2), "at",
+							     (json_int_t)sqlite3_column_int64(q, 3)));
+	sqlite3_finalize(q);
+	license_facts facts;
+	int have_facts = license_catalog_get(s, st.license_id, &facts, NULL) == 0;
+	registry_version base = {0};
+	int inherited = st.from_version && st.from_version != v.id &&
+			registry_version_by_id(s, st.from_version, &base, NULL) == 0;
+	if (ctx->json) {
+		json_t *o = json_pack("{s:s, s:i, s:s, s:s, s:s}", "model", v.model, "version",
+				      v.number, "license", st.license_id, "status", st.status,
+				      "detail", st.detail);
+		json_object_set_new(o, "inherited_from",
+				    inherited ? json_sprintf("%s@%d", base.model, base.number)
+					      : json_null());
+		json_object_set_new(o, "findings", findings);
+		json_object_set_new(o, "conclusions", conclusions);
+		json_object_set_new(o, "facts", have_facts ? facts_json(&facts) : json_null());
+		cmd_print_json(o);
+	} else {
+		printf("%s@%d: %s (%s)\n", v.model, v.number, st.license_id, st.status);
+		printf("  %s\n", st.detail);
+		if (inherited)
+			printf("  inherited from its base %s@%d\n", base.model, base.number);
+		printf("findings:\n");
+		size_t i;
+		json_t *f;
+		json_array_foreach(findings, i, f)
+			printf("  %-14s %-12s %3.0f%%  %s\n",
+			       json_string_value(json_object_get(f, "license"))[0]
+				       ? json_string_value(json_object_get(f, "license"))
+				       : "(supporting)",
+			       json_string_value(json_object_get(f, "source")),
+			       json_real_value(json_object_get(f, "confidence")) * 100,
+			       json_string_value(json_object_get(f, "evidence")));
+		if (!json_array_size(findings))
+			printf("  (none)\n");
+		json_array_foreach(conclusions, i, f)
+			printf("conclusion: %s by %s: %s\n",
+			       json_string_value(json_object_get(f, "license")),
+			       json_string_value(json_object_get(f, "by")),
+			       json_string_value(json_object_get(f, "reason")));
+		if (have_facts) {
+			printf("facts and obligations:\n");
+			print_facts(&facts);
+		}
+		json_decref(findings);
+		json_decref(conclusions);
+	}
+	registry_version_release(&base);
+	registry_version_release(&v);
+	registry_store_close(s);
+	return OWL_OK;
+}
+
+static int license_set(owl_ctx *ctx, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"reason", required_argument, 0, 'r'}, {"by", required_argument, 0, 'b'}, {0, 0, 0, 0},
+	};
+	const char *reason = NULL, *by = whoami();
+	int c;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		if (c == 'r')
+			reason = optarg;
+		else if (c == 'b')
+			by = optarg;
+		else
+			return cmd_usage_error("license", "unknown option");
+	}
+	if (optind != argc - 2)
+		return cmd_usage_error("license", "expected: license set NAME@V ID --reason TEXT");
+	if (!reason)
+		return cmd_usage_error("license", "a conclusion needs --reason TEXT");
+	owl_err err = {0};
+	registry_store *s = NULL;
+	registry_version v;
+	if (open_and_resolve(ctx, argv[optind], &s, &v, &err))
+		return cmd_fail(&err);
+	int rc = license_conclude(s, v.id, argv[optind + 1], reason, by, &err);
+	if (!rc) {
+		license_audit_entry a = {.at = owl_unix_time(), .actor = by, .action = "license-set",
+					 .subject = argv[optind], .use = "", .effect = "recorded",
+					 .rule = "", .license = argv[optind + 1], .evidence = reason,
+					 .version_id = v.id};
+		rc = license_audit_append(s, &a, &err);
+	}
+	if (!rc && !ctx->quiet)
+		printf("%s@%d: license concluded as %s (kept beside the detected findings)\n", v.model,
+		       v.number, argv[optind + 1]);
+	registry_version_release(&v);
+	registry_store_close(s);
+	return rc ? cmd_fail(&err) : OWL_OK;
+}
+
+static int license_catalog(owl_ctx *ctx)
+{
+	owl_err err = {0};
+	registry_store *s = NULL;
+	if (cmd_open_store(ctx, &s, &err))
+		return cmd_fail(&err);
+	sqlite3_stmt *q = NULL;
+	sqlite3_prepare_v2(s->db, "SELECT id FROM license_catalog ORDER BY category, id", -1, &q, NULL);
+	json_t *arr = json_array();
+	if (!ctx->json)
+		printf("%-26s %-17s %-10s %-14s %s\n", "ID", "CATEGORY", "COMMERCIAL", "USER LIMIT",
+		       "NAME");
+	while (sqlite3_step(q) == SQLITE_ROW) {
+		license_facts f;
+		if (license_catalog_get(s, (const char *)sqlite3_column_text(q, 0), &f, NULL))
+			continue;
+		if (ctx->json) {
+			json_array_append_new(arr, facts_json(&f));
+		} else {
+			char lim[32] = "-";
+			if (f.mau_limit)
+				snprintf(lim, sizeof lim, "%lldM", (long long)(f.mau_limit / 1000000));
+			printf("%-26s %-17s %-10s %-14s %s\n", f.id, f.category,
+			       f.commercial ? "yes" : "no", lim, f.name);
+		}
+	}
+	sqlite3_finalize(q);
+	registry_store_close(s);
+	if (ctx->json)
+		cmd_print_json(arr);
+	else
+		json_decref(arr);
+	return OWL_OK;
+}
+
+static int run_license(owl_ctx *ctx, int argc, char **argv)
+{
+	if (argc >= 3 && strcmp(argv[1], "show") == 0 && argc == 3)
+		return license_show(ctx, argv[2]);
+	if (argc >= 2 && strcmp(argv[1], "set") == 0)
+		return license_set(ctx, argc - 1, argv + 1);
+	if (argc == 2 && strcmp(argv[1], "catalog") == 0)
+		return license_catalog(ctx);
+	return cmd_usage_error("license", "expected: license show NAME@V | license set NAME@V ID "
+			       "--reason TEXT | license catalog");
+}
+
+/* ---- owl policy ------------------------------------------------------------ */
+
+static json_t *rule_json(const license_rule *r)
+{
+	return json_pack("{s:s, s:s, s:i, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "name", r->name,
+			 "effect", license_effect_name(r->effect), "priority", r->priority,
+			 "license", r->license, "category", r->category, "action", r->action,
+			 "use", r->use, "model", r->model, "when", r->when, "message", r->message);
+}
+
+static int rule_from_json(json_t *o, license_rule *r, owl_err *err)
+{
+	memset(r, 0, sizeof *r);
+	const char *name = json_string_value(json_object_get(o, "name"));
+	const char *effect = json_string_value(json_object_get(o, "effect"));
+	if (!name || !effect)
+		return owl_err_set(err, OWL_EUSAGE, "a rule in the file lacks a name or an effect");
+	snprintf(r->name, sizeof r->name, "%s", name);
+	if (strcmp(effect, "deny") == 0)
+		r->effect = LICENSE_DENY;
+	else if (strcmp(effect, "require_approval") == 0)
+		r->effect = LICENSE_REQUIRE_APPROVAL;
+	else if (strcmp(effect, "allow") == 0)
+		r->effect = LICENSE_ALLOW;
+	else
+		return owl_err_set(err, OWL_EUSAGE, "rule '%s': effect '%s' is not allow, deny or "
+				   "require_approval", name, effect);
+	r->priority = (int)json_integer_value(json_object_get(o, "priority"));
+	struct { const char *k; char *dst; size_t n; } f[] = {
+		{"license", r->license, sizeof r->license}, {"category", r->category, sizeof r->category},
+		{"action", r->action, sizeof r->action}, {"use", r->use, sizeof r->use},
+		{"model", r->model, sizeof r->model}, {"when", r->when, sizeof r->when},
+		{"message", r->message, sizeof r->message},
+	};
+	for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+		const char *v = json_string_value(json_object_get(o, f[i].k));
+		snprintf(f[i].dst, f[i].n, "%s", v ? v : "");
+	}
+	return 0;
+}
+
+static int policy_add(owl_ctx *ctx, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"effect", required_argument, 0, 'e'}, {"priority", required_argument, 0, 'p'},
+		{"license", required_argument, 0, 'l'}, {"category", required_argument, 0, 'c'},
+		{"action", required_argument, 0, 'a'}, {"use", required_argument, 0, 'u'},
+		{"model", required_argument, 0, 'm'}, {"when", required_argument, 0, 'w'},
+		{"message", required_argument, 0, 'M'}, {0, 0, 0, 0},
+	};
+	license_rule r = {0};
+	const char *effect = NULL;
+	int c;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'e': effect = optarg; break;
+		case 'p': r.priority = atoi(optarg); break;
+		case 'l': snprintf(r.license, sizeof r.license, "%s", optarg); break;
+		case 'c': snprintf(r.category, sizeof r.category, "%s", optarg); break;
+		case 'a': snprintf(r.action, sizeof r.action, "%s", optarg); break;
+		case 'u': snprintf(r.use, sizeof r.use, "%s", optarg); break;
+		case 'm': snprintf(r.model, sizeof r.model, "%s", optarg); break;
+		case 'w': snprintf(r.when, sizeof r.when, "%s", optarg); break;
+		case 'M': snprintf(r.message, sizeof r.message, "%s", optarg); break;
+		default: return cmd_usage_error("policy", "unknown option");
+		}
+	}
+	if (optind != argc - 1)
+		return cmd_usage_error("policy", "expected: policy add NAME --effect EFFECT [matchers]");
+	snprintf(r.name, sizeof r.name, "%s", argv[optind]);
+	if (!effect)
+		return cmd_usage_error("policy", "a rule needs --effect allow|deny|require-approval");
+	if (strcmp(effect, "allow") == 0)
+		r.effect = LICENSE_ALLOW;
+	else if (strcmp(effect, "deny") == 0)
+		r.effect = LICENSE_DENY;
+	else if (strcmp(effect, "require-approval") == 0 || strcmp(effect, "require_approval") == 0)
+		r.effect = LICENSE_REQUIRE_APPROVAL;
+	else
+		return cmd_usage_error("policy", "--effect is allow, deny or require-approval");
+	owl_err err = {0};
+	registry_store *s = NULL;
+	if (cmd_open_store(ctx, &s, &err))
+		return cmd_fail(&err);
+	int rc = license_rule_add(s, &r, &err);
+	registry_store_close(s);
+	if (rc)
+		return cmd_fail(&err);
+	if (!ctx->quiet)
+		printf("added rule %s (%s, priority %d)\n", r.name, license_effect_name(r.effect),
+		       r.priority);
+	return OWL_OK;
+}
+
+static int policy_list(owl_ctx *ctx, int export_file, const char *file)
+{
+	owl_err err = {0};
+	registry_store *s = NULL;
+	if (cmd_open_store(ctx, &s, &err))
+		return cmd_fail(&err);
+	license_rule *rules = NULL;
+	size_t n = 0;
+	int rc = license_rules_list(s, &rules, &n, &err);
+	json_t *attrs = json_object();
+	sqlite3_stmt *q = NULL;
+	sqlite3_prepare_v2(s->db, "SELECT key, value FROM org_attributes ORDER BY key", -1, &q, NULL);
+	while (sqlite3_step(q) == SQLITE_ROW)
+		json_object_set_new(attrs, (const char *)sqlite3_column_text(q, 0),
+				    json_string((const char *)sqlite3_column_text(q, 1)));
+	sqlite3_finalize(q);
+	registry_store_close(s);
+	if (rc) {
+		json_decref(attrs);
+		return cmd_fail(&err);
+	}
+	json_t *arr = json_array();
+	for (size_t i = 0; i < n; i++)
+		json_array_append_new(arr, rule_json(&rules[i]));
+	if (export_file) {
+		json_t *doc = json_pack("{s:i, s:o, s:o}", "owl_policy", 1, "rules", arr, "org", attrs);
+		char *text = json_dumps(doc, JSON_INDENT(2));
+		json_decref(doc);
+		rc = owl_write_file_atomic(file, text, strlen(text), &err);
+		free(text);
+		free(rules);
+		if (rc)
+			return cmd_fail(&err);
+		if (!ctx->quiet)
+			printf("wrote %zu rules to %s\n", n, file);
+		return OWL_OK;
+	}
+	if (ctx->json) {
+		cmd_print_json(json_pack("{s:o, s:o}", "rules", arr, "org", attrs));
+	} else {
+		printf("%-26s %-16s %5s  %s\n", "RULE", "EFFECT", "PRIO", "MATCHES");
+		for (size_t i = 0; i < n; i++) {
+			license_rule *r = &rules[i];
+			owl_buf m;
+			owl_buf_init(&m, 1024);
+			if (r->license[0]) owl_buf_printf(&m, "license=%s ", r->license);
+			if (r->category[0]) owl_buf_printf(&m, "category=%s ", r->category);
+			if (r->action[0]) owl_buf_printf(&m, "action=%s ", r->action);
+			if (r->use[0]) owl_buf_printf(&m, "use=%s ", r->use);
+			if (r->model[0]) owl_buf_printf(&m, "model=%s ", r->model);
+			if (r->when[0]) owl_buf_printf(&m, "when=%s ", r->when);
+			printf("%-26s %-16s %5d  %s\n", r->name, license_effect_name(r->effect),
+			       r->priority, m.len ? m.data : "everything");
+			owl_buf_release(&m);
+		}
+		const char *k;
+		json_t *v;
+		json_object_foreach(attrs, k, v) printf("org %s = %s\n", k, json_string_value(v));
+		json_decref(arr);
+		json_decref(attrs);
+	}
+	free(rules);
+	return OWL_OK;
+}
+
+static int policy_import(owl_ctx *ctx, int argc, char **argv)
+{
+	int replace = 0;
+	const char *file = NULL;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--replace") == 0)
+			replace = 1;
+		else if (!file)
+			file = argv[i];
+		else
+			return cmd_usage_error("policy", "unexpected argument '%s'", argv[i]);
+	}
+	if (!file)
+		return cmd_usage_error("policy", "expected: policy import FILE [--replace]");
+	owl_err err = {0};
+	char *text = NULL;
+	if (owl_read_file(file, 16u << 20, &text, NULL, &err))
+		return cmd_fail(&err);
+	json_error_t je;
+	json_t *doc = json_loads(text, JSON_REJECT_DUPLICATES, &je);
+	free(text);
+	json_t *rules = json_object_get(doc, "rules");
+	if (!json_is_array(rules)) {
+		json_decref(doc);
+		owl_err_set(&err, OWL_EUSAGE, "'%s' is not a policy file (expected {\"rules\": [...]}; "
+			    "line %d: %s)", file, je.line, je.text);
+		return cmd_fail(&err);
+	}
+	registry_store *s = NULL;
+	if (cmd_open_store(ctx, &s, &err)) {
+		json_decref(doc);
+		return cmd_fail(&err);
+	}
+	/* All or nothing: one bad rule leaves the old policy in place. */
+	int rc = registry_store_begin(s, &err);
+	if (!rc && replace)
+		rc = registry_store_exec(s, "DELETE FROM policy_rules", &err);
+	size_t i;
+	json_t *o;
+	json_array_foreach(rules, i, o) {
+		if (rc)
+			break;
+		license_rule r;
+		rc = rule_from_json(o, &r, &err);
+		if (!rc)
+			rc = license_rule_add(s, &r, &err);
+	}
+	const char *k;
+	json_t *v;
+	json_object_foreach(json_object_get(doc, "org"), k, v) {
+		if (!rc && json_is_string(v))
+			rc = license_org_set(s, k, json_string_value(v), &err);
+	}
+	if (!rc)
+		rc = registry_store_commit(s, &err);
+	else
+		registry_store_rollback(s);
+	registry_store_close(s);
+	size_t nrules = json_array_size(rules);
+	json_decref(doc);
+	if (rc)
+		return cmd_fail(&err);
+	if (!ctx->quiet)
+		printf("imported %zu rules from %s%s\n", nrules, file, replace ? " (replacing the policy)" : "");
+	return OWL_OK;
+}
+
+static int policy_test(owl_ctx *ctx, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"action", required_argument, 0, 'a'}, {"use", required_argument, 0, 'u'},
+		{"as", required_argument, 0, 'n'}, {0, 0, 0, 0},
+	};
+	const char *action = NULL, *use = "internal", *as = NULL;
+	int c;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		if (c == 'a')
+			action = optarg;
+		else if (c == 'u')
+			use = optarg;
+		else if (c == 'n')
+			as = optarg;
+		else
+			return cmd_usage_error("policy", "unknown option");
+	}
+	if (optind != argc - 1 || !action)
+		return cmd_usage_error("policy", "expected: policy test NAME@V --action ACTION [--use USE]");
+	owl_err err = {0};
+	registry_store *s = NULL;
+	registry_version v;
+	if (open_and_resolve(ctx, argv[optind], &s, &v, &err))
+		return cmd_fail(&err);
+	license_request rq = {.model = as ? as : v.model, .version_id = v.id, .action = action,
+			      .use = use, .derived = as != NULL};
+	license_decision d;
+	int rc = license_evaluate(s, &rq, &d, &err);
+	registry_version_release(&v);
+	registry_store_close(s);
+	if (rc)
+		return cmd_fail(&err);
+	if (ctx->json)
+		cmd_print_json(json_pack("{s:b, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "allowed",
+					 d.allowed, "effect", license_effect_name(d.effect), "rule",
+					 d.rule, "message", d.message, "license", d.license_id,
+					 "license_status", d.license_status, "approval", d.approval,
+					 "explanation", d.explanation));
+	else
+		printf("%s  %s\n", d.explanation, d.message);
+	/* The test changes nothing; its status says what the gate would do. */
+	return d.allowed ? OWL_OK : OWL_EDENIED;
+}
+
+static int policy_org(owl_ctx *ctx, int argc, char **argv)
+{
+	if (argc == 4 && strcmp(argv[1], "set") == 0) {
+		owl_err err = {0};
+		registry_store *s = NULL;
+		if (cmd_open_store(ctx, &s, &err))
+			return cmd_fail(&err);
+		int rc = license_org_set(s, argv[2], argv[3], &err);
+		registry_store_close(s);
+		if (rc)
+			return cmd_fail(&err);
+		if (!ctx->quiet)
+			printf("org %s = %s\n", argv[2], argv[3]);
+		return OWL_OK;
+	}
+	if (argc == 2 && strcmp(argv[1], "show") == 0)
+		return policy_list(ctx, 0, NULL);
+	return cmd_usage_error("policy", "expected: policy org set KEY VALUE | policy org show");
+}
+
+static int run_policy(owl_ctx *ctx, int argc, char **argv)
+{
+	if (argc < 2)
+		return cmd_usage_error("policy", "expected a subcommand: add, list, rm, test, export, "
+				       "import, org");
+	const char *sub = argv[1];
+	if (strcmp(sub, "add") == 0)
+		return policy_add(ctx, argc - 1, argv + 1);
+	if (strcmp(sub, "list") == 0 && argc == 2)
+		return policy_list(ctx, 0, NULL);
+	if (strcmp(sub, "export") == 0 && argc == 3)
+		return policy_list(ctx, 1, argv[2]);
+	if (strcmp(sub, "import") == 0)
+		return policy_import(ctx, argc - 1, argv + 1);
+	if (strcmp(sub, "test") == 0)
+		return policy_test(ctx, argc - 1, argv + 1);
+	if (strcmp(sub, "org") == 0)
+		return policy_org(ctx, argc - 1, argv + 1);
+	if (strcmp(sub, "rm") == 0 && argc == 3) {
+		owl_err err = {0};
+		registry_store *s = NULL;
+		if (cmd_open_store(ctx, &s, &err))
+			return cmd_fail(&err);
+		int rc = license_rule_remove(s, argv[2], &err);
+		registry_store_close(s);
+		if (rc)
+			return cmd_fail(&err);
+		if (!ctx->quiet)
+			printf("removed rule %s\n", argv[2]);
+		return OWL_OK;
+	}
+	return cmd_usage_error("policy", "unknown subcommand or arguments: '%s'", sub);
+}
+
+/* ---- owl approve -------------------------------------------------------------- */
+
+static int run_approve(owl_ctx *ctx, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"action", required_argument, 0, 'a'}, {"use", required_argument, 0, 'u'},
+		{"by", required_argument, 0, 'b'}, {"reason", required_argument, 0, 'r'},
+		{"expires", required_argument, 0, 'e'}, {0, 0, 0, 0},
+	};
+	const char *action = NULL, *use = NULL, *by = NULL, *reason = NULL, *expires = NULL;
+	int c;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'a': action = optarg; break;
+		case 'u': use = optarg; break;
+		case 'b': by = optarg; break;
+		case 'r': reason = optarg; break;
+		case 'e': expires = optarg; break;
+		default: return cmd_usage_error("approve", "unknown option");
+		}
+	}
+	if (optind != argc - 1 || !action || !by || !reason)
+		return cmd_usage_error("approve", "expected: approve NAME@V --action ACTION --by NAME "
+				       "--reason TEXT [--use USE] [--expires 30d|DATE]");
+	int64_t exp = 0;
+	if (expires && parse_expiry(expires, &exp) != 0)
+		return cmd_usage_error("approve", "--expires takes 30d, 12h, 90m or a date YYYY-MM-DD");
+	owl_err err = {0};
+	registry_store *s = NULL;
+	registry_version v;
+	if (open_and_resolve(ctx, argv[optind], &s, &v, &err))
+		return cmd_fail(&err);
+	int rc = license_approve(s, v.id, action, use, by, reason, exp, &err);
+	if (!rc) {
+		char subject[192];
+		snprintf(subject, sizeof subject, "%s@%d", v.model, v.number);
+		license_audit_entry a = {.at = owl_unix_time(), .actor = by, .action = "approve",
+					 .subject = subject, .use = use ? use : "*", .effect = "approval",
+					 .rule = action, .license = "", .evidence = reason,
+					 .version_id = v.id};
+		rc = license_audit_append(s, &a, &err);
+	}
+	if (!rc && !ctx->quiet) {
+		char when[32] = "never";
+		if (exp)
+			owl_fmt_time(exp, when, sizeof when);
+		printf("approved %s of %s@%d for %s use by %s (expires %s)\n", action, v.model, v.number,
+		       use ? use : "any", by, when);
+	}
+	registry_version_release(&v);
+	registry_store_close(s);
+	return rc ? cmd_fail(&err) : OWL_OK;
+}
+
+/* ---- owl audit ------------------------------------------------------------------ */
+
+static int run_audit(owl_ctx *ctx, int argc, char **argv)
+{
+	if (argc == 2 && strcmp(argv[1], "verify") == 0) {
+		owl_err err = {0};
+		registry_store *s = NULL;
+		if (cmd_open_store(ctx, &s, &err))
+			return cmd_fail(&err);
+		int64_t rows = 0;
+		int rc = license_audit_verify(s, &rows, &err);
+		registry_store_close(s);
+		if (ctx->json)
+			cmd_print_json(json_pack("{s:b, s:I, s:s}", "ok", rc == 0, "rows", (json_int_t)rows,
+						 "error", rc ? err.msg : ""));
+		else if (!rc)
+			printf("ok: %lld audit rows, hash chain intact\n", (long long)rows);
+		return rc ? (ctx->json ? rc : cmd_fail(&err)) : OWL_OK;
+	}
+	if (argc >= 2 && strcmp(argv[1], "list") == 0) {
+		int64_t since = 0;
+		for (int i = 2; i < argc; i++) {
+			if (strcmp(argv[i], "--since") == 0 && i + 1 < argc) {
+				int64_t t;
+				if (parse_expiry(argv[++i], &t) == 0) {
+					/* "7d" means the last seven days. */
+					since = argv[i][strlen(argv[i]) - 1] >= 'a' ? 2 * owl_unix_time() - t : t;
+				} else {
+					return cmd_usage_error("audit", "--since takes 7d, 12h or YYYY-MM-DD");
+				}
+			} else {
+				return cmd_usage_error("audit", "unexpected argument '%s'", argv[i]);
+			}
+		}
+		owl_err err = {0};
+		registry_store *s = NULL;
+		if (cmd_open_store(ctx, &s, &err))
+			return cmd_fail(&err);
+		sqlite3_stmt *q = NULL;
+		sqlite3_prepare_v2(s->db, "SELECT id, at, actor, action, subject, use, effect, rule,"
+				   " license, evidence FROM audit_log WHERE at >= ? ORDER BY id", -1, &q,
+				   NULL);
+		sqlite3_bind_int64(q, 1, since);
+		json_t *arr = json_array();
+		while (sqlite3_step(q) == SQLITE_ROW) {
+			const char *t[8];
+			for (int i = 0; i < 8; i++)
+				t[i] = (const char *)sqlite3_column_text(q, 2 + i);
+			int64_t at = sqlite3_column_int64(q, 1);
+			if (ctx->json) {
+				json_array_append_new(arr, json_pack("{s:I, s:I, s:s, s:s, s:s, s:s, s:s, "
+								     "s:s, s:s, s:s}",
+								     "id", (json_int_t)sqlite3_column_int64(q, 0),
+								     "at", (json_int_t)at, "actor", t[0],
+								     "action", t[1], "subject", t[2], "use", t[3],
+								     "effect", t[4], "rule", t[5], "license",
+								     t[6], "evidence", t[7]));
+			} else {
+				char when[32];
+				owl_fmt_time(at, when, sizeof when);
+				printf("%s  %-10s %-12s %-24s %-10s %-16s %-22s %s\n", when, t[0], t[1],
+				       t[2], t[3], t[4], t[5], t[6]);
+			}
+		}
+		sqlite3_finalize(q);
+		registry_store_close(s);
+		if (ctx->json)
+			cmd_print_json(arr);
+		else
+			json_decref(arr);
+		return OWL_OK;
+	}
+	return cmd_usage_error("audit", "expected: audit list [--since 7d|DATE] | audit verify");
+}
 
 const owl_command cmd_license_commands[] = {
+	{"license", run_license, "show a version's license findings and obligations, or record one",
+	 "USAGE\n"
+	 "  owl license show NAME[@V] [--json]\n"
+	 "  owl license set NAME@V LICENSE-ID --reason TEXT [--by NAME]\n"
+	 "  owl license catalog [--json]\n"
+	 "\n"
+	 "show prints what was found where (model card front matter, LICENSE files\n"
+	 "recognised by their text, GGUF and safetensors metadata), each with its\n"
+	 "evidence and confidence; whether the findings agree or conflict; and the\n"
+	 "license's facts and obligations from the catalog. A derived version shows\n"
+	 "the license inherited from its base. set records a human conclusion beside\n"
+	 "(never instead of) the findings; it is audited. catalog lists the licenses\n"
+	 "owl knows.\n"
+	 "\n"
+	 "EXAMPLES\n"
+	 "  owl license show llama-3.1-8b@1\n"
+	 "  owl license set acme-model@2 apache-2.0 --reason \"vendor email 2026-03-02\"\n"
+	 "  owl license catalog\n"},
+	{"policy", run_policy, "manage the license policy rules and test a decision",
+	 "USAGE\n"
+	 "  owl policy list [--json]\n"
+	 "  owl policy add NAME --effect allow|deny|require-approval [--priority N]\n"
+	 "                 [--license GLOBS] [--category GLOBS] [--action LIST] [--use LIST]\n"
+	 "                 [--model GLOBS] [--when CONDITIONS] [--message TEXT]\n"
+	 "  owl policy rm NAME\n"
+	 "  owl policy test NAME@V --action ACTION [--use USE] [--as DERIVED-NAME] [--json]\n"
+	 "  owl policy export FILE.json\n"
+	 "  owl policy import FILE.json [--replace]\n"
+	 "  owl policy org set KEY VALUE        (e.g. mau 900000000)\n"
+	 "  owl policy org show\n"
+	 "\n"
+	 "Rules are tried from the highest priority down (at equal priority the\n"
+	 "stricter effect first); the first rule whose matchers all apply decides.\n"
+	 "Matchers are comma-separated globs: license ids (llama3*, cc-by-nc-*,\n"
+	 "unknown, conflict), categories (permissive, copyleft, responsible-ai,\n"
+	 "non-commercial, vendor-community), actions (import, finetune, deploy,\n"
+	 "export), uses (internal, commercial, research), model names. Conditions:\n"
+	 "mau-over-limit, non-commercial, no-derivatives, derived,\n"
+	 "derived-name-violation, flow-down, outputs-train-forbidden, pickle.\n"
+	 "test explains every step and changes nothing (exit 3 when the gate would\n"
+	 "refuse). A fresh home starts with a default policy; see\n"
+	 "docs/license-policy.md.\n"
+	 "\n"
+	 "EXAMPLES\n"
+	 "  owl policy add no-nc-anywhere --effect deny --category non-commercial --priority 950\n"
+	 "  owl policy org set mau 900000000\n"
+	 "  owl policy test llama-3.1-8b@1 --action deploy --use commercial\n"},
+	{"approve", run_approve, "approve an action that a policy rule requires approval for",
+	 "USAGE\n"
+	 "  owl approve NAME@V --action ACTION --by NAME --reason TEXT [--use USE]\n"
+	 "              [--expires 30d|12h|YYYY-MM-DD]\n"
+	 "\n"
+	 "Records a human sign-off for a rule whose effect is require_approval. The\n"
+	 "gate accepts it for that version and action (and use, if given) until it\n"
+	 "expires. Approvals are written to the audit log.\n"
+	 "\n"
+	 "EXAMPLES\n"
+	 "  owl approve research-model@1 --action deploy --use commercial --by legal \\\n"
+	 "      --reason \"signed agreement #2291\" --expires 90d\n"},
+	{"audit", run_audit, "list license decisions, or verify the audit log's hash chain",
+	 "USAGE\n"
+	 "  owl audit list [--since 7d|YYYY-MM-DD] [--json]\n"
+	 "  owl audit verify [--json]\n"
+	 "\n"
+	 "Every gate decision (who, when, action, subject, rule, effect, evidence),\n"
+	 "approval and license conclusion is a row of an append-only table whose rows\n"
+	 "are chained by SHA-256. verify recomputes the chain and names the first\n"
+	 "edited, deleted or inserted row (exit 4).\n"
+	 "\n"
+	 "EXAMPLES\n"
+	 "  owl audit list --since 7d\n"
+	 "  owl audit verify\n"},
 	{0},
 };

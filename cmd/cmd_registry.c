@@ -1,6 +1,7 @@
 /* Registry verbs: pull, list, show, tag, rm, gc, verify, export, import. */
 #define _GNU_SOURCE
 #include "cmd.h"
+#include "licenses/licenses.h"
 
 #include <getopt.h>
 #include <jansson.h>
@@ -49,6 +50,38 @@ static void describe_config(const char *config_json, char *out, size_t len)
 	snprintf(out, len, "%s", b.len ? b.data : "no config summary");
 	owl_buf_release(&b);
 	json_decref(c);
+}
+
+/* ---- the license gate at import ---------------------------------------- */
+
+static int store_findings_hook(void *ctx, registry_store *s, int64_t version_id, owl_err *err)
+{
+	return license_findings_store(s, version_id, ctx, err);
+}
+
+/* Detects the stage's license and asks the policy whether it may be
+ * imported as `model`. On success *findings_out is the caller's to store
+ * (through the commit hook) and free. */
+static int gate_import(registry_store *s, registry_stage *st, const char *model,
+		       license_findings **findings_out, owl_err *err)
+{
+	*findings_out = NULL;
+	license_findings *lf = NULL;
+	int rc = license_detect_dir(s, st->files_dir, &lf, err);
+	if (rc)
+		return rc;
+	license_request rq = {.model = model, .findings = lf, .action = "import",
+			      .derived = strcmp(st->format, "adapter") == 0};
+	license_decision d;
+	rc = license_gate(s, &rq, &d, err);
+	if (rc) {
+		if (rc == OWL_EDENIED)
+			owl_err_wrap(err, "nothing was stored");
+		license_findings_free(lf);
+		return rc;
+	}
+	*findings_out = lf;
+	return 0;
 }
 
 /* ---- pull ---------------------------------------------------------------- */
@@ -106,9 +139,13 @@ static int run_pull(owl_ctx *ctx, int argc, char **argv)
 		return cmd_fail(&err);
 	}
 	const char *model = name ? name : st->default_name;
+	license_findings *lf = NULL;
 	registry_commit_result res;
-	rc = registry_stage_commit(s, st, model, 0, tag, NULL, NULL, &res, &err);
+	rc = gate_import(s, st, model, &lf, &err);
+	if (!rc)
+		rc = registry_stage_commit(s, st, model, 0, tag, store_findings_hook, lf, &res, &err);
 	if (rc) {
+		license_findings_free(lf);
 		registry_stage_free(st);
 		registry_store_close(s);
 		return cmd_fail(&err);
@@ -130,6 +167,7 @@ static int run_pull(owl_ctx *ctx, int argc, char **argv)
 		json_object_set_new(o, "new_bytes", json_integer((json_int_t)res.new_bytes));
 		json_object_set_new(o, "downloaded_bytes", json_integer((json_int_t)st->downloaded_bytes));
 		json_object_set_new(o, "config", config_summary(st->config_json));
+		json_object_set_new(o, "license", json_string(license_findings_summary(lf)));
 		if (tag)
 			json_object_set_new(o, "tag", json_string(tag));
 		cmd_print_json(o);
@@ -137,11 +175,13 @@ static int run_pull(owl_ctx *ctx, int argc, char **argv)
 		printf("registered %s@%d: %zu files, %s (%s new), format %s\n", model, res.number,
 		       st->nfiles, total, fresh, st->format);
 		printf("  %s\n", desc);
+		printf("  license: %s\n", license_findings_summary(lf));
 		if (st->revision)
 			printf("  revision %s\n", st->revision);
 		if (tag)
 			printf("  tagged %s:%s\n", model, tag);
 	}
+	license_findings_free(lf);
 	registry_stage_free(st);
 	registry_store_close(s);
 	return OWL_OK;
@@ -531,8 +571,26 @@ static int run_export(owl_ctx *ctx, int argc, char **argv)
 		return cmd_fail(&err);
 	registry_version v;
 	int rc = registry_resolve(s, argv[1], &v, &err);
+	char *extra = NULL;
+	if (!rc) {
+		license_request rq = {.model = v.model, .version_id = v.id, .action = "export"};
+		license_decision d;
+		rc = license_gate(s, &rq, &d, &err);
+		/* The bundle carries the license and its obligations to the other side. */
+		license_facts facts;
+		if (!rc && license_catalog_get(s, d.license_id, &facts, NULL) == 0) {
+			json_t *l = json_pack("{s:s, s:s, s:s, s:b, s:s, s:s}", "id", facts.id, "name",
+					      facts.name, "status", d.license_status, "flow_down",
+					      facts.flow_down, "attribution", facts.attribution,
+					      "link", facts.link);
+			json_t *wrap = json_pack("{s:o}", "license", l);
+			extra = json_dumps(wrap, JSON_COMPACT);
+			json_decref(wrap);
+		}
+	}
 	if (!rc)
-		rc = registry_export(s, &v, argv[2], NULL, key, &err);
+		rc = registry_export(s, &v, argv[2], extra, key, &err);
+	free(extra);
 	if (!rc && !ctx->quiet) {
 		char b[32];
 		owl_fmt_bytes(v.total_bytes, b, sizeof b);
@@ -574,10 +632,14 @@ static int run_import(owl_ctx *ctx, int argc, char **argv)
 	int rc = registry_import_stage(s, argv[optind], trust_key, &st, &manifest, &trust, &err);
 	registry_commit_result res = {0};
 	const char *model = NULL;
+	license_findings *lf = NULL;
 	if (!rc) {
 		model = name ? name : st->default_name;
-		rc = registry_stage_commit(s, st, model, 0, tag, NULL, NULL, &res, &err);
+		rc = gate_import(s, st, model, &lf, &err);
 	}
+	if (!rc)
+		rc = registry_stage_commit(s, st, model, 0, tag, store_findings_hook, lf, &res, &err);
+	license_findings_free(lf);
 	if (!rc) {
 		if (ctx->json)
 			cmd_print_json(json_pack("{s:s, s:i, s:o, s:I, s:s}", "model", model, "version",
