@@ -93,7 +93,7 @@ static int license_show(owl_ctx *ctx, const char *ref)
 	if (open_and_resolve(ctx, ref, &s, &v, &err))
 		return cmd_fail(&err);
 	license_status st;
-	license_status_for(s, v.id, NULL, &st, &err);
+	license_status_for(s, v.id, NULL, 0, &st, &err);
 	json_t *findings = json_array();
 	sqlite3_stmt *q = NULL;
 	int64_t src = st.from_version ? st.from_version : v.id;

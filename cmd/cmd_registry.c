@@ -63,7 +63,7 @@ static int store_findings_hook(void *ctx, registry_store *s, int64_t version_id,
  * imported as `model`. On success *findings_out is the caller's to store
  * (through the commit hook) and free. */
 static int gate_import(registry_store *s, registry_stage *st, const char *model,
-		       license_findings **findings_out, owl_err *err)
+		       int64_t parent_id, license_findings **findings_out, owl_err *err)
 {
 	*findings_out = NULL;
 	license_findings *lf = NULL;
@@ -71,7 +71,8 @@ static int gate_import(registry_store *s, registry_stage *st, const char *model,
 	if (rc)
 		return rc;
 	license_request rq = {.model = model, .findings = lf, .action = "import",
-			      .derived = strcmp(st->format, "adapter") == 0};
+			      .parent_version_id = parent_id,
+			      .derived = parent_id || strcmp(st->format, "adapter") == 0};
 	license_decision d;
 	rc = license_gate(s, &rq, &d, err);
 	if (rc) {
@@ -91,9 +92,10 @@ static int run_pull(owl_ctx *ctx, int argc, char **argv)
 	static const struct option opts[] = {
 		{"name", required_argument, 0, 'n'}, {"tag", required_argument, 0, 't'},
 		{"sha256", required_argument, 0, 's'}, {"ca-cert", required_argument, 0, 'c'},
-		{"include", required_argument, 0, 'i'}, {0, 0, 0, 0},
+		{"include", required_argument, 0, 'i'}, {"base", required_argument, 0, 'b'},
+		{0, 0, 0, 0},
 	};
-	const char *name = NULL, *tag = NULL, *sha = NULL, *ca = NULL;
+	const char *name = NULL, *tag = NULL, *sha = NULL, *ca = NULL, *base = NULL;
 	const char *include[33] = {0};
 	int ninclude = 0, c;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -102,6 +104,7 @@ static int run_pull(owl_ctx *ctx, int argc, char **argv)
 		case 't': tag = optarg; break;
 		case 's': sha = optarg; break;
 		case 'c': ca = optarg; break;
+		case 'b': base = optarg; break;
 		case 'i':
 			if (ninclude == 32)
 				return cmd_usage_error("pull", "at most 32 --include patterns");
@@ -123,6 +126,18 @@ static int run_pull(owl_ctx *ctx, int argc, char **argv)
 	registry_store *s = NULL;
 	if (cmd_open_store(ctx, &s, &err))
 		return cmd_fail(&err);
+	/* A derived version (an adapter, a merge) names its base. */
+	int64_t parent_id = 0;
+	if (base) {
+		registry_version bv;
+		if (registry_resolve(s, base, &bv, &err)) {
+			registry_store_close(s);
+			owl_err_wrap(&err, "--base");
+			return cmd_fail(&err);
+		}
+		parent_id = bv.id;
+		registry_version_release(&bv);
+	}
 	owl_progress prog;
 	cmd_progress_init(ctx, &prog);
 	registry_source_opts so = {
@@ -141,9 +156,10 @@ static int run_pull(owl_ctx *ctx, int argc, char **argv)
 	const char *model = name ? name : st->default_name;
 	license_findings *lf = NULL;
 	registry_commit_result res;
-	rc = gate_import(s, st, model, &lf, &err);
+	rc = gate_import(s, st, model, parent_id, &lf, &err);
 	if (!rc)
-		rc = registry_stage_commit(s, st, model, 0, tag, store_findings_hook, lf, &res, &err);
+		rc = registry_stage_commit(s, st, model, parent_id, tag, store_findings_hook, lf, &res,
+					   &err);
 	if (rc) {
 		license_findings_free(lf);
 		registry_stage_free(st);
@@ -635,7 +651,7 @@ static int run_import(owl_ctx *ctx, int argc, char **argv)
 	license_findings *lf = NULL;
 	if (!rc) {
 		model = name ? name : st->default_name;
-		rc = gate_import(s, st, model, &lf, &err);
+		rc = gate_import(s, st, model, 0, &lf, &err);
 	}
 	if (!rc)
 		rc = registry_stage_commit(s, st, model, 0, tag, store_findings_hook, lf, &res, &err);
@@ -666,7 +682,7 @@ const owl_command cmd_registry_commands[] = {
 	{"pull", run_pull, "download or copy a checkpoint, verify it and register a new version",
 	 "USAGE\n"
 	 "  owl pull SOURCE [--name NAME] [--tag TAG] [--sha256 HEX] [--ca-cert FILE]\n"
-	 "           [--include GLOB]...\n"
+	 "           [--include GLOB]... [--base NAME@V]\n"
 	 "\n"
 	 "Registers SOURCE as the next version of NAME (NAME@1, NAME@2, ...). SOURCE is:\n"
 	 "  https://HOST/PATH/FILE   one file: a .gguf, a .safetensors or an archive\n"
@@ -682,6 +698,8 @@ const owl_command cmd_registry_commands[] = {
 	 "headers are checked before anything is registered. Downloads run in parallel,\n"
 	 "resume after an interruption and retry transient errors. Identical files are\n"
 	 "stored once. A version is pinned to the commit the hub resolved, not a branch.\n"
+	 "The license is detected and the policy's import rules are applied before\n"
+	 "anything is registered (exit 3 when denied).\n"
 	 "\n"
 	 "OPTIONS\n"
 	 "  --name NAME      model name (default: derived from the source)\n"
@@ -689,6 +707,8 @@ const owl_command cmd_registry_commands[] = {
 	 "  --sha256 HEX     expected digest of a single-file source\n"
 	 "  --ca-cert FILE   trust this CA (PEM) for HTTPS, e.g. a private mirror\n"
 	 "  --include GLOB   hub: only files matching GLOB (repeatable), e.g. '*Q4_K_M.gguf'\n"
+	 "  --base NAME@V    the version this one derives from (an adapter or a merge):\n"
+	 "                   it inherits the base's license and its naming rules\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl pull hf://HuggingFaceTB/SmolLM2-135M-Instruct@main --name smollm2 --tag stable\n"

@@ -22,18 +22,19 @@ static void scalar(const char *v, size_t n, char *out, size_t outlen)
 		v++;
 		n--;
 	}
-	while (n && (v[n - 1] == ' ' || v[n - 1] == '\t' || v[n - 1] == '\r'))
-		n--;
-	if (n >= 2 && (v[0] == '"' || v[0] == '\'') && v[n - 1] == v[0]) {
-		v++;
-		n -= 2;
+	if (n && (v[0] == '"' || v[0] == '\'')) {
+		/* Quoted: the value ends at the closing quote; a comment may follow. */
+		const char *close = memchr(v + 1, v[0], n - 1);
+		if (close) {
+			n = (size_t)(close - v - 1);
+			v++;
+		}
 	} else {
 		const char *hash = memchr(v, '#', n);
-		if (hash && hash > v && (hash[-1] == ' ' || hash[-1] == '\t')) {
+		if (hash && (hash == v || hash[-1] == ' ' || hash[-1] == '\t'))
 			n = (size_t)(hash - v);
-			while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
-				n--;
-		}
+		while (n && (v[n - 1] == ' ' || v[n - 1] == '\t' || v[n - 1] == '\r'))
+			n--;
 	}
 	if (n >= outlen)
 		n = outlen - 1;

@@ -78,7 +78,8 @@ int license_findings_store(registry_store *s, int64_t version_id, const license_
 			   owl_err *err);
 
 /* The license a version is under: a human conclusion if recorded, else the
- * findings (walking parent_version_id for derived versions). status is
+ * findings (walking parent_version_id for derived versions). For a version
+ * not registered yet, pass its pending findings and its base (or 0). status is
  * "concluded", "detected", "conflict" or "unknown". */
 typedef struct license_status {
 	char license_id[64];   /* catalog id, or "conflict" / "unknown" */
@@ -87,7 +88,7 @@ typedef struct license_status {
 	int64_t from_version;  /* the version the license came from (a base, for derived ones) */
 } license_status;
 int license_status_for(registry_store *s, int64_t version_id, const license_findings *pending,
-		       license_status *out, owl_err *err);
+		       int64_t pending_parent, license_status *out, owl_err *err);
 
 /* Records a human conclusion beside the detected findings. */
 int license_conclude(registry_store *s, int64_t version_id, const char *license_id,
@@ -129,6 +130,7 @@ typedef struct license_request {
 	const char *model;          /* model name (naming rules) */
 	int64_t version_id;         /* 0 when not registered yet (import) */
 	const license_findings *findings; /* import: detected, not stored; else NULL */
+	int64_t parent_version_id;  /* import of a derived version: its base */
 	int derived;                /* the subject is a derived model (adapter, merge) */
 	const char *action;         /* import, finetune, deploy, export */
 	const char *use;            /* internal, commercial, research; NULL = internal */

@@ -220,12 +220,19 @@ static void status_from_findings(const license_finding *items, size_t n, license
 }
 
 int license_status_for(registry_store *s, int64_t version_id, const license_findings *pending,
-		       license_status *out, owl_err *err)
+		       int64_t pending_parent, license_status *out, owl_err *err)
 {
 	memset(out, 0, sizeof *out);
 	if (pending) {
-		status_from_findings(pending->items, pending->n, out);
-		return 0;
+		int meaningful = 0;
+		for (size_t i = 0; i < pending->n; i++)
+			meaningful |= pending->items[i].license_id[0] && pending->items[i].confidence >= 0.5;
+		if (meaningful || !pending_parent) {
+			status_from_findings(pending->items, pending->n, out);
+			return 0;
+		}
+		/* A derived model that states nothing itself is under its base's license. */
+		version_id = pending_parent;
 	}
 	/* A derived version is under its base's license: walk to the first
 	 * ancestor that has a conclusion or findings. */
@@ -510,7 +517,8 @@ int license_evaluate(registry_store *s, const license_request *req, license_deci
 {
 	memset(out, 0, sizeof *out);
 	license_status st;
-	int rc = license_status_for(s, req->version_id, req->findings, &st, err);
+	int rc = license_status_for(s, req->version_id, req->findings, req->parent_version_id, &st,
+				    err);
 	if (rc)
 		return rc;
 	license_facts facts;
@@ -521,7 +529,7 @@ int license_evaluate(registry_store *s, const license_request *req, license_deci
 	} else if (license_catalog_get(s, st.license_id, &facts, NULL) != 0) {
 		license_catalog_get(s, "other", &facts, NULL);
 	}
-	int derived = req->derived;
+	int derived = req->derived || req->parent_version_id;
 	if (req->version_id && !derived) {
 		sqlite3_stmt *q = NULL;
 		sqlite3_prepare_v2(s->db, "SELECT parent_version_id IS NOT NULL FROM versions WHERE id=?",

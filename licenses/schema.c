@@ -72,11 +72,11 @@ static const license_rule default_rules[] = {
 	 .action = "deploy", .use = "commercial", .when = "non-commercial",
 	 .message = "the license does not allow commercial use; deploying commercially needs a "
 		    "recorded approval (e.g. a separate agreement with the licensor)"},
-	{.name = "approve-unknown", .effect = LICENSE_REQUIRE_APPROVAL, .priority = 700,
+	{.name = "approve-unknown", .effect = LICENSE_REQUIRE_APPROVAL, .priority = 720,
 	 .license = "unknown,other", .action = "deploy", .use = "commercial",
 	 .message = "no known license was established; a commercial deployment needs an approval "
 		    "after someone has read the terms (owl license set records the conclusion)"},
-	{.name = "approve-conflict", .effect = LICENSE_REQUIRE_APPROVAL, .priority = 700,
+	{.name = "approve-conflict", .effect = LICENSE_REQUIRE_APPROVAL, .priority = 720,
 	 .license = "conflict", .action = "deploy", .use = "commercial",
 	 .message = "the checkpoint states conflicting licenses; resolve them (owl license set) or "
 		    "approve the deployment"},
