@@ -3,7 +3,7 @@
 # OPENBLAS_L2_SIZE) because old OpenBLAS builds misdetect this CPU; that is
 # correct but halves GEMM speed, so the benchmarks unset both for their own
 # processes and say so.
-# Usage: scripts/bench.sh [registry|engine|all]   (default all)
+# Usage: scripts/bench.sh [registry|policy|engine|all]   (default all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export BUILD=${BUILD:-build}
@@ -12,10 +12,12 @@ echo "bench: unsetting OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE for the benchmark 
 unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE
 case "$which" in
   registry) scripts/bench-registry.sh ;;
+  policy) "$BUILD/owl-bench-policy" "${OWL_SHARED:-../shared}/licenses/llama3.1.txt" ;;
   engine) scripts/bench-engine.sh ;;
   all)
+    "$BUILD/owl-bench-policy" "${OWL_SHARED:-../shared}/licenses/llama3.1.txt"
     scripts/bench-registry.sh
     [ -x scripts/bench-engine.sh ] && scripts/bench-engine.sh
     ;;
-  *) echo "usage: scripts/bench.sh [registry|engine|all]" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [registry|policy|engine|all]" >&2; exit 2 ;;
 esac
