@@ -12,8 +12,7 @@
 
 static const char *whoami(void)
 {
-	const char *u = getenv("USER");
-	return u && *u ? u : "unknown";
+	return owl_user_name();
 }
 
 /* Opens the store and resolves a reference in one step. */

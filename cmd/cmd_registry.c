@@ -76,8 +76,10 @@ static int gate_import(registry_store *s, registry_stage *st, const char *model,
 	license_decision d;
 	rc = license_gate(s, &rq, &d, err);
 	if (rc) {
-		if (rc == OWL_EDENIED)
-			owl_err_wrap(err, "nothing was stored");
+		if (rc == OWL_EDENIED && err) {
+			size_t l = strlen(err->msg);
+			snprintf(err->msg + l, sizeof err->msg - l, " Nothing was stored.");
+		}
 		license_findings_free(lf);
 		return rc;
 	}

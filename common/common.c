@@ -1,6 +1,9 @@
 #define _GNU_SOURCE
 #include "common.h"
 
+#include <pwd.h>
+#include <unistd.h>
+
 #include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -273,4 +276,18 @@ int owl_edit_distance(const char *a, const char *b)
 			d[i][j] = c;
 		}
 	return d[la][lb];
+}
+
+const char *owl_user_name(void)
+{
+	static char name[64];
+	const char *u = getenv("USER");
+	if (u && *u)
+		return u;
+	struct passwd *pw = getpwuid(getuid());
+	if (pw && pw->pw_name)
+		snprintf(name, sizeof name, "%s", pw->pw_name);
+	else
+		snprintf(name, sizeof name, "uid %d", (int)getuid());
+	return name;
 }

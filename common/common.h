@@ -75,6 +75,9 @@ void owl_fmt_time(int64_t unix_seconds, char *out, size_t outlen); /* ISO 8601 U
 void owl_hex(const uint8_t *bytes, size_t n, char *out);
 int owl_is_hex_digest(const char *s, size_t nhex); /* all [0-9a-f], exact length */
 
+/* Who runs owl: $USER, else the account name of the user id, else "uid N". */
+const char *owl_user_name(void);
+
 /* Glob match with * and ? (for name patterns, license matchers). */
 int owl_glob_match(const char *pattern, const char *s);
 

@@ -601,7 +601,7 @@ int license_gate(registry_store *s, const license_request *req, license_decision
 	int rc = license_evaluate(s, req, out, err);
 	if (rc)
 		return rc;
-	const char *actor = req->actor ? req->actor : getenv("USER");
+	const char *actor = req->actor ? req->actor : owl_user_name();
 	char subject[256];
 	snprintf(subject, sizeof subject, "%s", req->model ? req->model : "?");
 	if (req->version_id) {

@@ -36,6 +36,21 @@ step "a second checkpoint over HTTPS from a private CA, as a single GGUF file"
 cp "$T"/gguf/*.gguf "$NGX_WWW/files/acme-chat.Q8_0.gguf"
 run pull "$NGX_HTTPS/files/acme-chat.Q8_0.gguf" --ca-cert "$NGX_CA" --name acme-chat-q8
 
+step "the license gate: what the checkpoint says, and what the company's rules decide"
+run license show acme-chat
+"$OWL_BUILD/owl-fixture" --out "$T/research" --seed 3 --preset tiny --license none \
+  --license-file "$OWL_SHARED/licenses/cc-by-nc-4.0.txt" >/dev/null
+run pull "$T/research" --name research-model
+run policy test research-model --action deploy --use commercial || echo "(exit $? : approval required)"
+run approve research-model@1 --action deploy --use commercial --by legal --reason "agreement #2291" --expires 30d
+run policy test research-model --action deploy --use commercial
+run policy add no-llama-here --effect deny --license 'llama*' --action import --priority 950 \
+  --message "this department does not onboard Llama models"
+"$OWL_BUILD/owl-fixture" --out "$T/llama" --seed 4 --preset tiny --license llama3.1 >/dev/null
+run pull "$T/llama" --name llama-test || echo "(exit $?: denied, nothing stored)"
+run audit list
+run audit verify
+
 step "a corrupted blob is found by verify (exit 4), and healed by pulling again"
 blob=$(find "$OWL_HOME/blobs" -type f -size +100k | head -1)
 chmod u+w "$blob" && printf 'X' | dd of="$blob" bs=1 seek=4096 conv=notrunc 2>/dev/null
