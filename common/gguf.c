@@ -506,3 +506,138 @@ int gguf_get_i32_array(const gguf_file *f, const char *key, const int32_t **out,
 	*n = (size_t)kv->n;
 	return 0;
 }
+
+/* ---- dequantisation (block layouts as in the GGUF specification) -------- */
+
+float gguf_f16_to_f32(uint16_t h)
+{
+	uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+	if (exp == 0) {
+		if (mant == 0) {
+			bits = sign;
+		} else { /* subnormal: normalise */
+			exp = 127 - 15 + 1;
+			while (!(mant & 0x400)) {
+				mant <<= 1;
+				exp--;
+			}
+			bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
+		}
+	} else if (exp == 31) {
+		bits = sign | 0x7f800000u | (mant << 13);
+	} else {
+		bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+	}
+	float f;
+	memcpy(&f, &bits, 4);
+	return f;
+}
+
+static float rd_f16(const uint8_t *p)
+{
+	uint16_t h;
+	memcpy(&h, p, 2);
+	return gguf_f16_to_f32(h);
+}
+
+static void scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m)
+{
+	if (j < 4) {
+		*d = q[j] & 63;
+		*m = q[j + 4] & 63;
+	} else {
+		*d = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+		*m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+	}
+}
+
+int gguf_dequantize_row(gguf_type t, const void *src, float *dst, size_t n, owl_err *err)
+{
+	size_t bs = gguf_type_block_size(t);
+	if (!bs || n % bs)
+		return owl_err_set(err, OWL_EFAIL, "cannot dequantise %zu elements of %s", n,
+				   gguf_type_name(t));
+	const uint8_t *p = src;
+	switch (t) {
+	case GGUF_T_F32:
+		memcpy(dst, src, n * 4);
+		return 0;
+	case GGUF_T_F16:
+		for (size_t i = 0; i < n; i++)
+			dst[i] = rd_f16(p + 2 * i);
+		return 0;
+	case GGUF_T_BF16:
+		for (size_t i = 0; i < n; i++) {
+			uint16_t h;
+			memcpy(&h, p + 2 * i, 2);
+			uint32_t bits = (uint32_t)h << 16;
+			memcpy(&dst[i], &bits, 4);
+		}
+		return 0;
+	case GGUF_T_Q8_0:
+		for (size_t b = 0; b < n / 32; b++, p += 34) {
+			float d = rd_f16(p);
+			for (int i = 0; i < 32; i++)
+				dst[b * 32 + i] = d * (float)(int8_t)p[2 + i];
+		}
+		return 0;
+	case GGUF_T_Q4_0:
+		for (size_t b = 0; b < n / 32; b++, p += 18) {
+			float d = rd_f16(p);
+			for (int i = 0; i < 16; i++) {
+				dst[b * 32 + i] = d * (float)((p[2 + i] & 0xF) - 8);
+				dst[b * 32 + i + 16] = d * (float)((p[2 + i] >> 4) - 8);
+			}
+		}
+		return 0;
+	case GGUF_T_Q4_1:
+		for (size_t b = 0; b < n / 32; b++, p += 20) {
+			float d = rd_f16(p), m = rd_f16(p + 2);
+			for (int i = 0; i < 16; i++) {
+				dst[b * 32 + i] = d * (float)(p[4 + i] & 0xF) + m;
+				dst[b * 32 + i + 16] = d * (float)(p[4 + i] >> 4) + m;
+			}
+		}
+		return 0;
+	case GGUF_T_Q4_K:
+		for (size_t b = 0; b < n / 256; b++, p += 144) {
+			float d = rd_f16(p), dmin = rd_f16(p + 2);
+			const uint8_t *scales = p + 4, *q = p + 16;
+			float *y = dst + b * 256;
+			for (int j = 0, is = 0; j < 256; j += 64, is += 2, q += 32) {
+				uint8_t sc, m;
+				scale_min_k4(is, scales, &sc, &m);
+				float d1 = d * sc, m1 = dmin * m;
+				scale_min_k4(is + 1, scales, &sc, &m);
+				float d2 = d * sc, m2 = dmin * m;
+				for (int l = 0; l < 32; l++)
+					*y++ = d1 * (float)(q[l] & 0xF) - m1;
+				for (int l = 0; l < 32; l++)
+					*y++ = d2 * (float)(q[l] >> 4) - m2;
+			}
+		}
+		return 0;
+	case GGUF_T_Q6_K:
+		for (size_t b = 0; b < n / 256; b++, p += 210) {
+			const uint8_t *ql = p, *qh = p + 128;
+			const int8_t *sc = (const int8_t *)(p + 192);
+			float d = rd_f16(p + 208);
+			float *y = dst + b * 256;
+			for (int h = 0; h < 256; h += 128, y += 128, ql += 64, qh += 32, sc += 8) {
+				for (int l = 0; l < 32; l++) {
+					int is = l / 16;
+					int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+					int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+					int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+					int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+					y[l] = d * sc[is] * (float)q1;
+					y[l + 32] = d * sc[is + 2] * (float)q2;
+					y[l + 64] = d * sc[is + 4] * (float)q3;
+					y[l + 96] = d * sc[is + 6] * (float)q4;
+				}
+			}
+		}
+		return 0;
+	}
+	return owl_err_set(err, OWL_EFAIL, "cannot dequantise type %s", gguf_type_name(t));
+}

@@ -52,6 +52,6 @@ const char *gguf_type_name(gguf_type t);
 /* Bytes for a row of n elements (n multiple of block size), 0 if invalid. */
 size_t gguf_row_bytes(gguf_type t, uint64_t n);
 int gguf_dequantize_row(gguf_type t, const void *src, float *dst, size_t n, owl_err *err);
-/* Q8_0 / Q4_0 only. */
-int gguf_quantize_row(gguf_type t, const float *src, void *dst, size_t n, owl_err *err);
+/* IEEE half to float. */
+float gguf_f16_to_f32(uint16_t h);
 #endif

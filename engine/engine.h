@@ -23,4 +23,51 @@ void engine_gpu_probe(engine_gpu_info *info);
  * handle or NULL with the reason in err. The handle lives until exit. */
 void *engine_cuda_open(owl_err *err);
 
+/* ---- models (engine/model.c) and the forward pass (engine/forward.c) --- */
+
+typedef struct engine_model engine_model;     /* weights + config, read-only */
+typedef struct engine_session engine_session; /* one sequence's KV cache */
+
+typedef struct engine_model_opts {
+	int tp;      /* tensor-parallel ranks; 0 or 1 = none */
+	int threads; /* CPU threads; 0 = all cores */
+} engine_model_opts;
+
+typedef struct engine_model_info {
+	char arch[32];          /* "llama", "mistral", "qwen2" */
+	int vocab, dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim, ctx_train;
+	int tied_embeddings, qkv_bias, sliding_window;
+	float rope_theta, norm_eps;
+	char weight_dtype[16];  /* f32, f16, bf16, q8_0, q4_0, q4_1, mixed */
+	char source[16];        /* "safetensors" or "gguf" */
+	uint64_t n_params, weight_bytes;
+	int tp, threads;
+} engine_model_info;
+
+/* path: a checkpoint folder (config.json + model.safetensors or a sharded
+ * index), a .gguf file, or a folder holding one .gguf. Weights are mapped,
+ * never copied. A configuration the engine cannot run is refused naming the
+ * field and its value. */
+int engine_model_open(const char *path, const engine_model_opts *o, engine_model **out,
+		      owl_err *err);
+void engine_model_close(engine_model *m); /* accepts NULL */
+const engine_model_info *engine_model_get_info(const engine_model *m);
+/* The GGUF file a model came from (for its tokenizer), or NULL. */
+const struct gguf_file *engine_model_gguf(const engine_model *m);
+/* The folder holding the checkpoint's other files (tokenizer), or NULL. */
+const char *engine_model_dir(const engine_model *m);
+
+/* A KV cache for n_ctx tokens (memory sized from n_ctx). */
+int engine_session_new(engine_model *m, int n_ctx, engine_session **out, owl_err *err);
+void engine_session_free(engine_session *s);
+int engine_session_pos(const engine_session *s);
+int engine_session_ctx(const engine_session *s);
+void engine_session_truncate(engine_session *s, int pos);
+uint64_t engine_session_kv_bytes(const engine_session *s);
+/* Appends n tokens and runs them through the model. logits receives [n, vocab]
+ * when all_logits, else [1, vocab] for the last token. Overflowing the
+ * context is an error (OWL_EUSAGE), never a crash. */
+int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logits, int all_logits,
+		   owl_err *err);
+
 #endif

@@ -1,0 +1,56 @@
+/* Private to engine/: the model's weights as typed views into mapped files,
+ * and the CPU kernels the forward pass uses. */
+#ifndef OWL_ENGINE_INTERNAL_H
+#define OWL_ENGINE_INTERNAL_H
+
+#include "engine.h"
+#include "common/gguf.h"
+#include "common/safetensors.h"
+
+/* Weight element types, read in place by the kernels. */
+typedef enum wtype { W_F32, W_F16, W_BF16, W_Q8_0, W_Q4_0, W_Q4_1, W_Q4_K, W_Q6_K } wtype;
+
+/* A weight matrix [rows, cols] (rows = output features), row-major, each row
+ * row_bytes long. A view never owns its memory: it points into a mapping. */
+typedef struct wmat {
+	wtype type;
+	const uint8_t *data;
+	int rows, cols;
+	size_t row_bytes;
+} wmat;
+
+/* A vector (norm weight, bias) converted to f32 at load: small, owned. */
+typedef struct layer {
+	float *attn_norm, *ffn_norm;
+	float *bq, *bk, *bv; /* Qwen2 biases, or NULL */
+	wmat wq, wk, wv, wo, w_gate, w_up, w_down;
+} layer;
+
+struct engine_model {
+	engine_model_info info;
+	layer *layers;
+	wmat tok_embd, output;
+	float *out_norm;
+	float *inv_freq;     /* head_dim/2 RoPE frequencies, llama3 scaling applied */
+	int rope_adjacent;   /* GGUF: (2i, 2i+1) pairs; safetensors: (i, i+d/2) */
+	/* what keeps the views alive */
+	st_file **st;
+	size_t nst;
+	gguf_file *gguf;
+	char *dir;
+};
+
+/* ---- kernels (engine/kernels/cpu/ops.c) ---------------------------------- */
+
+size_t wtype_row_bytes(wtype t, int cols); /* 0 when cols do not fill whole blocks */
+const char *wtype_name(wtype t);
+/* One row (cols elements) to f32. */
+void w_row_to_f32(const wmat *w, int row, float *dst);
+/* y[r] = dot(W[r, :], x) for r in [0, rows). OpenMP over rows. */
+void w_matvec(const wmat *w, const float *x, float *y);
+/* Y[n, rows] = X[n, cols] W^T: OpenBLAS sgemm, converting non-f32 weights to
+ * f32 a block of rows at a time. */
+void w_matmul(const wmat *w, const float *x, float *y, int n);
+void rmsnorm(float *out, const float *x, const float *w, int dim, float eps);
+
+#endif

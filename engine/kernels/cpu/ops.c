@@ -1,0 +1,239 @@
+/* CPU kernels: matrix-vector products that read f32, f16, bf16 and
+ * quantised weights in place (decode), and GEMM through OpenBLAS with
+ * weights widened to f32 a block of rows at a time (prompt processing), so
+ * no full f32 copy of a quantised model ever exists. */
+#include "engine/internal.h"
+
+#include <cblas.h>
+#include <immintrin.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+size_t wtype_row_bytes(wtype t, int cols)
+{
+	switch (t) {
+	case W_F32: return (size_t)cols * 4;
+	case W_F16:
+	case W_BF16: return (size_t)cols * 2;
+	case W_Q8_0: return cols % 32 ? 0 : (size_t)cols / 32 * 34;
+	case W_Q4_0: return cols % 32 ? 0 : (size_t)cols / 32 * 18;
+	case W_Q4_1: return cols % 32 ? 0 : (size_t)cols / 32 * 20;
+	case W_Q4_K: return cols % 256 ? 0 : (size_t)cols / 256 * 144;
+	case W_Q6_K: return cols % 256 ? 0 : (size_t)cols / 256 * 210;
+	}
+	return 0;
+}
+
+const char *wtype_name(wtype t)
+{
+	static const char *const names[] = {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k",
+					    "q6_k"};
+	return names[t];
+}
+
+static gguf_type to_gguf(wtype t)
+{
+	static const gguf_type m[] = {GGUF_T_F32, GGUF_T_F16, GGUF_T_BF16, GGUF_T_Q8_0,
+				      GGUF_T_Q4_0, GGUF_T_Q4_1, GGUF_T_Q4_K, GGUF_T_Q6_K};
+	return m[t];
+}
+
+static inline float f16(const uint8_t *p)
+{
+	uint16_t h;
+	memcpy(&h, p, 2);
+	return _cvtsh_ss(h);
+}
+
+void w_row_to_f32(const wmat *w, int row, float *dst)
+{
+	const uint8_t *p = w->data + (size_t)row * w->row_bytes;
+	if (w->type == W_F16) {
+		int i = 0;
+		for (; i + 8 <= w->cols; i += 8)
+			_mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i))));
+		for (; i < w->cols; i++)
+			dst[i] = f16(p + 2 * i);
+		return;
+	}
+	gguf_dequantize_row(to_gguf(w->type), p, dst, (size_t)w->cols, NULL);
+}
+
+/* ---- dot products of one weight row with an f32 vector ------------------- */
+
+static inline float hsum(__m256 v)
+{
+	__m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+	lo = _mm_add_ps(lo, hi);
+	lo = _mm_hadd_ps(lo, lo);
+	lo = _mm_hadd_ps(lo, lo);
+	return _mm_cvtss_f32(lo);
+}
+
+static float dot_f32(const float *w, const float *x, int n)
+{
+	__m256 acc = _mm256_setzero_ps();
+	int i = 0;
+	for (; i + 8 <= n; i += 8)
+		acc = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), acc);
+	float s = hsum(acc);
+	for (; i < n; i++)
+		s += w[i] * x[i];
+	return s;
+}
+
+static float dot_f16(const uint8_t *w, const float *x, int n)
+{
+	__m256 acc = _mm256_setzero_ps();
+	int i = 0;
+	for (; i + 8 <= n; i += 8)
+		acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + 2 * i))),
+				      _mm256_loadu_ps(x + i), acc);
+	float s = hsum(acc);
+	for (; i < n; i++)
+		s += f16(w + 2 * i) * x[i];
+	return s;
+}
+
+static float dot_bf16(const uint8_t *w, const float *x, int n)
+{
+	__m256 acc = _mm256_setzero_ps();
+	int i = 0;
+	for (; i + 8 <= n; i += 8) {
+		__m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + 2 * i)));
+		__m256 v = _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+		acc = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + i), acc);
+	}
+	float s = hsum(acc);
+	for (; i < n; i++) {
+		uint16_t h;
+		memcpy(&h, w + 2 * i, 2);
+		uint32_t bits = (uint32_t)h << 16;
+		float v;
+		memcpy(&v, &bits, 4);
+		s += v * x[i];
+	}
+	return s;
+}
+
+/* 32 signed bytes times 32 floats, as floats. */
+static inline __m256 dot32_i8(const int8_t *q, const float *x)
+{
+	__m256 acc = _mm256_setzero_ps();
+	for (int k = 0; k < 32; k += 8) {
+		__m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + k))));
+		acc = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + k), acc);
+	}
+	return acc;
+}
+
+static float dot_q8_0(const uint8_t *w, const float *x, int n)
+{
+	__m256 acc = _mm256_setzero_ps();
+	for (int b = 0; b < n / 32; b++, w += 34, x += 32)
+		acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(w)), dot32_i8((const int8_t *)(w + 2), x), acc);
+	return hsum(acc);
+}
+
+/* Q4_0 / Q4_1: low nibbles are elements 0-15, high nibbles 16-31. */
+static inline void unpack_q4(const uint8_t *qs, int8_t *out, int offset)
+{
+	for (int i = 0; i < 16; i++) {
+		out[i] = (int8_t)((qs[i] & 0xF) - offset);
+		out[i + 16] = (int8_t)((qs[i] >> 4) - offset);
+	}
+}
+
+static float dot_q4_0(const uint8_t *w, const float *x, int n)
+{
+	__m256 acc = _mm256_setzero_ps();
+	int8_t q[32];
+	for (int b = 0; b < n / 32; b++, w += 18, x += 32) {
+		unpack_q4(w + 2, q, 8);
+		acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(w)), dot32_i8(q, x), acc);
+	}
+	return hsum(acc);
+}
+
+static float dot_q4_1(const uint8_t *w, const float *x, int n)
+{
+	__m256 acc = _mm256_setzero_ps();
+	float mins = 0;
+	int8_t q[32];
+	for (int b = 0; b < n / 32; b++, w += 20, x += 32) {
+		unpack_q4(w + 4, q, 0);
+		acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(w)), dot32_i8(q, x), acc);
+		/* d*q + m summed against x: the m part is m * sum(x). */
+		__m256 sx = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8)),
+					  _mm256_add_ps(_mm256_loadu_ps(x + 16), _mm256_loadu_ps(x + 24)));
+		mins += f16(w + 2) * hsum(sx);
+	}
+	return hsum(acc) + mins;
+}
+
+static float dot_row(const wmat *w, int r, const float *x, float *scratch)
+{
+	const uint8_t *p = w->data + (size_t)r * w->row_bytes;
+	switch (w->type) {
+	case W_F32: return dot_f32((const float *)p, x, w->cols);
+	case W_F16: return dot_f16(p, x, w->cols);
+	case W_BF16: return dot_bf16(p, x, w->cols);
+	case W_Q8_0: return dot_q8_0(p, x, w->cols);
+	case W_Q4_0: return dot_q4_0(p, x, w->cols);
+	case W_Q4_1: return dot_q4_1(p, x, w->cols);
+	default:
+		/* K-quants: one row widened into the caller's scratch, then dotted. */
+		w_row_to_f32(w, r, scratch);
+		return dot_f32(scratch, x, w->cols);
+	}
+}
+
+void w_matvec(const wmat *w, const float *x, float *y)
+{
+	int kq = w->type == W_Q4_K || w->type == W_Q6_K;
+#pragma omp parallel
+	{
+		float *scratch = kq ? malloc((size_t)w->cols * sizeof *scratch) : NULL;
+#pragma omp for schedule(static)
+		for (int r = 0; r < w->rows; r++)
+			y[r] = dot_row(w, r, x, scratch);
+		free(scratch);
+	}
+}
+
+void w_matmul(const wmat *w, const float *x, float *y, int n)
+{
+	if (n == 1) {
+		w_matvec(w, x, y);
+		return;
+	}
+	if (w->type == W_F32 && w->row_bytes == (size_t)w->cols * 4) {
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, w->rows, w->cols, 1.0f, x,
+			    w->cols, (const float *)w->data, w->cols, 0.0f, y, w->rows);
+		return;
+	}
+	/* Widen BLOCK rows at a time (a few hundred KB: stays in cache), sgemm
+	 * them into the matching columns of y. */
+	enum { BLOCK = 128 };
+	float *tile = malloc((size_t)BLOCK * w->cols * sizeof *tile);
+	for (int r0 = 0; r0 < w->rows; r0 += BLOCK) {
+		int nr = w->rows - r0 < BLOCK ? w->rows - r0 : BLOCK;
+#pragma omp parallel for schedule(static)
+		for (int r = 0; r < nr; r++)
+			w_row_to_f32(w, r0 + r, tile + (size_t)r * w->cols);
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nr, w->cols, 1.0f, x, w->cols,
+			    tile, w->cols, 0.0f, y + r0, w->rows);
+	}
+	free(tile);
+}
+
+void rmsnorm(float *out, const float *x, const float *w, int dim, float eps)
+{
+	double ss = 0;
+	for (int i = 0; i < dim; i++)
+		ss += (double)x[i] * x[i];
+	float s = 1.0f / sqrtf((float)(ss / dim) + eps);
+	for (int i = 0; i < dim; i++)
+		out[i] = x[i] * s * w[i];
+}

@@ -1,0 +1,520 @@
+/* Loading a model: the Hugging Face config and safetensors weights, or a
+ * GGUF file. Weights stay in the mapped files; only norm weights and biases
+ * (a few KB) are converted to f32. */
+#define _GNU_SOURCE
+#include "internal.h"
+
+#include <dirent.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+static int has_suffix(const char *s, const char *suffix)
+{
+	size_t a = strlen(s), b = strlen(suffix);
+	return a >= b && strcasecmp(s + a - b, suffix) == 0;
+}
+
+/* ---- config.json ------------------------------------------------------------ */
+
+static int cfg_int(json_t *c, const char *key, int dflt, int *out, owl_err *err)
+{
+	json_t *v = json_object_get(c, key);
+	if (!v || json_is_null(v)) {
+		if (dflt < 0)
+			return owl_err_set(err, OWL_EFAIL, "config.json lacks '%s'", key);
+		*out = dflt;
+		return 0;
+	}
+	if (!json_is_integer(v) || json_integer_value(v) <= 0 || json_integer_value(v) > (1 << 28))
+		return owl_err_set(err, OWL_EFAIL, "config.json: '%s' must be a positive integer", key);
+	*out = (int)json_integer_value(v);
+	return 0;
+}
+
+/* Llama 3.x frequency scaling: long wavelengths slowed by `factor`, short
+ * ones kept, a smooth blend between (as Meta's reference code does). */
+static void llama3_scale(float *inv_freq, int half, float factor, float low, float high, int orig)
+{
+	float low_wl = (float)orig / low, high_wl = (float)orig / high;
+	for (int i = 0; i < half; i++) {
+		float wl = 2.0f * (float)M_PI / inv_freq[i];
+		if (wl < high_wl)
+			continue;
+		if (wl > low_wl) {
+			inv_freq[i] /= factor;
+		} else {
+			float smooth = ((float)orig / wl - low) / (high - low);
+			inv_freq[i] = (1 - smooth) * inv_freq[i] / factor + smooth * inv_freq[i];
+		}
+	}
+}
+
+static int parse_config(engine_model *m, const char *dir, owl_err *err)
+{
+	char *path = owl_path_join(dir, "config.json");
+	char *text = NULL;
+	int rc = owl_read_file(path, 4u << 20, &text, NULL, err);
+	free(path);
+	if (rc)
+		return rc;
+	json_error_t je;
+	json_t *c = json_loads(text, 0, &je);
+	free(text);
+	if (!json_is_object(c)) {
+		json_decref(c);
+		return owl_err_set(err, OWL_EFAIL, "config.json is not a JSON object (line %d: %s)",
+				   je.line, je.text);
+	}
+	engine_model_info *in = &m->info;
+	const char *arch = json_string_value(json_array_get(json_object_get(c, "architectures"), 0));
+	const char *mt = json_string_value(json_object_get(c, "model_type"));
+	if (arch && strcmp(arch, "LlamaForCausalLM") == 0)
+		snprintf(in->arch, sizeof in->arch, "llama");
+	else if (arch && strcmp(arch, "MistralForCausalLM") == 0)
+		snprintf(in->arch, sizeof in->arch, "mistral");
+	else if (arch && strcmp(arch, "Qwen2ForCausalLM") == 0)
+		snprintf(in->arch, sizeof in->arch, "qwen2");
+	else {
+		rc = owl_err_set(err, OWL_EFAIL, "config.json: architectures = %s is not supported "
+				 "(LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)",
+				 arch ? arch : mt ? mt : "(missing)");
+		json_decref(c);
+		return rc;
+	}
+	const char *act = json_string_value(json_object_get(c, "hidden_act"));
+	if (act && strcmp(act, "silu") != 0) {
+		rc = owl_err_set(err, OWL_EFAIL, "config.json: hidden_act = %s is not supported (silu)", act);
+		json_decref(c);
+		return rc;
+	}
+	rc = cfg_int(c, "hidden_size", -1, &in->dim, err);
+	if (!rc) rc = cfg_int(c, "intermediate_size", -1, &in->ffn_dim, err);
+	if (!rc) rc = cfg_int(c, "num_hidden_layers", -1, &in->n_layers, err);
+	if (!rc) rc = cfg_int(c, "num_attention_heads", -1, &in->n_heads, err);
+	if (!rc) rc = cfg_int(c, "num_key_value_heads", in->n_heads, &in->n_kv_heads, err);
+	if (!rc) rc = cfg_int(c, "vocab_size", -1, &in->vocab, err);
+	if (!rc) rc = cfg_int(c, "max_position_embeddings", 2048, &in->ctx_train, err);
+	if (!rc) rc = cfg_int(c, "head_dim", in->n_heads ? in->dim / in->n_heads : 1, &in->head_dim, err);
+	if (rc) {
+		json_decref(c);
+		return rc;
+	}
+	if (in->n_heads % in->n_kv_heads) {
+		json_decref(c);
+		return owl_err_set(err, OWL_EFAIL, "config.json: num_attention_heads %d is not a "
+				   "multiple of num_key_value_heads %d", in->n_heads, in->n_kv_heads);
+	}
+	json_t *eps = json_object_get(c, "rms_norm_eps");
+	in->norm_eps = json_is_number(eps) ? (float)json_number_value(eps) : 1e-6f;
+	json_t *theta = json_object_get(c, "rope_theta");
+	in->rope_theta = json_is_number(theta) ? (float)json_number_value(theta) : 10000.0f;
+	in->tied_embeddings = json_is_true(json_object_get(c, "tie_word_embeddings"));
+	in->qkv_bias = strcmp(in->arch, "qwen2") == 0 || json_is_true(json_object_get(c, "attention_bias"));
+	json_t *sw = json_object_get(c, "sliding_window");
+	if (json_is_integer(sw) && json_integer_value(sw) > 0 &&
+	    (strcmp(in->arch, "mistral") == 0 || json_is_true(json_object_get(c, "use_sliding_window"))))
+		in->sliding_window = (int)json_integer_value(sw);
+
+	int half = in->head_dim / 2;
+	m->inv_freq = owl_xmalloc((size_t)half * sizeof *m->inv_freq);
+	for (int i = 0; i < half; i++)
+		m->inv_freq[i] = 1.0f / powf(in->rope_theta, (float)(2 * i) / (float)in->head_dim);
+	json_t *rs = json_object_get(c, "rope_scaling");
+	if (json_is_object(rs)) {
+		const char *type = json_string_value(json_object_get(rs, "rope_type"));
+		if (!type)
+			type = json_string_value(json_object_get(rs, "type"));
+		if (!type || strcmp(type, "llama3") != 0) {
+			rc = owl_err_set(err, OWL_EFAIL, "config.json: rope_scaling type = %s is not "
+					 "supported (llama3)", type ? type : "(missing)");
+			json_decref(c);
+			return rc;
+		}
+		llama3_scale(m->inv_freq, half,
+			     (float)json_number_value(json_object_get(rs, "factor")),
+			     (float)json_number_value(json_object_get(rs, "low_freq_factor")),
+			     (float)json_number_value(json_object_get(rs, "high_freq_factor")),
+			     (int)json_integer_value(json_object_get(rs, "original_max_position_embeddings")));
+	}
+	json_decref(c);
+	return 0;
+}
+
+/* ---- safetensors weights ----------------------------------------------------- */
+
+static int st_lookup(engine_model *m, const char *name, const st_tensor **out)
+{
+	for (size_t i = 0; i < m->nst; i++)
+		if ((*out = st_find(m->st[i], name)))
+			return 0;
+	return OWL_EFAIL;
+}
+
+static int st_mat(engine_model *m, const char *name, int rows, int cols, wmat *w, owl_err *err)
+{
+	const st_tensor *t;
+	if (st_lookup(m, name, &t))
+		return owl_err_set(err, OWL_EFAIL, "the checkpoint has no tensor '%s'", name);
+	if (t->n_dims != 2 || t->shape[0] != rows || t->shape[1] != cols)
+		return owl_err_set(err, OWL_EFAIL, "tensor '%s' has shape [%lld, %lld], the config "
+				   "implies [%d, %d]", name, (long long)t->shape[0],
+				   t->n_dims > 1 ? (long long)t->shape[1] : 0LL, rows, cols);
+	switch (t->dtype) {
+	case ST_F32: w->type = W_F32; break;
+	case ST_F16: w->type = W_F16; break;
+	case ST_BF16: w->type = W_BF16; break;
+	default:
+		return owl_err_set(err, OWL_EFAIL, "tensor '%s' has dtype %s (f32, f16, bf16 supported)",
+				   name, st_dtype_name(t->dtype));
+	}
+	w->data = t->data;
+	w->rows = rows;
+	w->cols = cols;
+	w->row_bytes = wtype_row_bytes(w->type, cols);
+	return 0;
+}
+
+static int st_vec(engine_model *m, const char *name, int n, float **out, owl_err *err)
+{
+	const st_tensor *t;
+	if (st_lookup(m, name, &t))
+		return owl_err_set(err, OWL_EFAIL, "the checkpoint has no tensor '%s'", name);
+	if (t->n_dims != 1 || t->shape[0] != n)
+		return owl_err_set(err, OWL_EFAIL, "tensor '%s' should have %d elements", name, n);
+	wmat w = {.data = t->data, .rows = 1, .cols = n};
+	w.type = t->dtype == ST_F32 ? W_F32 : t->dtype == ST_F16 ? W_F16 : W_BF16;
+	if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
+		return owl_err_set(err, OWL_EFAIL, "tensor '%s' has dtype %s", name, st_dtype_name(t->dtype));
+	w.row_bytes = wtype_row_bytes(w.type, n);
+	*out = owl_xmalloc((size_t)n * sizeof **out);
+	w_row_to_f32(&w, 0, *out);
+	return 0;
+}
+
+static int open_safetensors(engine_model *m, const char *dir, owl_err *err)
+{
+	char *ixp = owl_path_join(dir, "model.safetensors.index.json");
+	int rc = 0;
+	if (owl_path_exists(ixp)) {
+		st_index *ix = NULL;
+		rc = st_index_load(ixp, &ix, err);
+		if (!rc) {
+			m->nst = st_index_file_count(ix);
+			m->st = owl_xcalloc(m->nst, sizeof *m->st);
+			for (size_t i = 0; i < m->nst && !rc; i++) {
+				char *p = owl_path_join(dir, st_index_file_at(ix, i));
+				rc = st_open(p, &m->st[i], err);
+				free(p);
+			}
+		}
+		st_index_free(ix);
+	} else {
+		char *p = owl_path_join(dir, "model.safetensors");
+		m->nst = 1;
+		m->st = owl_xcalloc(1, sizeof *m->st);
+		rc = st_open(p, &m->st[0], err);
+		free(p);
+	}
+	free(ixp);
+	if (rc)
+		return rc;
+	engine_model_info *in = &m->info;
+	int qd = in->n_heads * in->head_dim, kvd = in->n_kv_heads * in->head_dim;
+	rc = st_mat(m, "model.embed_tokens.weight", in->vocab, in->dim, &m->tok_embd, err);
+	if (!rc && !in->tied_embeddings && st_lookup(m, "lm_head.weight", &(const st_tensor *){0}) == 0)
+		rc = st_mat(m, "lm_head.weight", in->vocab, in->dim, &m->output, err);
+	else if (!rc) {
+		m->output = m->tok_embd;
+		in->tied_embeddings = 1;
+	}
+	if (!rc)
+		rc = st_vec(m, "model.norm.weight", in->dim, &m->out_norm, err);
+	m->layers = owl_xcalloc((size_t)in->n_layers, sizeof *m->layers);
+	char name[160];
+#define P(fmt) (snprintf(name, sizeof name, "model.layers.%d." fmt, l), name)
+	for (int l = 0; l < in->n_layers && !rc; l++) {
+		layer *L = &m->layers[l];
+		rc = st_vec(m, P("input_layernorm.weight"), in->dim, &L->attn_norm, err);
+		if (!rc) rc = st_vec(m, P("post_attention_layernorm.weight"), in->dim, &L->ffn_norm, err);
+		if (!rc) rc = st_mat(m, P("self_attn.q_proj.weight"), qd, in->dim, &L->wq, err);
+		if (!rc) rc = st_mat(m, P("self_attn.k_proj.weight"), kvd, in->dim, &L->wk, err);
+		if (!rc) rc = st_mat(m, P("self_attn.v_proj.weight"), kvd, in->dim, &L->wv, err);
+		if (!rc) rc = st_mat(m, P("self_attn.o_proj.weight"), in->dim, qd, &L->wo, err);
+		if (!rc) rc = st_mat(m, P("mlp.gate_proj.weight"), in->ffn_dim, in->dim, &L->w_gate, err);
+		if (!rc) rc = st_mat(m, P("mlp.up_proj.weight"), in->ffn_dim, in->dim, &L->w_up, err);
+		if (!rc) rc = st_mat(m, P("mlp.down_proj.weight"), in->dim, in->ffn_dim, &L->w_down, err);
+		if (!rc && in->qkv_bias) {
+			rc = st_vec(m, P("self_attn.q_proj.bias"), qd, &L->bq, err);
+			if (!rc) rc = st_vec(m, P("self_attn.k_proj.bias"), kvd, &L->bk, err);
+			if (!rc) rc = st_vec(m, P("self_attn.v_proj.bias"), kvd, &L->bv, err);
+		}
+	}
+#undef P
+	snprintf(in->source, sizeof in->source, "safetensors");
+	return rc;
+}
+
+/* ---- GGUF --------------------------------------------------------------------- */
+
+static int gg_type(gguf_type t, wtype *w)
+{
+	switch (t) {
+	case GGUF_T_F32: *w = W_F32; return 0;
+	case GGUF_T_F16: *w = W_F16; return 0;
+	case GGUF_T_BF16: *w = W_BF16; return 0;
+	case GGUF_T_Q8_0: *w = W_Q8_0; return 0;
+	case GGUF_T_Q4_0: *w = W_Q4_0; return 0;
+	case GGUF_T_Q4_1: *w = W_Q4_1; return 0;
+	case GGUF_T_Q4_K: *w = W_Q4_K; return 0;
+	case GGUF_T_Q6_K: *w = W_Q6_K; return 0;
+	}
+	return OWL_EFAIL;
+}
+
+static int gg_mat(engine_model *m, const char *name, int rows, int cols, wmat *w, owl_err *err)
+{
+	const gguf_tensor *t = gguf_find_tensor(m->gguf, name);
+	if (!t)
+		return owl_err_set(err, OWL_EFAIL, "the GGUF has no tensor '%s'", name);
+	if (t->n_dims != 2 || t->dims[0] != (uint64_t)cols || t->dims[1] != (uint64_t)rows)
+		return owl_err_set(err, OWL_EFAIL, "GGUF tensor '%s' has shape [%llu, %llu], the "
+				   "metadata implies [%d, %d]", name, (unsigned long long)t->dims[0],
+				   (unsigned long long)(t->n_dims > 1 ? t->dims[1] : 0), cols, rows);
+	if (gg_type(t->type, &w->type))
+		return owl_err_set(err, OWL_EFAIL, "GGUF tensor '%s' type %s is not supported", name,
+				   gguf_type_name(t->type));
+	w->data = t->data;
+	w->rows = rows;
+	w->cols = cols;
+	w->row_bytes = wtype_row_bytes(w->type, cols);
+	return 0;
+}
+
+static int gg_vec(engine_model *m, const char *name, int n, float **out, owl_err *err)
+{
+	const gguf_tensor *t = gguf_find_tensor(m->gguf, name);
+	if (!t)
+		return owl_err_set(err, OWL_EFAIL, "the GGUF has no tensor '%s'", name);
+	if (t->dims[0] != (uint64_t)n || t->n_dims != 1)
+		return owl_err_set(err, OWL_EFAIL, "GGUF tensor '%s' should have %d elements", name, n);
+	*out = owl_xmalloc((size_t)n * sizeof **out);
+	return gguf_dequantize_row(t->type, t->data, *out, (size_t)n, err);
+}
+
+static int gg_u32(engine_model *m, const char *key, int *out, int dflt, owl_err *err)
+{
+	uint32_t v;
+	if (gguf_get_u32(m->gguf, key, &v) == 0 && v > 0 && v < (1u << 28)) {
+		*out = (int)v;
+		return 0;
+	}
+	if (dflt >= 0) {
+		*out = dflt;
+		return 0;
+	}
+	return owl_err_set(err, OWL_EFAIL, "the GGUF lacks '%s'", key);
+}
+
+static int open_gguf(engine_model *m, const char *path, owl_err *err)
+{
+	int rc = gguf_open(path, &m->gguf, err);
+	if (rc)
+		return rc;
+	const char *arch = NULL;
+	if (gguf_get_str(m->gguf, "general.architecture", &arch) || strcmp(arch, "llama") != 0)
+		return owl_err_set(err, OWL_EFAIL, "GGUF general.architecture = %s is not supported "
+				   "(llama)", arch ? arch : "(missing)");
+	engine_model_info *in = &m->info;
+	snprintf(in->arch, sizeof in->arch, "llama");
+	rc = gg_u32(m, "llama.embedding_length", &in->dim, -1, err);
+	if (!rc) rc = gg_u32(m, "llama.feed_forward_length", &in->ffn_dim, -1, err);
+	if (!rc) rc = gg_u32(m, "llama.block_count", &in->n_layers, -1, err);
+	if (!rc) rc = gg_u32(m, "llama.attention.head_count", &in->n_heads, -1, err);
+	if (!rc) rc = gg_u32(m, "llama.attention.head_count_kv", &in->n_kv_heads, in->n_heads, err);
+	if (!rc) rc = gg_u32(m, "llama.context_length", &in->ctx_train, 2048, err);
+	if (!rc) rc = gg_u32(m, "llama.rope.dimension_count", &in->head_dim, in->dim / in->n_heads, err);
+	if (rc)
+		return rc;
+	if (in->n_heads % in->n_kv_heads)
+		return owl_err_set(err, OWL_EFAIL, "GGUF: head_count %d is not a multiple of "
+				   "head_count_kv %d", in->n_heads, in->n_kv_heads);
+	const gguf_tensor *emb = gguf_find_tensor(m->gguf, "token_embd.weight");
+	if (!emb || emb->n_dims != 2)
+		return owl_err_set(err, OWL_EFAIL, "the GGUF has no 2-D token_embd.weight");
+	in->vocab = (int)emb->dims[1];
+	if (gguf_get_f32(m->gguf, "llama.attention.layer_norm_rms_epsilon", &in->norm_eps))
+		in->norm_eps = 1e-5f;
+	if (gguf_get_f32(m->gguf, "llama.rope.freq_base", &in->rope_theta))
+		in->rope_theta = 10000.0f;
+	int half = in->head_dim / 2;
+	m->inv_freq = owl_xmalloc((size_t)half * sizeof *m->inv_freq);
+	for (int i = 0; i < half; i++)
+		m->inv_freq[i] = 1.0f / powf(in->rope_theta, (float)(2 * i) / (float)in->head_dim);
+	/* Llama 3.x scaling travels as per-frequency divisors. */
+	const gguf_tensor *rf = gguf_find_tensor(m->gguf, "rope_freqs.weight");
+	if (rf && rf->type == GGUF_T_F32 && rf->dims[0] == (uint64_t)half)
+		for (int i = 0; i < half; i++)
+			m->inv_freq[i] /= ((const float *)rf->data)[i];
+	m->rope_adjacent = 1;
+	int qd = in->n_heads * in->head_dim, kvd = in->n_kv_heads * in->head_dim;
+	rc = gg_mat(m, "token_embd.weight", in->vocab, in->dim, &m->tok_embd, err);
+	if (!rc && gguf_find_tensor(m->gguf, "output.weight"))
+		rc = gg_mat(m, "output.weight", in->vocab, in->dim, &m->output, err);
+	else if (!rc) {
+		m->output = m->tok_embd;
+		in->tied_embeddings = 1;
+	}
+	if (!rc)
+		rc = gg_vec(m, "output_norm.weight", in->dim, &m->out_norm, err);
+	m->layers = owl_xcalloc((size_t)in->n_layers, sizeof *m->layers);
+	char name[96];
+#define G(fmt) (snprintf(name, sizeof name, "blk.%d." fmt, l), name)
+	for (int l = 0; l < in->n_layers && !rc; l++) {
+		layer *L = &m->layers[l];
+		rc = gg_vec(m, G("attn_norm.weight"), in->dim, &L->attn_norm, err);
+		if (!rc) rc = gg_vec(m, G("ffn_norm.weight"), in->dim, &L->ffn_norm, err);
+		if (!rc) rc = gg_mat(m, G("attn_q.weight"), qd, in->dim, &L->wq, err);
+		if (!rc) rc = gg_mat(m, G("attn_k.weight"), kvd, in->dim, &L->wk, err);
+		if (!rc) rc = gg_mat(m, G("attn_v.weight"), kvd, in->dim, &L->wv, err);
+		if (!rc) rc = gg_mat(m, G("attn_output.weight"), in->dim, qd, &L->wo, err);
+		if (!rc) rc = gg_mat(m, G("ffn_gate.weight"), in->ffn_dim, in->dim, &L->w_gate, err);
+		if (!rc) rc = gg_mat(m, G("ffn_up.weight"), in->ffn_dim, in->dim, &L->w_up, err);
+		if (!rc) rc = gg_mat(m, G("ffn_down.weight"), in->dim, in->ffn_dim, &L->w_down, err);
+	}
+#undef G
+	snprintf(in->source, sizeof in->source, "gguf");
+	return rc;
+}
+
+/* ---- open / close ----------------------------------------------------------------- */
+
+static void account(engine_model *m)
+{
+	engine_model_info *in = &m->info;
+	const wmat *all[2 + 7] = {&m->tok_embd, &m->output};
+	uint64_t params = 0, bytes = 0;
+	int mixed = 0;
+	wtype first = m->layers[0].wq.type;
+	for (int l = 0; l < in->n_layers; l++) {
+		layer *L = &m->layers[l];
+		const wmat *ws[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+		for (int k = 0; k < 7; k++) {
+			params += (uint64_t)ws[k]->rows * (uint64_t)ws[k]->cols;
+			bytes += (uint64_t)ws[k]->rows * ws[k]->row_bytes;
+			mixed |= ws[k]->type != first;
+		}
+		params += 2 * (uint64_t)in->dim;
+	}
+	for (int k = 0; k < (in->tied_embeddings ? 1 : 2); k++) {
+		params += (uint64_t)all[k]->rows * (uint64_t)all[k]->cols;
+		bytes += (uint64_t)all[k]->rows * all[k]->row_bytes;
+	}
+	in->n_params = params + (uint64_t)in->dim;
+	in->weight_bytes = bytes;
+	snprintf(in->weight_dtype, sizeof in->weight_dtype, "%s", mixed ? "mixed" : wtype_name(first));
+}
+
+/* A folder with exactly one .gguf and no config.json is that GGUF. */
+static char *single_gguf(const char *dir)
+{
+	DIR *d = opendir(dir);
+	if (!d)
+		return NULL;
+	char *found = NULL;
+	int n = 0;
+	struct dirent *de;
+	while ((de = readdir(d)))
+		if (has_suffix(de->d_name, ".gguf")) {
+			n++;
+			free(found);
+			found = owl_path_join(dir, de->d_name);
+		}
+	closedir(d);
+	if (n != 1) {
+		free(found);
+		return NULL;
+	}
+	return found;
+}
+
+int engine_model_open(const char *path, const engine_model_opts *o, engine_model **out,
+		      owl_err *err)
+{
+	*out = NULL;
+	engine_model *m = owl_xcalloc(1, sizeof *m);
+	int rc;
+	char *gg = NULL;
+	if (owl_is_dir(path)) {
+		char *cfg = owl_path_join(path, "config.json");
+		int has_cfg = owl_path_exists(cfg);
+		free(cfg);
+		m->dir = owl_xstrdup(path);
+		if (!has_cfg && !(gg = single_gguf(path))) {
+			engine_model_close(m);
+			return owl_err_set(err, OWL_EFAIL, "'%s' holds neither config.json with "
+					   "safetensors weights nor a single .gguf file", path);
+		}
+	} else if (has_suffix(path, ".gguf")) {
+		gg = owl_xstrdup(path);
+	} else {
+		engine_model_close(m);
+		return owl_err_set(err, OWL_EFAIL, "'%s' is not a checkpoint folder or a .gguf file", path);
+	}
+	if (gg)
+		rc = open_gguf(m, gg, err);
+	else {
+		rc = parse_config(m, path, err);
+		if (!rc)
+			rc = open_safetensors(m, path, err);
+	}
+	free(gg);
+	engine_model_info *in = &m->info;
+	int tp = o && o->tp > 1 ? o->tp : 1;
+	if (!rc && in->n_heads % tp)
+		rc = owl_err_set(err, OWL_EUSAGE, "--tp %d does not divide the model's %d query heads "
+				 "(it has %d key/value heads); use a divisor of %d", tp, in->n_heads,
+				 in->n_kv_heads, in->n_heads);
+	if (!rc && in->ffn_dim % tp)
+		rc = owl_err_set(err, OWL_EUSAGE, "--tp %d does not divide the feed-forward width %d",
+				 tp, in->ffn_dim);
+	if (rc) {
+		engine_model_close(m);
+		return rc;
+	}
+	in->tp = tp;
+	in->threads = o && o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+	account(m);
+	*out = m;
+	return 0;
+}
+
+void engine_model_close(engine_model *m)
+{
+	if (!m)
+		return;
+	for (int l = 0; m->layers && l < m->info.n_layers; l++) {
+		layer *L = &m->layers[l];
+		free(L->attn_norm);
+		free(L->ffn_norm);
+		free(L->bq);
+		free(L->bk);
+		free(L->bv);
+	}
+	free(m->layers);
+	free(m->out_norm);
+	free(m->inv_freq);
+	for (size_t i = 0; i < m->nst; i++)
+		st_close(m->st[i]);
+	free(m->st);
+	gguf_close(m->gguf);
+	free(m->dir);
+	free(m);
+}
+
+const engine_model_info *engine_model_get_info(const engine_model *m) { return &m->info; }
+const struct gguf_file *engine_model_gguf(const engine_model *m) { return m->gguf; }
+const char *engine_model_dir(const engine_model *m) { return m->dir; }
