@@ -44,7 +44,64 @@ def load(dirpath):
     return cfg, w
 
 
+def load_gguf(path):
+    """A GGUF checkpoint as an HF config and HF-named f32 weights: tensors are
+    dequantised by the gguf package (independent of owl) and q/k rows are put
+    back from llama.cpp's interleaved order into the rotate_half order."""
+    import gguf
+    import numpy as np
+    r = gguf.GGUFReader(path)
+
+    def kv(key, default=None):
+        f = r.fields.get(key)
+        if f is None:
+            return default
+        v = f.parts[f.data[0]]
+        return v.tolist()[0] if hasattr(v, "tolist") else v
+
+    H = kv("llama.attention.head_count")
+    KV = kv("llama.attention.head_count_kv", H)
+    cfg = {"architectures": ["LlamaForCausalLM"], "hidden_size": kv("llama.embedding_length"),
+           "num_attention_heads": H, "num_key_value_heads": KV,
+           "num_hidden_layers": kv("llama.block_count"),
+           "rms_norm_eps": kv("llama.attention.layer_norm_rms_epsilon", 1e-5),
+           "rope_theta": kv("llama.rope.freq_base", 10000.0)}
+    names = {"token_embd.weight": "model.embed_tokens.weight", "output.weight": "lm_head.weight",
+             "output_norm.weight": "model.norm.weight"}
+    per = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+           "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+           "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+           "ffn_down": "mlp.down_proj"}
+    w, rope_freqs = {}, None
+    for t in r.tensors:
+        a = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        shape = [int(x) for x in reversed(t.shape.tolist())]
+        a = torch.from_numpy(a.reshape(shape).copy())
+        if t.name == "rope_freqs.weight":
+            rope_freqs = a
+            continue
+        if t.name.startswith("blk."):
+            _, l, kind, suffix = t.name.split(".", 3)
+            name = f"model.layers.{l}.{per[kind]}.{suffix}"
+            if kind in ("attn_q", "attn_k"):
+                n = H if kind == "attn_q" else KV
+                hd = a.shape[0] // n
+                a = a.reshape(n, hd // 2, 2, a.shape[1]).transpose(1, 2).reshape(a.shape)
+        else:
+            name = names[t.name]
+        w[name] = a
+    cfg["head_dim"] = kv("llama.rope.dimension_count", cfg["hidden_size"] // H)
+    if "lm_head.weight" not in w:
+        cfg["tie_word_embeddings"] = True
+    cfg["rope_freqs"] = rope_freqs
+    return cfg, w
+
+
 def inv_freq(cfg, hd):
+    if cfg.get("rope_freqs") is not None:
+        base = cfg.get("rope_theta", 10000.0)
+        f = 1.0 / (base ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+        return (f.to(torch.float32) / cfg["rope_freqs"])
     base = cfg.get("rope_theta", 10000.0)
     f = 1.0 / (base ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
     rs = cfg.get("rope_scaling")
@@ -131,7 +188,7 @@ def main():
     ap.add_argument("--all", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(2)
-    cfg, w = load(a.dir)
+    cfg, w = load_gguf(a.dir) if a.dir.endswith(".gguf") else load(a.dir)
     tokens = [int(t) for t in a.tokens.split(",")]
     with torch.no_grad():
         logits = forward(cfg, w, tokens)
