@@ -78,7 +78,9 @@ for type in F32 F16 Q8_0 Q4_0 Q4_1; do
   fi
   if [ "$type" = F32 ] || [ "$type" = F16 ]; then
     "$LOGITS" "$T/g-$type" --tokens "$TOKENS" --all >"$T/g-$type.st.json"
-    compare "gguf_${type}_matches_safetensors" "$T/g-$type.json" "$T/g-$type.st.json" 2e-3
+    # F16 rounds the f32 weights: the engine's exactness is the oracle check above.
+    tol=1e-4; [ "$type" = F16 ] && tol=2e-2
+    compare "gguf_${type}_matches_safetensors" "$T/g-$type.json" "$T/g-$type.st.json" "$tol"
   fi
 done
 "$LOGITS" "$T/g-Q8_0/model.gguf" --tokens "$TOKENS" --all --tp 2 >"$T/gq8tp2.json"
