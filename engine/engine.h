@@ -70,4 +70,46 @@ uint64_t engine_session_kv_bytes(const engine_session *s);
 int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logits, int all_logits,
 		   owl_err *err);
 
+/* ---- tokenizers (engine/tokenizer.c) -------------------------------------- */
+
+typedef struct engine_tokenizer engine_tokenizer;
+
+/* From a folder's tokenizer.json (+ tokenizer_config.json), a GGUF's
+ * tokenizer.ggml.* keys, or whichever the model came with. */
+int engine_tokenizer_load_dir(const char *dir, engine_tokenizer **out, owl_err *err);
+int engine_tokenizer_load_gguf(const struct gguf_file *g, engine_tokenizer **out, owl_err *err);
+int engine_tokenizer_for_model(const engine_model *m, engine_tokenizer **out, owl_err *err);
+void engine_tokenizer_free(engine_tokenizer *t);
+/* Parses tokenizer.json text into t. */
+int engine_tokenizer_parse_json(engine_tokenizer *t, const char *text, owl_err *err);
+/* A tokenizer from tokenizer.json text alone (the fuzz target's entry). */
+int engine_tokenizer_fuzz_load(const char *json_text, engine_tokenizer **out, owl_err *err);
+
+/* add_bos: prepend BOS when the model wants one; parse_special: match added
+ * and special tokens in the text. *ids_out is malloc'd; the caller frees. */
+int engine_tokenize(const engine_tokenizer *t, const char *text, size_t len, int add_bos,
+		    int parse_special, int32_t **ids_out, size_t *n_out, owl_err *err);
+/* The text of ids; malloc'd, the caller frees. */
+char *engine_detokenize(const engine_tokenizer *t, const int32_t *ids, size_t n);
+void engine_token_bytes(const engine_tokenizer *t, int id, owl_buf *out);
+int engine_token_count(const engine_tokenizer *t);
+int engine_token_bos(const engine_tokenizer *t);
+int engine_token_eos(const engine_tokenizer *t);
+const char *engine_token_text(const engine_tokenizer *t, int id);
+/* End of generation: EOS or an end-of-turn token (<|im_end|>, <|eot_id|> ...). */
+int engine_token_is_eog(const engine_tokenizer *t, int id);
+const char *engine_tokenizer_chat_template(const engine_tokenizer *t); /* or NULL */
+
+/* Streaming decode: bytes of a multi-byte character split across tokens are
+ * held back until the character is complete. */
+typedef struct engine_detok {
+	const engine_tokenizer *t;
+	char pending[64];
+	size_t npending;
+	int first;
+} engine_detok;
+void engine_detok_init(engine_detok *d, const engine_tokenizer *t);
+/* Writes the text ready after token id into out (NUL-terminated); returns its length. */
+size_t engine_detok_feed(engine_detok *d, int id, char *out, size_t outlen);
+
 #endif
