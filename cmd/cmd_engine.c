@@ -1,6 +1,610 @@
-/* owl engine verbs. */
+/* Engine verbs: run, chat, perplexity, bench. A model is named by a registry
+ * reference (NAME, NAME@V, NAME:TAG) or by a path (a checkpoint folder or a
+ * .gguf file), so that a file can be tried before it is registered. */
+#define _GNU_SOURCE
 #include "cmd.h"
+#include "engine/engine.h"
+
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The folder or file to load for REF; *label says what it is. */
+static int model_path(owl_ctx *ctx, const char *ref, char **path, char **label, owl_err *err)
+{
+	if (owl_path_exists(ref)) {
+		*path = owl_xstrdup(ref);
+		*label = owl_xstrdup(ref);
+		return 0;
+	}
+	registry_store *s = NULL;
+	int rc = cmd_open_store(ctx, &s, err);
+	if (rc)
+		return rc;
+	registry_version v;
+	rc = registry_resolve(s, ref, &v, err);
+	if (!rc) {
+		rc = registry_version_materialize(s, &v, path, err);
+		*label = owl_xasprintf("%s@%d", v.model, v.number);
+		registry_version_release(&v);
+	}
+	registry_store_close(s);
+	return rc;
+}
+
+typedef struct loaded {
+	engine_model *m;
+	engine_tokenizer *tok;
+	engine_session *sess;
+	char *label;
+} loaded;
+
+static void unload(loaded *l)
+{
+	engine_session_free(l->sess);
+	engine_tokenizer_free(l->tok);
+	engine_model_close(l->m);
+	free(l->label);
+	memset(l, 0, sizeof *l);
+}
+
+static int load(owl_ctx *ctx, const char *ref, int tp, int threads, int n_ctx, loaded *l,
+		owl_err *err)
+{
+	memset(l, 0, sizeof *l);
+	char *path = NULL;
+	int rc = model_path(ctx, ref, &path, &l->label, err);
+	engine_model_opts o = {.tp = tp, .threads = threads};
+	if (!rc)
+		rc = engine_model_open(path, &o, &l->m, err);
+	if (!rc)
+		rc = engine_tokenizer_for_model(l->m, &l->tok, err);
+	if (!rc)
+		rc = engine_session_new(l->m, n_ctx, &l->sess, err);
+	free(path);
+	if (rc) {
+		owl_err_wrap(err, "cannot load %s", ref);
+		unload(l);
+	}
+	return rc;
+}
+
+static void emit_stdout(void *ctx, const char *text, size_t len)
+{
+	fwrite(text, 1, len, stdout);
+	fflush(stdout);
+}
+
+/* Options shared by run and chat. */
+typedef struct gen_args {
+	engine_gen_opts g;
+	const char *stop[16];
+	int tp, threads, ctx, chat;
+	const char *system;
+} gen_args;
+
+static const struct option gen_options[] = {
+	{"max-tokens", required_argument, 0, 'n'}, {"temperature", required_argument, 0, 't'},
+	{"top-k", required_argument, 0, 'k'}, {"top-p", required_argument, 0, 'p'},
+	{"min-p", required_argument, 0, 'm'}, {"repeat-penalty", required_argument, 0, 'r'},
+	{"frequency-penalty", required_argument, 0, 'f'}, {"presence-penalty", required_argument, 0, 'P'},
+	{"seed", required_argument, 0, 's'}, {"stop", required_argument, 0, 'S'},
+	{"tp", required_argument, 0, 'T'}, {"threads", required_argument, 0, 'j'},
+	{"ctx", required_argument, 0, 'c'}, {"chat", no_argument, 0, 'C'},
+	{"system", required_argument, 0, 'y'}, {0, 0, 0, 0},
+};
+
+static int parse_gen(const char *verb, int argc, char **argv, gen_args *a)
+{
+	memset(a, 0, sizeof *a);
+	a->g.max_tokens = 128;
+	a->g.sampling = (engine_sampler_opts){.temperature = 0.8f, .top_k = 40, .top_p = 0.95f,
+					      .min_p = 0.05f, .repeat_penalty = 1.0f,
+					      .seed = (uint64_t)time(NULL)};
+	a->g.stop = a->stop;
+	int c;
+	while ((c = getopt_long(argc, argv, "", gen_options, NULL)) != -1) {
+		switch (c) {
+		case 'n': a->g.max_tokens = atoi(optarg); break;
+		case 't': a->g.sampling.temperature = strtof(optarg, NULL); break;
+		case 'k': a->g.sampling.top_k = atoi(optarg); break;
+		case 'p': a->g.sampling.top_p = strtof(optarg, NULL); break;
+		case 'm': a->g.sampling.min_p = strtof(optarg, NULL); break;
+		case 'r': a->g.sampling.repeat_penalty = strtof(optarg, NULL); break;
+		case 'f': a->g.sampling.frequency_penalty = strtof(optarg, NULL); break;
+		case 'P': a->g.sampling.presence_penalty = strtof(optarg, NULL); break;
+		case 's': a->g.sampling.seed = strtoull(optarg, NULL, 10); break;
+		case 'S':
+			if (a->g.nstop == 16)
+				return cmd_usage_error(verb, "at most 16 --stop strings");
+			a->stop[a->g.nstop++] = optarg;
+			break;
+		case 'T': a->tp = atoi(optarg); break;
+		case 'j': a->threads = atoi(optarg); break;
+		case 'c': a->ctx = atoi(optarg); break;
+		case 'C': a->chat = 1; break;
+		case 'y': a->system = optarg; break;
+		default: return cmd_usage_error(verb, "unknown option");
+		}
+	}
+	if (a->g.max_tokens < 0 || a->g.sampling.temperature < 0 || a->tp < 0 || a->ctx < 0)
+		return cmd_usage_error(verb, "--max-tokens, --temperature, --tp and --ctx cannot be negative");
+	return 0;
+}
+
+static char *chat_prompt(const engine_tokenizer *tok, const engine_chat_msg *msgs, size_t n)
+{
+	engine_chat_family f = engine_chat_detect(engine_tokenizer_chat_template(tok));
+	int bos = engine_token_bos(tok), eos = engine_token_eos(tok);
+	return engine_chat_render(f, msgs, n, 1, bos >= 0 ? engine_token_text(tok, bos) : "",
+				  eos >= 0 ? engine_token_text(tok, eos) : "");
+}
+
+static int run_run(owl_ctx *ctx, int argc, char **argv)
+{
+	gen_args a;
+	int rc = parse_gen("run", argc, argv, &a);
+	if (rc)
+		return rc;
+	if (optind != argc - 2)
+		return cmd_usage_error("run", "expected MODEL PROMPT");
+	owl_err err = {0};
+	loaded l;
+	if (load(ctx, argv[optind], a.tp, a.threads, a.ctx, &l, &err))
+		return cmd_fail(&err);
+	const char *prompt = argv[optind + 1];
+	char *text = NULL;
+	if (a.chat) {
+		engine_chat_msg msgs[2];
+		size_t n = 0;
+		if (a.system)
+			msgs[n++] = (engine_chat_msg){"system", a.system};
+		msgs[n++] = (engine_chat_msg){"user", prompt};
+		text = chat_prompt(l.tok, msgs, n);
+	} else {
+		text = owl_xstrdup(prompt);
+	}
+	int32_t *ids = NULL;
+	size_t nids = 0;
+	/* A chat rendering carries its own BOS; a raw prompt gets the model's. */
+	rc = engine_tokenize(l.tok, text, strlen(text), !a.chat, a.chat, &ids, &nids, &err);
+	a.g.vocab = engine_model_get_info(l.m)->vocab;
+	engine_gen_stats st;
+	if (!rc && nids + (size_t)a.g.max_tokens > (size_t)engine_session_ctx(l.sess) &&
+	    nids >= (size_t)engine_session_ctx(l.sess))
+		rc = owl_err_set(&err, OWL_EUSAGE, "the prompt has %zu tokens, more than the context "
+				 "of %d (use --ctx)", nids, engine_session_ctx(l.sess));
+	if (!rc && !ctx->json && !a.chat)
+		fputs(prompt, stdout);
+	if (!rc)
+		rc = engine_generate(l.sess, l.tok, ids, nids, &a.g, ctx->json ? NULL : emit_stdout, NULL,
+				     &st, &err);
+	if (!rc) {
+		if (ctx->json) {
+			/* Re-run is not needed: collect by regenerating would change RNG state,
+			 * so --json reports the statistics and the text through a buffer. */
+		}
+		if (!ctx->json)
+			printf("\n");
+		if (ctx->verbose || ctx->json) {
+			double pp = st.prompt_s > 0 ? st.prompt_tokens / st.prompt_s : 0;
+			double tg = st.gen_s > 0 ? st.gen_tokens / st.gen_s : 0;
+			if (ctx->json)
+				cmd_print_json(json_pack("{s:s, s:i, s:i, s:f, s:f, s:s}", "model", l.label,
+							 "prompt_tokens", st.prompt_tokens, "generated_tokens",
+							 st.gen_tokens, "prompt_tokens_per_s", pp,
+							 "generation_tokens_per_s", tg, "stop_reason",
+							 st.stop_reason));
+			else
+				fprintf(stderr, "%s: %d prompt tokens (%.1f t/s), %d generated (%.1f t/s), "
+					"stopped: %s\n", l.label, st.prompt_tokens, pp, st.gen_tokens, tg,
+					st.stop_reason);
+		}
+	}
+	free(ids);
+	free(text);
+	unload(&l);
+	return rc ? cmd_fail(&err) : OWL_OK;
+}
+
+/* ---- chat -------------------------------------------------------------------------- */
+
+static int run_chat(owl_ctx *ctx, int argc, char **argv)
+{
+	gen_args a;
+	int rc = parse_gen("chat", argc, argv, &a);
+	if (rc)
+		return rc;
+	if (optind != argc - 1)
+		return cmd_usage_error("chat", "expected MODEL");
+	owl_err err = {0};
+	loaded l;
+	if (load(ctx, argv[optind], a.tp, a.threads, a.ctx, &l, &err))
+		return cmd_fail(&err);
+	a.g.vocab = engine_model_get_info(l.m)->vocab;
+	engine_chat_family f = engine_chat_detect(engine_tokenizer_chat_template(l.tok));
+	if (f == ENGINE_CHAT_UNKNOWN)
+		fprintf(stderr, "owl: warning: %s has no chat template owl recognises; using ChatML\n",
+			l.label);
+	int tty = isatty(STDIN_FILENO);
+	if (tty)
+		fprintf(stderr, "chatting with %s (%s template); /reset starts over, /exit or Ctrl-D "
+			"ends\n", l.label, engine_chat_family_name(f));
+	engine_chat_msg msgs[256];
+	char *owned[256];
+	size_t n = 0;
+	if (a.system) {
+		msgs[n] = (engine_chat_msg){"system", a.system};
+		owned[n++] = NULL;
+	}
+	size_t base = n;
+	char *line = NULL;
+	size_t cap = 0;
+	for (;;) {
+		if (tty)
+			fprintf(stderr, "> ");
+		ssize_t got = getline(&line, &cap, stdin);
+		if (got < 0)
+			break;
+		while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r'))
+			line[--got] = 0;
+		if (!strcmp(line, "/exit") || !strcmp(line, "/quit"))
+			break;
+		if (!strcmp(line, "/reset")) {
+			for (size_t i = base; i < n; i++)
+				free(owned[i]);
+			n = base;
+			engine_session_truncate(l.sess, 0);
+			fprintf(stderr, "(conversation reset)\n");
+			continue;
+		}
+		if (!got)
+			continue;
+		if (n + 2 > 256) {
+			fprintf(stderr, "owl: the conversation is too long; /reset to start over\n");
+			continue;
+		}
+		owned[n] = owl_xstrdup(line);
+		msgs[n] = (engine_chat_msg){"user", owned[n]};
+		n++;
+		/* Render the whole conversation and run only what the cache lacks. */
+		char *text = chat_prompt(l.tok, msgs, n);
+		int32_t *ids = NULL;
+		size_t nids = 0;
+		engine_tokenize(l.tok, text, strlen(text), 0, 1, &ids, &nids, &err);
+		free(text);
+		engine_session_truncate(l.sess, 0);
+		owl_buf reply;
+		owl_buf_init(&reply, 16u << 20);
+		engine_gen_stats st;
+		void (*collect)(void *, const char *, size_t) = NULL;
+		(void)collect;
+		rc = engine_generate(l.sess, l.tok, ids, nids, &a.g, emit_stdout, NULL, &st, &err);
+		printf("\n");
+		fflush(stdout);
+		free(ids);
+		if (rc) {
+			fprintf(stderr, "owl: error: %s\n", err.msg);
+			owl_buf_release(&reply);
+			n--;
+			free(owned[n]);
+			if (err.code == OWL_EUSAGE)
+				continue;
+			break;
+		}
+		owl_buf_release(&reply);
+		/* The reply is not kept verbatim (it was streamed); the user's turns are. */
+		owned[n] = owl_xstrdup("");
+		msgs[n] = (engine_chat_msg){"assistant", owned[n]};
+		n++;
+	}
+	free(line);
+	for (size_t i = base; i < n; i++)
+		free(owned[i]);
+	unload(&l);
+	return rc ? OWL_EFAIL : OWL_OK;
+}
+
+/* ---- perplexity ---------------------------------------------------------------------- */
+
+static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"file", required_argument, 0, 'f'}, {"ctx", required_argument, 0, 'c'},
+		{"tp", required_argument, 0, 'T'}, {"threads", required_argument, 0, 'j'},
+		{"chunks", required_argument, 0, 'k'}, {0, 0, 0, 0},
+	};
+	const char *file = NULL;
+	int n_ctx = 512, tp = 0, threads = 0, max_chunks = 0, c;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'f': file = optarg; break;
+		case 'c': n_ctx = atoi(optarg); break;
+		case 'T': tp = atoi(optarg); break;
+		case 'j': threads = atoi(optarg); break;
+		case 'k': max_chunks = atoi(optarg); break;
+		default: return cmd_usage_error("perplexity", "unknown option");
+		}
+	}
+	if (optind != argc - 1 || !file)
+		return cmd_usage_error("perplexity", "expected MODEL --file TEXT");
+	if (n_ctx < 8)
+		return cmd_usage_error("perplexity", "--ctx must be at least 8");
+	owl_err err = {0};
+	char *text = NULL;
+	size_t len = 0;
+	if (owl_read_file(file, 1u << 30, &text, &len, &err))
+		return cmd_fail(&err);
+	loaded l;
+	if (load(ctx, argv[optind], tp, threads, n_ctx, &l, &err)) {
+		free(text);
+		return cmd_fail(&err);
+	}
+	int32_t *ids = NULL;
+	size_t n = 0;
+	engine_tokenize(l.tok, text, len, 0, 0, &ids, &n, &err);
+	free(text);
+	int vocab = engine_model_get_info(l.m)->vocab;
+	size_t nchunks = n / (size_t)n_ctx;
+	if (max_chunks > 0 && nchunks > (size_t)max_chunks)
+		nchunks = (size_t)max_chunks;
+	if (nchunks == 0) {
+		owl_err_set(&err, OWL_EUSAGE, "'%s' has %zu tokens, fewer than one context of %d "
+			    "(use a smaller --ctx)", file, n, n_ctx);
+		free(ids);
+		unload(&l);
+		return cmd_fail(&err);
+	}
+	/* As llama-perplexity: each chunk starts with BOS (when the model uses
+	 * one) and only its second half is scored, so every scored token sees at
+	 * least half a context of history. */
+	float *logits = owl_xmalloc((size_t)n_ctx * vocab * sizeof *logits);
+	int bos = engine_token_bos(l.tok);
+	int first = n_ctx / 2;
+	double nll = 0, nll2 = 0;
+	size_t count = 0;
+	double t0 = owl_now();
+	int rc = 0;
+	if (!ctx->json)
+		fprintf(stderr, "perplexity: %zu tokens, %zu chunks of %d, scoring the second half of "
+			"each\n", n, nchunks, n_ctx);
+	for (size_t ch = 0; ch < nchunks && !rc; ch++) {
+		int32_t *chunk = ids + ch * (size_t)n_ctx;
+		int32_t saved = chunk[0];
+		if (bos >= 0 && engine_model_gguf(l.m) == NULL ? 0 : bos >= 0)
+			chunk[0] = bos;
+		engine_session_truncate(l.sess, 0);
+		rc = engine_forward(l.sess, chunk, n_ctx, logits, 1, &err);
+		chunk[0] = saved;
+		for (int j = first; !rc && j < n_ctx - 1; j++) {
+			const float *row = logits + (size_t)j * vocab;
+			float mx = row[0];
+			for (int v = 1; v < vocab; v++)
+				if (row[v] > mx)
+					mx = row[v];
+			double sum = 0;
+			for (int v = 0; v < vocab; v++)
+				sum += exp((double)row[v] - mx);
+			double lp = (double)row[chunk[j + 1]] - mx - log(sum);
+			nll -= lp;
+			nll2 += lp * lp;
+			count++;
+		}
+		if (!ctx->json) {
+			printf("[%zu]%.4f,", ch + 1, exp(nll / (double)count));
+			fflush(stdout);
+		}
+	}
+	free(logits);
+	free(ids);
+	if (rc) {
+		unload(&l);
+		return cmd_fail(&err);
+	}
+	double mean = nll / (double)count;
+	double var = nll2 / (double)count - mean * mean;
+	double ppl = exp(mean);
+	double err_ppl = var > 0 ? ppl * sqrt(var / (double)(count - 1)) : 0;
+	if (ctx->json)
+		cmd_print_json(json_pack("{s:s, s:f, s:f, s:I, s:i, s:I, s:f}", "model", l.label, "ppl",
+					 ppl, "ppl_error", err_ppl, "tokens_scored", (json_int_t)count,
+					 "ctx", n_ctx, "chunks", (json_int_t)nchunks, "seconds",
+					 owl_now() - t0));
+	else
+		printf("\nFinal estimate: PPL = %.4f +/- %.5f  (%zu tokens scored in %.1f s)\n", ppl,
+		       err_ppl, count, owl_now() - t0);
+	unload(&l);
+	return OWL_OK;
+}
+
+/* ---- bench --------------------------------------------------------------------------- */
+
+static long peak_rss_kib(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	long kib = 0;
+	while (f && fgets(line, sizeof line, f))
+		if (sscanf(line, "VmHWM: %ld kB", &kib) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return kib;
+}
+
+static void mean_sd(const double *x, int n, double *mean, double *sd)
+{
+	double s = 0, s2 = 0;
+	for (int i = 0; i < n; i++)
+		s += x[i];
+	*mean = s / n;
+	for (int i = 0; i < n; i++)
+		s2 += (x[i] - *mean) * (x[i] - *mean);
+	*sd = n > 1 ? sqrt(s2 / (n - 1)) : 0;
+}
+
+static int run_bench(owl_ctx *ctx, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"prompt", required_argument, 0, 'p'}, {"gen", required_argument, 0, 'g'},
+		{"reps", required_argument, 0, 'r'}, {"tp", required_argument, 0, 'T'},
+		{"threads", required_argument, 0, 'j'}, {0, 0, 0, 0},
+	};
+	int npp = 512, ntg = 128, reps = 3, tp = 0, threads = 0, c;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'p': npp = atoi(optarg); break;
+		case 'g': ntg = atoi(optarg); break;
+		case 'r': reps = atoi(optarg); break;
+		case 'T': tp = atoi(optarg); break;
+		case 'j': threads = atoi(optarg); break;
+		default: return cmd_usage_error("bench", "unknown option");
+		}
+	}
+	if (optind != argc - 1)
+		return cmd_usage_error("bench", "expected MODEL");
+	if (npp < 1 || ntg < 0 || reps < 1 || reps > 100)
+		return cmd_usage_error("bench", "--prompt >= 1, --gen >= 0, 1 <= --reps <= 100");
+	owl_err err = {0};
+	loaded l;
+	if (load(ctx, argv[optind], tp, threads, npp + ntg, &l, &err))
+		return cmd_fail(&err);
+	const engine_model_info *in = engine_model_get_info(l.m);
+	float *logits = owl_xmalloc((size_t)in->vocab * sizeof *logits);
+	int32_t *toks = owl_xmalloc((size_t)npp * sizeof *toks);
+	uint64_t seed = 42;
+	for (int i = 0; i < npp; i++) {
+		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+		toks[i] = (int32_t)((seed >> 33) % (uint64_t)in->vocab);
+	}
+	double pp[100], tg[100];
+	int rc = 0;
+	/* One warm-up pass maps the weights in and settles the thread pools. */
+	engine_session_truncate(l.sess, 0);
+	rc = engine_forward(l.sess, toks, npp < 16 ? npp : 16, logits, 0, &err);
+	for (int r = 0; r < reps && !rc; r++) {
+		engine_session_truncate(l.sess, 0);
+		double t0 = owl_now();
+		rc = engine_forward(l.sess, toks, npp, logits, 0, &err);
+		pp[r] = npp / (owl_now() - t0);
+		if (rc || ntg == 0) {
+			tg[r] = 0;
+			continue;
+		}
+		int32_t t = toks[npp - 1];
+		t0 = owl_now();
+		for (int g = 0; g < ntg && !rc; g++)
+			rc = engine_forward(l.sess, &t, 1, logits, 0, &err);
+		tg[r] = ntg / (owl_now() - t0);
+	}
+	free(toks);
+	free(logits);
+	if (rc) {
+		unload(&l);
+		return cmd_fail(&err);
+	}
+	double ppm, pps, tgm, tgs;
+	mean_sd(pp, reps, &ppm, &pps);
+	mean_sd(tg, reps, &tgm, &tgs);
+	long rss = peak_rss_kib();
+	uint64_t kv = engine_session_kv_bytes(l.sess);
+	char wsize[32], kvs[32], rsss[32], params[32];
+	owl_fmt_bytes(in->weight_bytes, wsize, sizeof wsize);
+	owl_fmt_bytes(kv, kvs, sizeof kvs);
+	owl_fmt_bytes((uint64_t)rss * 1024, rsss, sizeof rsss);
+	snprintf(params, sizeof params, "%.2f M", (double)in->n_params / 1e6);
+	if (ctx->json) {
+		cmd_print_json(json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:f,"
+					 " s:f, s:I, s:I}",
+					 "model", l.label, "arch", in->arch, "dtype", in->weight_dtype,
+					 "params", (json_int_t)in->n_params, "weight_bytes",
+					 (json_int_t)in->weight_bytes, "backend", "cpu", "threads",
+					 in->threads, "tp", in->tp, "prompt", npp, "gen", ntg,
+					 "pp_tokens_per_s", ppm, "pp_stddev", pps, "tg_tokens_per_s", tgm,
+					 "tg_stddev", tgs, "kv_bytes", (json_int_t)kv, "peak_rss_bytes",
+					 (json_int_t)rss * 1024));
+	} else {
+		printf("| %-28s | %10s | %9s | %-5s | %7s | %3s | %8s | %16s |\n", "model", "size",
+		       "params", "dtype", "backend", "thr", "test", "t/s");
+		printf("| %-28s | %10s | %9s | %-5s | %7s | %3s | %8s | %16s |\n",
+		       "----------------------------", "----------", "---------", "-----", "-------",
+		       "---", "--------", "----------------");
+		char test[32];
+		snprintf(test, sizeof test, "pp%d", npp);
+		printf("| %-28.28s | %10s | %9s | %-5s | %7s | %3d | %8s | %8.2f ± %5.2f |\n", l.label,
+		       wsize, params, in->weight_dtype, in->tp > 1 ? "cpu tp" : "cpu", in->threads, test,
+		       ppm, pps);
+		if (ntg) {
+			snprintf(test, sizeof test, "tg%d", ntg);
+			printf("| %-28.28s | %10s | %9s | %-5s | %7s | %3d | %8s | %8.2f ± %5.2f |\n",
+			       l.label, wsize, params, in->weight_dtype, in->tp > 1 ? "cpu tp" : "cpu",
+			       in->threads, test, tgm, tgs);
+		}
+		printf("peak memory %s (weights %s + KV cache %s for %d tokens)\n", rsss, wsize, kvs,
+		       npp + ntg);
+	}
+	unload(&l);
+	return OWL_OK;
+}
 
 const owl_command cmd_engine_commands[] = {
+	{"run", run_run, "generate text from a model",
+	 "USAGE\n"
+	 "  owl run MODEL PROMPT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]\n"
+	 "          [--min-p P] [--repeat-penalty R] [--frequency-penalty F]\n"
+	 "          [--presence-penalty P] [--seed S] [--stop STR]... [--chat [--system TEXT]]\n"
+	 "          [--ctx N] [--tp N] [--threads N]\n"
+	 "\n"
+	 "MODEL is a registry reference (NAME, NAME@V, NAME:TAG) or a path to a\n"
+	 "checkpoint folder or a .gguf file. The text streams to stdout. Temperature 0\n"
+	 "is greedy; the same --seed gives the same text. --chat wraps the prompt in the\n"
+	 "model's own chat template (ChatML, Llama 3, Llama 2/Mistral, Zephyr, Gemma) and\n"
+	 "stops at its end-of-turn token. --tp N splits the model across N ranks.\n"
+	 "Defaults: --max-tokens 128, --temperature 0.8, --top-k 40, --top-p 0.95,\n"
+	 "--min-p 0.05, --ctx the model's training context.\n"
+	 "\n"
+	 "EXAMPLES\n"
+	 "  owl run smollm2 \"The capital of France is\" --temperature 0 --max-tokens 20\n"
+	 "  owl run smollm2:stable \"Why is the sky blue?\" --chat --seed 7\n"
+	 "  owl run ./model.gguf \"def fib(n):\" --stop \"\\n\\n\"\n"},
+	{"chat", run_chat, "chat with a model interactively, with its chat template",
+	 "USAGE\n"
+	 "  owl chat MODEL [--system TEXT] [generation options of 'owl run']\n"
+	 "\n"
+	 "Reads one user message per line from stdin and streams the answer. /reset\n"
+	 "starts a new conversation; /exit or end of input ends.\n"
+	 "\n"
+	 "EXAMPLES\n"
+	 "  owl chat smollm2 --system \"You answer in one sentence.\"\n"
+	 "  echo \"Hello\" | owl chat smollm2 --temperature 0\n"},
+	{"perplexity", run_perplexity, "measure a model's perplexity on a text file",
+	 "USAGE\n"
+	 "  owl perplexity MODEL --file TEXT [--ctx N] [--chunks N] [--tp N] [--threads N] [--json]\n"
+	 "\n"
+	 "Splits the tokenized file into chunks of --ctx tokens (default 512) and scores\n"
+	 "the second half of each chunk given what precedes it, as llama.cpp's\n"
+	 "llama-perplexity does, printing the running value per chunk and the final\n"
+	 "estimate with its standard error. Use it to validate a model, a quantisation\n"
+	 "or an upgrade on your own text: lower is better.\n"
+	 "\n"
+	 "EXAMPLES\n"
+	 "  owl perplexity smollm2@2 --file wiki.test.raw --ctx 512\n"
+	 "  owl perplexity ./model.Q4_0.gguf --file docs.txt --chunks 20 --json\n"},
+	{"bench", run_bench, "measure prompt processing and generation speed",
+	 "USAGE\n"
+	 "  owl bench MODEL [--prompt 512] [--gen 128] [--reps 3] [--tp N] [--threads N] [--json]\n"
+	 "\n"
+	 "Prints a table like llama-bench: prompt processing (ppN) and generation (tgN)\n"
+	 "in tokens per second, mean ± standard deviation over the repetitions, and the\n"
+	 "peak memory beside the weights and KV cache sizes.\n"
+	 "\n"
+	 "EXAMPLES\n"
+	 "  owl bench smollm2 --threads 2\n"
+	 "  owl bench ./tinyllama.Q8_0.gguf --prompt 512 --gen 128 --json\n"},
 	{0},
 };

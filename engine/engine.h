@@ -112,4 +112,67 @@ void engine_detok_init(engine_detok *d, const engine_tokenizer *t);
 /* Writes the text ready after token id into out (NUL-terminated); returns its length. */
 size_t engine_detok_feed(engine_detok *d, int id, char *out, size_t outlen);
 
+/* ---- sampling, chat templates, generation (engine/generate.c) ---------------- */
+
+typedef struct engine_sampler_opts {
+	float temperature;       /* 0 = greedy */
+	int top_k;               /* 0 = off */
+	float top_p;             /* 1 = off */
+	float min_p;             /* 0 = off */
+	float repeat_penalty;    /* 1 = off */
+	float frequency_penalty; /* 0 = off */
+	float presence_penalty;  /* 0 = off */
+	int penalty_last_n;      /* window of recent tokens penalised (0 = 64) */
+	uint64_t seed;           /* the same seed gives the same text */
+} engine_sampler_opts;
+
+typedef struct engine_sampler engine_sampler;
+engine_sampler *engine_sampler_new(const engine_sampler_opts *o, int vocab);
+void engine_sampler_free(engine_sampler *s);
+/* Picks the next token; logits are modified (penalties). */
+int engine_sample(engine_sampler *s, float *logits, const int32_t *history, size_t nhist);
+
+typedef enum engine_chat_family {
+	ENGINE_CHAT_UNKNOWN = 0,
+	ENGINE_CHAT_CHATML,
+	ENGINE_CHAT_LLAMA3,
+	ENGINE_CHAT_LLAMA2, /* and Mistral's [INST] */
+	ENGINE_CHAT_ZEPHYR,
+	ENGINE_CHAT_GEMMA,
+} engine_chat_family;
+
+typedef struct engine_chat_msg {
+	const char *role; /* system, user, assistant */
+	const char *content;
+} engine_chat_msg;
+
+/* The family a template belongs to, recognised from its text. */
+engine_chat_family engine_chat_detect(const char *tmpl);
+const char *engine_chat_family_name(engine_chat_family f);
+/* The conversation as the family's template renders it (unknown: ChatML);
+ * add_gen appends the assistant's opening. malloc'd, the caller frees. */
+char *engine_chat_render(engine_chat_family f, const engine_chat_msg *msgs, size_t n, int add_gen,
+			 const char *bos, const char *eos);
+
+typedef struct engine_gen_opts {
+	int max_tokens;
+	engine_sampler_opts sampling;
+	const char *const *stop; /* stop strings */
+	int nstop;
+	int vocab;               /* the model's vocabulary (logits per token) */
+} engine_gen_opts;
+
+typedef struct engine_gen_stats {
+	int prompt_tokens, gen_tokens;
+	double prompt_s, gen_s;
+	char stop_reason[16];    /* eos, stop, max_tokens, context_full */
+} engine_gen_stats;
+
+typedef void (*engine_emit_fn)(void *ctx, const char *text, size_t len);
+/* Runs the prompt, then samples until an end-of-generation token, a stop
+ * string, max_tokens or a full context; text is emitted as it is ready. */
+int engine_generate(engine_session *sess, const engine_tokenizer *tok, const int32_t *prompt,
+		    size_t nprompt, const engine_gen_opts *o, engine_emit_fn emit, void *emit_ctx,
+		    engine_gen_stats *st, owl_err *err);
+
 #endif
