@@ -376,7 +376,7 @@ static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 	for (size_t ch = 0; ch < nchunks && !rc; ch++) {
 		int32_t *chunk = ids + ch * (size_t)n_ctx;
 		int32_t saved = chunk[0];
-		if (bos >= 0 && engine_model_gguf(l.m) == NULL ? 0 : bos >= 0)
+		if (bos >= 0 && engine_tokenizer_adds_bos(l.tok))
 			chunk[0] = bos;
 		engine_session_truncate(l.sess, 0);
 		rc = engine_forward(l.sess, chunk, n_ctx, logits, 1, &err);

@@ -94,6 +94,8 @@ char *engine_detokenize(const engine_tokenizer *t, const int32_t *ids, size_t n)
 void engine_token_bytes(const engine_tokenizer *t, int id, owl_buf *out);
 int engine_token_count(const engine_tokenizer *t);
 int engine_token_bos(const engine_tokenizer *t);
+/* Whether the model expects BOS in front of a text. */
+int engine_tokenizer_adds_bos(const engine_tokenizer *t);
 int engine_token_eos(const engine_tokenizer *t);
 const char *engine_token_text(const engine_tokenizer *t, int id);
 /* End of generation: EOS or an end-of-turn token (<|im_end|>, <|eot_id|> ...). */

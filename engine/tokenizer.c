@@ -912,3 +912,5 @@ int engine_token_is_eog(const engine_tokenizer *t, int id)
 	return 0;
 }
 const char *engine_tokenizer_chat_template(const engine_tokenizer *t) { return t->chat_template; }
+
+int engine_tokenizer_adds_bos(const engine_tokenizer *t) { return t->add_bos && t->bos >= 0; }
