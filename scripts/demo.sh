@@ -65,6 +65,26 @@ run export acme-chat@1 "$T/acme-chat-1.tar.zst" --sign "$T/release.pem"
 OWL_HOME="$T/offline" run import "$T/acme-chat-1.tar.zst" --trust "$T/release.pub"
 OWL_HOME="$T/offline" run list
 
+step "the engine: the fixture model's logits come from the same kernels as a real model's"
+run run acme-chat:stable "Hello" --temperature 0 --max-tokens 16
+echo
+echo "(a random fixture model says nothing sensible; a real one follows)"
+
+step "a real open-weights model: SmolLM2-135M-Instruct (Apache-2.0), pulled as a GGUF over HTTP"
+if GG=$(scripts/get-smollm2.sh 2>/dev/null); then
+  cp "$GG" "$NGX_WWW/files/SmolLM2-135M-Instruct.Q4_1.gguf"
+  run pull "$NGX_HTTP/files/SmolLM2-135M-Instruct.Q4_1.gguf" --name smollm2 --tag stable
+  run show smollm2
+  run run smollm2 "The capital of France is" --temperature 0 --max-tokens 12
+  run --verbose run smollm2:stable "Give me three tips for writing clear error messages." --chat \
+    --temperature 0 --max-tokens 120
+  printf 'Write one sentence about owls.\n' | run chat smollm2 --temperature 0 --max-tokens 40
+  unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE
+  run bench smollm2 --prompt 128 --gen 32 --reps 2
+else
+  echo "(SmolLM2 could not be fetched from PyPI here: the engine steps above ran on the fixture)"
+fi
+
 step "versions, tags and clean-up"
 run tag acme-chat@2 stable
 run tag --history acme-chat

@@ -172,6 +172,89 @@ static float dot_q4_1(const uint8_t *w, const float *x, int n)
 	return hsum(acc) + mins;
 }
 
+/* ---- decode: integer dot products against activations quantised to Q8 ----
+ * One matrix-vector product reads every weight once, so its speed is the
+ * speed of reading the weights: x is quantised once to blocks of 32 int8 with
+ * one scale, and each weight block is multiplied with it in integers
+ * (maddubs), as compact as the weights themselves. */
+
+typedef struct q8x {
+	float d;     /* scale: x ~= d * q */
+	float sum;   /* sum of the block's x, for Q4_1's offsets */
+	int8_t q[32];
+} q8x;
+
+static void quantize_x(const float *x, int n, q8x *out)
+{
+	for (int b = 0; b < n / 32; b++) {
+		const float *v = x + 32 * b;
+		float amax = 0, sum = 0;
+		for (int i = 0; i < 32; i++) {
+			float a = fabsf(v[i]);
+			if (a > amax)
+				amax = a;
+			sum += v[i];
+		}
+		float d = amax / 127.0f, id = d ? 1.0f / d : 0;
+		out[b].d = d;
+		out[b].sum = sum;
+		for (int i = 0; i < 32; i++)
+			out[b].q[i] = (int8_t)lrintf(v[i] * id);
+	}
+}
+
+/* Sum of 32 signed products, as 8 int32 lanes. */
+static inline __m256i dot_i8(__m256i w, __m256i x)
+{
+	__m256i aw = _mm256_sign_epi8(w, w), sx = _mm256_sign_epi8(x, w);
+	return _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), _mm256_set1_epi16(1));
+}
+
+/* 16 bytes of nibbles -> 32 bytes: low nibbles first (elements 0-15), then high. */
+static inline __m256i nibbles(const uint8_t *q)
+{
+	__m128i b = _mm_loadu_si128((const __m128i *)q);
+	__m256i both = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
+	return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+}
+
+static float qdot_q8_0(const uint8_t *w, const q8x *x, int nb)
+{
+	__m256 acc = _mm256_setzero_ps();
+	for (int b = 0; b < nb; b++, w += 34) {
+		__m256i p = dot_i8(_mm256_loadu_si256((const __m256i *)(w + 2)),
+				   _mm256_loadu_si256((const __m256i *)x[b].q));
+		acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(w) * x[b].d), _mm256_cvtepi32_ps(p), acc);
+	}
+	return hsum(acc);
+}
+
+static float qdot_q4_0(const uint8_t *w, const q8x *x, int nb)
+{
+	__m256 acc = _mm256_setzero_ps();
+	for (int b = 0; b < nb; b++, w += 18) {
+		__m256i q = _mm256_sub_epi8(nibbles(w + 2), _mm256_set1_epi8(8));
+		__m256i p = dot_i8(q, _mm256_loadu_si256((const __m256i *)x[b].q));
+		acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(w) * x[b].d), _mm256_cvtepi32_ps(p), acc);
+	}
+	return hsum(acc);
+}
+
+static float qdot_q4_1(const uint8_t *w, const q8x *x, int nb)
+{
+	__m256 acc = _mm256_setzero_ps();
+	float mins = 0;
+	for (int b = 0; b < nb; b++, w += 20) {
+		/* Unsigned nibbles times signed bytes: maddubs takes them as they are. */
+		__m256i p = _mm256_madd_epi16(
+			_mm256_maddubs_epi16(nibbles(w + 4), _mm256_loadu_si256((const __m256i *)x[b].q)),
+			_mm256_set1_epi16(1));
+		acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(w) * x[b].d), _mm256_cvtepi32_ps(p), acc);
+		mins += f16(w + 2) * x[b].sum;
+	}
+	return hsum(acc) + mins;
+}
+
 static float dot_row(const wmat *w, int r, const float *x, float *scratch)
 {
 	const uint8_t *p = w->data + (size_t)r * w->row_bytes;
@@ -191,6 +274,18 @@ static float dot_row(const wmat *w, int r, const float *x, float *scratch)
 
 void w_matvec(const wmat *w, const float *x, float *y)
 {
+	if (w->type == W_Q8_0 || w->type == W_Q4_0 || w->type == W_Q4_1) {
+		int nb = w->cols / 32;
+		q8x *xq = malloc((size_t)nb * sizeof *xq);
+		quantize_x(x, w->cols, xq);
+		float (*dot)(const uint8_t *, const q8x *, int) =
+			w->type == W_Q8_0 ? qdot_q8_0 : w->type == W_Q4_0 ? qdot_q4_0 : qdot_q4_1;
+#pragma omp parallel for schedule(static)
+		for (int r = 0; r < w->rows; r++)
+			y[r] = dot(w->data + (size_t)r * w->row_bytes, xq, nb);
+		free(xq);
+		return;
+	}
 	int kq = w->type == W_Q4_K || w->type == W_Q6_K;
 #pragma omp parallel
 	{
