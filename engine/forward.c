@@ -197,10 +197,7 @@ int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logit
 					float mx = -INFINITY;
 					for (int j = lo; j <= p; j++) {
 						const float *kj = kc + (size_t)j * kvd + kvh * hd;
-						float d = 0;
-						for (int e = 0; e < hd; e++)
-							d += qh[e] * kj[e];
-						sc[j] = d * scale;
+						sc[j] = vec_dot(qh, kj, hd) * scale;
 						if (sc[j] > mx)
 							mx = sc[j];
 					}
@@ -213,9 +210,7 @@ int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logit
 					memset(o, 0, (size_t)hd * sizeof *o);
 					for (int j = lo; j <= p; j++) {
 						const float *vj = vc + (size_t)j * kvd + kvh * hd;
-						float wgt = sc[j] / sum;
-						for (int e = 0; e < hd; e++)
-							o[e] += wgt * vj[e];
+						vec_axpy(o, sc[j] / sum, vj, hd);
 					}
 				}
 			wmat wo = cols_of(&L->wo, h0 * hd, hpr * hd);

@@ -51,6 +51,9 @@ void w_matvec(const wmat *w, const float *x, float *y);
 /* Y[n, rows] = X[n, cols] W^T: OpenBLAS sgemm, converting non-f32 weights to
  * f32 a block of rows at a time. */
 void w_matmul(const wmat *w, const float *x, float *y, int n);
+/* AVX2 dot product and y += a*x (the compiler keeps float sums in order). */
+float vec_dot(const float *a, const float *b, int n);
+void vec_axpy(float *y, float a, const float *x, int n);
 void rmsnorm(float *out, const float *x, const float *w, int dim, float eps);
 
 #endif

@@ -71,6 +71,23 @@ static inline float hsum(__m256 v)
 	return _mm_cvtss_f32(lo);
 }
 
+static float dot_f32(const float *w, const float *x, int n);
+
+float vec_dot(const float *a, const float *b, int n)
+{
+	return dot_f32(a, b, n);
+}
+
+void vec_axpy(float *y, float a, const float *x, int n)
+{
+	__m256 va = _mm256_set1_ps(a);
+	int i = 0;
+	for (; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+	for (; i < n; i++)
+		y[i] += a * x[i];
+}
+
 static float dot_f32(const float *w, const float *x, int n)
 {
 	__m256 acc = _mm256_setzero_ps();
@@ -297,30 +314,43 @@ void w_matvec(const wmat *w, const float *x, float *y)
 	}
 }
 
+/* One thread pool, not two: OpenBLAS runs single-threaded inside OpenMP's
+ * threads, each thread multiplying its own band of weight rows. Two pools
+ * (OpenMP for the loops, OpenBLAS's pthreads for GEMM) would spin against
+ * each other on two cores. */
 void w_matmul(const wmat *w, const float *x, float *y, int n)
 {
 	if (n == 1) {
 		w_matvec(w, x, y);
 		return;
 	}
-	if (w->type == W_F32 && w->row_bytes == (size_t)w->cols * 4) {
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, w->rows, w->cols, 1.0f, x,
-			    w->cols, (const float *)w->data, w->cols, 0.0f, y, w->rows);
-		return;
+	openblas_set_num_threads(1);
+	int direct = w->type == W_F32 && w->row_bytes % 4 == 0;
+	enum { BLOCK = 64 };
+	int nblocks = (w->rows + BLOCK - 1) / BLOCK;
+#pragma omp parallel
+	{
+		/* Non-f32 weights are widened a band at a time into a small tile. */
+		float *tile = direct ? NULL : malloc((size_t)BLOCK * w->cols * sizeof *tile);
+#pragma omp for schedule(static)
+		for (int blk = 0; blk < nblocks; blk++) {
+			int r0 = blk * BLOCK, nr = w->rows - r0 < BLOCK ? w->rows - r0 : BLOCK;
+			const float *wp;
+			int ldw;
+			if (direct) {
+				wp = (const float *)(w->data + (size_t)r0 * w->row_bytes);
+				ldw = (int)(w->row_bytes / 4);
+			} else {
+				for (int r = 0; r < nr; r++)
+					w_row_to_f32(w, r0 + r, tile + (size_t)r * w->cols);
+				wp = tile;
+				ldw = w->cols;
+			}
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nr, w->cols, 1.0f, x,
+				    w->cols, wp, ldw, 0.0f, y + r0, w->rows);
+		}
+		free(tile);
 	}
-	/* Widen BLOCK rows at a time (a few hundred KB: stays in cache), sgemm
-	 * them into the matching columns of y. */
-	enum { BLOCK = 128 };
-	float *tile = malloc((size_t)BLOCK * w->cols * sizeof *tile);
-	for (int r0 = 0; r0 < w->rows; r0 += BLOCK) {
-		int nr = w->rows - r0 < BLOCK ? w->rows - r0 : BLOCK;
-#pragma omp parallel for schedule(static)
-		for (int r = 0; r < nr; r++)
-			w_row_to_f32(w, r0 + r, tile + (size_t)r * w->cols);
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nr, w->cols, 1.0f, x, w->cols,
-			    tile, w->cols, 0.0f, y + r0, w->rows);
-	}
-	free(tile);
 }
 
 void rmsnorm(float *out, const float *x, const float *w, int dim, float eps)
