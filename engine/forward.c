@@ -92,7 +92,8 @@ static wmat cols_of(const wmat *w, int c0, int n)
  * rank's partial buffer in place. An NCCL implementation has the same shape. */
 static void all_reduce_add(float *x, float *const *partials, int tp, size_t n)
 {
-#pragma omp parallel for schedule(static)
+	/* Small vectors (one token) are cheaper than waking the thread pool. */
+#pragma omp parallel for schedule(static) if (n > 16384)
 	for (size_t i = 0; i < n; i++) {
 		float s = 0;
 		for (int r = 0; r < tp; r++)
@@ -164,9 +165,16 @@ int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logit
 			wmat wq = rows_of(&L->wq, h0 * hd, hpr * hd);
 			wmat wk = rows_of(&L->wk, kv0 * hd, nkv * hd);
 			wmat wv = rows_of(&L->wv, kv0 * hd, nkv * hd);
-			w_matmul(&wq, xn, q, n);
-			w_matmul(&wk, xn, kb, n);
-			w_matmul(&wv, xn, vb, n);
+			if (n == 1) {
+				/* Decode: one pass of the thread pool over all three. */
+				const wmat *ws[3] = {&wq, &wk, &wv};
+				float *ys[3] = {q, kb, vb};
+				w_matvec_multi(ws, ys, 3, xn);
+			} else {
+				w_matmul(&wq, xn, q, n);
+				w_matmul(&wk, xn, kb, n);
+				w_matmul(&wv, xn, vb, n);
+			}
 			for (int i = 0; i < n; i++) {
 				float *qi = q + (size_t)i * hpr * hd, *ki = kb + (size_t)i * nkv * hd;
 				float *vi = vb + (size_t)i * nkv * hd;
@@ -185,7 +193,7 @@ int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logit
 				memcpy(kc + (size_t)(pos0 + i) * kvd + kv0 * hd, ki, (size_t)nkv * hd * sizeof *ki);
 				memcpy(vc + (size_t)(pos0 + i) * kvd + kv0 * hd, vi, (size_t)nkv * hd * sizeof *vi);
 			}
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (n * hpr > 1)
 			for (int i = 0; i < n; i++)
 				for (int h = 0; h < hpr; h++) {
 					float *sc = scores + (size_t)omp_get_thread_num() * s->n_ctx;
@@ -222,9 +230,15 @@ int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logit
 			rmsnorm(xn + (size_t)i * dim, x + (size_t)i * dim, L->ffn_norm, dim, in->norm_eps);
 		for (int r = 0; r < tp; r++) {
 			wmat wg = rows_of(&L->w_gate, r * fpr, fpr), wu = rows_of(&L->w_up, r * fpr, fpr);
-			w_matmul(&wg, xn, gate, n);
-			w_matmul(&wu, xn, up, n);
-#pragma omp parallel for schedule(static)
+			if (n == 1) {
+				const wmat *ws[2] = {&wg, &wu};
+				float *ys[2] = {gate, up};
+				w_matvec_multi(ws, ys, 2, xn);
+			} else {
+				w_matmul(&wg, xn, gate, n);
+				w_matmul(&wu, xn, up, n);
+			}
+#pragma omp parallel for schedule(static) if ((size_t)n * fpr > 16384)
 			for (size_t j = 0; j < (size_t)n * fpr; j++) {
 				float g = gate[j];
 				gate[j] = g / (1.0f + expf(-g)) * up[j];

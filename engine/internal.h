@@ -48,6 +48,8 @@ const char *wtype_name(wtype t);
 void w_row_to_f32(const wmat *w, int row, float *dst);
 /* y[r] = dot(W[r, :], x) for r in [0, rows). OpenMP over rows. */
 void w_matvec(const wmat *w, const float *x, float *y);
+/* The same for k matrices sharing x (q/k/v, gate/up): one pass of the pool. */
+void w_matvec_multi(const wmat *const *ws, float *const *ys, int k, const float *x);
 /* Y[n, rows] = X[n, cols] W^T: OpenBLAS sgemm, converting non-f32 weights to
  * f32 a block of rows at a time. */
 void w_matmul(const wmat *w, const float *x, float *y, int n);

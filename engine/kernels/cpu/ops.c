@@ -259,17 +259,28 @@ static float qdot_q4_0(const uint8_t *w, const q8x *x, int nb)
 
 static float qdot_q4_1(const uint8_t *w, const q8x *x, int nb)
 {
-	__m256 acc = _mm256_setzero_ps();
+	__m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
 	float mins = 0;
-	for (int b = 0; b < nb; b++, w += 20) {
+	const __m256i ones = _mm256_set1_epi16(1);
+	int b = 0;
+	/* Two blocks per step: two independent chains keep the FMA units busy. */
+	for (; b + 1 < nb; b += 2, w += 40) {
+		__m256i p0 = _mm256_madd_epi16(
+			_mm256_maddubs_epi16(nibbles(w + 4), _mm256_loadu_si256((const __m256i *)x[b].q)), ones);
+		__m256i p1 = _mm256_madd_epi16(
+			_mm256_maddubs_epi16(nibbles(w + 24), _mm256_loadu_si256((const __m256i *)x[b + 1].q)), ones);
+		acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16(w) * x[b].d), _mm256_cvtepi32_ps(p0), acc0);
+		acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16(w + 20) * x[b + 1].d), _mm256_cvtepi32_ps(p1), acc1);
+		mins += f16(w + 2) * x[b].sum + f16(w + 22) * x[b + 1].sum;
+	}
+	for (; b < nb; b++, w += 20) {
 		/* Unsigned nibbles times signed bytes: maddubs takes them as they are. */
 		__m256i p = _mm256_madd_epi16(
-			_mm256_maddubs_epi16(nibbles(w + 4), _mm256_loadu_si256((const __m256i *)x[b].q)),
-			_mm256_set1_epi16(1));
-		acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(w) * x[b].d), _mm256_cvtepi32_ps(p), acc);
+			_mm256_maddubs_epi16(nibbles(w + 4), _mm256_loadu_si256((const __m256i *)x[b].q)), ones);
+		acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16(w) * x[b].d), _mm256_cvtepi32_ps(p), acc0);
 		mins += f16(w + 2) * x[b].sum;
 	}
-	return hsum(acc) + mins;
+	return hsum(_mm256_add_ps(acc0, acc1)) + mins;
 }
 
 static float dot_row(const wmat *w, int r, const float *x, float *scratch)
@@ -289,29 +300,48 @@ static float dot_row(const wmat *w, int r, const float *x, float *scratch)
 	}
 }
 
-void w_matvec(const wmat *w, const float *x, float *y)
+typedef float (*qdot_fn)(const uint8_t *, const q8x *, int);
+
+static qdot_fn qdot_for(wtype t)
 {
-	if (w->type == W_Q8_0 || w->type == W_Q4_0 || w->type == W_Q4_1) {
-		int nb = w->cols / 32;
-		q8x *xq = malloc((size_t)nb * sizeof *xq);
-		quantize_x(x, w->cols, xq);
-		float (*dot)(const uint8_t *, const q8x *, int) =
-			w->type == W_Q8_0 ? qdot_q8_0 : w->type == W_Q4_0 ? qdot_q4_0 : qdot_q4_1;
-#pragma omp parallel for schedule(static)
-		for (int r = 0; r < w->rows; r++)
-			y[r] = dot(w->data + (size_t)r * w->row_bytes, xq, nb);
-		free(xq);
-		return;
+	return t == W_Q8_0 ? qdot_q8_0 : t == W_Q4_0 ? qdot_q4_0 : t == W_Q4_1 ? qdot_q4_1 : NULL;
+}
+
+void w_matvec_multi(const wmat *const *ws, float *const *ys, int k, const float *x)
+{
+	/* Activations quantised once per distinct need; all matrices share x. */
+	int cols = ws[0]->cols, nb = cols / 32, need_q = 0, need_scratch = 0, total = 0;
+	for (int m = 0; m < k; m++) {
+		need_q |= qdot_for(ws[m]->type) != NULL;
+		need_scratch |= ws[m]->type == W_Q4_K || ws[m]->type == W_Q6_K;
+		total += ws[m]->rows;
 	}
-	int kq = w->type == W_Q4_K || w->type == W_Q6_K;
+	q8x *xq = NULL;
+	if (need_q) {
+		xq = malloc((size_t)nb * sizeof *xq);
+		quantize_x(x, cols, xq);
+	}
 #pragma omp parallel
 	{
-		float *scratch = kq ? malloc((size_t)w->cols * sizeof *scratch) : NULL;
+		float *scratch = need_scratch ? malloc((size_t)cols * sizeof *scratch) : NULL;
 #pragma omp for schedule(static)
-		for (int r = 0; r < w->rows; r++)
-			y[r] = dot_row(w, r, x, scratch);
+		for (int g = 0; g < total; g++) {
+			int m = 0, r = g;
+			while (r >= ws[m]->rows)
+				r -= ws[m++]->rows;
+			const wmat *w = ws[m];
+			qdot_fn dot = qdot_for(w->type);
+			ys[m][r] = dot ? dot(w->data + (size_t)r * w->row_bytes, xq, nb)
+				       : dot_row(w, r, x, scratch);
+		}
 		free(scratch);
 	}
+	free(xq);
+}
+
+void w_matvec(const wmat *w, const float *x, float *y)
+{
+	w_matvec_multi(&w, &y, 1, x);
 }
 
 /* One thread pool, not two: OpenBLAS runs single-threaded inside OpenMP's
