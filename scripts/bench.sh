@@ -17,7 +17,7 @@ case "$which" in
   all)
     "$BUILD/owl-bench-policy" "${OWL_SHARED:-../shared}/licenses/llama3.1.txt"
     scripts/bench-registry.sh
-    [ -x scripts/bench-engine.sh ] && scripts/bench-engine.sh
+    scripts/bench-engine.sh
     ;;
   *) echo "usage: scripts/bench.sh [registry|policy|engine|all]" >&2; exit 2 ;;
 esac
