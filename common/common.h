@@ -98,6 +98,11 @@ int owl_fsync_dir(const char *dir, owl_err *err);
 int owl_write_file_atomic(const char *path, const void *data, size_t n, owl_err *err);
 /* Reads a whole file of at most max bytes; *out is NUL-terminated, caller frees. */
 int owl_read_file(const char *path, size_t max, char **out, size_t *outlen, owl_err *err);
+/* The entry names of dir in sorted order, hidden ones (".x") left out, so
+ * that output and errors come in the same order every time. *names and each
+ * name are malloc'd: free with owl_free_names. */
+int owl_list_dir(const char *dir, char ***names, size_t *n, owl_err *err);
+void owl_free_names(char **names, size_t n);
 /* rm -rf; missing path is not an error. */
 int owl_remove_tree(const char *path, owl_err *err);
 /* Free bytes on the file system holding path, or -1. */

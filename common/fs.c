@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include "common.h"
 
+#include <dirent.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -170,4 +172,40 @@ int64_t owl_disk_free(const char *path)
 	if (statvfs(path, &sv) != 0)
 		return -1;
 	return (int64_t)sv.f_bavail * (int64_t)sv.f_frsize;
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int owl_list_dir(const char *dir, char ***names, size_t *n, owl_err *err)
+{
+	*names = NULL;
+	*n = 0;
+	DIR *d = opendir(dir);
+	if (!d)
+		return owl_err_set(err, OWL_EFAIL, "cannot read folder '%s': %s", dir, strerror(errno));
+	size_t cap = 0;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		if (*n == cap) {
+			cap = cap ? 2 * cap : 32;
+			*names = owl_xrealloc(*names, cap * sizeof **names);
+		}
+		(*names)[(*n)++] = owl_xstrdup(de->d_name);
+	}
+	closedir(d);
+	if (*n > 1)
+		qsort(*names, *n, sizeof **names, cmp_names);
+	return 0;
+}
+
+void owl_free_names(char **names, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
 }

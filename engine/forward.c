@@ -88,40 +88,18 @@ static wmat cols_of(const wmat *w, int c0, int n)
 	return v;
 }
 
-/* The CPU all-reduce: ranks share memory, so the sum is read from each
- * rank's partial buffer in place. An NCCL implementation has the same shape. */
-static void all_reduce_add(float *x, float *const *partials, int tp, size_t n)
-{
-	/* Small vectors (one token) are cheaper than waking the thread pool. */
-#pragma omp parallel for schedule(static) if (n > 16384)
-	for (size_t i = 0; i < n; i++) {
-		float s = 0;
-		for (int r = 0; r < tp; r++)
-			s += partials[r][i];
-		x[i] += s;
-	}
-}
-
-static void rope(float *v, int nheads, int hd, int pos, const float *inv_freq, int adjacent)
-{
-	int half = hd / 2;
-	for (int h = 0; h < nheads; h++) {
-		float *x = v + (size_t)h * hd;
-		for (int i = 0; i < half; i++) {
-			float a = (float)pos * inv_freq[i], c = cosf(a), s = sinf(a);
-			int i0 = adjacent ? 2 * i : i, i1 = adjacent ? 2 * i + 1 : i + half;
-			float x0 = x[i0], x1 = x[i1];
-			x[i0] = x0 * c - x1 * s;
-			x[i1] = x0 * s + x1 * c;
-		}
-	}
-}
+#define TRY(call)                  \
+	do {                       \
+		if ((rc = (call))) \
+			goto out;  \
+	} while (0)
 
 int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logits, int all_logits,
 		   owl_err *err)
 {
 	engine_model *m = s->m;
 	const engine_model_info *in = &m->info;
+	const kernels_backend *be = m->be;
 	if (n <= 0)
 		return owl_err_set(err, OWL_EUSAGE, "nothing to run: no tokens");
 	if (s->pos + n > s->n_ctx)
@@ -135,7 +113,8 @@ int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logit
 	const int dim = in->dim, hd = in->head_dim, H = in->n_heads, KV = in->n_kv_heads;
 	const int tp = in->tp, hpr = H / tp, group = H / KV, fpr = in->ffn_dim / tp;
 	const int kvd = KV * hd, pos0 = s->pos;
-	const float scale = 1.0f / sqrtf((float)hd);
+	const kernels_rope_layout layout = m->rope_adjacent ? KERNELS_ROPE_ADJACENT : KERNELS_ROPE_HALF;
+	int rc = 0;
 
 	float *x = owl_xmalloc((size_t)n * dim * sizeof *x);
 	float *xn = owl_xmalloc((size_t)n * dim * sizeof *xn);
@@ -148,18 +127,14 @@ int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logit
 	float **part = owl_xmalloc((size_t)tp * sizeof *part);
 	for (int r = 0; r < tp; r++)
 		part[r] = owl_xmalloc((size_t)n * dim * sizeof **part);
-	int nthreads = in->threads;
-	float *scores = owl_xmalloc((size_t)nthreads * s->n_ctx * sizeof *scores);
 
-	for (int i = 0; i < n; i++)
-		w_row_to_f32(&m->tok_embd, tokens[i], x + (size_t)i * dim);
-
+	TRY(be->embedding(x, &m->tok_embd, tokens, n, err));
 	for (int l = 0; l < in->n_layers; l++) {
 		const layer *L = &m->layers[l];
 		float *kc = s->k + (size_t)l * s->n_ctx * kvd, *vc = s->v + (size_t)l * s->n_ctx * kvd;
-		for (int i = 0; i < n; i++)
-			rmsnorm(xn + (size_t)i * dim, x + (size_t)i * dim, L->attn_norm, dim, in->norm_eps);
+		TRY(be->rmsnorm(xn, x, L->attn_norm, n, dim, in->norm_eps, err));
 		for (int r = 0; r < tp; r++) {
+			/* Rank r: query heads [h0, h0+hpr) and the kv heads they read. */
 			int h0 = r * hpr, kv0 = h0 / group, kv1 = (h0 + hpr - 1) / group + 1;
 			int nkv = kv1 - kv0;
 			wmat wq = rows_of(&L->wq, h0 * hd, hpr * hd);
@@ -169,96 +144,64 @@ int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logit
 				/* Decode: one pass of the thread pool over all three. */
 				const wmat *ws[3] = {&wq, &wk, &wv};
 				float *ys[3] = {q, kb, vb};
-				w_matvec_multi(ws, ys, 3, xn);
+				TRY(be->matvec_multi(ys, ws, 3, xn, err));
 			} else {
-				w_matmul(&wq, xn, q, n);
-				w_matmul(&wk, xn, kb, n);
-				w_matmul(&wv, xn, vb, n);
+				TRY(be->matmul(q, xn, &wq, n, err));
+				TRY(be->matmul(kb, xn, &wk, n, err));
+				TRY(be->matmul(vb, xn, &wv, n, err));
 			}
-			for (int i = 0; i < n; i++) {
+			for (int i = 0; L->bq && i < n; i++) {
 				float *qi = q + (size_t)i * hpr * hd, *ki = kb + (size_t)i * nkv * hd;
 				float *vi = vb + (size_t)i * nkv * hd;
-				if (L->bq) {
-					for (int j = 0; j < hpr * hd; j++)
-						qi[j] += L->bq[h0 * hd + j];
-					for (int j = 0; j < nkv * hd; j++) {
-						ki[j] += L->bk[kv0 * hd + j];
-						vi[j] += L->bv[kv0 * hd + j];
-					}
+				for (int j = 0; j < hpr * hd; j++)
+					qi[j] += L->bq[h0 * hd + j];
+				for (int j = 0; j < nkv * hd; j++) {
+					ki[j] += L->bk[kv0 * hd + j];
+					vi[j] += L->bv[kv0 * hd + j];
 				}
-				rope(qi, hpr, hd, pos0 + i, m->inv_freq, m->rope_adjacent);
-				rope(ki, nkv, hd, pos0 + i, m->inv_freq, m->rope_adjacent);
-				/* Replicated kv heads are written by each rank that uses them,
-				 * with the same values. */
-				memcpy(kc + (size_t)(pos0 + i) * kvd + kv0 * hd, ki, (size_t)nkv * hd * sizeof *ki);
-				memcpy(vc + (size_t)(pos0 + i) * kvd + kv0 * hd, vi, (size_t)nkv * hd * sizeof *vi);
 			}
-#pragma omp parallel for collapse(2) schedule(static) if (n * hpr > 1)
-			for (int i = 0; i < n; i++)
-				for (int h = 0; h < hpr; h++) {
-					float *sc = scores + (size_t)omp_get_thread_num() * s->n_ctx;
-					const float *qh = q + ((size_t)i * hpr + h) * hd;
-					int kvh = (h0 + h) / group, p = pos0 + i;
-					int lo = in->sliding_window ? p - in->sliding_window + 1 : 0;
-					if (lo < 0)
-						lo = 0;
-					float mx = -INFINITY;
-					for (int j = lo; j <= p; j++) {
-						const float *kj = kc + (size_t)j * kvd + kvh * hd;
-						sc[j] = vec_dot(qh, kj, hd) * scale;
-						if (sc[j] > mx)
-							mx = sc[j];
-					}
-					float sum = 0;
-					for (int j = lo; j <= p; j++) {
-						sc[j] = expf(sc[j] - mx);
-						sum += sc[j];
-					}
-					float *o = att + ((size_t)i * hpr + h) * hd;
-					memset(o, 0, (size_t)hd * sizeof *o);
-					for (int j = lo; j <= p; j++) {
-						const float *vj = vc + (size_t)j * kvd + kvh * hd;
-						vec_axpy(o, sc[j] / sum, vj, hd);
-					}
-				}
+			TRY(be->rope(q, n, pos0, hpr, hd, m->inv_freq, layout, err));
+			TRY(be->rope(kb, n, pos0, nkv, hd, m->inv_freq, layout, err));
+			/* Replicated kv heads are written by each rank that uses them,
+			 * with the same values. */
+			for (int i = 0; i < n; i++) {
+				memcpy(kc + (size_t)(pos0 + i) * kvd + kv0 * hd, kb + (size_t)i * nkv * hd,
+				       (size_t)nkv * hd * sizeof *kb);
+				memcpy(vc + (size_t)(pos0 + i) * kvd + kv0 * hd, vb + (size_t)i * nkv * hd,
+				       (size_t)nkv * hd * sizeof *vb);
+			}
+			TRY(be->attention(att, q, kc, vc, n, pos0, hpr, h0, group, kvd, hd,
+					  in->sliding_window, err));
 			wmat wo = cols_of(&L->wo, h0 * hd, hpr * hd);
-			w_matmul(&wo, att, part[r], n);
+			TRY(be->matmul(part[r], att, &wo, n, err));
 		}
-		all_reduce_add(x, part, tp, (size_t)n * dim);
+		TRY(m->comm.all_reduce_sum(&m->comm, x, part, (size_t)n * dim, err));
 
-		for (int i = 0; i < n; i++)
-			rmsnorm(xn + (size_t)i * dim, x + (size_t)i * dim, L->ffn_norm, dim, in->norm_eps);
+		TRY(be->rmsnorm(xn, x, L->ffn_norm, n, dim, in->norm_eps, err));
 		for (int r = 0; r < tp; r++) {
 			wmat wg = rows_of(&L->w_gate, r * fpr, fpr), wu = rows_of(&L->w_up, r * fpr, fpr);
 			if (n == 1) {
 				const wmat *ws[2] = {&wg, &wu};
 				float *ys[2] = {gate, up};
-				w_matvec_multi(ws, ys, 2, xn);
+				TRY(be->matvec_multi(ys, ws, 2, xn, err));
 			} else {
-				w_matmul(&wg, xn, gate, n);
-				w_matmul(&wu, xn, up, n);
+				TRY(be->matmul(gate, xn, &wg, n, err));
+				TRY(be->matmul(up, xn, &wu, n, err));
 			}
-#pragma omp parallel for schedule(static) if ((size_t)n * fpr > 16384)
-			for (size_t j = 0; j < (size_t)n * fpr; j++) {
-				float g = gate[j];
-				gate[j] = g / (1.0f + expf(-g)) * up[j];
-			}
+			TRY(be->swiglu(gate, up, (size_t)n * fpr, err));
 			wmat wd = cols_of(&L->w_down, r * fpr, fpr);
-			w_matmul(&wd, gate, part[r], n);
+			TRY(be->matmul(part[r], gate, &wd, n, err));
 		}
-		all_reduce_add(x, part, tp, (size_t)n * dim);
+		TRY(m->comm.all_reduce_sum(&m->comm, x, part, (size_t)n * dim, err));
 	}
 	s->pos += n;
 	int first = all_logits ? 0 : n - 1, nl = all_logits ? n : 1;
-	for (int i = 0; i < nl; i++)
-		rmsnorm(xn + (size_t)i * dim, x + (size_t)(first + i) * dim, m->out_norm, dim,
-			in->norm_eps);
-	w_matmul(&m->output, xn, logits, nl);
-
+	TRY(be->rmsnorm(xn, x + (size_t)first * dim, m->out_norm, nl, dim, in->norm_eps, err));
+	TRY(be->matmul(logits, xn, &m->output, nl, err));
+out:
 	for (int r = 0; r < tp; r++)
 		free(part[r]);
 	free(part);
-	free(scores);
 	free(x);
 	free(xn);
 	free(q);
@@ -267,5 +210,5 @@ int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logit
 	free(att);
 	free(gate);
 	free(up);
-	return 0;
+	return rc;
 }

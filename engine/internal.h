@@ -6,18 +6,19 @@
 #include "engine.h"
 #include "common/gguf.h"
 #include "common/safetensors.h"
+#include "engine/kernels/kernels.h"
 
-/* Weight element types, read in place by the kernels. */
-typedef enum wtype { W_F32, W_F16, W_BF16, W_Q8_0, W_Q4_0, W_Q4_1, W_Q4_K, W_Q6_K } wtype;
-
-/* A weight matrix [rows, cols] (rows = output features), row-major, each row
- * row_bytes long. A view never owns its memory: it points into a mapping. */
-typedef struct wmat {
-	wtype type;
-	const uint8_t *data;
-	int rows, cols;
-	size_t row_bytes;
-} wmat;
+/* Short names inside the engine for the kernel layer's weight views. */
+typedef kernels_dtype wtype;
+typedef kernels_weight wmat;
+#define W_F32 KERNELS_F32
+#define W_F16 KERNELS_F16
+#define W_BF16 KERNELS_BF16
+#define W_Q8_0 KERNELS_Q8_0
+#define W_Q4_0 KERNELS_Q4_0
+#define W_Q4_1 KERNELS_Q4_1
+#define W_Q4_K KERNELS_Q4_K
+#define W_Q6_K KERNELS_Q6_K
 
 /* A vector (norm weight, bias) converted to f32 at load: small, owned. */
 typedef struct layer {
@@ -28,6 +29,8 @@ typedef struct layer {
 
 struct engine_model {
 	engine_model_info info;
+	const kernels_backend *be; /* the kernels every op goes through */
+	kernels_comm comm;         /* how the tp ranks all-reduce */
 	layer *layers;
 	wmat tok_embd, output;
 	float *out_norm;
@@ -40,7 +43,7 @@ struct engine_model {
 	char *dir;
 };
 
-/* ---- kernels (engine/kernels/cpu/ops.c) ---------------------------------- */
+/* ---- the CPU backend's own functions (engine/kernels/cpu/ops.c) ------------ */
 
 size_t wtype_row_bytes(wtype t, int cols); /* 0 when cols do not fill whole blocks */
 const char *wtype_name(wtype t);

@@ -487,6 +487,9 @@ int engine_model_open(const char *path, const engine_model_opts *o, engine_model
 	}
 	in->tp = tp;
 	in->threads = o && o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+	m->be = kernels_cpu_backend();
+	m->comm = *kernels_cpu_comm();
+	m->comm.size = tp;
 	account(m);
 	*out = m;
 	return 0;

@@ -5,7 +5,6 @@
 #define _GNU_SOURCE
 #include "internal.h"
 
-#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -273,10 +272,6 @@ static int has_suffix(const char *s, const char *suffix)
 	return a >= b && strcasecmp(s + a - b, suffix) == 0;
 }
 
-static int cmp_names(const void *a, const void *b)
-{
-	return strcmp(*(char *const *)a, *(char *const *)b);
-}
 
 /* The summary line: one id, a conflict, or unknown. */
 static void summarise(license_findings *f)
@@ -314,26 +309,12 @@ int license_detect_dir(registry_store *s, const char *dir, license_findings **ou
 	*out = NULL;
 	license_findings *f = owl_xcalloc(1, sizeof *f);
 	detect_card(s, dir, f);
-	DIR *d = opendir(dir);
-	if (!d) {
-		license_findings_free(f);
-		return owl_err_set(err, OWL_EFAIL, "cannot read '%s' for license detection", dir);
-	}
 	char **names = NULL;
-	size_t n = 0, cap = 0;
-	struct dirent *de;
-	while ((de = readdir(d))) {
-		if (de->d_name[0] == '.')
-			continue;
-		if (n == cap) {
-			cap = cap ? 2 * cap : 32;
-			names = owl_xrealloc(names, cap * sizeof *names);
-		}
-		names[n++] = owl_xstrdup(de->d_name);
+	size_t n = 0;
+	if (owl_list_dir(dir, &names, &n, err)) {
+		license_findings_free(f);
+		return owl_err_wrap(err, "license detection");
 	}
-	closedir(d);
-	if (n > 1)
-		qsort(names, n, sizeof *names, cmp_names);
 	int st_done = 0;
 	for (size_t i = 0; i < n; i++) {
 		if (is_license_file(names[i]))
@@ -345,9 +326,8 @@ int license_detect_dir(registry_store *s, const char *dir, license_findings **ou
 			detect_safetensors(s, dir, names[i], f);
 			st_done = 1;
 		}
-		free(names[i]);
 	}
-	free(names);
+	owl_free_names(names, n);
 	summarise(f);
 	*out = f;
 	return 0;

@@ -5,6 +5,7 @@
  * never see it. */
 #define _GNU_SOURCE
 #include "registry.h"
+#include "source_internal.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -47,6 +48,23 @@ typedef struct transfer {
 	int done;
 	char curl_err[CURL_ERROR_SIZE];
 } transfer;
+
+void registry_curl_defaults(CURL *e, const registry_fetch_opts *o, char *errbuf)
+{
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	/* TLS verification is never turned off; a private CA is added instead. */
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (o->ca_cert)
+		curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_cert);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, o->connect_timeout_s ? o->connect_timeout_s : 30L);
+	/* A transfer slower than 1 byte/s for the stall timeout is aborted. */
+	curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, o->stall_timeout_s ? o->stall_timeout_s : 60L);
+	curl_easy_setopt(e, CURLOPT_USERAGENT, "owl/" OWL_VERSION);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+}
 
 /* Hashes what the partial file already holds, so that the final digest
  * covers the whole file even when most of it came in an earlier run. */
@@ -180,21 +198,11 @@ static int start_attempt(transfer *t, CURLM *multi, owl_err *err)
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
 	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
-	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->curl_err);
+	registry_curl_defaults(e, o, t->curl_err);
 	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
 	curl_easy_setopt(e, CURLOPT_MAXREDIRS, 10L);
-	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
-	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-	if (o->ca_cert)
-		curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_cert);
-	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, o->connect_timeout_s ? o->connect_timeout_s : 30L);
-	curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-	curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, o->stall_timeout_s ? o->stall_timeout_s : 60L);
-	curl_easy_setopt(e, CURLOPT_USERAGENT, "owl/" OWL_VERSION);
 	curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 512L * 1024L);
-	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 	if (t->start > 0) {
 		char range[64];
 		snprintf(range, sizeof range, "%llu-", (unsigned long long)t->start);

@@ -4,6 +4,7 @@
  * the URL of a file's bytes (/REPO/resolve/REV/PATH). */
 #define _GNU_SOURCE
 #include "registry.h"
+#include "source_internal.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -79,18 +80,8 @@ static int hub_get(const registry_fetch_opts *o, const char *url, response *r, o
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
 	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
-	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, cerr);
+	registry_curl_defaults(e, o, cerr);
 	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
-	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-	if (o->ca_cert)
-		curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_cert);
-	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, o->connect_timeout_s ? o->connect_timeout_s : 30L);
-	curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-	curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, o->stall_timeout_s ? o->stall_timeout_s : 60L);
-	curl_easy_setopt(e, CURLOPT_USERAGENT, "owl/" OWL_VERSION);
-	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 	struct curl_slist *h = NULL;
 	if (o->bearer_token) {
 		char *line = owl_xasprintf("Authorization: Bearer %s", o->bearer_token);

@@ -6,7 +6,6 @@
 
 #include <archive.h>
 #include <archive_entry.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -65,10 +64,6 @@ char *registry_default_name(const char *path)
 
 /* ---- local folder ------------------------------------------------------ */
 
-static int cmp_names(const void *a, const void *b)
-{
-	return strcmp(*(char *const *)a, *(char *const *)b);
-}
 
 /* Walks dir recursively (following links: a Hugging Face cache snapshot is a
  * folder of links to blobs), skipping hidden entries such as .git. */
@@ -76,35 +71,10 @@ static int add_tree(registry_stage *st, const char *root, const char *rel,
 		    const registry_source_opts *o, owl_err *err)
 {
 	char *dir = rel[0] ? owl_path_join(root, rel) : owl_xstrdup(root);
-	DIR *d = opendir(dir);
-	if (!d) {
-		int rc = owl_err_set(err, OWL_EFAIL, "cannot read folder '%s': %s", dir,
-				     strerror(errno));
-		free(dir);
-		return rc;
-	}
-	int rc = 0;
-	struct dirent *de;
-	/* Sorted order keeps progress output and errors deterministic. */
 	char **names = NULL;
-	size_t n = 0, cap = 0;
-	while ((de = readdir(d))) {
-		if (de->d_name[0] == '.')
-			continue;
-		if (n == cap) {
-			cap = cap ? 2 * cap : 32;
-			names = owl_xrealloc(names, cap * sizeof *names);
-		}
-		names[n++] = owl_xstrdup(de->d_name);
-	}
-	closedir(d);
-	if (n > 1)
-		qsort(names, n, sizeof *names, cmp_names);
-	for (size_t i = 0; i < n; i++) {
-		if (rc) {
-			free(names[i]);
-			continue;
-		}
+	size_t n = 0;
+	int rc = owl_list_dir(dir, &names, &n, err);
+	for (size_t i = 0; i < n && !rc; i++) {
 		char *child_rel = rel[0] ? owl_xasprintf("%s/%s", rel, names[i]) : owl_xstrdup(names[i]);
 		char *child = owl_path_join(root, child_rel);
 		struct stat sb;
@@ -117,9 +87,8 @@ static int add_tree(registry_stage *st, const char *root, const char *rel,
 						 o ? o->progress_ctx : NULL, err);
 		free(child);
 		free(child_rel);
-		free(names[i]);
 	}
-	free(names);
+	owl_free_names(names, n);
 	free(dir);
 	return rc;
 }

@@ -14,6 +14,10 @@ int registry_stage_extract(registry_stage *st, const char *archive_path, const c
 /* When every staged file sits under one top folder, makes that folder the root. */
 int registry_stage_strip_top(registry_stage *st, owl_err *err);
 
+/* The options every owl HTTP request shares (TLS, timeouts, user agent). */
+#include <curl/curl.h>
+void registry_curl_defaults(CURL *e, const registry_fetch_opts *o, char *errbuf);
+
 int registry_stage_from_url(registry_store *s, const char *url, const registry_source_opts *o,
 			    registry_stage **out, owl_err *err);
 int registry_stage_from_hub(registry_store *s, const char *source, const registry_source_opts *o,

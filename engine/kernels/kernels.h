@@ -1,11 +1,14 @@
 /* kernels: the backend interface of the kernel layer. A backend is a struct of
  * function pointers; the CPU backend (engine/kernels/cpu/) and the CUDA
- * backend (engine/kernels/cuda/, libowl_cuda.so) implement this same vtable,
+ * backend (engine/kernels/cuda/, libowl_cuda.so) implement this same table,
  * so the forward pass and training never branch on the device.
  *
- * Conventions: tensors are row-major; a "buffer" is backend memory (host
- * memory for CPU, device memory for CUDA); every op returns 0 or an OWL_*
- * error code with the reason in err. Accumulation is always f32. */
+ * Conventions: activations are f32, row-major; weights are views of any
+ * kernels_dtype, read in place. Pointers are backend memory (host memory for
+ * the CPU backend, device memory for CUDA); buffer ops move data between the
+ * two. Every op returns 0 or an OWL_* error with the reason in err.
+ * Accumulation is always f32. Ops whose backward training needs have a
+ * backward slot; a backend leaves a slot NULL until it implements it. */
 #ifndef OWL_KERNELS_H
 #define OWL_KERNELS_H
 
@@ -27,6 +30,17 @@ typedef enum kernels_dtype {
 	KERNELS_Q6_K,
 } kernels_dtype;
 
+/* A weight matrix [rows, cols] (rows = output features), each row row_bytes
+ * long. A view: it never owns memory. A band of rows is a view with another
+ * data pointer; a band of columns keeps row_bytes (a strided view) - this is
+ * how tensor-parallel shards are taken without copies. */
+typedef struct kernels_weight {
+	kernels_dtype type;
+	const uint8_t *data;
+	int rows, cols;
+	size_t row_bytes;
+} kernels_weight;
+
 /* RoPE pair layout: HF rotate_half (i, i + d/2) or GGUF adjacent (2i, 2i+1). */
 typedef enum kernels_rope_layout {
 	KERNELS_ROPE_HALF = 0,
@@ -41,70 +55,73 @@ typedef struct kernels_backend {
 	/* memory */
 	int (*buffer_alloc)(size_t bytes, kernels_buffer **out, owl_err *err);
 	void (*buffer_free)(kernels_buffer *buf); /* accepts NULL */
-	void *(*buffer_data)(kernels_buffer *buf); /* device pointer */
-	int (*copy_to_device)(kernels_buffer *dst, size_t off, const void *src,
-			      size_t bytes, owl_err *err);
-	int (*copy_to_host)(void *dst, const kernels_buffer *src, size_t off,
-			    size_t bytes, owl_err *err);
+	void *(*buffer_data)(kernels_buffer *buf);
+	int (*copy_to_device)(kernels_buffer *dst, size_t off, const void *src, size_t bytes,
+			      owl_err *err);
+	int (*copy_to_host)(void *dst, const kernels_buffer *src, size_t off, size_t bytes,
+			    owl_err *err);
 
 	/* forward ops */
-	/* C[m,n] = A[m,k] * W^T where W is [n,k] of type wtype (any dtype). */
-	int (*matmul)(float *c, const float *a, const void *w,
-		      kernels_dtype wtype, int m, int n, int k, owl_err *err);
-	int (*embedding)(float *out, const void *table, kernels_dtype type,
-			 const int32_t *ids, int n, int dim, owl_err *err);
-	int (*rmsnorm)(float *out, const float *x, const float *weight, int rows,
-		       int dim, float eps, owl_err *err);
-	/* x is [n_tok, n_heads, head_dim]; pos[i] is token i's position;
-	 * inv_freq has head_dim/2 entries (llama3 scaling already applied). */
-	int (*rope)(float *x, const int32_t *pos, int n_tok, int n_heads,
-		    int head_dim, const float *inv_freq,
-		    kernels_rope_layout layout, owl_err *err);
-	/* Causal attention with GQA over a KV cache; window 0 = no sliding
-	 * window. q [n_tok, n_heads, hd], k/v cache [n_ctx, n_kv, hd]. */
-	int (*attention)(float *out, const float *q, const float *k_cache,
-			 const float *v_cache, int n_tok, int pos0,
-			 int n_heads, int n_kv_heads, int head_dim, int window,
+	/* y[n, w.rows] = x[n, w.cols] W^T */
+	int (*matmul)(float *y, const float *x, const kernels_weight *w, int n, owl_err *err);
+	/* k matrices sharing one input vector (q/k/v, gate/up of one token) */
+	int (*matvec_multi)(float *const *ys, const kernels_weight *const *ws, int k, const float *x,
+			    owl_err *err);
+	/* out[i] = row ids[i] of the table, widened to f32 */
+	int (*embedding)(float *out, const kernels_weight *table, const int32_t *ids, int n,
 			 owl_err *err);
-	int (*swiglu)(float *out, const float *gate, const float *up, size_t n,
-		      owl_err *err);
-	int (*softmax)(float *x, int rows, int cols, owl_err *err);
-	/* Mean cross-entropy of logits [rows, vocab] against targets. */
-	int (*cross_entropy)(float *loss, const float *logits,
-			     const int32_t *targets, int rows, int vocab,
-			     owl_err *err);
-	int (*add)(float *out, const float *a, const float *b, size_t n,
-		   owl_err *err);
-	int (*scale)(float *x, float s, size_t n, owl_err *err);
-	int (*adamw_step)(float *p, const float *g, float *m, float *v, size_t n,
-			  float lr, float beta1, float beta2, float eps,
-			  float weight_decay, int step, owl_err *err);
+	int (*rmsnorm)(float *out, const float *x, const float *weight, int rows, int dim,
+		       float eps, owl_err *err);
+	/* x is [n_tok, n_heads, head_dim], token i at position pos0 + i;
+	 * inv_freq has head_dim/2 entries (llama3 scaling already applied). */
+	int (*rope)(float *x, int n_tok, int pos0, int n_heads, int head_dim, const float *inv_freq,
+		    kernels_rope_layout layout, owl_err *err);
+	/* Causal attention with GQA over a KV cache. q is [n_tok, n_heads, hd]
+	 * for query heads head0.. of the model; query head h reads kv head
+	 * h / group; the caches hold [position][kv_stride] floats; window 0 = no
+	 * sliding window. out is [n_tok, n_heads, hd]. */
+	int (*attention)(float *out, const float *q, const float *k_cache, const float *v_cache,
+			 int n_tok, int pos0, int n_heads, int head0, int group, int kv_stride,
+			 int head_dim, int window, owl_err *err);
+	/* gate[i] = silu(gate[i]) * up[i] */
+	int (*swiglu)(float *gate, const float *up, size_t n, owl_err *err);
+	/* Mean cross-entropy of logits [rows, vocab] against targets (training, perplexity). */
+	int (*cross_entropy)(float *loss, const float *logits, const int32_t *targets, int rows,
+			     int vocab, owl_err *err);
 
-	/* backward slots (NULL where a backend does not implement them yet) */
-	int (*matmul_backward)(float *da, float *dw, const float *dc,
-			       const float *a, const float *w, int m, int n,
-			       int k, owl_err *err);
-	int (*embedding_backward)(float *dtable, const float *dout,
-				  const int32_t *ids, int n, int dim,
-				  owl_err *err);
-	int (*rmsnorm_backward)(float *dx, float *dweight, const float *dout,
-				const float *x, const float *weight, int rows,
-				int dim, float eps, owl_err *err);
-	int (*rope_backward)(float *dx, const int32_t *pos, int n_tok,
-			     int n_heads, int head_dim, const float *inv_freq,
-			     kernels_rope_layout layout, owl_err *err);
-	int (*attention_backward)(float *dq, float *dk, float *dv,
-				  const float *dout, const float *q,
-				  const float *k, const float *v, int n_tok,
-				  int n_heads, int n_kv_heads, int head_dim,
-				  int window, owl_err *err);
-	int (*swiglu_backward)(float *dgate, float *dup, const float *dout,
-			       const float *gate, const float *up, size_t n,
-			       owl_err *err);
-	int (*softmax_cross_entropy_backward)(float *dlogits,
-					      const float *logits,
-					      const int32_t *targets, int rows,
-					      int vocab, owl_err *err);
+	/* backward slots: NULL until training lands (the LoRA issue) */
+	int (*matmul_backward)(float *dx, float *dw, const float *dy, const float *x,
+			       const kernels_weight *w, int n, owl_err *err);
+	int (*rmsnorm_backward)(float *dx, float *dweight, const float *dout, const float *x,
+				const float *weight, int rows, int dim, float eps, owl_err *err);
+	int (*rope_backward)(float *dx, int n_tok, int pos0, int n_heads, int head_dim,
+			     const float *inv_freq, kernels_rope_layout layout, owl_err *err);
+	int (*attention_backward)(float *dq, float *dk, float *dv, const float *dout,
+				  const float *q, const float *k, const float *v, int n_tok,
+				  int n_heads, int n_kv_heads, int head_dim, int window, owl_err *err);
+	int (*swiglu_backward)(float *dgate, float *dup, const float *dout, const float *gate,
+			       const float *up, size_t n, owl_err *err);
+	int (*softmax_cross_entropy_backward)(float *dlogits, const float *logits,
+					      const int32_t *targets, int rows, int vocab,
+					      owl_err *err);
+	int (*adamw_step)(float *p, const float *g, float *m, float *v, size_t n, float lr,
+			  float beta1, float beta2, float eps, float weight_decay, int step,
+			  owl_err *err);
 } kernels_backend;
+
+/* Communication between tensor-parallel ranks (DESIGN.md: threads sharing
+ * memory on the CPU, NCCL on GPUs). all_reduce_sum adds every rank's partial
+ * buffer into x. */
+typedef struct kernels_comm {
+	const char *name; /* "cpu-shared", "nccl" */
+	int size;         /* ranks */
+	int (*all_reduce_sum)(const struct kernels_comm *c, float *x, float *const *partials,
+			      size_t n, owl_err *err);
+} kernels_comm;
+
+/* The CPU backend (engine/kernels/cpu/backend.c): OpenMP, OpenBLAS, AVX2. */
+const kernels_backend *kernels_cpu_backend(void);
+/* Ranks on one machine sharing memory. */
+const kernels_comm *kernels_cpu_comm(void);
 
 #endif

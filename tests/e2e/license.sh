@@ -73,6 +73,13 @@ owl license show gg --json
 expect_eq gguf_license "$(json 'd["license"]')" "llama3.2"
 expect_eq gguf_source "$(json 'd["findings"][0]["source"]')" "gguf"
 
+# --- safetensors __metadata__ ------------------------------------------------------------------
+fixture stmeta --license none --st-metadata license=gemma
+owl pull "$T/stmeta" --name stmeta
+owl license show stmeta --json
+expect_eq safetensors_metadata_license "$(json 'd["license"]')" "gemma"
+expect_eq safetensors_metadata_source "$(json 'd["findings"][0]["source"]')" "safetensors"
+
 # --- conflicts are reported, not resolved --------------------------------------------------------
 fixture conflict --license apache-2.0 --license-file "$LIC/llama3.1.txt"
 owl pull "$T/conflict" --name conflict --json

@@ -1,0 +1,210 @@
+/* The CPU backend: the kernels_backend table filled with OpenMP loops,
+ * OpenBLAS GEMM and AVX2 dot products (ops.c), and the shared-memory comm
+ * that tensor-parallel ranks on one machine use. */
+#include "engine/internal.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct kernels_buffer {
+	size_t size;
+	unsigned char data[];
+};
+
+static int cpu_alloc(size_t bytes, kernels_buffer **out, owl_err *err)
+{
+	*out = malloc(sizeof **out + bytes);
+	if (!*out)
+		return owl_err_set(err, OWL_EFAIL, "cannot allocate %zu bytes", bytes);
+	(*out)->size = bytes;
+	return 0;
+}
+
+static void cpu_free(kernels_buffer *b) { free(b); }
+static void *cpu_data(kernels_buffer *b) { return b->data; }
+
+static int cpu_to_device(kernels_buffer *dst, size_t off, const void *src, size_t n, owl_err *err)
+{
+	if (off > dst->size || n > dst->size - off)
+		return owl_err_set(err, OWL_EFAIL, "copy of %zu bytes at %zu overruns a %zu-byte buffer",
+				   n, off, dst->size);
+	memcpy(dst->data + off, src, n);
+	return 0;
+}
+
+static int cpu_to_host(void *dst, const kernels_buffer *src, size_t off, size_t n, owl_err *err)
+{
+	if (off > src->size || n > src->size - off)
+		return owl_err_set(err, OWL_EFAIL, "copy of %zu bytes at %zu overruns a %zu-byte buffer",
+				   n, off, src->size);
+	memcpy(dst, src->data + off, n);
+	return 0;
+}
+
+static int cpu_matmul(float *y, const float *x, const kernels_weight *w, int n, owl_err *err)
+{
+	w_matmul(w, x, y, n);
+	return 0;
+}
+
+static int cpu_matvec_multi(float *const *ys, const kernels_weight *const *ws, int k,
+			    const float *x, owl_err *err)
+{
+	w_matvec_multi(ws, ys, k, x);
+	return 0;
+}
+
+static int cpu_embedding(float *out, const kernels_weight *table, const int32_t *ids, int n,
+			 owl_err *err)
+{
+	for (int i = 0; i < n; i++) {
+		if (ids[i] < 0 || ids[i] >= table->rows)
+			return owl_err_set(err, OWL_EUSAGE, "token id %d is outside the vocabulary of %d",
+					   ids[i], table->rows);
+		w_row_to_f32(table, ids[i], out + (size_t)i * table->cols);
+	}
+	return 0;
+}
+
+static int cpu_rmsnorm(float *out, const float *x, const float *weight, int rows, int dim,
+		       float eps, owl_err *err)
+{
+	for (int i = 0; i < rows; i++)
+		rmsnorm(out + (size_t)i * dim, x + (size_t)i * dim, weight, dim, eps);
+	return 0;
+}
+
+static int cpu_rope(float *x, int n_tok, int pos0, int n_heads, int hd, const float *inv_freq,
+		    kernels_rope_layout layout, owl_err *err)
+{
+	int half = hd / 2, adjacent = layout == KERNELS_ROPE_ADJACENT;
+	for (int t = 0; t < n_tok; t++) {
+		for (int i = 0; i < half; i++) {
+			float a = (float)(pos0 + t) * inv_freq[i], c = cosf(a), s = sinf(a);
+			int i0 = adjacent ? 2 * i : i, i1 = adjacent ? 2 * i + 1 : i + half;
+			for (int h = 0; h < n_heads; h++) {
+				float *v = x + ((size_t)t * n_heads + h) * hd;
+				float x0 = v[i0], x1 = v[i1];
+				v[i0] = x0 * c - x1 * s;
+				v[i1] = x0 * s + x1 * c;
+			}
+		}
+	}
+	return 0;
+}
+
+static int cpu_attention(float *out, const float *q, const float *kc, const float *vc, int n_tok,
+			 int pos0, int n_heads, int head0, int group, int kv_stride, int hd,
+			 int window, owl_err *err)
+{
+	const float scale = 1.0f / sqrtf((float)hd);
+	int n_ctx = pos0 + n_tok;
+	int nthreads = omp_get_max_threads();
+	float *scores = malloc((size_t)nthreads * (size_t)n_ctx * sizeof *scores);
+	if (!scores)
+		return owl_err_set(err, OWL_EFAIL, "cannot allocate attention scores for %d tokens", n_ctx);
+#pragma omp parallel for collapse(2) schedule(static) if (n_tok * n_heads > 1)
+	for (int i = 0; i < n_tok; i++)
+		for (int h = 0; h < n_heads; h++) {
+			float *sc = scores + (size_t)omp_get_thread_num() * n_ctx;
+			const float *qh = q + ((size_t)i * n_heads + h) * hd;
+			int kvh = (head0 + h) / group, p = pos0 + i;
+			int lo = window ? p - window + 1 : 0;
+			if (lo < 0)
+				lo = 0;
+			float mx = -INFINITY;
+			for (int j = lo; j <= p; j++) {
+				sc[j] = vec_dot(qh, kc + (size_t)j * kv_stride + kvh * hd, hd) * scale;
+				if (sc[j] > mx)
+					mx = sc[j];
+			}
+			float sum = 0;
+			for (int j = lo; j <= p; j++) {
+				sc[j] = expf(sc[j] - mx);
+				sum += sc[j];
+			}
+			float *o = out + ((size_t)i * n_heads + h) * hd;
+			memset(o, 0, (size_t)hd * sizeof *o);
+			for (int j = lo; j <= p; j++)
+				vec_axpy(o, sc[j] / sum, vc + (size_t)j * kv_stride + kvh * hd, hd);
+		}
+	free(scores);
+	return 0;
+}
+
+static int cpu_swiglu(float *gate, const float *up, size_t n, owl_err *err)
+{
+#pragma omp parallel for schedule(static) if (n > 16384)
+	for (size_t j = 0; j < n; j++) {
+		float g = gate[j];
+		gate[j] = g / (1.0f + expf(-g)) * up[j];
+	}
+	return 0;
+}
+
+static int cpu_cross_entropy(float *loss, const float *logits, const int32_t *targets, int rows,
+			     int vocab, owl_err *err)
+{
+	double total = 0;
+	for (int r = 0; r < rows; r++) {
+		const float *row = logits + (size_t)r * vocab;
+		if (targets[r] < 0 || targets[r] >= vocab)
+			return owl_err_set(err, OWL_EUSAGE, "target %d is outside the vocabulary", targets[r]);
+		float mx = row[0];
+		for (int v = 1; v < vocab; v++)
+			if (row[v] > mx)
+				mx = row[v];
+		double sum = 0;
+		for (int v = 0; v < vocab; v++)
+			sum += exp((double)row[v] - mx);
+		total += log(sum) + mx - row[targets[r]];
+	}
+	*loss = (float)(total / rows);
+	return 0;
+}
+
+static const kernels_backend cpu = {
+	.name = "cpu",
+	.buffer_alloc = cpu_alloc,
+	.buffer_free = cpu_free,
+	.buffer_data = cpu_data,
+	.copy_to_device = cpu_to_device,
+	.copy_to_host = cpu_to_host,
+	.matmul = cpu_matmul,
+	.matvec_multi = cpu_matvec_multi,
+	.embedding = cpu_embedding,
+	.rmsnorm = cpu_rmsnorm,
+	.rope = cpu_rope,
+	.attention = cpu_attention,
+	.swiglu = cpu_swiglu,
+	.cross_entropy = cpu_cross_entropy,
+};
+
+const kernels_backend *kernels_cpu_backend(void)
+{
+	return &cpu;
+}
+
+/* Ranks share memory: the sum is read from each rank's buffer in place. */
+static int cpu_all_reduce(const kernels_comm *c, float *x, float *const *partials, size_t n,
+			  owl_err *err)
+{
+#pragma omp parallel for schedule(static) if (n > 16384)
+	for (size_t i = 0; i < n; i++) {
+		float s = 0;
+		for (int r = 0; r < c->size; r++)
+			s += partials[r][i];
+		x[i] += s;
+	}
+	return 0;
+}
+
+const kernels_comm *kernels_cpu_comm(void)
+{
+	/* The size is set per model (tp); this is the template the engine copies. */
+	static const kernels_comm comm = {.name = "cpu-shared", .size = 1,
+					  .all_reduce_sum = cpu_all_reduce};
+	return &comm;
+}
