@@ -97,7 +97,7 @@ fuzz: bootstrap
 	@mkdir -p build-fuzz
 	@for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
 	  echo "clang $$n"; \
-	  clang -std=gnu17 -g -O1 -fsanitize=fuzzer,address,undefined -fopenmp -I. $(PKG_CFLAGS) -DOWL_CUDA_LIB='"libowl_cuda.so"' \
+	  clang -std=gnu17 -g -O1 -march=x86-64-v3 -fsanitize=fuzzer,address,undefined -fopenmp -I. $(PKG_CFLAGS) -DOWL_CUDA_LIB='"libowl_cuda.so"' \
 	    -I/usr/include/x86_64-linux-gnu/openblas-pthread -o build-fuzz/$$n $$f $(LIB_SRC) \
 	    $(PKG_LIBS) -lopenblas -lzstd -ldl -lpthread -lm || exit 1; done
 
