@@ -105,7 +105,8 @@ static int cpu_attention(float *out, const float *q, const float *kc, const floa
 	float *scores = malloc((size_t)nthreads * (size_t)n_ctx * sizeof *scores);
 	if (!scores)
 		return owl_err_set(err, OWL_EFAIL, "cannot allocate attention scores for %d tokens", n_ctx);
-#pragma omp parallel for collapse(2) schedule(static) if (n_tok * n_heads > 1)
+	/* Causal rows grow with their position: hand them out dynamically. */
+#pragma omp parallel for collapse(2) schedule(dynamic, 4) if (n_tok * n_heads > 1)
 	for (int i = 0; i < n_tok; i++)
 		for (int h = 0; h < n_heads; h++) {
 			float *sc = scores + (size_t)omp_get_thread_num() * n_ctx;

@@ -7,6 +7,7 @@
 #include <cblas.h>
 #include <immintrin.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -387,9 +388,14 @@ void w_matmul(const wmat *w, const float *x, float *y, int n)
 	openblas_set_num_threads(1);
 	int direct = w->type == W_F32 && w->row_bytes % 4 == 0;
 	/* Bands wide enough for OpenBLAS to run near its peak (its packing cost
-	 * is paid per call), small enough to stay in L2/L3. */
-	enum { BLOCK = 256 };
-	int nblocks = (w->rows + BLOCK - 1) / BLOCK;
+	 * is paid per call), and a whole number of them per thread so that no
+	 * thread waits for another: a multiple of the thread count, at most 256
+	 * rows each. */
+	int nthreads = omp_get_max_threads();
+	int nblocks = (w->rows + 255) / 256;
+	nblocks = (nblocks + nthreads - 1) / nthreads * nthreads;
+	int BLOCK = (w->rows + nblocks - 1) / nblocks;
+	nblocks = (w->rows + BLOCK - 1) / BLOCK;
 #pragma omp parallel
 	{
 		/* Non-f32 weights are widened a band at a time into a small tile. */
