@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/gguf.h"
 #include "common/safetensors.h"
 
 static atomic_int stage_counter;
@@ -162,18 +163,68 @@ static const registry_stage_file *stage_find(const registry_stage *st, const cha
 	return NULL;
 }
 
-static int check_gguf_magic(const char *full, const char *path, owl_err *err)
+/* A GGUF file is parsed in full (every count, length and offset checked
+ * against the file) before it is accepted. */
+static int check_gguf(const char *full, const char *path, owl_err *err)
 {
-	FILE *f = fopen(full, "rb");
-	if (!f)
-		return owl_err_set(err, OWL_EFAIL, "cannot open '%s': %s", path, strerror(errno));
-	char magic[4] = {0};
-	size_t n = fread(magic, 1, 4, f);
-	fclose(f);
-	if (n != 4 || memcmp(magic, "GGUF", 4) != 0)
-		return owl_err_set(err, OWL_EINTEGRITY, "cannot accept '%s': not a GGUF file "
-				   "(missing the GGUF magic)", path);
-	return 0;
+	gguf_file *g = NULL;
+	int rc = gguf_open(full, &g, err);
+	gguf_close(g);
+	if (rc)
+		owl_err_wrap(err, "cannot accept '%s'", path);
+	return rc;
+}
+
+/* Architecture, parameters, dominant tensor type and context of a GGUF. */
+static void scan_gguf(const registry_stage *st, uint64_t *params, char *dtype, size_t dn,
+		      json_t *sum)
+{
+	for (size_t i = 0; i < st->nfiles; i++) {
+		if (!has_suffix(st->files[i].path, ".gguf"))
+			continue;
+		char *full = owl_path_join(st->files_dir, st->files[i].path);
+		gguf_file *g = NULL;
+		int rc = gguf_open(full, &g, NULL);
+		free(full);
+		if (rc)
+			continue;
+		uint64_t by_type[32] = {0};
+		for (size_t t = 0; t < gguf_tensor_count(g); t++) {
+			const gguf_tensor *tt = gguf_tensor_at(g, t);
+			uint64_t n = 1;
+			for (int d = 0; d < tt->n_dims; d++)
+				n *= tt->dims[d];
+			*params += n;
+			if ((unsigned)tt->type < 32)
+				by_type[tt->type] += n;
+		}
+		int best = 0;
+		for (int k = 1; k < 32; k++)
+			if (by_type[k] > by_type[best])
+				best = k;
+		snprintf(dtype, dn, "%s", gguf_type_name((gguf_type)best));
+		for (char *c = dtype; *c; c++)
+			*c = (char)(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
+		const char *arch = NULL, *name = NULL;
+		if (gguf_get_str(g, "general.architecture", &arch) == 0) {
+			json_object_set_new(sum, "architecture", json_string(arch));
+			char key[96];
+			uint32_t v;
+			snprintf(key, sizeof key, "%s.context_length", arch);
+			if (gguf_get_u32(g, key, &v) == 0)
+				json_object_set_new(sum, "context_length", json_integer(v));
+			snprintf(key, sizeof key, "%s.block_count", arch);
+			if (gguf_get_u32(g, key, &v) == 0)
+				json_object_set_new(sum, "layers", json_integer(v));
+			snprintf(key, sizeof key, "%s.embedding_length", arch);
+			if (gguf_get_u32(g, key, &v) == 0)
+				json_object_set_new(sum, "hidden_size", json_integer(v));
+		}
+		if (gguf_get_str(g, "general.name", &name) == 0)
+			json_object_set_new(sum, "name", json_string(name));
+		gguf_close(g);
+		break; /* one GGUF describes the version */
+	}
 }
 
 /* Parameters and dominant dtype from the safetensors headers. */
@@ -255,6 +306,17 @@ static int summarise_config(registry_stage *st, uint64_t params, const char *dty
 		}
 		json_decref(cfg);
 	}
+	if (!cf) {
+		uint64_t gp = 0;
+		char gd[16] = "";
+		scan_gguf(st, &gp, gd, sizeof gd, sum);
+		if (gp) {
+			params = gp;
+			dtype = NULL;
+			if (gd[0])
+				json_object_set_new(sum, "dtype", json_string(gd));
+		}
+	}
 	if (params)
 		json_object_set_new(sum, "parameters", json_integer((json_int_t)params));
 	if (dtype && *dtype)
@@ -301,7 +363,7 @@ int registry_stage_validate(registry_stage *st, owl_err *err)
 			rc = st_validate_file(full, err);
 		} else if (has_suffix(p, ".gguf")) {
 			n_gguf++;
-			rc = check_gguf_magic(full, p, err);
+			rc = check_gguf(full, p, err);
 		}
 		free(full);
 		if (rc)

@@ -206,3 +206,12 @@ OWL_HOME="$T/home4" owl import "$T/resigned.tar" --trust "$T/key.pub"
 expect_rc import_edited_manifest_refused 4
 OWL_HOME="$T/home4" owl list --json
 expect_eq signed_imports_registered_once "$(json 'len(d)')" "1"
+
+# --- GGUF: parsed in full at pull, summarised in show ---------------------------------------------
+owl show gg --json
+expect_eq gguf_summary_arch "$(json 'd["config"]["architecture"]')" "llama"
+expect_eq gguf_summary_dtype "$(json 'd["config"]["dtype"]')" "q8_0"
+head -c 3000 "$gg" >"$T/trunc.gguf"
+owl pull "$T/trunc.gguf" --name trunc
+expect_rc truncated_gguf_refused 4
+expect_contains truncated_gguf_reason "$ERR" "trunc.gguf"
