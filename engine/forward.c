@@ -87,6 +87,148 @@ static wmat cols_of(const wmat *w, int c0, int n)
 	v.cols = n;
 	return v;
 }
+/* One forward step's state, shared by the ranks; each rank has its own
+ * activation buffers and writes only its own partial output. */
+typedef struct step {
+	engine_session *s;
+	const layer *L;
+	int n, pos0, l;
+	const float *xn;      /* normalised input, [n, dim] (read by all ranks) */
+	float **q, **kb, **vb, **att, **gate, **up, **part; /* per rank */
+	int rc[16];           /* per rank */
+	owl_err err[16];
+} step;
+
+/* Rank r's query heads [h0, h0+hpr) read kv heads [kv0, kv1). */
+static void rank_heads(const engine_model_info *in, int r, int *h0, int *kv0, int *nkv)
+{
+	int hpr = in->n_heads / in->tp, group = in->n_heads / in->n_kv_heads;
+	*h0 = r * hpr;
+	*kv0 = *h0 / group;
+	*nkv = (*h0 + hpr - 1) / group + 1 - *kv0;
+}
+
+static int rank_qkv(step *st, int r, owl_err *err)
+{
+	const engine_model *m = st->s->m;
+	const engine_model_info *in = &m->info;
+	const kernels_backend *be = m->be;
+	const layer *L = st->L;
+	int hd = in->head_dim, hpr = in->n_heads / in->tp, n = st->n, h0, kv0, nkv, rc;
+	rank_heads(in, r, &h0, &kv0, &nkv);
+	wmat wq = rows_of(&L->wq, h0 * hd, hpr * hd);
+	wmat wk = rows_of(&L->wk, kv0 * hd, nkv * hd);
+	wmat wv = rows_of(&L->wv, kv0 * hd, nkv * hd);
+	float *q = st->q[r], *kb = st->kb[r], *vb = st->vb[r];
+	if (n == 1) {
+		/* Decode: one pass of the thread pool over all three. */
+		const wmat *ws[3] = {&wq, &wk, &wv};
+		float *ys[3] = {q, kb, vb};
+		if ((rc = be->matvec_multi(ys, ws, 3, st->xn, err)))
+			return rc;
+	} else if ((rc = be->matmul(q, st->xn, &wq, n, err)) ||
+		   (rc = be->matmul(kb, st->xn, &wk, n, err)) ||
+		   (rc = be->matmul(vb, st->xn, &wv, n, err))) {
+		return rc;
+	}
+	for (int i = 0; L->bq && i < n; i++) {
+		float *qi = q + (size_t)i * hpr * hd, *ki = kb + (size_t)i * nkv * hd;
+		float *vi = vb + (size_t)i * nkv * hd;
+		for (int j = 0; j < hpr * hd; j++)
+			qi[j] += L->bq[h0 * hd + j];
+		for (int j = 0; j < nkv * hd; j++) {
+			ki[j] += L->bk[kv0 * hd + j];
+			vi[j] += L->bv[kv0 * hd + j];
+		}
+	}
+	kernels_rope_layout layout = m->rope_adjacent ? KERNELS_ROPE_ADJACENT : KERNELS_ROPE_HALF;
+	if ((rc = be->rope(q, n, st->pos0, hpr, hd, m->inv_freq, layout, err)))
+		return rc;
+	return be->rope(kb, n, st->pos0, nkv, hd, m->inv_freq, layout, err);
+}
+
+/* Rank r's new keys and values into the cache. A kv head shared by several
+ * ranks (replicated when tp > n_kv_heads) is written once, by the first. */
+static void rank_store_kv(step *st, int r)
+{
+	const engine_model_info *in = &st->s->m->info;
+	int hd = in->head_dim, kvd = in->n_kv_heads * hd, h0, kv0, nkv, prev_end = 0;
+	rank_heads(in, r, &h0, &kv0, &nkv);
+	if (r > 0) {
+		int p0, pk0, pn;
+		rank_heads(in, r - 1, &p0, &pk0, &pn);
+		prev_end = pk0 + pn;
+	}
+	float *kc = st->s->k + (size_t)st->l * st->s->n_ctx * kvd;
+	float *vc = st->s->v + (size_t)st->l * st->s->n_ctx * kvd;
+	for (int j = kv0 < prev_end ? prev_end : kv0; j < kv0 + nkv; j++)
+		for (int i = 0; i < st->n; i++) {
+			size_t dst = (size_t)(st->pos0 + i) * kvd + (size_t)j * hd;
+			size_t src = ((size_t)i * nkv + (size_t)(j - kv0)) * hd;
+			memcpy(kc + dst, st->kb[r] + src, (size_t)hd * sizeof(float));
+			memcpy(vc + dst, st->vb[r] + src, (size_t)hd * sizeof(float));
+		}
+}
+
+static int rank_attention(step *st, int r, owl_err *err)
+{
+	const engine_model *m = st->s->m;
+	const engine_model_info *in = &m->info;
+	int hd = in->head_dim, hpr = in->n_heads / in->tp, kvd = in->n_kv_heads * hd, h0, kv0, nkv, rc;
+	rank_heads(in, r, &h0, &kv0, &nkv);
+	const float *kc = st->s->k + (size_t)st->l * st->s->n_ctx * kvd;
+	const float *vc = st->s->v + (size_t)st->l * st->s->n_ctx * kvd;
+	if ((rc = m->be->attention(st->att[r], st->q[r], kc, vc, st->n, st->pos0, hpr, h0,
+				   in->n_heads / in->n_kv_heads, kvd, hd, in->sliding_window, err)))
+		return rc;
+	wmat wo = cols_of(&st->L->wo, h0 * hd, hpr * hd);
+	return m->be->matmul(st->part[r], st->att[r], &wo, st->n, err);
+}
+
+static int rank_ffn(step *st, int r, owl_err *err)
+{
+	const engine_model *m = st->s->m;
+	const kernels_backend *be = m->be;
+	int fpr = m->info.ffn_dim / m->info.tp, n = st->n, rc;
+	wmat wg = rows_of(&st->L->w_gate, r * fpr, fpr), wu = rows_of(&st->L->w_up, r * fpr, fpr);
+	if (n == 1) {
+		const wmat *ws[2] = {&wg, &wu};
+		float *ys[2] = {st->gate[r], st->up[r]};
+		if ((rc = be->matvec_multi(ys, ws, 2, st->xn, err)))
+			return rc;
+	} else if ((rc = be->matmul(st->gate[r], st->xn, &wg, n, err)) ||
+		   (rc = be->matmul(st->up[r], st->xn, &wu, n, err))) {
+		return rc;
+	}
+	if ((rc = be->swiglu(st->gate[r], st->up[r], (size_t)n * fpr, err)))
+		return rc;
+	wmat wd = cols_of(&st->L->w_down, r * fpr, fpr);
+	return be->matmul(st->part[r], st->gate[r], &wd, n, err);
+}
+
+/* Runs fn for every rank: each rank a thread group of threads/tp threads,
+ * the groups side by side (nested OpenMP); tp = 1 is one group of all. */
+static int for_ranks(step *st, int (*fn)(step *, int, owl_err *), owl_err *err)
+{
+	const engine_model_info *in = &st->s->m->info;
+	int tp = in->tp;
+	if (tp == 1)
+		return fn(st, 0, err);
+	int inner = in->threads / tp > 0 ? in->threads / tp : 1;
+#pragma omp parallel for num_threads(tp) schedule(static, 1)
+	for (int r = 0; r < tp; r++) {
+		omp_set_num_threads(inner);
+		owl_err_clear(&st->err[r]);
+		st->rc[r] = fn(st, r, &st->err[r]);
+	}
+	for (int r = 0; r < tp; r++)
+		if (st->rc[r]) {
+			if (err)
+				*err = st->err[r];
+			return st->rc[r];
+		}
+	return 0;
+}
 
 #define TRY(call)                  \
 	do {                       \
@@ -109,106 +251,52 @@ int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logit
 		if (tokens[i] < 0 || tokens[i] >= in->vocab)
 			return owl_err_set(err, OWL_EUSAGE, "token id %d is outside the vocabulary of %d",
 					   tokens[i], in->vocab);
+	if (in->tp > 16)
+		return owl_err_set(err, OWL_EUSAGE, "--tp %d: at most 16 ranks", in->tp);
 	omp_set_num_threads(in->threads);
-	const int dim = in->dim, hd = in->head_dim, H = in->n_heads, KV = in->n_kv_heads;
-	const int tp = in->tp, hpr = H / tp, group = H / KV, fpr = in->ffn_dim / tp;
-	const int kvd = KV * hd, pos0 = s->pos;
-	const kernels_rope_layout layout = m->rope_adjacent ? KERNELS_ROPE_ADJACENT : KERNELS_ROPE_HALF;
+	omp_set_max_active_levels(2);
+	const int dim = in->dim, hd = in->head_dim, tp = in->tp;
+	const int hpr = in->n_heads / tp, fpr = in->ffn_dim / tp;
 	int rc = 0;
-
+	step st = {.s = s, .n = n, .pos0 = s->pos};
 	float *x = owl_xmalloc((size_t)n * dim * sizeof *x);
 	float *xn = owl_xmalloc((size_t)n * dim * sizeof *xn);
-	float *q = owl_xmalloc((size_t)n * hpr * hd * sizeof *q);
-	float *kb = owl_xmalloc((size_t)n * kvd * sizeof *kb);
-	float *vb = owl_xmalloc((size_t)n * kvd * sizeof *vb);
-	float *att = owl_xmalloc((size_t)n * hpr * hd * sizeof *att);
-	float *gate = owl_xmalloc((size_t)n * fpr * sizeof *gate);
-	float *up = owl_xmalloc((size_t)n * fpr * sizeof *up);
-	float **part = owl_xmalloc((size_t)tp * sizeof *part);
-	for (int r = 0; r < tp; r++)
-		part[r] = owl_xmalloc((size_t)n * dim * sizeof **part);
+	st.xn = xn;
+	float ***bufs[] = {&st.q, &st.kb, &st.vb, &st.att, &st.gate, &st.up, &st.part};
+	/* Sizes per rank: kv heads per rank are at most hpr (replication). */
+	size_t sizes[] = {(size_t)n * hpr * hd, (size_t)n * hpr * hd, (size_t)n * hpr * hd,
+			  (size_t)n * hpr * hd, (size_t)n * fpr, (size_t)n * fpr, (size_t)n * dim};
+	for (size_t b = 0; b < sizeof bufs / sizeof bufs[0]; b++) {
+		*bufs[b] = owl_xcalloc((size_t)tp, sizeof ***bufs);
+		for (int r = 0; r < tp; r++)
+			(*bufs[b])[r] = owl_xmalloc(sizes[b] * sizeof(float));
+	}
 
 	TRY(be->embedding(x, &m->tok_embd, tokens, n, err));
 	for (int l = 0; l < in->n_layers; l++) {
-		const layer *L = &m->layers[l];
-		float *kc = s->k + (size_t)l * s->n_ctx * kvd, *vc = s->v + (size_t)l * s->n_ctx * kvd;
-		TRY(be->rmsnorm(xn, x, L->attn_norm, n, dim, in->norm_eps, err));
-		for (int r = 0; r < tp; r++) {
-			/* Rank r: query heads [h0, h0+hpr) and the kv heads they read. */
-			int h0 = r * hpr, kv0 = h0 / group, kv1 = (h0 + hpr - 1) / group + 1;
-			int nkv = kv1 - kv0;
-			wmat wq = rows_of(&L->wq, h0 * hd, hpr * hd);
-			wmat wk = rows_of(&L->wk, kv0 * hd, nkv * hd);
-			wmat wv = rows_of(&L->wv, kv0 * hd, nkv * hd);
-			if (n == 1) {
-				/* Decode: one pass of the thread pool over all three. */
-				const wmat *ws[3] = {&wq, &wk, &wv};
-				float *ys[3] = {q, kb, vb};
-				TRY(be->matvec_multi(ys, ws, 3, xn, err));
-			} else {
-				TRY(be->matmul(q, xn, &wq, n, err));
-				TRY(be->matmul(kb, xn, &wk, n, err));
-				TRY(be->matmul(vb, xn, &wv, n, err));
-			}
-			for (int i = 0; L->bq && i < n; i++) {
-				float *qi = q + (size_t)i * hpr * hd, *ki = kb + (size_t)i * nkv * hd;
-				float *vi = vb + (size_t)i * nkv * hd;
-				for (int j = 0; j < hpr * hd; j++)
-					qi[j] += L->bq[h0 * hd + j];
-				for (int j = 0; j < nkv * hd; j++) {
-					ki[j] += L->bk[kv0 * hd + j];
-					vi[j] += L->bv[kv0 * hd + j];
-				}
-			}
-			TRY(be->rope(q, n, pos0, hpr, hd, m->inv_freq, layout, err));
-			TRY(be->rope(kb, n, pos0, nkv, hd, m->inv_freq, layout, err));
-			/* Replicated kv heads are written by each rank that uses them,
-			 * with the same values. */
-			for (int i = 0; i < n; i++) {
-				memcpy(kc + (size_t)(pos0 + i) * kvd + kv0 * hd, kb + (size_t)i * nkv * hd,
-				       (size_t)nkv * hd * sizeof *kb);
-				memcpy(vc + (size_t)(pos0 + i) * kvd + kv0 * hd, vb + (size_t)i * nkv * hd,
-				       (size_t)nkv * hd * sizeof *vb);
-			}
-			TRY(be->attention(att, q, kc, vc, n, pos0, hpr, h0, group, kvd, hd,
-					  in->sliding_window, err));
-			wmat wo = cols_of(&L->wo, h0 * hd, hpr * hd);
-			TRY(be->matmul(part[r], att, &wo, n, err));
-		}
-		TRY(m->comm.all_reduce_sum(&m->comm, x, part, (size_t)n * dim, err));
-
-		TRY(be->rmsnorm(xn, x, L->ffn_norm, n, dim, in->norm_eps, err));
-		for (int r = 0; r < tp; r++) {
-			wmat wg = rows_of(&L->w_gate, r * fpr, fpr), wu = rows_of(&L->w_up, r * fpr, fpr);
-			if (n == 1) {
-				const wmat *ws[2] = {&wg, &wu};
-				float *ys[2] = {gate, up};
-				TRY(be->matvec_multi(ys, ws, 2, xn, err));
-			} else {
-				TRY(be->matmul(gate, xn, &wg, n, err));
-				TRY(be->matmul(up, xn, &wu, n, err));
-			}
-			TRY(be->swiglu(gate, up, (size_t)n * fpr, err));
-			wmat wd = cols_of(&L->w_down, r * fpr, fpr);
-			TRY(be->matmul(part[r], gate, &wd, n, err));
-		}
-		TRY(m->comm.all_reduce_sum(&m->comm, x, part, (size_t)n * dim, err));
+		st.L = &m->layers[l];
+		st.l = l;
+		TRY(be->rmsnorm(xn, x, st.L->attn_norm, n, dim, in->norm_eps, err));
+		TRY(for_ranks(&st, rank_qkv, err));
+		for (int r = 0; r < tp; r++)
+			rank_store_kv(&st, r);
+		TRY(for_ranks(&st, rank_attention, err));
+		TRY(m->comm.all_reduce_sum(&m->comm, x, st.part, (size_t)n * dim, err));
+		TRY(be->rmsnorm(xn, x, st.L->ffn_norm, n, dim, in->norm_eps, err));
+		TRY(for_ranks(&st, rank_ffn, err));
+		TRY(m->comm.all_reduce_sum(&m->comm, x, st.part, (size_t)n * dim, err));
 	}
 	s->pos += n;
 	int first = all_logits ? 0 : n - 1, nl = all_logits ? n : 1;
 	TRY(be->rmsnorm(xn, x + (size_t)first * dim, m->out_norm, nl, dim, in->norm_eps, err));
 	TRY(be->matmul(logits, xn, &m->output, nl, err));
 out:
-	for (int r = 0; r < tp; r++)
-		free(part[r]);
-	free(part);
+	for (size_t b = 0; b < sizeof bufs / sizeof bufs[0]; b++) {
+		for (int r = 0; r < tp; r++)
+			free((*bufs[b])[r]);
+		free(*bufs[b]);
+	}
 	free(x);
 	free(xn);
-	free(q);
-	free(kb);
-	free(vb);
-	free(att);
-	free(gate);
-	free(up);
 	return rc;
 }

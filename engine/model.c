@@ -485,6 +485,19 @@ int engine_model_open(const char *path, const engine_model_opts *o, engine_model
 		engine_model_close(m);
 		return rc;
 	}
+	/* Column shards of quantised matrices must start on a block boundary. */
+	for (int l = 0; !rc && tp > 1 && l < in->n_layers; l++) {
+		const layer *L = &m->layers[l];
+		int qcols = in->n_heads / tp * in->head_dim, fcols = in->ffn_dim / tp;
+		if (!wtype_row_bytes(L->wo.type, qcols) || !wtype_row_bytes(L->w_down.type, fcols))
+			rc = owl_err_set(err, OWL_EUSAGE, "--tp %d would cut %s blocks of layer %d in "
+					 "the middle (shards of %d and %d columns); use a smaller --tp",
+					 tp, wtype_name(L->wo.type), l, qcols, fcols);
+	}
+	if (rc) {
+		engine_model_close(m);
+		return rc;
+	}
 	in->tp = tp;
 	in->threads = o && o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
 	m->be = kernels_cpu_backend();
