@@ -472,7 +472,7 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 		return cmd_usage_error("bench", "--prompt >= 1, --gen >= 0, 1 <= --reps <= 100");
 	owl_err err = {0};
 	loaded l;
-	if (load(ctx, argv[optind], tp, threads, npp + ntg, &l, &err))
+	if (load(ctx, argv[optind], tp, threads, npp > ntg ? npp : ntg, &l, &err))
 		return cmd_fail(&err);
 	const engine_model_info *in = engine_model_get_info(l.m);
 	float *logits = owl_xmalloc((size_t)in->vocab * sizeof *logits);
@@ -496,6 +496,9 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 			tg[r] = 0;
 			continue;
 		}
+		/* As llama-bench: generation is timed from an empty context, so
+		 * pp and tg measure one thing each. */
+		engine_session_truncate(l.sess, 0);
 		int32_t t = toks[npp - 1];
 		t0 = owl_now();
 		for (int g = 0; g < ntg && !rc; g++)
@@ -546,7 +549,7 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 			       in->threads, test, tgm, tgs);
 		}
 		printf("peak memory %s (weights %s + KV cache %s for %d tokens)\n", rsss, wsize, kvs,
-		       npp + ntg);
+		       npp > ntg ? npp : ntg);
 	}
 	unload(&l);
 	return OWL_OK;
@@ -599,9 +602,10 @@ const owl_command cmd_engine_commands[] = {
 	 "USAGE\n"
 	 "  owl bench MODEL [--prompt 512] [--gen 128] [--reps 3] [--tp N] [--threads N] [--json]\n"
 	 "\n"
-	 "Prints a table like llama-bench: prompt processing (ppN) and generation (tgN)\n"
-	 "in tokens per second, mean ± standard deviation over the repetitions, and the\n"
-	 "peak memory beside the weights and KV cache sizes.\n"
+	 "Prints a table like llama-bench: prompt processing (ppN: N tokens in one batch)\n"
+	 "and generation (tgN: N tokens one by one from an empty context) in tokens per\n"
+	 "second, mean ± standard deviation over the repetitions, and the peak memory\n"
+	 "beside the weights and KV cache sizes.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl bench smollm2 --threads 2\n"

@@ -52,7 +52,9 @@ run audit list
 run audit verify
 
 step "a corrupted blob is found by verify (exit 4), and healed by pulling again"
-blob=$(find "$OWL_HOME/blobs" -type f -size +100k | head -1)
+digest=$("$OWL_BIN" show acme-chat@1 --json | python3 -c \
+  'import json,sys; print([f["sha256"] for f in json.load(sys.stdin)["files"] if f["path"].endswith(".safetensors")][0])')
+blob="$OWL_HOME/blobs/sha256/${digest:0:2}/$digest"
 chmod u+w "$blob" && printf 'X' | dd of="$blob" bs=1 seek=4096 conv=notrunc 2>/dev/null
 run verify acme-chat || echo "(exit $? as expected)"
 run pull hf://acme/chat@main --name acme-chat --quiet >/dev/null
