@@ -62,7 +62,7 @@ static const license_rule default_rules[] = {
 	 .message = "the organisation's monthly active users exceed the license's threshold: a "
 		    "separate license from the vendor is needed"},
 	{.name = "deny-derived-name", .effect = LICENSE_DENY, .priority = 850,
-	 .action = "finetune,deploy,export", .when = "derived-name-violation",
+	 .action = "import,finetune,deploy,export", .when = "derived-name-violation",
 	 .message = "the license requires derived models to be named with its prefix (e.g. "
 		    "Llama 3.x: the name must begin with \"Llama\")"},
 	{.name = "deny-no-derivatives", .effect = LICENSE_DENY, .priority = 800,

@@ -138,18 +138,23 @@ h = json.dumps({"base_model.model.layers.0.self_attn.q_proj.lora_A.weight":
                 {"dtype": "F32", "shape": [8, 64], "data_offsets": [0, 2048]}}).encode()
 open(d + "/adapter_model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + bytes(2048))
 EOF
-owl pull "$T/adapter" --name acme-support --base card-llama3.1@1 --json
-expect_rc derived_import 0
-expect_eq derived_format "$(json 'd["format"]')" "adapter"
-owl license show acme-support --json
-expect_eq derived_inherits_license "$(json 'd["license"]')" "llama3.1"
-expect_eq derived_inherited_from "$(json 'd["inherited_from"]')" "card-llama3.1@1"
-owl export acme-support@1 "$T/acme.tar"
-expect_rc derived_bad_name_export_denied 3
+# Naming a derived version against the license's rule is refused at import.
+owl pull "$T/adapter" --name acme-support --base card-llama3.1@1
+expect_rc derived_bad_name_import_denied 3
 expect_contains derived_denial_names_rule "$ERR" "deny-derived-name"
 expect_contains derived_denial_names_license "$ERR" "llama3.1"
-[ ! -e "$T/acme.tar" ] && pass derived_denial_writes_nothing || fail derived_denial_writes_nothing "bundle exists"
-owl pull "$T/adapter" --name llama-acme-support --base card-llama3.1@1
+owl list acme-support --json
+expect_eq derived_denial_stores_nothing "$(json 'len(d)')" "0"
+owl pull "$T/adapter" --name llama-acme-support --base card-llama3.1@1 --json
+expect_rc derived_import 0
+expect_eq derived_format "$(json 'd["format"]')" "adapter"
+owl license show llama-acme-support --json
+expect_eq derived_inherits_license "$(json 'd["license"]')" "llama3.1"
+expect_eq derived_inherited_from "$(json 'd["inherited_from"]')" "card-llama3.1@1"
+# Renaming it on the way out is checked too: policy test --as names the derivative.
+owl policy test llama-acme-support --action export --as acme-support
+expect_rc derived_rename_export_denied 3
+expect_contains derived_rename_rule "$OUT" "deny-derived-name"
 owl export llama-acme-support@1 "$T/llama-acme.tar"
 expect_rc derived_good_name_export 0
 tar -xOf "$T/llama-acme.tar" manifest.json >"$T/manifest.json"

@@ -89,41 +89,68 @@ void vec_axpy(float *y, float a, const float *x, int n)
 		y[i] += a * x[i];
 }
 
+/* Four accumulators: one FMA chain waits 4 cycles per step, four chains keep
+ * the unit busy, so a row streams at memory speed instead of FMA latency. */
 static float dot_f32(const float *w, const float *x, int n)
 {
-	__m256 acc = _mm256_setzero_ps();
+	__m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
 	int i = 0;
+	for (; i + 32 <= n; i += 32) {
+		a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+		a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+		a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+		a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+	}
 	for (; i + 8 <= n; i += 8)
-		acc = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), acc);
-	float s = hsum(acc);
+		a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+	float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
 	for (; i < n; i++)
 		s += w[i] * x[i];
 	return s;
 }
 
+static inline __m256 ld_f16(const uint8_t *p)
+{
+	return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
 static float dot_f16(const uint8_t *w, const float *x, int n)
 {
-	__m256 acc = _mm256_setzero_ps();
+	__m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
 	int i = 0;
+	for (; i + 32 <= n; i += 32) {
+		a0 = _mm256_fmadd_ps(ld_f16(w + 2 * i), _mm256_loadu_ps(x + i), a0);
+		a1 = _mm256_fmadd_ps(ld_f16(w + 2 * i + 16), _mm256_loadu_ps(x + i + 8), a1);
+		a2 = _mm256_fmadd_ps(ld_f16(w + 2 * i + 32), _mm256_loadu_ps(x + i + 16), a2);
+		a3 = _mm256_fmadd_ps(ld_f16(w + 2 * i + 48), _mm256_loadu_ps(x + i + 24), a3);
+	}
 	for (; i + 8 <= n; i += 8)
-		acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + 2 * i))),
-				      _mm256_loadu_ps(x + i), acc);
-	float s = hsum(acc);
+		a0 = _mm256_fmadd_ps(ld_f16(w + 2 * i), _mm256_loadu_ps(x + i), a0);
+	float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
 	for (; i < n; i++)
 		s += f16(w + 2 * i) * x[i];
 	return s;
 }
 
+static inline __m256 ld_bf16(const uint8_t *p)
+{
+	__m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+	return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+}
+
 static float dot_bf16(const uint8_t *w, const float *x, int n)
 {
-	__m256 acc = _mm256_setzero_ps();
+	__m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
 	int i = 0;
-	for (; i + 8 <= n; i += 8) {
-		__m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + 2 * i)));
-		__m256 v = _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
-		acc = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + i), acc);
+	for (; i + 32 <= n; i += 32) {
+		a0 = _mm256_fmadd_ps(ld_bf16(w + 2 * i), _mm256_loadu_ps(x + i), a0);
+		a1 = _mm256_fmadd_ps(ld_bf16(w + 2 * i + 16), _mm256_loadu_ps(x + i + 8), a1);
+		a2 = _mm256_fmadd_ps(ld_bf16(w + 2 * i + 32), _mm256_loadu_ps(x + i + 16), a2);
+		a3 = _mm256_fmadd_ps(ld_bf16(w + 2 * i + 48), _mm256_loadu_ps(x + i + 24), a3);
 	}
-	float s = hsum(acc);
+	for (; i + 8 <= n; i += 8)
+		a0 = _mm256_fmadd_ps(ld_bf16(w + 2 * i), _mm256_loadu_ps(x + i), a0);
+	float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
 	for (; i < n; i++) {
 		uint16_t h;
 		memcpy(&h, w + 2 * i, 2);
