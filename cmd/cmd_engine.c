@@ -80,6 +80,20 @@ static void emit_stdout(void *ctx, const char *text, size_t len)
 	fflush(stdout);
 }
 
+/* Streams to stdout (unless quiet) and keeps the text: chat history, --json. */
+typedef struct collector {
+	owl_buf text;
+	int echo;
+} collector;
+
+static void emit_collect(void *ctx, const char *text, size_t len)
+{
+	collector *c = ctx;
+	owl_buf_append(&c->text, text, len);
+	if (c->echo)
+		emit_stdout(NULL, text, len);
+}
+
 /* Options shared by run and chat. */
 typedef struct gen_args {
 	engine_gen_opts g;
@@ -181,31 +195,30 @@ static int run_run(owl_ctx *ctx, int argc, char **argv)
 				 "of %d (use --ctx)", nids, engine_session_ctx(l.sess));
 	if (!rc && !ctx->json && !a.chat)
 		fputs(prompt, stdout);
+	collector out = {.echo = !ctx->json};
+	owl_buf_init(&out.text, 64u << 20);
 	if (!rc)
-		rc = engine_generate(l.sess, l.tok, ids, nids, &a.g, ctx->json ? NULL : emit_stdout, NULL,
-				     &st, &err);
+		rc = engine_generate(l.sess, l.tok, ids, nids, &a.g, emit_collect, &out, &st, &err);
 	if (!rc) {
-		if (ctx->json) {
-			/* Re-run is not needed: collect by regenerating would change RNG state,
-			 * so --json reports the statistics and the text through a buffer. */
-		}
 		if (!ctx->json)
 			printf("\n");
 		if (ctx->verbose || ctx->json) {
 			double pp = st.prompt_s > 0 ? st.prompt_tokens / st.prompt_s : 0;
 			double tg = st.gen_s > 0 ? st.gen_tokens / st.gen_s : 0;
 			if (ctx->json)
-				cmd_print_json(json_pack("{s:s, s:i, s:i, s:f, s:f, s:s}", "model", l.label,
-							 "prompt_tokens", st.prompt_tokens, "generated_tokens",
-							 st.gen_tokens, "prompt_tokens_per_s", pp,
-							 "generation_tokens_per_s", tg, "stop_reason",
-							 st.stop_reason));
+				cmd_print_json(json_pack("{s:s, s:s%, s:i, s:i, s:f, s:f, s:s}", "model",
+							 l.label, "text", out.text.data ? out.text.data : "",
+							 out.text.len, "prompt_tokens", st.prompt_tokens,
+							 "generated_tokens", st.gen_tokens,
+							 "prompt_tokens_per_s", pp, "generation_tokens_per_s",
+							 tg, "stop_reason", st.stop_reason));
 			else
 				fprintf(stderr, "%s: %d prompt tokens (%.1f t/s), %d generated (%.1f t/s), "
 					"stopped: %s\n", l.label, st.prompt_tokens, pp, st.gen_tokens, tg,
 					st.stop_reason);
 		}
 	}
+	owl_buf_release(&out.text);
 	free(ids);
 	free(text);
 	unload(&l);
@@ -279,27 +292,25 @@ static int run_chat(owl_ctx *ctx, int argc, char **argv)
 		engine_tokenize(l.tok, text, strlen(text), 0, 1, &ids, &nids, &err);
 		free(text);
 		engine_session_truncate(l.sess, 0);
-		owl_buf reply;
-		owl_buf_init(&reply, 16u << 20);
+		collector reply = {.echo = 1};
+		owl_buf_init(&reply.text, 16u << 20);
 		engine_gen_stats st;
-		void (*collect)(void *, const char *, size_t) = NULL;
-		(void)collect;
-		rc = engine_generate(l.sess, l.tok, ids, nids, &a.g, emit_stdout, NULL, &st, &err);
+		rc = engine_generate(l.sess, l.tok, ids, nids, &a.g, emit_collect, &reply, &st, &err);
 		printf("\n");
 		fflush(stdout);
 		free(ids);
 		if (rc) {
 			fprintf(stderr, "owl: error: %s\n", err.msg);
-			owl_buf_release(&reply);
+			owl_buf_release(&reply.text);
 			n--;
 			free(owned[n]);
 			if (err.code == OWL_EUSAGE)
 				continue;
 			break;
 		}
-		owl_buf_release(&reply);
-		/* The reply is not kept verbatim (it was streamed); the user's turns are. */
-		owned[n] = owl_xstrdup("");
+		/* The reply joins the history, so the next turn sees the whole exchange. */
+		owned[n] = reply.text.len ? owl_buf_steal(&reply.text) : owl_xstrdup("");
+		owl_buf_release(&reply.text);
 		msgs[n] = (engine_chat_msg){"assistant", owned[n]};
 		n++;
 	}
