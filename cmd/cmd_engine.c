@@ -205,10 +205,10 @@ static int run_run(owl_ctx *ctx, int argc, char **argv)
 		if (ctx->verbose || ctx->json) {
 			double pp = st.prompt_s > 0 ? st.prompt_tokens / st.prompt_s : 0;
 			double tg = st.gen_s > 0 ? st.gen_tokens / st.gen_s : 0;
+			char *clean = owl_utf8_sanitize(out.text.data ? out.text.data : "", out.text.len);
 			if (ctx->json)
-				cmd_print_json(json_pack("{s:s, s:s%, s:i, s:i, s:f, s:f, s:s}", "model",
-							 l.label, "text", out.text.data ? out.text.data : "",
-							 out.text.len, "prompt_tokens", st.prompt_tokens,
+				cmd_print_json(json_pack("{s:s, s:s, s:i, s:i, s:f, s:f, s:s}", "model",
+							 l.label, "text", clean, "prompt_tokens", st.prompt_tokens,
 							 "generated_tokens", st.gen_tokens,
 							 "prompt_tokens_per_s", pp, "generation_tokens_per_s",
 							 tg, "stop_reason", st.stop_reason));
@@ -216,6 +216,7 @@ static int run_run(owl_ctx *ctx, int argc, char **argv)
 				fprintf(stderr, "%s: %d prompt tokens (%.1f t/s), %d generated (%.1f t/s), "
 					"stopped: %s\n", l.label, st.prompt_tokens, pp, st.gen_tokens, tg,
 					st.stop_reason);
+			free(clean);
 		}
 	}
 	owl_buf_release(&out.text);

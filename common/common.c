@@ -291,3 +291,34 @@ const char *owl_user_name(void)
 		snprintf(name, sizeof name, "uid %d", (int)getuid());
 	return name;
 }
+
+char *owl_utf8_sanitize(const char *s, size_t n)
+{
+	owl_buf b;
+	owl_buf_init(&b, 4 * n + 16);
+	const unsigned char *p = (const unsigned char *)s;
+	for (size_t i = 0; i < n;) {
+		unsigned c = p[i];
+		size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+		int ok = len > 0 && i + len <= n && c != 0;
+		for (size_t k = 1; ok && k < len; k++)
+			ok = (p[i + k] & 0xC0) == 0x80;
+		/* Overlong forms and surrogates are not valid either. */
+		if (ok && len == 2 && c < 0xC2)
+			ok = 0;
+		if (ok && len == 3 && ((c == 0xE0 && p[i + 1] < 0xA0) || (c == 0xED && p[i + 1] >= 0xA0)))
+			ok = 0;
+		if (ok && len == 4 && ((c == 0xF0 && p[i + 1] < 0x90) || c > 0xF4 || (c == 0xF4 && p[i + 1] >= 0x90)))
+			ok = 0;
+		if (ok) {
+			owl_buf_append(&b, p + i, len);
+			i += len;
+		} else {
+			owl_buf_append(&b, "\xEF\xBF\xBD", 3);
+			i++;
+		}
+	}
+	char *out = b.len ? owl_buf_steal(&b) : owl_xstrdup("");
+	owl_buf_release(&b);
+	return out;
+}

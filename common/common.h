@@ -78,6 +78,10 @@ int owl_is_hex_digest(const char *s, size_t nhex); /* all [0-9a-f], exact length
 /* Who runs owl: $USER, else the account name of the user id, else "uid N". */
 const char *owl_user_name(void);
 
+/* A copy of s[0..n) as valid UTF-8: each invalid byte becomes U+FFFD, so that
+ * model output can go into JSON. Caller frees. */
+char *owl_utf8_sanitize(const char *s, size_t n);
+
 /* Glob match with * and ? (for name patterns, license matchers). */
 int owl_glob_match(const char *pattern, const char *s);
 
