@@ -3,6 +3,7 @@
  * that tensor-parallel ranks on one machine use. */
 #include "engine/internal.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -95,10 +96,61 @@ static int cpu_rope(float *x, int n_tok, int pos0, int n_heads, int hd, const fl
 	return 0;
 }
 
+/* Prompt processing: per head, S = Q K^T and O = P V as two GEMMs over the
+ * cached keys and values (strided views of the cache), the causal and
+ * sliding-window mask applied to S in between. Heads run in parallel, each
+ * GEMM single-threaded. */
+static int attention_gemm(float *out, const float *q, const float *kc, const float *vc, int n_tok,
+			  int pos0, int n_heads, int head0, int group, int kv_stride, int hd,
+			  int window, owl_err *err)
+{
+	const float scale = 1.0f / sqrtf((float)hd);
+	int n_ctx = pos0 + n_tok, qstride = n_heads * hd;
+	int nthreads = omp_get_max_threads();
+	float *sbuf = malloc((size_t)nthreads * n_tok * n_ctx * sizeof *sbuf);
+	if (!sbuf)
+		return owl_err_set(err, OWL_EFAIL, "cannot allocate attention scores for %d x %d tokens",
+				   n_tok, n_ctx);
+	openblas_set_num_threads(1);
+#pragma omp parallel for schedule(dynamic, 1)
+	for (int h = 0; h < n_heads; h++) {
+		float *S = sbuf + (size_t)omp_get_thread_num() * n_tok * n_ctx;
+		int kvh = (head0 + h) / group;
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_tok, n_ctx, hd, scale,
+			    q + (size_t)h * hd, qstride, kc + (size_t)kvh * hd, kv_stride, 0.0f, S, n_ctx);
+		for (int i = 0; i < n_tok; i++) {
+			float *row = S + (size_t)i * n_ctx;
+			int p = pos0 + i, lo = window ? p - window + 1 : 0;
+			if (lo < 0)
+				lo = 0;
+			float mx = -INFINITY;
+			for (int j = lo; j <= p; j++)
+				if (row[j] > mx)
+					mx = row[j];
+			float sum = 0;
+			for (int j = 0; j < n_ctx; j++) {
+				float e = (j >= lo && j <= p) ? expf(row[j] - mx) : 0.0f;
+				row[j] = e;
+				sum += e;
+			}
+			float inv = 1.0f / sum;
+			for (int j = lo; j <= p; j++)
+				row[j] *= inv;
+		}
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n_tok, hd, n_ctx, 1.0f, S, n_ctx,
+			    vc + (size_t)kvh * hd, kv_stride, 0.0f, out + (size_t)h * hd, qstride);
+	}
+	free(sbuf);
+	return 0;
+}
+
 static int cpu_attention(float *out, const float *q, const float *kc, const float *vc, int n_tok,
 			 int pos0, int n_heads, int head0, int group, int kv_stride, int hd,
 			 int window, owl_err *err)
 {
+	if (n_tok >= 16)
+		return attention_gemm(out, q, kc, vc, n_tok, pos0, n_heads, head0, group, kv_stride, hd,
+				      window, err);
 	const float scale = 1.0f / sqrtf((float)hd);
 	int n_ctx = pos0 + n_tok;
 	int nthreads = omp_get_max_threads();
