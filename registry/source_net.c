@@ -189,6 +189,29 @@ int registry_stage_from_hub(registry_store *s, const char *source, const registr
 		    (has_suffix(p, ".safetensors") || has_suffix(p, ".gguf")))
 			has_safe = 1;
 	}
+	/* A GGUF repository usually offers one file per quantisation: pulling
+	 * them all is rarely meant and can be tens of GB. Ask which. */
+	if (!o->include) {
+		int ngguf = 0;
+		owl_buf names;
+		owl_buf_init(&names, 2048);
+		for (size_t i = 0; i < listing.n; i++)
+			if (has_suffix(listing.entries[i].path, ".gguf")) {
+				char size[32];
+				owl_fmt_bytes(listing.entries[i].size, size, sizeof size);
+				if (ngguf < 8)
+					owl_buf_printf(&names, "\n  %s (%s)", listing.entries[i].path, size);
+				ngguf++;
+			}
+		if (ngguf > 1) {
+			rc = owl_err_set(err, OWL_EUSAGE, "%s has %d GGUF files (one per quantisation); "
+					 "choose with --include, e.g. --include '*Q4_K_M.gguf':%s%s", source,
+					 ngguf, names.data, ngguf > 8 ? "\n  ..." : "");
+			owl_buf_release(&names);
+			goto out;
+		}
+		owl_buf_release(&names);
+	}
 	files = owl_xcalloc(listing.n ? listing.n : 1, sizeof *files);
 	char **keep_paths = owl_xcalloc(listing.n ? listing.n : 1, sizeof *keep_paths);
 	const char *pin = listing.commit ? listing.commit : revision;

@@ -150,3 +150,17 @@ expect_rc hub_lfs_mismatch_exit_4 4
 expect_contains hub_lfs_mismatch_message "$ERR" "expected sha256"
 owl list corrupt --json
 expect_eq hub_corrupt_stores_nothing "$(json 'len(d)')" "0"
+
+# A repository with several GGUF quantisations: owl asks which one.
+mkdir -p "$T/multi"
+"$FX" --out "$T/mq8" --seed 9 --preset tiny --gguf Q8_0 --gguf-only >/dev/null
+"$FX" --out "$T/mq4" --seed 9 --preset tiny --gguf Q4_0 --gguf-only >/dev/null
+cp "$T/mq8/model.gguf" "$T/multi/tiny.Q8_0.gguf"
+cp "$T/mq4/model.gguf" "$T/multi/tiny.Q4_0.gguf"
+hub_publish "$T/multi" org/multi main "$commit"
+owl pull hf://org/multi
+expect_rc hub_several_ggufs_asks 2
+expect_contains hub_several_ggufs_lists "$ERR" "tiny.Q4_0.gguf"
+owl pull hf://org/multi --include '*Q4_0.gguf' --json
+expect_rc hub_include_one_gguf 0
+expect_eq hub_include_pulled_one "$(json 'd["files"]')" "1"
