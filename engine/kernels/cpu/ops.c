@@ -381,16 +381,24 @@ void w_matvec_multi(const wmat *const *ws, float *const *ys, int k, const float 
 	}
 #pragma omp parallel
 	{
+		/* Each thread takes one contiguous run of rows across the matrices. */
+		int nt = omp_get_num_threads(), t = omp_get_thread_num();
+		int g0 = (int)((long long)total * t / nt), g1 = (int)((long long)total * (t + 1) / nt);
 		float *scratch = need_scratch ? malloc((size_t)cols * sizeof *scratch) : NULL;
-#pragma omp for schedule(static)
-		for (int g = 0; g < total; g++) {
-			int m = 0, r = g;
-			while (r >= ws[m]->rows)
-				r -= ws[m++]->rows;
+		int m = 0, r = g0;
+		while (m < k && r >= ws[m]->rows)
+			r -= ws[m++]->rows;
+		for (int g = g0; g < g1 && m < k; m++, r = 0) {
 			const wmat *w = ws[m];
 			qdot_fn dot = qdot_for(w->type);
-			ys[m][r] = dot ? dot(w->data + (size_t)r * w->row_bytes, xq, nb)
-				       : dot_row(w, r, x, scratch);
+			int end = r + (g1 - g) < w->rows ? r + (g1 - g) : w->rows;
+			if (dot)
+				for (int rr = r; rr < end; rr++)
+					ys[m][rr] = dot(w->data + (size_t)rr * w->row_bytes, xq, nb);
+			else
+				for (int rr = r; rr < end; rr++)
+					ys[m][rr] = dot_row(w, rr, x, scratch);
+			g += end - r;
 		}
 		free(scratch);
 	}
