@@ -1,0 +1,271 @@
+/* Every op of the kernel layer against a plain double-precision reference,
+ * for every backend this build can run (the CPU backend here; the CUDA
+ * backend joins the list when it implements the table), so that backends are
+ * held to the same tests. */
+#include "test.h"
+
+#include <math.h>
+
+#include "common/gguf.h"
+#include "engine/kernels/kernels.h"
+
+static uint64_t rng = 88172645463325252ull;
+static float frand(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+
+static uint16_t to_f16(float f)
+{
+	/* round to nearest via the hardware-free path: good enough for test data */
+	uint32_t b;
+	memcpy(&b, &f, 4);
+	uint32_t sign = (b >> 16) & 0x8000;
+	int exp = (int)((b >> 23) & 0xff) - 127 + 15;
+	uint32_t mant = b & 0x7fffff;
+	if (exp <= 0)
+		return (uint16_t)sign;
+	if (exp >= 31)
+		return (uint16_t)(sign | 0x7c00);
+	uint32_t h = sign | ((uint32_t)exp << 10) | (mant >> 13);
+	if (mant & 0x1000)
+		h++;
+	return (uint16_t)h;
+}
+
+/* Builds rows x cols weights of a type, and their exact f32 values. */
+static void make_weight(kernels_dtype t, int rows, int cols, uint8_t **data, float **ref,
+			kernels_weight *w)
+{
+	size_t rb = 0;
+	switch (t) {
+	case KERNELS_F32: rb = (size_t)cols * 4; break;
+	case KERNELS_F16: case KERNELS_BF16: rb = (size_t)cols * 2; break;
+	case KERNELS_Q8_0: rb = (size_t)cols / 32 * 34; break;
+	case KERNELS_Q4_0: rb = (size_t)cols / 32 * 18; break;
+	case KERNELS_Q4_1: rb = (size_t)cols / 32 * 20; break;
+	default: break;
+	}
+	*data = calloc((size_t)rows, rb);
+	*ref = malloc((size_t)rows * cols * sizeof **ref);
+	for (int r = 0; r < rows; r++) {
+		uint8_t *p = *data + (size_t)r * rb;
+		for (int c = 0; c < cols; c++) {
+			float v = frand();
+			if (t == KERNELS_F32) {
+				memcpy(p + 4 * c, &v, 4);
+			} else if (t == KERNELS_F16) {
+				uint16_t h = to_f16(v);
+				memcpy(p + 2 * c, &h, 2);
+			} else if (t == KERNELS_BF16) {
+				uint32_t b;
+				memcpy(&b, &v, 4);
+				uint16_t h = (uint16_t)(b >> 16);
+				memcpy(p + 2 * c, &h, 2);
+			} else {
+				int blk = c / 32, i = c % 32;
+				size_t bb = t == KERNELS_Q8_0 ? 34 : t == KERNELS_Q4_0 ? 18 : 20;
+				uint8_t *q = p + blk * bb;
+				uint16_t d = to_f16(t == KERNELS_Q8_0 ? 0.01f : 0.1f), m = to_f16(-0.5f);
+				memcpy(q, &d, 2);
+				if (t == KERNELS_Q4_1)
+					memcpy(q + 2, &m, 2);
+				int8_t val = (int8_t)((int)(frand() * 100) % (t == KERNELS_Q8_0 ? 127 : 8));
+				if (t == KERNELS_Q8_0) {
+					q[2 + i] = (uint8_t)val;
+				} else {
+					uint8_t nib = (uint8_t)((val < 0 ? -val : val) & 0xF);
+					uint8_t *qs = q + (t == KERNELS_Q4_0 ? 2 : 4);
+					if (i < 16)
+						qs[i] = (uint8_t)((qs[i] & 0xF0) | nib);
+					else
+						qs[i - 16] = (uint8_t)((qs[i - 16] & 0x0F) | (nib << 4));
+				}
+			}
+		}
+		gguf_type gt = t == KERNELS_F32 ? GGUF_T_F32 : t == KERNELS_F16 ? GGUF_T_F16
+			     : t == KERNELS_BF16 ? GGUF_T_BF16 : t == KERNELS_Q8_0 ? GGUF_T_Q8_0
+			     : t == KERNELS_Q4_0 ? GGUF_T_Q4_0 : GGUF_T_Q4_1;
+		gguf_dequantize_row(gt, p, *ref + (size_t)r * cols, (size_t)cols, NULL);
+	}
+	*w = (kernels_weight){.type = t, .data = *data, .rows = rows, .cols = cols, .row_bytes = rb};
+}
+
+static double max_rel_err(const float *a, const double *b, size_t n)
+{
+	double worst = 0, scale = 1e-6;
+	for (size_t i = 0; i < n; i++)
+		scale = fmax(scale, fabs(b[i]));
+	for (size_t i = 0; i < n; i++)
+		worst = fmax(worst, fabs(a[i] - b[i]) / scale);
+	return worst;
+}
+
+static void matmul_and_matvec_every_dtype(const kernels_backend *be)
+{
+	static const kernels_dtype types[] = {KERNELS_F32, KERNELS_F16, KERNELS_BF16,
+					      KERNELS_Q8_0, KERNELS_Q4_0, KERNELS_Q4_1};
+	const int rows = 96, cols = 256, n = 5;
+	owl_err err = {0};
+	for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+		uint8_t *data;
+		float *ref;
+		kernels_weight w;
+		make_weight(types[ti], rows, cols, &data, &ref, &w);
+		float *x = malloc((size_t)n * cols * sizeof *x), *y = malloc((size_t)n * rows * sizeof *y);
+		double *want = malloc((size_t)n * rows * sizeof *want);
+		for (int i = 0; i < n * cols; i++)
+			x[i] = frand();
+		for (int i = 0; i < n; i++)
+			for (int r = 0; r < rows; r++) {
+				double s = 0;
+				for (int c = 0; c < cols; c++)
+					s += (double)ref[(size_t)r * cols + c] * x[(size_t)i * cols + c];
+				want[(size_t)i * rows + r] = s;
+			}
+		CHECK_INT(be->matmul(y, x, &w, n, &err), 0);
+		double e = max_rel_err(y, want, (size_t)n * rows);
+		CHECK(e < 1e-5, "%s matmul (n=%d) relative error %g", be->name, n, e);
+		/* One token: the decode path (quantised types use Q8 activations). */
+		const kernels_weight *ws[1] = {&w};
+		float *ys[1] = {y};
+		CHECK_INT(be->matvec_multi(ys, ws, 1, x, &err), 0);
+		e = max_rel_err(y, want, (size_t)rows);
+		double tol = types[ti] >= KERNELS_Q8_0 ? 2e-2 : 1e-5;
+		CHECK(e < tol, "%s matvec type %d relative error %g (tolerance %g)", be->name,
+		      (int)types[ti], e, tol);
+		free(data);
+		free(ref);
+		free(x);
+		free(y);
+		free(want);
+	}
+}
+
+static void attention_rope_norm_swiglu(const kernels_backend *be)
+{
+	owl_err err = {0};
+	enum { HD = 16, H = 4, KV = 2, T = 20 };
+	int kvd = KV * HD;
+	float q[T * H * HD], k[T * KV * HD], v[T * KV * HD], out[T * H * HD];
+	for (int i = 0; i < T * H * HD; i++)
+		q[i] = frand();
+	for (int i = 0; i < T * KV * HD; i++) {
+		k[i] = frand();
+		v[i] = frand();
+	}
+	/* Attention, prefill (GEMM path) and one token at a time, with a window. */
+	for (int window = 0; window <= 6; window += 6) {
+		CHECK_INT(be->attention(out, q, k, v, T, 0, H, 0, H / KV, kvd, HD, window, &err), 0);
+		double worst = 0;
+		for (int t = 0; t < T; t++) {
+			float one[H * HD];
+			CHECK_INT(be->attention(one, q + t * H * HD, k, v, 1, t, H, 0, H / KV, kvd, HD,
+						window, &err), 0);
+			for (int h = 0; h < H; h++) {
+				int kvh = h / (H / KV), lo = window ? (t - window + 1 > 0 ? t - window + 1 : 0) : 0;
+				double sc[T], mx = -1e30, sum = 0;
+				for (int j = lo; j <= t; j++) {
+					double d = 0;
+					for (int e = 0; e < HD; e++)
+						d += (double)q[(t * H + h) * HD + e] * k[j * kvd + kvh * HD + e];
+					sc[j] = d / sqrt(HD);
+					mx = fmax(mx, sc[j]);
+				}
+				for (int j = lo; j <= t; j++)
+					sum += (sc[j] = exp(sc[j] - mx));
+				for (int e = 0; e < HD; e++) {
+					double o = 0;
+					for (int j = lo; j <= t; j++)
+						o += sc[j] / sum * v[j * kvd + kvh * HD + e];
+					worst = fmax(worst, fabs(o - out[(t * H + h) * HD + e]));
+					worst = fmax(worst, fabs(o - one[h * HD + e]));
+				}
+			}
+		}
+		CHECK(worst < 1e-5, "%s attention (window %d) max error %g", be->name, window, worst);
+	}
+	/* RoPE: both pair layouts rotate by pos * inv_freq. */
+	float inv_freq[HD / 2];
+	for (int i = 0; i < HD / 2; i++)
+		inv_freq[i] = powf(10000.0f, -2.0f * i / HD);
+	for (int layout = 0; layout < 2; layout++) {
+		float x[2 * HD], x0[2 * HD];
+		for (int i = 0; i < 2 * HD; i++)
+			x0[i] = x[i] = frand();
+		CHECK_INT(be->rope(x, 2, 7, 1, HD, inv_freq, (kernels_rope_layout)layout, &err), 0);
+		double worst = 0;
+		for (int t = 0; t < 2; t++)
+			for (int i = 0; i < HD / 2; i++) {
+				int a = layout ? 2 * i : i, b = layout ? 2 * i + 1 : i + HD / 2;
+				double ang = (7 + t) * (double)inv_freq[i];
+				double ra = x0[t * HD + a] * cos(ang) - x0[t * HD + b] * sin(ang);
+				double rb = x0[t * HD + a] * sin(ang) + x0[t * HD + b] * cos(ang);
+				worst = fmax(worst, fmax(fabs(ra - x[t * HD + a]), fabs(rb - x[t * HD + b])));
+			}
+		CHECK(worst < 1e-5, "%s rope layout %d error %g", be->name, layout, worst);
+	}
+	/* RMSNorm, SwiGLU, cross-entropy. */
+	float xs[64], g[64], o[64], up[64], gate[64];
+	for (int i = 0; i < 64; i++) {
+		xs[i] = frand();
+		g[i] = frand();
+		up[i] = frand();
+		gate[i] = frand();
+	}
+	CHECK_INT(be->rmsnorm(o, xs, g, 1, 64, 1e-5f, &err), 0);
+	double ss = 0;
+	for (int i = 0; i < 64; i++)
+		ss += (double)xs[i] * xs[i];
+	double worst = 0;
+	for (int i = 0; i < 64; i++)
+		worst = fmax(worst, fabs(o[i] - xs[i] / sqrt(ss / 64 + 1e-5) * g[i]));
+	CHECK(worst < 1e-5, "%s rmsnorm error %g", be->name, worst);
+	float gate0[64];
+	memcpy(gate0, gate, sizeof gate);
+	CHECK_INT(be->swiglu(gate, up, 64, &err), 0);
+	worst = 0;
+	for (int i = 0; i < 64; i++)
+		worst = fmax(worst, fabs(gate[i] - gate0[i] / (1 + exp(-gate0[i])) * up[i]));
+	CHECK(worst < 1e-6, "%s swiglu error %g", be->name, worst);
+	float loss;
+	int32_t tgt[2] = {3, 60};
+	float logits[128];
+	for (int i = 0; i < 128; i++)
+		logits[i] = frand() * 4;
+	CHECK_INT(be->cross_entropy(&loss, logits, tgt, 2, 64, &err), 0);
+	double want = 0;
+	for (int r = 0; r < 2; r++) {
+		double s = 0;
+		for (int i = 0; i < 64; i++)
+			s += exp(logits[r * 64 + i]);
+		want += log(s) - logits[r * 64 + tgt[r]];
+	}
+	CHECK_NEAR(loss, want / 2, 1e-5);
+}
+
+/* The backends this build can run; each passes the same tests. */
+static const kernels_backend *backends[2];
+
+static void matmul_every_backend(void)
+{
+	for (size_t i = 0; backends[i]; i++)
+		matmul_and_matvec_every_dtype(backends[i]);
+}
+
+static void other_ops_every_backend(void)
+{
+	for (size_t i = 0; backends[i]; i++)
+		attention_rope_norm_swiglu(backends[i]);
+}
+
+int main(void)
+{
+	backends[0] = kernels_cpu_backend();
+	RUN_TEST(matmul_every_backend);
+	RUN_TEST(other_ops_every_backend);
+	TEST_MAIN_END();
+}
