@@ -220,6 +220,8 @@ static int run_run(owl_ctx *ctx, int argc, char **argv)
 		}
 	}
 	owl_buf_release(&out.text);
+	if (!rc)
+		free(st.tokens);
 	free(ids);
 	free(text);
 	unload(&l);
@@ -257,6 +259,8 @@ static int run_chat(owl_ctx *ctx, int argc, char **argv)
 		owned[n++] = NULL;
 	}
 	size_t base = n;
+	int32_t *cached = NULL; /* the tokens in the KV cache */
+	size_t ncached = 0;
 	char *line = NULL;
 	size_t cap = 0;
 	for (;;) {
@@ -274,6 +278,7 @@ static int run_chat(owl_ctx *ctx, int argc, char **argv)
 				free(owned[i]);
 			n = base;
 			engine_session_truncate(l.sess, 0);
+			ncached = 0;
 			fprintf(stderr, "(conversation reset)\n");
 			continue;
 		}
@@ -292,11 +297,27 @@ static int run_chat(owl_ctx *ctx, int argc, char **argv)
 		size_t nids = 0;
 		engine_tokenize(l.tok, text, strlen(text), 0, 1, &ids, &nids, &err);
 		free(text);
-		engine_session_truncate(l.sess, 0);
+		/* The conversation so far is still in the KV cache: run only what
+		 * differs from it (usually just the new user turn). */
+		size_t keep = 0;
+		while (keep < ncached && keep + 1 < nids && cached[keep] == ids[keep])
+			keep++;
+		engine_session_truncate(l.sess, (int)keep);
 		collector reply = {.echo = 1};
 		owl_buf_init(&reply.text, 16u << 20);
 		engine_gen_stats st;
-		rc = engine_generate(l.sess, l.tok, ids, nids, &a.g, emit_collect, &reply, &st, &err);
+		rc = engine_generate(l.sess, l.tok, ids + keep, nids - keep, &a.g, emit_collect, &reply,
+				     &st, &err);
+		if (!rc) {
+			/* What the cache now holds: the prompt, then the reply so far. */
+			cached = owl_xrealloc(cached, (nids + (size_t)st.gen_cached + 1) * sizeof *cached);
+			memcpy(cached, ids, nids * sizeof *ids);
+			memcpy(cached + nids, st.tokens, (size_t)st.gen_cached * sizeof *cached);
+			ncached = nids + (size_t)st.gen_cached;
+			free(st.tokens);
+		} else {
+			ncached = 0;
+		}
 		printf("\n");
 		fflush(stdout);
 		free(ids);
@@ -316,6 +337,7 @@ static int run_chat(owl_ctx *ctx, int argc, char **argv)
 		n++;
 	}
 	free(line);
+	free(cached);
 	for (size_t i = base; i < n; i++)
 		free(owned[i]);
 	unload(&l);

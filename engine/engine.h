@@ -168,11 +168,15 @@ typedef struct engine_gen_stats {
 	int prompt_tokens, gen_tokens;
 	double prompt_s, gen_s;
 	char stop_reason[16];    /* eos, stop, max_tokens, context_full */
+	int gen_cached;          /* generated ids now in the KV cache */
+	int32_t *tokens;         /* those ids, malloc'd: the caller frees */
 } engine_gen_stats;
 
 typedef void (*engine_emit_fn)(void *ctx, const char *text, size_t len);
-/* Runs the prompt, then samples until an end-of-generation token, a stop
- * string, max_tokens or a full context; text is emitted as it is ready. */
+/* Runs the prompt from the session's current position (so a caller that
+ * keeps a conversation's prefix in the cache passes only what is new), then
+ * samples until an end-of-generation token, a stop string, max_tokens or a
+ * full context; text is emitted as it is ready. */
 int engine_generate(engine_session *sess, const engine_tokenizer *tok, const int32_t *prompt,
 		    size_t nprompt, const engine_gen_opts *o, engine_emit_fn emit, void *emit_ctx,
 		    engine_gen_stats *st, owl_err *err);

@@ -309,12 +309,18 @@ int engine_generate(engine_session *sess, const engine_tokenizer *tok, const int
 			break;
 		}
 		rc = engine_forward(sess, &id, 1, logits, 0, err);
+		if (!rc)
+			st->gen_cached++;
 	}
 	if (!rc && text.len > emitted && emit && strcmp(st->stop_reason, "stop") != 0)
 		emit(emit_ctx, text.data + emitted, text.len - emitted);
 	st->gen_s = owl_now() - t1;
 	owl_buf_release(&text);
 	engine_sampler_free(smp);
+	/* The generated ids that entered the KV cache (the last sampled one
+	 * enters only if generation went on after it). */
+	st->tokens = owl_xmalloc((size_t)(st->gen_cached + 1) * sizeof *st->tokens);
+	memcpy(st->tokens, hist + nprompt, (size_t)st->gen_cached * sizeof *st->tokens);
 	free(hist);
 	free(logits);
 	return rc;
