@@ -200,7 +200,14 @@ int st_index_load(const char *path, st_index **out, owl_err *err)
     st_index *ix = NULL;
     int rc = OWL_EFAIL;
     *out = NULL;
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    /* An index names each tensor once: 64 MiB covers models with millions
+     * of tensors, and bounds what a hostile file can make us parse. */
+    char *text = NULL;
+    size_t len = 0;
+    if (owl_read_file(path, 64u << 20, &text, &len, err) != 0)
+        return err ? err->code : OWL_EFAIL;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+    free(text);
     json_t *wm = root ? json_object_get(root, "weight_map") : NULL;
     if (!json_is_object(wm)) {
         rc = owl_err_set(err, OWL_EINTEGRITY, "cannot read '%s': no weight_map object%s%s", path, root ? "" : ": ", root ? "" : je.text);
