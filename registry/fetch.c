@@ -35,6 +35,7 @@ typedef struct transfer {
 	struct curl_slist *headers;
 	FILE *out;
 	EVP_MD_CTX *md;
+	EVP_MD_CTX *md1;      /* git blob sha1, when the hub lists one */
 	uint64_t have;        /* bytes in the file (resumed prefix + this attempt) */
 	uint64_t start;       /* offset this attempt asked for */
 	uint64_t size_hint;   /* expected_size, or what Content-Length announced */
@@ -80,6 +81,8 @@ static int hash_prefix(transfer *t, owl_err *err)
 	uint64_t total = 0;
 	while ((n = fread(buf, 1, WRITE_BUF, in)) > 0) {
 		EVP_DigestUpdate(t->md, buf, n);
+		if (t->md1)
+			EVP_DigestUpdate(t->md1, buf, n);
 		total += n;
 	}
 	int bad = ferror(in);
@@ -96,6 +99,16 @@ static void reset_hash(transfer *t)
 {
 	EVP_MD_CTX_reset(t->md);
 	EVP_DigestInit_ex(t->md, EVP_sha256(), NULL);
+	if (t->f->expected_git_oid && t->f->expected_size) {
+		/* git hashes "blob <size>\0" and then the content. */
+		if (!t->md1)
+			t->md1 = EVP_MD_CTX_new();
+		EVP_MD_CTX_reset(t->md1);
+		EVP_DigestInit_ex(t->md1, EVP_sha1(), NULL);
+		char hdr[40];
+		int hl = snprintf(hdr, sizeof hdr, "blob %llu", (unsigned long long)t->f->expected_size);
+		EVP_DigestUpdate(t->md1, hdr, (size_t)hl + 1);
+	}
 }
 
 static size_t on_header(char *buf, size_t size, size_t n, void *ud)
@@ -145,6 +158,8 @@ static size_t on_data(char *buf, size_t size, size_t n, void *ud)
 	if (fwrite(buf, 1, len, t->out) != len)
 		return 0; /* makes curl fail with a write error */
 	EVP_DigestUpdate(t->md, buf, len);
+	if (t->md1)
+		EVP_DigestUpdate(t->md1, buf, len);
 	t->have += len;
 	t->f->bytes_transferred += len;
 	return len;
@@ -319,6 +334,19 @@ static int finish_attempt(transfer *t, CURLM *multi, CURLcode code, int *retry, 
 				   "nothing was stored", name, (unsigned long long)t->have,
 				   (unsigned long long)t->f->expected_size);
 	}
+	if (t->md1 && t->have == t->f->expected_size) {
+		unsigned char g[EVP_MAX_MD_SIZE];
+		unsigned int gl = 0;
+		char hex[41];
+		EVP_DigestFinal_ex(t->md1, g, &gl);
+		owl_hex(g, gl, hex);
+		if (strcasecmp(hex, t->f->expected_git_oid) != 0) {
+			unlink(t->f->tmp_path);
+			return owl_err_set(err, OWL_EINTEGRITY, "'%s' is corrupt: the hub lists git blob "
+					   "sha1 %s, the bytes received hash to %s; nothing was stored", name,
+					   t->f->expected_git_oid, hex);
+		}
+	}
 	if (t->f->expected_sha256 && strcasecmp(t->f->expected_sha256, t->f->sha256) != 0) {
 		unlink(t->f->tmp_path);
 		return owl_err_set(err, OWL_EINTEGRITY, "'%s' is corrupt: expected sha256 %s, got %s; "
@@ -421,6 +449,7 @@ int registry_fetch_files(const registry_fetch_opts *opts, registry_fetch_file *f
 		}
 		curl_slist_free_all(t->headers);
 		EVP_MD_CTX_free(t->md);
+		EVP_MD_CTX_free(t->md1);
 	}
 	free(ts);
 	curl_multi_cleanup(multi);

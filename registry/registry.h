@@ -256,6 +256,8 @@ typedef struct registry_fetch_file {
 	const char *url;             /* in */
 	const char *name;            /* in: for messages and the progress label */
 	const char *expected_sha256; /* in: hex digest the source promises, or NULL */
+	const char *expected_git_oid;/* in: git blob sha1 the hub lists for a small
+					(non-LFS) file, or NULL; needs expected_size */
 	uint64_t expected_size;      /* in: 0 when unknown */
 	const char *tmp_path;        /* in: partial file under tmp/; if it exists the
 					download resumes from its end (HTTP Range) */

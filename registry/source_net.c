@@ -237,6 +237,8 @@ int registry_stage_from_hub(registry_store *s, const char *source, const registr
 		f->url = registry_hub_file_url(endpoint, repo, pin, e->path);
 		f->name = e->path;
 		f->expected_sha256 = e->sha256;
+		/* Small files have no LFS sha256, but git's blob id still pins them. */
+		f->expected_git_oid = !e->sha256 && e->oid && owl_is_hex_digest(e->oid, 40) ? e->oid : NULL;
 		f->expected_size = e->size;
 		f->tmp_path = part;
 		keep_paths[nfiles] = e->path;

@@ -164,3 +164,16 @@ expect_contains hub_several_ggufs_lists "$ERR" "tiny.Q4_0.gguf"
 owl pull hf://org/multi --include '*Q4_0.gguf' --json
 expect_rc hub_include_one_gguf 0
 expect_eq hub_include_pulled_one "$(json 'd["files"]')" "1"
+
+# A small (non-LFS) file whose bytes differ from the git blob id the listing gives: exit 4.
+hub_publish "$T/hubm" org/smallbad main "$commit"
+# (same size, one byte changed: only the git blob id can tell)
+python3 - "$T/nginx/hub/org/smallbad/resolve/$commit/config.json" <<'PYEOF'
+import sys
+b = bytearray(open(sys.argv[1], "rb").read()); b[10] ^= 0x01
+open(sys.argv[1], "wb").write(b)
+PYEOF
+owl pull hf://org/smallbad
+expect_rc hub_git_oid_mismatch_exit_4 4
+expect_contains hub_git_oid_names_file "$ERR" "config.json"
+expect_contains hub_git_oid_reason "$ERR" "git blob sha1"
