@@ -56,6 +56,10 @@ void w_matvec_multi(const wmat *const *ws, float *const *ys, int k, const float 
 /* Y[n, rows] = X[n, cols] W^T: OpenBLAS sgemm, converting non-f32 weights to
  * f32 a block of rows at a time. */
 void w_matmul(const wmat *w, const float *x, float *y, int n);
+/* The same in integers for Q8_0/Q4_0/Q4_1 with AVX-512 VNNI (qgemm.c);
+ * qgemm_supported says whether this machine and weight can take it. */
+int qgemm_supported(const wmat *w, int n);
+void qgemm(const wmat *w, const float *x, float *y, int n);
 /* AVX2 dot product and y += a*x (the compiler keeps float sums in order). */
 float vec_dot(const float *a, const float *b, int n);
 void vec_axpy(float *y, float a, const float *x, int n);

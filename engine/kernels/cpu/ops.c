@@ -225,7 +225,9 @@ static float dot_q4_1(const uint8_t *w, const float *x, int n)
 
 typedef struct q8x {
 	float d;     /* scale: x ~= d * q */
-	float sum;   /* sum of the block's x, for Q4_1's offsets */
+	float sum;   /* d * qsum: the block's sum as quantised, for Q4_1's offsets
+		      * (the quantised sum, not the exact one, keeps the error of
+		      * d*q*x and m*x consistent, as the prompt path does) */
 	int qsum;    /* sum of q, for Q4_0's offset of 8 */
 	int8_t q[32];
 } q8x;
@@ -234,21 +236,20 @@ static void quantize_x(const float *x, int n, q8x *out)
 {
 	for (int b = 0; b < n / 32; b++) {
 		const float *v = x + 32 * b;
-		float amax = 0, sum = 0;
+		float amax = 0;
 		for (int i = 0; i < 32; i++) {
 			float a = fabsf(v[i]);
 			if (a > amax)
 				amax = a;
-			sum += v[i];
 		}
 		float d = amax / 127.0f, id = d ? 1.0f / d : 0;
 		out[b].d = d;
-		out[b].sum = sum;
 		out[b].qsum = 0;
 		for (int i = 0; i < 32; i++) {
 			out[b].q[i] = (int8_t)lrintf(v[i] * id);
 			out[b].qsum += out[b].q[i];
 		}
+		out[b].sum = d * (float)out[b].qsum;
 	}
 }
 
@@ -418,6 +419,10 @@ void w_matmul(const wmat *w, const float *x, float *y, int n)
 {
 	if (n == 1) {
 		w_matvec(w, x, y);
+		return;
+	}
+	if (qgemm_supported(w, n)) {
+		qgemm(w, x, y, n);
 		return;
 	}
 	openblas_set_num_threads(1);

@@ -1,0 +1,272 @@
+/* Prompt processing on quantised weights (Q8_0, Q4_0, Q4_1) in integers.
+ *
+ * Widening quantised weights to f32 for sgemm costs a conversion per weight
+ * and then multiplies in f32; here the activations are quantised instead (per
+ * token, blocks of 32 int8 with one f32 scale, as for decode) and each pair
+ * of weight and activation blocks is multiplied with AVX-512 VNNI's
+ * vpdpbusd, 64 byte products per instruction, straight from the weights'
+ * own bytes, two blocks per vector (an odd last block in a half). A 4 x 4 tile of weight rows and tokens shares each load four
+ * ways; block scales are applied in f32 once per pair of blocks.
+ *
+ * vpdpbusd multiplies unsigned by signed bytes, so each type is brought to
+ * that form with a correction folded into the accumulator's start value:
+ *   Q4_0  q in 0..15 means q-8: sum((q-8)x) = sum(qx) - 8 sum(x)
+ *   Q8_0  signed weights: x+128 is unsigned, sum((x+128)w) - 128 sum(w)
+ *   Q4_1  d q + m: the m part is m sum(x), added in f32.
+ *
+ * Machines without AVX-512 VNNI use the f32 path (ops.c); qgemm_supported
+ * says which. */
+#include "engine/internal.h"
+
+#include <immintrin.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define QG_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,f16c")))
+#define QG_INLINE static inline __attribute__((always_inline)) QG_TARGET
+
+enum { RM = 4, RN = 4, CHUNK = 128 };
+
+/* Activations of n tokens: q [n][cols] int8, d [n][cols/32] scales. */
+typedef struct qact {
+	int8_t *q;
+	float *d;
+	int cols, nb;
+} qact;
+
+static int block_bytes(wtype t)
+{
+	return t == W_Q8_0 ? 34 : t == W_Q4_0 ? 18 : 20;
+}
+
+int qgemm_supported(const wmat *w, int n)
+{
+	static int vnni = -1;
+	if (vnni < 0)
+		vnni = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
+		       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+	if (!vnni || getenv("OWL_NO_QGEMM"))
+		return 0;
+	return (w->type == W_Q8_0 || w->type == W_Q4_0 || w->type == W_Q4_1) && w->cols % 32 == 0 &&
+	       n >= 2;
+}
+
+/* One token's row of floats to blocks of 32 int8 and a scale each. */
+QG_TARGET static void quantize_row(const float *x, int cols, int8_t *q, float *d)
+{
+	for (int b = 0; b < cols / 32; b++) {
+		__m512 v0 = _mm512_loadu_ps(x + 32 * b), v1 = _mm512_loadu_ps(x + 32 * b + 16);
+		float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+		float s = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+		d[b] = s;
+		__m512 vi = _mm512_set1_ps(inv);
+		__m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, vi));
+		__m512i i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, vi));
+		_mm_storeu_si128((__m128i *)(q + 32 * b), _mm512_cvtsepi32_epi8(i0));
+		_mm_storeu_si128((__m128i *)(q + 32 * b + 16), _mm512_cvtsepi32_epi8(i1));
+	}
+}
+
+/* Lanes 0-7 hold block 2p, lanes 8-15 block 2p+1: the same two scales spread. */
+QG_INLINE __m512 spread2(__m128 two)
+{
+	const __m512i idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+	return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(two));
+}
+
+QG_INLINE __m512 f16_pair(const uint8_t *a, const uint8_t *b)
+{
+	uint16_t ha, hb;
+	memcpy(&ha, a, 2);
+	memcpy(&hb, b, 2);
+	return spread2(_mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)ha | (uint32_t)hb << 16))));
+}
+
+/* 2 x 16 bytes of nibbles -> 64 bytes in element order: block a's 32, then b's. */
+QG_INLINE __m512i nibbles2(const uint8_t *a, const uint8_t *b)
+{
+	__m256i ab = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)a)),
+					     _mm_loadu_si128((const __m128i *)b), 1);
+	__m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(ab), _mm256_srli_epi16(ab, 4), 1);
+	v = _mm512_and_si512(v, _mm512_set1_epi8(0x0F));
+	/* [a lo, b lo, a hi, b hi] -> [a lo, a hi, b lo, b hi] */
+	return _mm512_permutexvar_epi64(_mm512_set_epi64(7, 6, 3, 2, 5, 4, 1, 0), v);
+}
+
+/* A tile of rm weight rows (r0..) and rn tokens (j0..) over all columns;
+ * rm, rn are constants after inlining, so the accumulators live in registers. */
+QG_INLINE void tile(const wmat *w, int r0, int rm, const qact *a, int j0, int rn, float *y,
+		    int ldy)
+{
+	const wtype t = w->type;
+	const int bs = block_bytes(t), npairs = a->nb / 2;
+	__m512 acc[RM][RN];
+	for (int i = 0; i < RM; i++)
+		for (int j = 0; j < RN; j++)
+			acc[i][j] = _mm512_setzero_ps();
+	const __m512i u8_8 = _mm512_set1_epi8(8), u8_128 = _mm512_set1_epi8((char)0x80);
+	const __m512i u8_1 = _mm512_set1_epi8(1);
+	for (int p = 0; p < npairs; p++) {
+		__m512i wv[RM], wc[RM];
+		__m512 ws[RM], wm[RM];
+		for (int i = 0; i < rm; i++) {
+			const uint8_t *b0 = w->data + (size_t)(r0 + i) * w->row_bytes + (size_t)(2 * p) * bs;
+			const uint8_t *b1 = b0 + bs;
+			ws[i] = f16_pair(b0, b1);
+			if (t == W_Q8_0) {
+				wv[i] = _mm512_inserti64x4(
+					_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b0 + 2))),
+					_mm256_loadu_si256((const __m256i *)(b1 + 2)), 1);
+				/* -128 sum(w) per lane: the start value that undoes x + 128. */
+				wc[i] = _mm512_sub_epi32(_mm512_setzero_si512(),
+							 _mm512_dpbusd_epi32(_mm512_setzero_si512(), u8_128, wv[i]));
+			} else if (t == W_Q4_0) {
+				wv[i] = nibbles2(b0 + 2, b1 + 2);
+			} else {
+				wv[i] = nibbles2(b0 + 4, b1 + 4);
+				wm[i] = f16_pair(b0 + 2, b1 + 2);
+			}
+		}
+		for (int j = 0; j < rn; j++) {
+			const int8_t *xq = a->q + (size_t)(j0 + j) * a->cols + 64 * p;
+			__m512i xv = _mm512_loadu_si512((const void *)xq);
+			__m512 dx = spread2(_mm_castpd_ps(_mm_load_sd((const double *)(a->d + (size_t)(j0 + j) * a->nb + 2 * p))));
+			__m512i start = _mm512_setzero_si512();
+			__m512 xs = _mm512_setzero_ps();
+			if (t == W_Q4_0)
+				start = _mm512_sub_epi32(start, _mm512_dpbusd_epi32(start, u8_8, xv));
+			else if (t == W_Q8_0)
+				xv = _mm512_xor_si512(xv, u8_128); /* x + 128, read as unsigned */
+			else
+				xs = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, u8_1, xv)), dx);
+			for (int i = 0; i < rm; i++) {
+				__m512i dot;
+				if (t == W_Q8_0)
+					dot = _mm512_dpbusd_epi32(wc[i], xv, wv[i]);
+				else
+					dot = _mm512_dpbusd_epi32(start, wv[i], xv);
+				acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(ws[i], dx),
+							    acc[i][j]);
+				if (t == W_Q4_1)
+					acc[i][j] = _mm512_fmadd_ps(wm[i], xs, acc[i][j]);
+			}
+		}
+	}
+	if (a->nb & 1) {
+		/* An odd last block: the same in 256-bit halves, added to lanes 0-7. */
+		const int b = a->nb - 1;
+		__m256i wv[RM], wc[RM];
+		__m256 ws[RM], wm[RM];
+		const __m256i h8 = _mm256_set1_epi8(8), h128 = _mm256_set1_epi8((char)0x80);
+		const __m256i h1 = _mm256_set1_epi8(1), h0 = _mm256_setzero_si256();
+		for (int i = 0; i < rm; i++) {
+			const uint8_t *b0 = w->data + (size_t)(r0 + i) * w->row_bytes + (size_t)b * bs;
+			uint16_t h;
+			memcpy(&h, b0, 2);
+			ws[i] = _mm256_set1_ps(_cvtsh_ss(h));
+			if (t == W_Q8_0) {
+				wv[i] = _mm256_loadu_si256((const __m256i *)(b0 + 2));
+				wc[i] = _mm256_sub_epi32(h0, _mm256_dpbusd_epi32(h0, h128, wv[i]));
+			} else {
+				__m128i q = _mm_loadu_si128((const __m128i *)(b0 + (t == W_Q4_0 ? 2 : 4)));
+				wv[i] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q),
+							 _mm256_set1_epi8(0x0F));
+				memcpy(&h, b0 + 2, 2);
+				wm[i] = _mm256_set1_ps(_cvtsh_ss(h));
+			}
+		}
+		for (int j = 0; j < rn; j++) {
+			__m256i xv = _mm256_loadu_si256((const __m256i *)(a->q + (size_t)(j0 + j) * a->cols + 32 * b));
+			__m256 dx = _mm256_set1_ps(a->d[(size_t)(j0 + j) * a->nb + b]);
+			__m256i start = h0;
+			__m256 xs = _mm256_setzero_ps();
+			if (t == W_Q4_0)
+				start = _mm256_sub_epi32(h0, _mm256_dpbusd_epi32(h0, h8, xv));
+			else if (t == W_Q8_0)
+				xv = _mm256_xor_si256(xv, h128);
+			else
+				xs = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_dpbusd_epi32(h0, h1, xv)), dx);
+			for (int i = 0; i < rm; i++) {
+				__m256i dot = t == W_Q8_0 ? _mm256_dpbusd_epi32(wc[i], xv, wv[i])
+							  : _mm256_dpbusd_epi32(start, wv[i], xv);
+				__m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(ws[i], dx));
+				if (t == W_Q4_1)
+					v = _mm256_fmadd_ps(wm[i], xs, v);
+				acc[i][j] = _mm512_add_ps(acc[i][j], _mm512_zextps256_ps512(v));
+			}
+		}
+	}
+	for (int i = 0; i < rm; i++)
+		for (int j = 0; j < rn; j++)
+			y[(size_t)(j0 + j) * ldy + r0 + i] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
+/* Full tiles get the unrolled kernel, edges the smaller ones: one function
+ * per type and tile shape, so that type and shape are constants inside. */
+typedef void (*tile_fn)(const wmat *, int, const qact *, int, float *, int);
+#define DEF_TILE(NAME, T, RMc, RNc)                                                             \
+	QG_TARGET static void NAME(const wmat *w, int r0, const qact *a, int j0, float *y, int ldy) \
+	{                                                                                       \
+		wmat v = *w;                                                                    \
+		v.type = T;                                                                     \
+		tile(&v, r0, RMc, a, j0, RNc, y, ldy);                                          \
+	}
+#define DEF_TYPE(S, T)                                                                          \
+	DEF_TILE(S##_44, T, 4, 4)                                                               \
+	DEF_TILE(S##_41, T, 4, 1)                                                               \
+	DEF_TILE(S##_14, T, 1, 4)                                                               \
+	DEF_TILE(S##_11, T, 1, 1)                                                               \
+	static const tile_fn S[4] = {S##_44, S##_41, S##_14, S##_11};
+DEF_TYPE(tiles_q8_0, W_Q8_0)
+DEF_TYPE(tiles_q4_0, W_Q4_0)
+DEF_TYPE(tiles_q4_1, W_Q4_1)
+
+QG_TARGET static void run_band(const wmat *w, const qact *a, int n, float *y, int rt0, int rt1)
+{
+	const tile_fn *f = w->type == W_Q8_0 ? tiles_q8_0 : w->type == W_Q4_0 ? tiles_q4_0 : tiles_q4_1;
+	tile_fn f44 = f[0], f41 = f[1], f14 = f[2], f11 = f[3];
+	/* Tokens in chunks whose activations stay in L2 while the band's rows
+	 * stream past them. */
+	for (int c0 = 0; c0 < n; c0 += CHUNK) {
+		int c1 = c0 + CHUNK < n ? c0 + CHUNK : n;
+		for (int rt = rt0; rt < rt1; rt++) {
+			int r0 = rt * RM, rm = w->rows - r0 < RM ? w->rows - r0 : RM;
+			int j = c0;
+			if (rm == RM) {
+				for (; j + RN <= c1; j += RN)
+					f44(w, r0, a, j, y, w->rows);
+				for (; j < c1; j++)
+					f41(w, r0, a, j, y, w->rows);
+			} else {
+				for (int r = r0; r < r0 + rm; r++) {
+					int jj = c0;
+					for (; jj + RN <= c1; jj += RN)
+						f14(w, r, a, jj, y, w->rows);
+					for (; jj < c1; jj++)
+						f11(w, r, a, jj, y, w->rows);
+				}
+			}
+		}
+	}
+}
+
+void qgemm(const wmat *w, const float *x, float *y, int n)
+{
+	qact a = {.cols = w->cols, .nb = w->cols / 32};
+	a.q = owl_xmalloc((size_t)n * a.cols);
+	a.d = owl_xmalloc((size_t)n * a.nb * sizeof *a.d);
+	int ntiles = (w->rows + RM - 1) / RM;
+#pragma omp parallel
+	{
+#pragma omp for schedule(static)
+		for (int i = 0; i < n; i++)
+			quantize_row(x + (size_t)i * a.cols, a.cols, a.q + (size_t)i * a.cols,
+				     a.d + (size_t)i * a.nb);
+		int nt = omp_get_num_threads(), t = omp_get_thread_num();
+		run_band(w, &a, n, y, (int)((long long)ntiles * t / nt),
+			 (int)((long long)ntiles * (t + 1) / nt));
+	}
+	free(a.q);
+	free(a.d);
+}
