@@ -48,12 +48,28 @@ static void make_weight(kernels_dtype t, int rows, int cols, uint8_t **data, flo
 	case KERNELS_Q8_0: rb = (size_t)cols / 32 * 34; break;
 	case KERNELS_Q4_0: rb = (size_t)cols / 32 * 18; break;
 	case KERNELS_Q4_1: rb = (size_t)cols / 32 * 20; break;
-	default: break;
+	case KERNELS_Q4_K: rb = (size_t)cols / 256 * 144; break;
+	case KERNELS_Q6_K: rb = (size_t)cols / 256 * 210; break;
 	}
 	*data = calloc((size_t)rows, rb);
 	*ref = malloc((size_t)rows * cols * sizeof **ref);
 	for (int r = 0; r < rows; r++) {
 		uint8_t *p = *data + (size_t)r * rb;
+		if (t == KERNELS_Q4_K || t == KERNELS_Q6_K) {
+			/* Any packed bits are valid codes (scales, mins, 4/6-bit q):
+			 * random bytes with finite super-block scales cover them all. */
+			for (size_t i = 0; i < rb; i++)
+				p[i] = (uint8_t)(frand() * 1000);
+			for (size_t sb = 0; sb < rb; sb += t == KERNELS_Q4_K ? 144 : 210) {
+				uint16_t d = to_f16(t == KERNELS_Q4_K ? 0.003f : 0.0005f), dm = to_f16(0.002f);
+				memcpy(p + sb + (t == KERNELS_Q4_K ? 0 : 208), &d, 2);
+				if (t == KERNELS_Q4_K)
+					memcpy(p + sb + 2, &dm, 2);
+			}
+			gguf_dequantize_row(t == KERNELS_Q4_K ? GGUF_T_Q4_K : GGUF_T_Q6_K, p,
+					    *ref + (size_t)r * cols, (size_t)cols, NULL);
+			continue;
+		}
 		for (int c = 0; c < cols; c++) {
 			float v = frand();
 			if (t == KERNELS_F32) {
@@ -115,13 +131,17 @@ static double max_rel_err(const float *a, const double *b, size_t n)
 static void matmul_and_matvec_every_dtype(const kernels_backend *be)
 {
 	static const kernels_dtype types[] = {KERNELS_F32, KERNELS_F16, KERNELS_BF16,
-					      KERNELS_Q8_0, KERNELS_Q4_0, KERNELS_Q4_1};
-	static const int shapes[][3] = {{96, 256, 5}, {98, 256, 131}, {7, 96, 6}, {5, 64, 3}};
+					      KERNELS_Q8_0, KERNELS_Q4_0, KERNELS_Q4_1,
+					      KERNELS_Q4_K, KERNELS_Q6_K};
+	static const int shapes[][3] = {{96, 256, 5}, {98, 256, 131}, {7, 96, 6}, {5, 64, 3},
+					{9, 512, 4}};
 	owl_err err = {0};
 	for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
 	for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
 		const int rows = shapes[si][0], cols = shapes[si][1], n = shapes[si][2];
 		const int quant = types[ti] >= KERNELS_Q8_0;
+		if ((types[ti] == KERNELS_Q4_K || types[ti] == KERNELS_Q6_K) && cols % 256)
+			continue; /* super-blocks of 256 */
 		uint8_t *data;
 		float *ref;
 		kernels_weight w;
