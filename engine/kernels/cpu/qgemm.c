@@ -102,7 +102,9 @@ QG_INLINE void tile(const wmat *w, int r0, int rm, const qact *a, int j0, int rn
 	const wtype t = w->type;
 	const int bs = block_bytes(t), npairs = a->nb / 2;
 	__m512 acc[RM][RN];
+	#pragma GCC unroll 4
 	for (int i = 0; i < RM; i++)
+		#pragma GCC unroll 4
 		for (int j = 0; j < RN; j++)
 			acc[i][j] = _mm512_setzero_ps();
 	const __m512i u8_8 = _mm512_set1_epi8(8), u8_128 = _mm512_set1_epi8((char)0x80);
@@ -110,6 +112,7 @@ QG_INLINE void tile(const wmat *w, int r0, int rm, const qact *a, int j0, int rn
 	for (int p = 0; p < npairs; p++) {
 		__m512i wv[RM], wc[RM];
 		__m512 ws[RM], wm[RM];
+		#pragma GCC unroll 4
 		for (int i = 0; i < rm; i++) {
 			const uint8_t *b0 = w->data + (size_t)(r0 + i) * w->row_bytes + (size_t)(2 * p) * bs;
 			const uint8_t *b1 = b0 + bs;
@@ -128,6 +131,7 @@ QG_INLINE void tile(const wmat *w, int r0, int rm, const qact *a, int j0, int rn
 				wm[i] = f16_pair(b0 + 2, b1 + 2);
 			}
 		}
+		#pragma GCC unroll 4
 		for (int j = 0; j < rn; j++) {
 			const int8_t *xq = a->q + (size_t)(j0 + j) * a->cols + 64 * p;
 			__m512i xv = _mm512_loadu_si512((const void *)xq);
@@ -140,6 +144,7 @@ QG_INLINE void tile(const wmat *w, int r0, int rm, const qact *a, int j0, int rn
 				xv = _mm512_xor_si512(xv, u8_128); /* x + 128, read as unsigned */
 			else
 				xs = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, u8_1, xv)), dx);
+			#pragma GCC unroll 4
 			for (int i = 0; i < rm; i++) {
 				__m512i dot;
 				if (t == W_Q8_0)
@@ -160,6 +165,7 @@ QG_INLINE void tile(const wmat *w, int r0, int rm, const qact *a, int j0, int rn
 		__m256 ws[RM], wm[RM];
 		const __m256i h8 = _mm256_set1_epi8(8), h128 = _mm256_set1_epi8((char)0x80);
 		const __m256i h1 = _mm256_set1_epi8(1), h0 = _mm256_setzero_si256();
+		#pragma GCC unroll 4
 		for (int i = 0; i < rm; i++) {
 			const uint8_t *b0 = w->data + (size_t)(r0 + i) * w->row_bytes + (size_t)b * bs;
 			uint16_t h;
@@ -176,6 +182,7 @@ QG_INLINE void tile(const wmat *w, int r0, int rm, const qact *a, int j0, int rn
 				wm[i] = _mm256_set1_ps(_cvtsh_ss(h));
 			}
 		}
+		#pragma GCC unroll 4
 		for (int j = 0; j < rn; j++) {
 			__m256i xv = _mm256_loadu_si256((const __m256i *)(a->q + (size_t)(j0 + j) * a->cols + 32 * b));
 			__m256 dx = _mm256_set1_ps(a->d[(size_t)(j0 + j) * a->nb + b]);
@@ -187,6 +194,7 @@ QG_INLINE void tile(const wmat *w, int r0, int rm, const qact *a, int j0, int rn
 				xv = _mm256_xor_si256(xv, h128);
 			else
 				xs = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_dpbusd_epi32(h0, h1, xv)), dx);
+			#pragma GCC unroll 4
 			for (int i = 0; i < rm; i++) {
 				__m256i dot = t == W_Q8_0 ? _mm256_dpbusd_epi32(wc[i], xv, wv[i])
 							  : _mm256_dpbusd_epi32(start, wv[i], xv);
@@ -197,7 +205,9 @@ QG_INLINE void tile(const wmat *w, int r0, int rm, const qact *a, int j0, int rn
 			}
 		}
 	}
+	#pragma GCC unroll 4
 	for (int i = 0; i < rm; i++)
+		#pragma GCC unroll 4
 		for (int j = 0; j < rn; j++)
 			y[(size_t)(j0 + j) * ldy + r0 + i] = _mm512_reduce_add_ps(acc[i][j]);
 }
@@ -213,9 +223,9 @@ typedef void (*tile_fn)(const wmat *, int, const qact *, int, float *, int);
 		tile(&v, r0, RMc, a, j0, RNc, y, ldy);                                          \
 	}
 #define DEF_TYPE(S, T)                                                                          \
-	DEF_TILE(S##_44, T, 4, 4)                                                               \
-	DEF_TILE(S##_41, T, 4, 1)                                                               \
-	DEF_TILE(S##_14, T, 1, 4)                                                               \
+	DEF_TILE(S##_44, T, RM, RN)                                                             \
+	DEF_TILE(S##_41, T, RM, 1)                                                              \
+	DEF_TILE(S##_14, T, 1, RN)                                                              \
 	DEF_TILE(S##_11, T, 1, 1)                                                               \
 	static const tile_fn S[4] = {S##_44, S##_41, S##_14, S##_11};
 DEF_TYPE(tiles_q8_0, W_Q8_0)
