@@ -458,14 +458,18 @@ static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 
 /* ---- bench --------------------------------------------------------------------------- */
 
-static long peak_rss_kib(void)
+/* A "Vm...: N kB" line of /proc/self/status (VmHWM: peak resident, VmRSS: now). */
+static long status_kib(const char *key)
 {
 	FILE *f = fopen("/proc/self/status", "r");
 	char line[256];
 	long kib = 0;
+	size_t klen = strlen(key);
 	while (f && fgets(line, sizeof line, f))
-		if (sscanf(line, "VmHWM: %ld kB", &kib) == 1)
+		if (!strncmp(line, key, klen) && line[klen] == ':') {
+			kib = atol(line + klen + 1);
 			break;
+		}
 	if (f)
 		fclose(f);
 	return kib;
@@ -506,6 +510,9 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 		return cmd_usage_error("bench", "--prompt >= 1, --gen >= 0, 1 <= --reps <= 100");
 	owl_err err = {0};
 	loaded l;
+	/* What the process holds before the model (code, libraries, the
+	 * registry): peak memory is reported as this plus what the model adds. */
+	long base_kib = status_kib("VmRSS");
 	if (load(ctx, argv[optind], tp, threads, npp > ntg ? npp : ntg, &l, &err))
 		return cmd_fail(&err);
 	const engine_model_info *in = engine_model_get_info(l.m);
@@ -548,23 +555,30 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 	double ppm, pps, tgm, tgs;
 	mean_sd(pp, reps, &ppm, &pps);
 	mean_sd(tg, reps, &tgm, &tgs);
-	long rss = peak_rss_kib();
+	long rss = status_kib("VmHWM");
 	uint64_t kv = engine_session_kv_bytes(l.sess);
-	char wsize[32], kvs[32], rsss[32], params[32];
+	uint64_t model_bytes = rss > base_kib ? (uint64_t)(rss - base_kib) * 1024 : 0;
+	uint64_t want = in->weight_bytes + kv;
+	uint64_t work = model_bytes > want ? model_bytes - want : 0;
+	char wsize[32], kvs[32], rsss[32], params[32], bases[32], models[32], works[32];
 	owl_fmt_bytes(in->weight_bytes, wsize, sizeof wsize);
 	owl_fmt_bytes(kv, kvs, sizeof kvs);
 	owl_fmt_bytes((uint64_t)rss * 1024, rsss, sizeof rsss);
+	owl_fmt_bytes((uint64_t)base_kib * 1024, bases, sizeof bases);
+	owl_fmt_bytes(model_bytes, models, sizeof models);
+	owl_fmt_bytes(work, works, sizeof works);
 	snprintf(params, sizeof params, "%.2f M", (double)in->n_params / 1e6);
 	if (ctx->json) {
 		cmd_print_json(json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:f,"
-					 " s:f, s:I, s:I}",
+					 " s:f, s:I, s:I, s:I}",
 					 "model", l.label, "arch", in->arch, "dtype", in->weight_dtype,
 					 "params", (json_int_t)in->n_params, "weight_bytes",
 					 (json_int_t)in->weight_bytes, "backend", "cpu", "threads",
 					 in->threads, "tp", in->tp, "prompt", npp, "gen", ntg,
 					 "pp_tokens_per_s", ppm, "pp_stddev", pps, "tg_tokens_per_s", tgm,
 					 "tg_stddev", tgs, "kv_bytes", (json_int_t)kv, "peak_rss_bytes",
-					 (json_int_t)rss * 1024));
+					 (json_int_t)rss * 1024, "baseline_rss_bytes",
+					 (json_int_t)base_kib * 1024));
 	} else {
 		printf("| %-28s | %10s | %9s | %-5s | %7s | %3s | %8s | %16s |\n", "model", "size",
 		       "params", "dtype", "backend", "thr", "test", "t/s");
@@ -582,8 +596,10 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 			       l.label, wsize, params, in->weight_dtype, in->tp > 1 ? "cpu tp" : "cpu",
 			       in->threads, test, tgm, tgs);
 		}
-		printf("peak memory %s (weights %s + KV cache %s for %d tokens)\n", rsss, wsize, kvs,
-		       npp > ntg ? npp : ntg);
+		printf("peak memory %s: %s before loading + %s for the model (weights %s + KV cache "
+		       "%s for %d tokens + %s working buffers, %.1f%% over weights + KV)\n",
+		       rsss, bases, models, wsize, kvs, npp > ntg ? npp : ntg, works,
+		       want ? 100.0 * ((double)model_bytes - (double)want) / (double)want : 0.0);
 	}
 	unload(&l);
 	return OWL_OK;
@@ -638,8 +654,9 @@ const owl_command cmd_engine_commands[] = {
 	 "\n"
 	 "Prints a table like llama-bench: prompt processing (ppN: N tokens in one batch)\n"
 	 "and generation (tgN: N tokens one by one from an empty context) in tokens per\n"
-	 "second, mean ± standard deviation over the repetitions, and the peak memory\n"
-	 "beside the weights and KV cache sizes.\n"
+	 "second, mean ± standard deviation over the repetitions, and the peak memory:\n"
+	 "what the process held before loading the model, plus what the model added\n"
+	 "(weights, KV cache, working buffers), beside the weights and KV cache sizes.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl bench smollm2 --threads 2\n"

@@ -77,9 +77,12 @@ expect_rc perplexity_short_file 2
 
 owl bench "$T/m" --prompt 32 --gen 8 --reps 2 --json
 expect_rc bench 0
-expect_eq bench_fields "$(json 'all(k in d for k in ("pp_tokens_per_s","tg_tokens_per_s","pp_stddev","peak_rss_bytes","weight_bytes","kv_bytes"))')" "True"
+expect_eq bench_fields "$(json 'all(k in d for k in ("pp_tokens_per_s","tg_tokens_per_s","pp_stddev","peak_rss_bytes","baseline_rss_bytes","weight_bytes","kv_bytes"))')" "True"
+# The peak includes what the process held before loading, and the mapped weights.
+expect_eq bench_peak_covers_baseline_and_weights "$(json 'd["peak_rss_bytes"] >= d["baseline_rss_bytes"] + d["weight_bytes"] and d["baseline_rss_bytes"] > 0')" "True"
 owl bench "$T/m" --prompt 32 --gen 8 --reps 1
 expect_contains bench_table "$OUT" "pp32"
+expect_contains bench_memory_breakdown "$OUT" "before loading"
 
 # Registry references, tensor parallelism and errors.
 owl pull "$T/m" --name tiny-run
