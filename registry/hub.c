@@ -199,9 +199,21 @@ static int parse_tree_page(const char *text, size_t len, registry_hub_listing *o
 	return 0;
 }
 
+/* A revision is one URL segment: a branch such as refs/pr/1 goes as
+ * refs%2Fpr%2F1, as the hub expects. */
+static char *escape_revision(const char *rev)
+{
+	CURL *e = curl_easy_init();
+	char *q = curl_easy_escape(e, rev, 0);
+	char *out = owl_xstrdup(q ? q : "");
+	curl_free(q);
+	curl_easy_cleanup(e);
+	return out;
+}
+
 static char *escape_path(const char *p)
 {
-	/* Revisions and paths may hold characters URLs reserve; keep '/'. */
+	/* Paths may hold characters URLs reserve; keep '/'. */
 	CURL *e = curl_easy_init();
 	owl_buf b;
 	owl_buf_init(&b, 1u << 16);
@@ -234,7 +246,7 @@ int registry_hub_parse_listing(const char *text, size_t len, registry_hub_listin
 char *registry_hub_file_url(const char *endpoint, const char *repo, const char *revision,
 			    const char *path)
 {
-	char *rev = escape_path(revision);
+	char *rev = escape_revision(revision);
 	char *p = escape_path(path);
 	char *url = owl_xasprintf("%s/%s/resolve/%s/%s", endpoint, repo, rev, p);
 	free(rev);
@@ -250,7 +262,7 @@ int registry_hub_list(const registry_fetch_opts *opts, const char *endpoint, con
 		opts = &defaults;
 	memset(out, 0, sizeof *out);
 	curl_global_init(CURL_GLOBAL_DEFAULT);
-	char *rev = escape_path(revision);
+	char *rev = escape_revision(revision);
 	char *url = owl_xasprintf("%s/api/models/%s/tree/%s?recursive=true", endpoint, repo, rev);
 	size_t cap = 0;
 	int rc = 0;

@@ -55,6 +55,11 @@ for bin in "$BUILD"/tests/test_*; do
   [[ -z "$FILTER" || "$name" == *"$FILTER"* ]] || continue
   run_one "$name" "$bin"
 done
+# The kernels again as a CPU without AVX-512 runs them: the f32 path for
+# quantised prompts and the AVX2 f16 dot products.
+if [ -x "$BUILD/tests/test_kernels" ] && [[ -z "$FILTER" || test_kernels_avx2 == *"$FILTER"* ]]; then
+  run_one test_kernels_avx2 env OWL_NO_QGEMM=1 OWL_NO_AVX512=1 "$BUILD/tests/test_kernels"
+fi
 for script in tests/e2e/*.sh; do
   [ -f "$script" ] || continue
   name=$(basename "$script" .sh)

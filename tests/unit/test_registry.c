@@ -167,9 +167,23 @@ static void hub_listing_errors_name_the_file(void)
 	registry_hub_listing_release(&l);
 }
 
+/* A revision is one path segment on the hub (refs/pr/1 -> refs%2Fpr%2F1);
+ * a file path keeps its '/' and escapes the rest. */
+static void hub_urls_escape_revisions_whole_and_paths_by_segment(void)
+{
+	char *u = registry_hub_file_url("https://hub.example", "org/repo", "refs/pr/1",
+					"sub dir/a b#1.json");
+	CHECK_STR(u, "https://hub.example/org/repo/resolve/refs%2Fpr%2F1/sub%20dir/a%20b%231.json");
+	free(u);
+	u = registry_hub_file_url("https://hub.example", "org/repo", "main", "model.safetensors");
+	CHECK_STR(u, "https://hub.example/org/repo/resolve/main/model.safetensors");
+	free(u);
+}
+
 int main(void)
 {
 	RUN_TEST(hub_listing_errors_name_the_file);
+	RUN_TEST(hub_urls_escape_revisions_whole_and_paths_by_segment);
 	RUN_TEST(failed_commit_leaves_nothing_visible_and_gc_reclaims);
 	RUN_TEST(resolve_explains_missing_versions_and_tags);
 	RUN_TEST(names_are_checked);

@@ -135,7 +135,8 @@ QG_INLINE void tile(const wmat *w, int r0, int rm, const qact *a, int j0, int rn
 		for (int j = 0; j < rn; j++) {
 			const int8_t *xq = a->q + (size_t)(j0 + j) * a->cols + 64 * p;
 			__m512i xv = _mm512_loadu_si512((const void *)xq);
-			__m512 dx = spread2(_mm_castpd_ps(_mm_load_sd((const double *)(a->d + (size_t)(j0 + j) * a->nb + 2 * p))));
+			const float *xd = a->d + (size_t)(j0 + j) * a->nb + 2 * p;
+			__m512 dx = spread2(_mm_setr_ps(xd[0], xd[1], 0.0f, 0.0f));
 			__m512i start = _mm512_setzero_si512();
 			__m512 xs = _mm512_setzero_ps();
 			if (t == W_Q4_0)
