@@ -19,6 +19,8 @@ typedef kernels_weight wmat;
 #define W_Q4_1 KERNELS_Q4_1
 #define W_Q4_K KERNELS_Q4_K
 #define W_Q6_K KERNELS_Q6_K
+#define W_Q8_0_R16 KERNELS_Q8_0_R16
+#define W_Q4_0_R16 KERNELS_Q4_0_R16
 
 /* A vector (norm weight, bias) converted to f32 at load: small, owned. */
 typedef struct layer {
@@ -41,6 +43,8 @@ struct engine_model {
 	size_t nst;
 	gguf_file *gguf;
 	char *dir;
+	uint8_t **repacked; /* owned copies of weights repacked at load */
+	int nrepacked;
 };
 
 /* ---- the CPU backend's own functions (engine/kernels/cpu/ops.c) ------------ */
@@ -60,6 +64,25 @@ void w_matmul(const wmat *w, const float *x, float *y, int n);
  * qgemm_supported says whether this machine and weight can take it. */
 int qgemm_supported(const wmat *w, int n);
 void qgemm(const wmat *w, const float *x, float *y, int n);
+/* Whether this CPU has AVX-512 VNNI and OWL_NO_QGEMM is not set. */
+int cpu_has_vnni(void);
+/* Activations of n tokens rounded to Q8 blocks: q [n][cols] int8, and per
+ * block d (scale) and s (sum of q). Owned: qact_release frees them. */
+typedef struct qact {
+	int8_t *q;
+	float *d;
+	int32_t *s;
+	int cols, nb;
+} qact;
+void qact_init(qact *a, const float *x, int n, int cols);
+void qact_release(qact *a);
+/* Row-interleaved Q8_0/Q4_0 (engine/kernels/cpu/repack.c): weights repacked
+ * once at load so that one vpdpbusd multiplies 16 rows by 4 activations. */
+int w_repack_supported(const wmat *w);
+/* Fills *out with the repacked copy; *owned is its memory, the caller's to free. */
+int w_repack(const wmat *w, wmat *out, uint8_t **owned, owl_err *err);
+void r16_gemm(const wmat *w, const qact *a, int n, float *y);      /* OpenMP inside */
+void r16_gemv_groups(const wmat *w, const qact *a, int g0, int g1, float *y); /* one thread */
 /* AVX2 dot product and y += a*x (the compiler keeps float sums in order). */
 float vec_dot(const float *a, const float *b, int n);
 void vec_axpy(float *y, float a, const float *x, int n);

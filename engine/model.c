@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 static int has_suffix(const char *s, const char *suffix)
@@ -418,6 +419,52 @@ static void account(engine_model *m)
 	snprintf(in->weight_dtype, sizeof in->weight_dtype, "%s", mixed ? "mixed" : wtype_name(first));
 }
 
+/* On CPUs with AVX-512 VNNI, Q8_0/Q4_0 matrices are repacked once into
+ * 16-row groups (engine/kernels/cpu/repack.c): the integer kernels then
+ * multiply 16 rows per instruction, for prompts and decoding alike. The
+ * mapped pages of the file's copy are dropped from the process as each
+ * matrix is done (they stay in the page cache), so the model still holds
+ * its weights once. Only with --tp 1: tensor-parallel shards are views that
+ * may start inside a 16-row group. The embedding table is never repacked
+ * (lookups read its rows). */
+static int repack_weights(engine_model *m, owl_err *err)
+{
+	const engine_model_info *in = &m->info;
+	if (in->tp != 1)
+		return 0;
+	long page = sysconf(_SC_PAGESIZE);
+	for (int l = 0; l <= in->n_layers; l++) {
+		wmat *ws[7];
+		int k = 0;
+		if (l < in->n_layers) {
+			layer *L = &m->layers[l];
+			wmat *all[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+			memcpy(ws, all, sizeof all);
+			k = 7;
+		} else if (!in->tied_embeddings) {
+			ws[k++] = &m->output;
+		}
+		for (int i = 0; i < k; i++) {
+			if (!w_repack_supported(ws[i]))
+				continue;
+			wmat packed;
+			uint8_t *owned;
+			int rc = w_repack(ws[i], &packed, &owned, err);
+			if (rc)
+				return rc;
+			m->repacked = owl_xrealloc(m->repacked, (size_t)(m->nrepacked + 1) * sizeof *m->repacked);
+			m->repacked[m->nrepacked++] = owned;
+			uintptr_t a = (uintptr_t)ws[i]->data, e = a + (uintptr_t)ws[i]->rows * ws[i]->row_bytes;
+			uintptr_t a2 = (a + (uintptr_t)page - 1) / (uintptr_t)page * (uintptr_t)page;
+			uintptr_t e2 = e / (uintptr_t)page * (uintptr_t)page;
+			if (m->gguf && e2 > a2)
+				madvise((void *)a2, e2 - a2, MADV_DONTNEED);
+			*ws[i] = packed;
+		}
+	}
+	return 0;
+}
+
 /* A folder with exactly one .gguf and no config.json is that GGUF. */
 static char *single_gguf(const char *dir)
 {
@@ -504,6 +551,10 @@ int engine_model_open(const char *path, const engine_model_opts *o, engine_model
 	m->comm = *kernels_cpu_comm();
 	m->comm.size = tp;
 	account(m);
+	if ((rc = repack_weights(m, err))) {
+		engine_model_close(m);
+		return rc;
+	}
 	*out = m;
 	return 0;
 }
@@ -527,6 +578,9 @@ void engine_model_close(engine_model *m)
 		st_close(m->st[i]);
 	free(m->st);
 	gguf_close(m->gguf);
+	for (int i = 0; i < m->nrepacked; i++)
+		free(m->repacked[i]);
+	free(m->repacked);
 	free(m->dir);
 	free(m);
 }

@@ -28,6 +28,14 @@ typedef enum kernels_dtype {
 	KERNELS_Q4_1,
 	KERNELS_Q4_K,
 	KERNELS_Q6_K,
+	/* Q8_0 / Q4_0 repacked at load for the CPU's integer kernels: rows in
+	 * groups of 16; per group and block of 32 columns, the 16 rows' f16
+	 * scales, then the quants interleaved 4 bytes per row (Q8_0 stored as
+	 * q+128, unsigned; Q4_0 as the packed nibble bytes). Same bytes per row
+	 * as the file's layout, so row_bytes keeps its meaning; a view must
+	 * start on a 16-row group and take whole rows. */
+	KERNELS_Q8_0_R16,
+	KERNELS_Q4_0_R16,
 } kernels_dtype;
 
 /* A weight matrix [rows, cols] (rows = output features), each row row_bytes

@@ -50,6 +50,7 @@ static void make_weight(kernels_dtype t, int rows, int cols, uint8_t **data, flo
 	case KERNELS_Q4_1: rb = (size_t)cols / 32 * 20; break;
 	case KERNELS_Q4_K: rb = (size_t)cols / 256 * 144; break;
 	case KERNELS_Q6_K: rb = (size_t)cols / 256 * 210; break;
+	default: break; /* repacked types are made by w_repack, not here */
 	}
 	*data = calloc((size_t)rows, rb);
 	*ref = malloc((size_t)rows * cols * sizeof **ref);
@@ -195,6 +196,89 @@ static void matmul_and_matvec_every_dtype(const kernels_backend *be)
 	}
 }
 
+/* Q8_0/Q4_0 repacked into 16-row groups (the layout the model loader uses
+ * on CPUs with AVX-512 VNNI) give what the file's layout gives: the same
+ * rounding of the activations, so agreement to float summation order, and
+ * the exact product within Q8 rounding. Shapes: several groups, an odd
+ * block count, token counts around the 8-token tiles and the 128-token
+ * chunks; and q/k/v-like matrices of different heights sharing one decode
+ * pass, whose groups the threads split across matrix boundaries. */
+static void repacked_match_file_layout(const kernels_backend *be)
+{
+	static const kernels_dtype types[] = {KERNELS_Q8_0, KERNELS_Q4_0};
+	static const int shapes[][3] = {{96, 256, 5}, {48, 96, 131}, {16, 64, 9}, {32, 160, 8}};
+	owl_err err = {0};
+	kernels_weight probe = {.type = KERNELS_Q8_0, .rows = 16, .cols = 32, .row_bytes = 34};
+	if (!w_repack_supported(&probe))
+		return; /* no AVX-512 VNNI here (or OWL_NO_QGEMM): nothing is repacked */
+	for (size_t ti = 0; ti < 2; ti++)
+	for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+		const int rows = shapes[si][0], cols = shapes[si][1], n = shapes[si][2];
+		uint8_t *data, *packed;
+		float *ref;
+		kernels_weight w, r;
+		make_weight(types[ti], rows, cols, &data, &ref, &w);
+		CHECK(w_repack_supported(&w), "type %d %dx%d can be repacked", (int)types[ti], rows, cols);
+		CHECK_INT(w_repack(&w, &r, &packed, &err), 0);
+		float *x = malloc((size_t)n * cols * sizeof *x);
+		float *y0 = malloc((size_t)n * rows * sizeof *y0), *y1 = malloc((size_t)n * rows * sizeof *y1);
+		for (int i = 0; i < n * cols; i++)
+			x[i] = frand();
+		CHECK_INT(be->matmul(y0, x, &w, n, &err), 0);
+		CHECK_INT(be->matmul(y1, x, &r, n, &err), 0);
+		double worst = 0, scale = 1e-6;
+		for (int i = 0; i < n * rows; i++) {
+			worst = fmax(worst, fabs((double)y0[i] - y1[i]));
+			scale = fmax(scale, fabs((double)y0[i]));
+		}
+		CHECK(worst <= 1e-5 * scale, "type %d %dx%d n=%d: repacked matmul differs by %g "
+		      "(scale %g)", (int)types[ti], rows, cols, n, worst, scale);
+		for (int i = 0; i < n; i++) {
+			double e = 0, sc = 1e-6;
+			for (int rr = 0; rr < rows; rr++) {
+				double want = 0;
+				for (int c = 0; c < cols; c++)
+					want += (double)ref[(size_t)rr * cols + c] * x[(size_t)i * cols + c];
+				e = fmax(e, fabs(y1[(size_t)i * rows + rr] - want));
+				sc = fmax(sc, fabs(want));
+			}
+			CHECK(e <= 2e-2 * sc, "type %d token %d: repacked matmul off the exact product "
+			      "by %g (scale %g)", (int)types[ti], i, e, sc);
+		}
+		/* Decode: one token through three matrices at once. */
+		uint8_t *d2, *d3, *p2, *p3;
+		float *r2, *r3;
+		kernels_weight w2, w3, k2, k3;
+		make_weight(types[ti], 16, cols, &d2, &r2, &w2);
+		make_weight(types[ti], 32, cols, &d3, &r3, &w3);
+		CHECK_INT(w_repack(&w2, &k2, &p2, &err), 0);
+		CHECK_INT(w_repack(&w3, &k3, &p3, &err), 0);
+		float *a0 = malloc((size_t)rows * sizeof *a0), *a1 = malloc((size_t)rows * sizeof *a1);
+		float b0[32], b1[32], c0[32], c1[32];
+		const kernels_weight *plain[3] = {&w, &w2, &w3}, *pk[3] = {&r, &k2, &k3};
+		float *ys0[3] = {a0, b0, c0}, *ys1[3] = {a1, b1, c1};
+		CHECK_INT(be->matvec_multi(ys0, plain, 3, x, &err), 0);
+		CHECK_INT(be->matvec_multi(ys1, pk, 3, x, &err), 0);
+		double dv = 0, sv = 1e-6;
+		for (int i = 0; i < rows; i++) {
+			dv = fmax(dv, fabs((double)a0[i] - a1[i]));
+			sv = fmax(sv, fabs((double)a0[i]));
+		}
+		for (int i = 0; i < 16; i++) {
+			dv = fmax(dv, fabs((double)b0[i] - b1[i]));
+			sv = fmax(sv, fabs((double)b0[i]));
+		}
+		for (int i = 0; i < 32; i++) {
+			dv = fmax(dv, fabs((double)c0[i] - c1[i]));
+			sv = fmax(sv, fabs((double)c0[i]));
+		}
+		CHECK(dv <= 2e-3 * sv, "type %d %dx%d: repacked decode differs by %g (scale %g)",
+		      (int)types[ti], rows, cols, dv, sv);
+		free(a0), free(a1), free(d2), free(d3), free(p2), free(p3), free(r2), free(r3);
+		free(data), free(packed), free(ref), free(x), free(y0), free(y1);
+	}
+}
+
 static void attention_rope_norm_swiglu(const kernels_backend *be)
 {
 	owl_err err = {0};
@@ -306,6 +390,12 @@ static void matmul_every_backend(void)
 		matmul_and_matvec_every_dtype(backends[i]);
 }
 
+static void repacked_every_backend(void)
+{
+	for (size_t i = 0; backends[i]; i++)
+		repacked_match_file_layout(backends[i]);
+}
+
 static void other_ops_every_backend(void)
 {
 	for (size_t i = 0; backends[i]; i++)
@@ -317,5 +407,6 @@ int main(void)
 	backends[0] = kernels_cpu_backend();
 	RUN_TEST(matmul_every_backend);
 	RUN_TEST(other_ops_every_backend);
+	RUN_TEST(repacked_every_backend);
 	TEST_MAIN_END();
 }

@@ -22,6 +22,8 @@ size_t wtype_row_bytes(wtype t, int cols)
 	case W_Q4_1: return cols % 32 ? 0 : (size_t)cols / 32 * 20;
 	case W_Q4_K: return cols % 256 ? 0 : (size_t)cols / 256 * 144;
 	case W_Q6_K: return cols % 256 ? 0 : (size_t)cols / 256 * 210;
+	case W_Q8_0_R16: return cols % 32 ? 0 : (size_t)cols / 32 * 34;
+	case W_Q4_0_R16: return cols % 32 ? 0 : (size_t)cols / 32 * 18;
 	}
 	return 0;
 }
@@ -29,14 +31,16 @@ size_t wtype_row_bytes(wtype t, int cols)
 const char *wtype_name(wtype t)
 {
 	static const char *const names[] = {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k",
-					    "q6_k"};
+					    "q6_k", "q8_0 (repacked)", "q4_0 (repacked)"};
 	return names[t];
 }
-
+/* Repacked types never reach here: no row of them is widened (ops.c and
+ * repack.c multiply them in integers, and embeddings are never repacked). */
 static gguf_type to_gguf(wtype t)
 {
 	static const gguf_type m[] = {GGUF_T_F32, GGUF_T_F16, GGUF_T_BF16, GGUF_T_Q8_0,
-				      GGUF_T_Q4_0, GGUF_T_Q4_1, GGUF_T_Q4_K, GGUF_T_Q6_K};
+				      GGUF_T_Q4_0, GGUF_T_Q4_1, GGUF_T_Q4_K, GGUF_T_Q6_K,
+				      GGUF_T_Q8_0, GGUF_T_Q4_0};
 	return m[t];
 }
 
@@ -427,8 +431,50 @@ static qdot_fn qdot_for(wtype t)
 	}
 }
 
+/* Decode over repacked matrices sharing x: the pool splits their 16-row
+ * groups, as it splits rows for the others. */
+static void matvec_r16(const wmat *const *ws, float *const *ys, int k, const float *x)
+{
+	qact a;
+	qact_init(&a, x, 1, ws[0]->cols);
+	int total = 0;
+	for (int m = 0; m < k; m++)
+		total += ws[m]->rows / 16;
+#pragma omp parallel
+	{
+		int nt = omp_get_num_threads(), t = omp_get_thread_num();
+		int g0 = (int)((long long)total * t / nt), g1 = (int)((long long)total * (t + 1) / nt);
+		int m = 0, g = g0;
+		while (m < k && g >= ws[m]->rows / 16)
+			g -= ws[m++]->rows / 16;
+		for (int done = g0; done < g1 && m < k; m++, g = 0) {
+			int ng = ws[m]->rows / 16, end = g + (g1 - done) < ng ? g + (g1 - done) : ng;
+			r16_gemv_groups(ws[m], &a, g, end, ys[m]);
+			done += end - g;
+		}
+	}
+	qact_release(&a);
+}
+
+static int is_r16(const wmat *w)
+{
+	return w->type == W_Q8_0_R16 || w->type == W_Q4_0_R16;
+}
+
 void w_matvec_multi(const wmat *const *ws, float *const *ys, int k, const float *x)
 {
+	int n_r16 = 0;
+	for (int m = 0; m < k; m++)
+		n_r16 += is_r16(ws[m]);
+	if (n_r16 == k) {
+		matvec_r16(ws, ys, k, x);
+		return;
+	}
+	if (n_r16) { /* mixed types: one matrix at a time */
+		for (int m = 0; m < k; m++)
+			w_matvec_multi(&ws[m], &ys[m], 1, x);
+		return;
+	}
 	/* Activations quantised once per distinct need; all matrices share x. */
 	int cols = ws[0]->cols, nb = cols / 32, need_q = 0, total = 0;
 	for (int m = 0; m < k; m++) {
@@ -477,6 +523,13 @@ void w_matmul(const wmat *w, const float *x, float *y, int n)
 {
 	if (n == 1) {
 		w_matvec(w, x, y);
+		return;
+	}
+	if (is_r16(w)) {
+		qact a;
+		qact_init(&a, x, n, w->cols);
+		r16_gemm(w, &a, n, y);
+		qact_release(&a);
 		return;
 	}
 	if (qgemm_supported(w, n)) {

@@ -28,32 +28,30 @@
 
 enum { RM = 4, RN = 4, CHUNK = 128 };
 
-/* Activations of n tokens: q [n][cols] int8, d [n][cols/32] scales. */
-typedef struct qact {
-	int8_t *q;
-	float *d;
-	int cols, nb;
-} qact;
-
 static int block_bytes(wtype t)
 {
 	return t == W_Q8_0 ? 34 : t == W_Q4_0 ? 18 : 20;
 }
 
-int qgemm_supported(const wmat *w, int n)
+int cpu_has_vnni(void)
 {
 	static int vnni = -1;
 	if (vnni < 0)
 		vnni = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
 		       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-	if (!vnni || getenv("OWL_NO_QGEMM"))
+	return vnni && !getenv("OWL_NO_QGEMM");
+}
+
+int qgemm_supported(const wmat *w, int n)
+{
+	if (!cpu_has_vnni())
 		return 0;
 	return (w->type == W_Q8_0 || w->type == W_Q4_0 || w->type == W_Q4_1) && w->cols % 32 == 0 &&
 	       n >= 2;
 }
 
-/* One token's row of floats to blocks of 32 int8 and a scale each. */
-QG_TARGET static void quantize_row(const float *x, int cols, int8_t *q, float *d)
+/* One token's row of floats to blocks of 32 int8, a scale and a sum of q each. */
+QG_TARGET static void quantize_row(const float *x, int cols, int8_t *q, float *d, int32_t *qs)
 {
 	for (int b = 0; b < cols / 32; b++) {
 		__m512 v0 = _mm512_loadu_ps(x + 32 * b), v1 = _mm512_loadu_ps(x + 32 * b + 16);
@@ -65,6 +63,7 @@ QG_TARGET static void quantize_row(const float *x, int cols, int8_t *q, float *d
 		__m512i i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, vi));
 		_mm_storeu_si128((__m128i *)(q + 32 * b), _mm512_cvtsepi32_epi8(i0));
 		_mm_storeu_si128((__m128i *)(q + 32 * b + 16), _mm512_cvtsepi32_epi8(i1));
+		qs[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
 	}
 }
 
@@ -262,22 +261,46 @@ QG_TARGET static void run_band(const wmat *w, const qact *a, int n, float *y, in
 	}
 }
 
+static void quantize_rows(qact *a, const float *x, int n)
+{
+#pragma omp for schedule(static)
+	for (int i = 0; i < n; i++)
+		quantize_row(x + (size_t)i * a->cols, a->cols, a->q + (size_t)i * a->cols,
+			     a->d + (size_t)i * a->nb, a->s + (size_t)i * a->nb);
+}
+
+void qact_init(qact *a, const float *x, int n, int cols)
+{
+	a->cols = cols;
+	a->nb = cols / 32;
+	a->q = owl_xmalloc((size_t)n * cols);
+	a->d = owl_xmalloc((size_t)n * a->nb * sizeof *a->d);
+	a->s = owl_xmalloc((size_t)n * a->nb * sizeof *a->s);
+	if (n == 1) {
+		quantize_row(x, cols, a->q, a->d, a->s);
+	} else {
+#pragma omp parallel
+		quantize_rows(a, x, n);
+	}
+}
+
+void qact_release(qact *a)
+{
+	free(a->q);
+	free(a->d);
+	free(a->s);
+}
+
 void qgemm(const wmat *w, const float *x, float *y, int n)
 {
-	qact a = {.cols = w->cols, .nb = w->cols / 32};
-	a.q = owl_xmalloc((size_t)n * a.cols);
-	a.d = owl_xmalloc((size_t)n * a.nb * sizeof *a.d);
+	qact a;
+	qact_init(&a, x, n, w->cols);
 	int ntiles = (w->rows + RM - 1) / RM;
 #pragma omp parallel
 	{
-#pragma omp for schedule(static)
-		for (int i = 0; i < n; i++)
-			quantize_row(x + (size_t)i * a.cols, a.cols, a.q + (size_t)i * a.cols,
-				     a.d + (size_t)i * a.nb);
 		int nt = omp_get_num_threads(), t = omp_get_thread_num();
 		run_band(w, &a, n, y, (int)((long long)ntiles * t / nt),
 			 (int)((long long)ntiles * (t + 1) / nt));
 	}
-	free(a.q);
-	free(a.d);
+	qact_release(&a);
 }

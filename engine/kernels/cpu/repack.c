@@ -1,0 +1,169 @@
+/* Row-interleaved Q8_0 and Q4_0 for the integer kernels.
+ *
+ * In the file's layout a block of 32 weights belongs to one row, so an
+ * integer product of a weight block with an activation block ends in one
+ * horizontal sum and one scale per row and token (qgemm.c). Repacked, the
+ * 16 rows of a group lie side by side 4 bytes at a time: one 64-byte load
+ * holds 4 weights of each of 16 rows, and one vpdpbusd against 4 activation
+ * bytes broadcast to every lane advances all 16 rows' sums at once. The
+ * lanes are the rows, so the 16 scales apply in one multiply and the result
+ * is stored as is: no horizontal sums, no permutes.
+ *
+ * Layout per group of 16 rows, for each block b of 32 columns:
+ *   16 f16 scales (row order), 32 bytes;
+ *   Q8_0: 8 chunks k of 64 bytes: rows 0..15, bytes 4k..4k+3 of the block,
+ *         stored as q+128 (vpdpbusd's unsigned operand);
+ *   Q4_0: 4 chunks m of 64 bytes: rows 0..15, packed bytes 4m..4m+3 (low
+ *         nibbles are elements 4m..4m+3, high nibbles 16+4m..16+4m+3).
+ * That is 544 and 288 bytes per group and block: 16 rows of 34 and 18
+ * bytes, the same size as the file's layout. The corrections for the
+ * unsigned operand depend only on the activations (sum(q) of the block):
+ *   Q8_0: sum((w+128) x) - 128 sum(x);  Q4_0: sum(q x) - 8 sum(x). */
+#include "engine/internal.h"
+
+#include <immintrin.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RP_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,f16c")))
+#define RP_INLINE static inline __attribute__((always_inline)) RP_TARGET
+
+enum { GROUP = 16, TN = 8, CHUNK = 128 };
+
+static int block_bytes(wtype t)
+{
+	return t == W_Q8_0_R16 || t == W_Q8_0 ? 34 : 18;
+}
+
+int w_repack_supported(const wmat *w)
+{
+	if (!cpu_has_vnni() || getenv("OWL_NO_REPACK"))
+		return 0;
+	return (w->type == W_Q8_0 || w->type == W_Q4_0) && w->rows % GROUP == 0 &&
+	       w->cols % 32 == 0 && w->row_bytes == wtype_row_bytes(w->type, w->cols);
+}
+
+int w_repack(const wmat *w, wmat *out, uint8_t **owned, owl_err *err)
+{
+	const int q8 = w->type == W_Q8_0, bs = block_bytes(w->type), nb = w->cols / 32;
+	const size_t gbytes = (size_t)GROUP * w->row_bytes, bgbytes = (size_t)GROUP * bs;
+	uint8_t *dst = aligned_alloc(64, (size_t)w->rows / GROUP * gbytes);
+	if (!dst)
+		return owl_err_set(err, OWL_EFAIL, "cannot allocate %zu MiB to repack a %dx%d weight",
+				   ((size_t)w->rows / GROUP * gbytes) >> 20, w->rows, w->cols);
+#pragma omp parallel for schedule(static)
+	for (int g = 0; g < w->rows / GROUP; g++)
+		for (int b = 0; b < nb; b++) {
+			uint8_t *o = dst + (size_t)g * gbytes + (size_t)b * bgbytes;
+			for (int r = 0; r < GROUP; r++) {
+				const uint8_t *blk = w->data + (size_t)(g * GROUP + r) * w->row_bytes +
+						     (size_t)b * bs;
+				memcpy(o + 2 * r, blk, 2);
+				const uint8_t *qs = blk + 2;
+				for (int k = 0; k < (q8 ? 8 : 4); k++)
+					for (int i = 0; i < 4; i++)
+						o[32 + 64 * k + 4 * r + i] =
+							q8 ? (uint8_t)(qs[4 * k + i] ^ 0x80) : qs[4 * k + i];
+			}
+		}
+	*out = *w;
+	out->type = q8 ? W_Q8_0_R16 : W_Q4_0_R16;
+	out->data = dst;
+	*owned = dst;
+	return 0;
+}
+
+/* The 8 weight vectors of one group and block: vector k holds elements
+ * 4k..4k+3 of the block for each of the 16 rows. */
+RP_INLINE void load_block(const uint8_t *p, int q8, __m512i *wv)
+{
+	if (q8) {
+		for (int k = 0; k < 8; k++)
+			wv[k] = _mm512_loadu_si512((const void *)(p + 32 + 64 * k));
+		return;
+	}
+	const __m512i low = _mm512_set1_epi8(0x0F);
+	for (int m = 0; m < 4; m++) {
+		__m512i v = _mm512_loadu_si512((const void *)(p + 32 + 64 * m));
+		wv[m] = _mm512_and_si512(v, low);
+		wv[m + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+	}
+}
+
+/* Rows [16g, 16g+16) against tokens j0..j0+tn-1, every block; tn is a
+ * constant after inlining so the sums stay in registers. */
+RP_INLINE void group_tile(const wmat *w, int q8, int g, const qact *a, int j0, int tn, float *y,
+			  int ldy)
+{
+	const int bs = block_bytes(w->type), nb = a->nb, c = q8 ? 128 : 8;
+	const uint8_t *gp = w->data + (size_t)g * GROUP * w->row_bytes;
+	__m512 acc[TN];
+#pragma GCC unroll 8
+	for (int j = 0; j < TN; j++)
+		acc[j] = _mm512_setzero_ps();
+	for (int b = 0; b < nb; b++) {
+		const uint8_t *p = gp + (size_t)b * GROUP * bs;
+		__m512 ws = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+		__m512i wv[8];
+		load_block(p, q8, wv);
+#pragma GCC unroll 8
+		for (int j = 0; j < tn; j++) {
+			const size_t xi = (size_t)(j0 + j) * nb + b;
+			const int32_t *xq = (const int32_t *)(a->q + (size_t)(j0 + j) * a->cols + 32 * b);
+			__m512i dot = _mm512_set1_epi32(-c * a->s[xi]);
+#pragma GCC unroll 8
+			for (int k = 0; k < 8; k++) {
+				int32_t x4;
+				memcpy(&x4, xq + k, 4);
+				dot = _mm512_dpbusd_epi32(dot, wv[k], _mm512_set1_epi32(x4));
+			}
+			acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot),
+						 _mm512_mul_ps(ws, _mm512_set1_ps(a->d[xi])), acc[j]);
+		}
+	}
+#pragma GCC unroll 8
+	for (int j = 0; j < tn; j++)
+		_mm512_storeu_ps(y + (size_t)(j0 + j) * ldy + (size_t)g * GROUP, acc[j]);
+}
+
+typedef void (*gtile_fn)(const wmat *, int, const qact *, int, float *, int);
+#define DEF_GTILE(NAME, Q8, TNc)                                                                \
+	RP_TARGET static void NAME(const wmat *w, int g, const qact *a, int j0, float *y, int ldy) \
+	{                                                                                       \
+		group_tile(w, Q8, g, a, j0, TNc, y, ldy);                                       \
+	}
+DEF_GTILE(q8_tile_n, 1, TN)
+DEF_GTILE(q8_tile_1, 1, 1)
+DEF_GTILE(q4_tile_n, 0, TN)
+DEF_GTILE(q4_tile_1, 0, 1)
+
+void r16_gemv_groups(const wmat *w, const qact *a, int g0, int g1, float *y)
+{
+	gtile_fn f = w->type == W_Q8_0_R16 ? q8_tile_1 : q4_tile_1;
+	for (int g = g0; g < g1; g++)
+		f(w, g, a, 0, y, w->rows);
+}
+
+void r16_gemm(const wmat *w, const qact *a, int n, float *y)
+{
+	const int q8 = w->type == W_Q8_0_R16, ngroups = w->rows / GROUP;
+	gtile_fn fn = q8 ? q8_tile_n : q4_tile_n, f1 = q8 ? q8_tile_1 : q4_tile_1;
+#pragma omp parallel
+	{
+		int nt = omp_get_num_threads(), t = omp_get_thread_num();
+		int g0 = (int)((long long)ngroups * t / nt), g1 = (int)((long long)ngroups * (t + 1) / nt);
+		/* Tokens in chunks whose activations stay in L2 while the band's
+		 * groups stream past them. */
+		for (int c0 = 0; c0 < n; c0 += CHUNK) {
+			int c1 = c0 + CHUNK < n ? c0 + CHUNK : n;
+			for (int g = g0; g < g1; g++) {
+				int j = c0;
+				for (; j + TN <= c1; j += TN)
+					fn(w, g, a, j, y, w->rows);
+				for (; j < c1; j++)
+					f1(w, g, a, j, y, w->rows);
+			}
+		}
+	}
+}
