@@ -425,8 +425,8 @@ static void account(engine_model *m)
  * mapped pages of the file's copy are dropped from the process as each
  * matrix is done (they stay in the page cache), so the model still holds
  * its weights once. Only with --tp 1: tensor-parallel shards are views that
- * may start inside a 16-row group. The embedding table is never repacked
- * (lookups read its rows). */
+ * may start inside a 16-row group. A tied embedding table is repacked too
+ * (it is the output matrix; lookups read its rows from the groups). */
 static int repack_weights(engine_model *m, owl_err *err)
 {
 	const engine_model_info *in = &m->info;
@@ -441,8 +441,8 @@ static int repack_weights(engine_model *m, owl_err *err)
 			wmat *all[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
 			memcpy(ws, all, sizeof all);
 			k = 7;
-		} else if (!in->tied_embeddings) {
-			ws[k++] = &m->output;
+		} else {
+			ws[k++] = in->tied_embeddings ? &m->tok_embd : &m->output;
 		}
 		for (int i = 0; i < k; i++) {
 			if (!w_repack_supported(ws[i]))
@@ -462,6 +462,8 @@ static int repack_weights(engine_model *m, owl_err *err)
 			*ws[i] = packed;
 		}
 	}
+	if (in->tied_embeddings)
+		m->output = m->tok_embd;
 	return 0;
 }
 

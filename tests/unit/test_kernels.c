@@ -274,6 +274,14 @@ static void repacked_match_file_layout(const kernels_backend *be)
 		}
 		CHECK(dv <= 2e-3 * sv, "type %d %dx%d: repacked decode differs by %g (scale %g)",
 		      (int)types[ti], rows, cols, dv, sv);
+		/* Embedding lookups read rows back out of the groups exactly. */
+		int ids[3] = {0, rows / 2 + 1, rows - 1};
+		float *e0 = malloc(3 * (size_t)cols * sizeof *e0), *e1 = malloc(3 * (size_t)cols * sizeof *e1);
+		CHECK_INT(be->embedding(e0, &w, ids, 3, &err), 0);
+		CHECK_INT(be->embedding(e1, &r, ids, 3, &err), 0);
+		CHECK(memcmp(e0, e1, 3 * (size_t)cols * sizeof *e0) == 0,
+		      "type %d: rows read from the repacked groups differ", (int)types[ti]);
+		free(e0), free(e1);
 		free(a0), free(a1), free(d2), free(d3), free(p2), free(p3), free(r2), free(r3);
 		free(data), free(packed), free(ref), free(x), free(y0), free(y1);
 	}

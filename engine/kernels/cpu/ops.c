@@ -34,8 +34,7 @@ const char *wtype_name(wtype t)
 					    "q6_k", "q8_0 (repacked)", "q4_0 (repacked)"};
 	return names[t];
 }
-/* Repacked types never reach here: no row of them is widened (ops.c and
- * repack.c multiply them in integers, and embeddings are never repacked). */
+/* Repacked types never reach here (w_row_to_f32 reads them itself). */
 static gguf_type to_gguf(wtype t)
 {
 	static const gguf_type m[] = {GGUF_T_F32, GGUF_T_F16, GGUF_T_BF16, GGUF_T_Q8_0,
@@ -51,8 +50,33 @@ static inline float f16(const uint8_t *p)
 	return _cvtsh_ss(h);
 }
 
+/* One row out of a 16-row group (layout in kernels.h and repack.c). */
+static void r16_row_to_f32(const wmat *w, int row, float *dst)
+{
+	const int q8 = w->type == W_Q8_0_R16, bs = q8 ? 34 : 18, lane = row % 16;
+	const uint8_t *g = w->data + (size_t)(row / 16) * 16 * w->row_bytes;
+	for (int b = 0; b < w->cols / 32; b++) {
+		const uint8_t *p = g + (size_t)b * 16 * bs;
+		float d = f16(p + 2 * lane), *o = dst + 32 * b;
+		for (int k = 0; k < (q8 ? 8 : 4); k++)
+			for (int i = 0; i < 4; i++) {
+				uint8_t v = p[32 + 64 * k + 4 * lane + i];
+				if (q8) {
+					o[4 * k + i] = d * (float)((int)v - 128);
+				} else {
+					o[4 * k + i] = d * (float)((v & 0xF) - 8);
+					o[16 + 4 * k + i] = d * (float)((v >> 4) - 8);
+				}
+			}
+	}
+}
+
 void w_row_to_f32(const wmat *w, int row, float *dst)
 {
+	if (w->type == W_Q8_0_R16 || w->type == W_Q4_0_R16) {
+		r16_row_to_f32(w, row, dst);
+		return;
+	}
 	const uint8_t *p = w->data + (size_t)row * w->row_bytes;
 	if (w->type == W_F16) {
 		int i = 0;
