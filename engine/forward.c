@@ -236,25 +236,14 @@ static int for_ranks(step *st, int (*fn)(step *, int, owl_err *), owl_err *err)
 			goto out;  \
 	} while (0)
 
-int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logits, int all_logits,
-		   owl_err *err)
+/* One micro-batch of n tokens at s->pos; logits NULL skips the output layer
+ * (a prompt's earlier micro-batches). */
+static int forward_batch(engine_session *s, const int32_t *tokens, int n, float *logits,
+			 int all_logits, owl_err *err)
 {
 	engine_model *m = s->m;
 	const engine_model_info *in = &m->info;
 	const kernels_backend *be = m->be;
-	if (n <= 0)
-		return owl_err_set(err, OWL_EUSAGE, "nothing to run: no tokens");
-	if (s->pos + n > s->n_ctx)
-		return owl_err_set(err, OWL_EUSAGE, "the context of %d tokens is full (%d used, %d more "
-				   "asked); start over or use a larger --ctx", s->n_ctx, s->pos, n);
-	for (int i = 0; i < n; i++)
-		if (tokens[i] < 0 || tokens[i] >= in->vocab)
-			return owl_err_set(err, OWL_EUSAGE, "token id %d is outside the vocabulary of %d",
-					   tokens[i], in->vocab);
-	if (in->tp > 16)
-		return owl_err_set(err, OWL_EUSAGE, "--tp %d: at most 16 ranks", in->tp);
-	omp_set_num_threads(in->threads);
-	omp_set_max_active_levels(2);
 	const int dim = in->dim, hd = in->head_dim, tp = in->tp;
 	const int hpr = in->n_heads / tp, fpr = in->ffn_dim / tp;
 	int rc = 0;
@@ -287,9 +276,11 @@ int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logit
 		TRY(m->comm.all_reduce_sum(&m->comm, x, st.part, (size_t)n * dim, err));
 	}
 	s->pos += n;
-	int first = all_logits ? 0 : n - 1, nl = all_logits ? n : 1;
-	TRY(be->rmsnorm(xn, x + (size_t)first * dim, m->out_norm, nl, dim, in->norm_eps, err));
-	TRY(be->matmul(logits, xn, &m->output, nl, err));
+	if (logits) {
+		int first = all_logits ? 0 : n - 1, nl = all_logits ? n : 1;
+		TRY(be->rmsnorm(xn, x + (size_t)first * dim, m->out_norm, nl, dim, in->norm_eps, err));
+		TRY(be->matmul(logits, xn, &m->output, nl, err));
+	}
 out:
 	for (size_t b = 0; b < sizeof bufs / sizeof bufs[0]; b++) {
 		for (int r = 0; r < tp; r++)
@@ -299,4 +290,41 @@ out:
 	free(x);
 	free(xn);
 	return rc;
+}
+
+/* Prompts run in micro-batches of UBATCH tokens: the activations of a
+ * forward pass (q/k/v, the MLP's hidden width, attention scores) grow with
+ * the tokens in flight, and past about a hundred tokens the kernels gain
+ * nothing from more (the integer kernels already stream weights past
+ * 128-token chunks), so bigger batches would only cost memory. */
+enum { UBATCH = 128 };
+
+int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logits, int all_logits,
+		   owl_err *err)
+{
+	const engine_model_info *in = &s->m->info;
+	if (n <= 0)
+		return owl_err_set(err, OWL_EUSAGE, "nothing to run: no tokens");
+	if (s->pos + n > s->n_ctx)
+		return owl_err_set(err, OWL_EUSAGE, "the context of %d tokens is full (%d used, %d more "
+				   "asked); start over or use a larger --ctx", s->n_ctx, s->pos, n);
+	for (int i = 0; i < n; i++)
+		if (tokens[i] < 0 || tokens[i] >= in->vocab)
+			return owl_err_set(err, OWL_EUSAGE, "token id %d is outside the vocabulary of %d",
+					   tokens[i], in->vocab);
+	if (in->tp > 16)
+		return owl_err_set(err, OWL_EUSAGE, "--tp %d: at most 16 ranks", in->tp);
+	omp_set_num_threads(in->threads);
+	omp_set_max_active_levels(2);
+	const int pos0 = s->pos;
+	for (int i = 0; i < n; i += UBATCH) {
+		int nb = n - i < UBATCH ? n - i : UBATCH, last = i + nb == n;
+		float *out = all_logits ? logits + (size_t)i * in->vocab : last ? logits : NULL;
+		int rc = forward_batch(s, tokens + i, nb, out, all_logits, err);
+		if (rc) {
+			s->pos = pos0; /* all or nothing: a failed prompt leaves the session as it was */
+			return rc;
+		}
+	}
+	return 0;
 }
