@@ -79,8 +79,11 @@ void qact_release(qact *a);
 /* Row-interleaved Q8_0/Q4_0 (engine/kernels/cpu/repack.c): weights repacked
  * once at load so that one vpdpbusd multiplies 16 rows by 4 activations. */
 int w_repack_supported(const wmat *w);
-/* Fills *out with the repacked copy; *owned is its memory, the caller's to free. */
-int w_repack(const wmat *w, wmat *out, uint8_t **owned, owl_err *err);
+/* Fills *out with the repacked copy; *owned is its memory, the caller's to
+ * free. drop_source: w is a read-only file mapping whose pages may be dropped
+ * from the process as they are copied (never for heap memory: dropped heap
+ * pages read back as zeros). */
+int w_repack(const wmat *w, int drop_source, wmat *out, uint8_t **owned, owl_err *err);
 void r16_gemm(const wmat *w, const qact *a, int n, float *y);      /* OpenMP inside */
 void r16_gemv_groups(const wmat *w, const qact *a, int g0, int g1, float *y); /* one thread */
 /* AVX2 dot product and y += a*x (the compiler keeps float sums in order). */

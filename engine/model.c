@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 static int has_suffix(const char *s, const char *suffix)
@@ -422,9 +421,9 @@ static void account(engine_model *m)
 /* On CPUs with AVX-512 VNNI, Q8_0/Q4_0 matrices are repacked once into
  * 16-row groups (engine/kernels/cpu/repack.c): the integer kernels then
  * multiply 16 rows per instruction, for prompts and decoding alike. The
- * mapped pages of the file's copy are dropped from the process as each
- * matrix is done (they stay in the page cache), so the model still holds
- * its weights once. Only with --tp 1: tensor-parallel shards are views that
+ * mapped pages of the file's copy are dropped from the process as they are
+ * copied (they stay in the page cache), so the model holds its weights once,
+ * during the load too. Only with --tp 1: tensor-parallel shards are views that
  * may start inside a 16-row group. A tied embedding table is repacked too
  * (it is the output matrix; lookups read its rows from the groups). */
 static int repack_weights(engine_model *m, owl_err *err)
@@ -432,7 +431,6 @@ static int repack_weights(engine_model *m, owl_err *err)
 	const engine_model_info *in = &m->info;
 	if (in->tp != 1)
 		return 0;
-	long page = sysconf(_SC_PAGESIZE);
 	for (int l = 0; l <= in->n_layers; l++) {
 		wmat *ws[7];
 		int k = 0;
@@ -449,16 +447,11 @@ static int repack_weights(engine_model *m, owl_err *err)
 				continue;
 			wmat packed;
 			uint8_t *owned;
-			int rc = w_repack(ws[i], &packed, &owned, err);
+			int rc = w_repack(ws[i], m->gguf != NULL, &packed, &owned, err);
 			if (rc)
 				return rc;
 			m->repacked = owl_xrealloc(m->repacked, (size_t)(m->nrepacked + 1) * sizeof *m->repacked);
 			m->repacked[m->nrepacked++] = owned;
-			uintptr_t a = (uintptr_t)ws[i]->data, e = a + (uintptr_t)ws[i]->rows * ws[i]->row_bytes;
-			uintptr_t a2 = (a + (uintptr_t)page - 1) / (uintptr_t)page * (uintptr_t)page;
-			uintptr_t e2 = e / (uintptr_t)page * (uintptr_t)page;
-			if (m->gguf && e2 > a2)
-				madvise((void *)a2, e2 - a2, MADV_DONTNEED);
 			*ws[i] = packed;
 		}
 	}

@@ -219,7 +219,7 @@ static void repacked_match_file_layout(const kernels_backend *be)
 		kernels_weight w, r;
 		make_weight(types[ti], rows, cols, &data, &ref, &w);
 		CHECK(w_repack_supported(&w), "type %d %dx%d can be repacked", (int)types[ti], rows, cols);
-		CHECK_INT(w_repack(&w, &r, &packed, &err), 0);
+		CHECK_INT(w_repack(&w, 0, &r, &packed, &err), 0);
 		float *x = malloc((size_t)n * cols * sizeof *x);
 		float *y0 = malloc((size_t)n * rows * sizeof *y0), *y1 = malloc((size_t)n * rows * sizeof *y1);
 		for (int i = 0; i < n * cols; i++)
@@ -251,8 +251,8 @@ static void repacked_match_file_layout(const kernels_backend *be)
 		kernels_weight w2, w3, k2, k3;
 		make_weight(types[ti], 16, cols, &d2, &r2, &w2);
 		make_weight(types[ti], 32, cols, &d3, &r3, &w3);
-		CHECK_INT(w_repack(&w2, &k2, &p2, &err), 0);
-		CHECK_INT(w_repack(&w3, &k3, &p3, &err), 0);
+		CHECK_INT(w_repack(&w2, 0, &k2, &p2, &err), 0);
+		CHECK_INT(w_repack(&w3, 0, &k3, &p3, &err), 0);
 		float *a0 = malloc((size_t)rows * sizeof *a0), *a1 = malloc((size_t)rows * sizeof *a1);
 		float b0[32], b1[32], c0[32], c1[32];
 		const kernels_weight *plain[3] = {&w, &w2, &w3}, *pk[3] = {&r, &k2, &k3};

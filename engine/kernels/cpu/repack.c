@@ -25,6 +25,8 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #define RP_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,f16c")))
 #define RP_INLINE static inline __attribute__((always_inline)) RP_TARGET
@@ -44,16 +46,13 @@ int w_repack_supported(const wmat *w)
 	       w->cols % 32 == 0 && w->row_bytes == wtype_row_bytes(w->type, w->cols);
 }
 
-int w_repack(const wmat *w, wmat *out, uint8_t **owned, owl_err *err)
+/* Groups g0..g1 of w into dst. */
+static void repack_groups(const wmat *w, uint8_t *dst, int g0, int g1)
 {
 	const int q8 = w->type == W_Q8_0, bs = block_bytes(w->type), nb = w->cols / 32;
 	const size_t gbytes = (size_t)GROUP * w->row_bytes, bgbytes = (size_t)GROUP * bs;
-	uint8_t *dst = aligned_alloc(64, (size_t)w->rows / GROUP * gbytes);
-	if (!dst)
-		return owl_err_set(err, OWL_EFAIL, "cannot allocate %zu MiB to repack a %dx%d weight",
-				   ((size_t)w->rows / GROUP * gbytes) >> 20, w->rows, w->cols);
 #pragma omp parallel for schedule(static)
-	for (int g = 0; g < w->rows / GROUP; g++)
+	for (int g = g0; g < g1; g++)
 		for (int b = 0; b < nb; b++) {
 			uint8_t *o = dst + (size_t)g * gbytes + (size_t)b * bgbytes;
 			for (int r = 0; r < GROUP; r++) {
@@ -67,8 +66,34 @@ int w_repack(const wmat *w, wmat *out, uint8_t **owned, owl_err *err)
 							q8 ? (uint8_t)(qs[4 * k + i] ^ 0x80) : qs[4 * k + i];
 			}
 		}
+}
+
+int w_repack(const wmat *w, int drop_source, wmat *out, uint8_t **owned, owl_err *err)
+{
+	const size_t gbytes = (size_t)GROUP * w->row_bytes, total = (size_t)w->rows / GROUP * gbytes;
+	const int ngroups = w->rows / GROUP;
+	uint8_t *dst = aligned_alloc(64, (total + 63) / 64 * 64);
+	if (!dst)
+		return owl_err_set(err, OWL_EFAIL, "cannot allocate %zu MiB to repack a %dx%d weight",
+				   total >> 20, w->rows, w->cols);
+	/* A few MiB at a time, dropping each slab's source pages once it is
+	 * copied: the process never holds both copies of a matrix. */
+	const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	const int slab = (int)((4u << 20) / gbytes) + 1;
+	uintptr_t dropped = ((uintptr_t)w->data + page - 1) / page * page;
+	for (int g0 = 0; g0 < ngroups; g0 += slab) {
+		int g1 = g0 + slab < ngroups ? g0 + slab : ngroups;
+		repack_groups(w, dst, g0, g1);
+		if (!drop_source)
+			continue;
+		uintptr_t done = ((uintptr_t)w->data + (size_t)g1 * gbytes) / page * page;
+		if (done > dropped) {
+			madvise((void *)dropped, done - dropped, MADV_DONTNEED);
+			dropped = done;
+		}
+	}
 	*out = *w;
-	out->type = q8 ? W_Q8_0_R16 : W_Q4_0_R16;
+	out->type = w->type == W_Q8_0 ? W_Q8_0_R16 : W_Q4_0_R16;
 	out->data = dst;
 	*owned = dst;
 	return 0;
