@@ -418,9 +418,11 @@ static void account(engine_model *m)
 	snprintf(in->weight_dtype, sizeof in->weight_dtype, "%s", mixed ? "mixed" : wtype_name(first));
 }
 
-/* On CPUs with AVX-512 VNNI, Q8_0/Q4_0 matrices are repacked once into
- * 16-row groups (engine/kernels/cpu/repack.c): the integer kernels then
- * multiply 16 rows per instruction, for prompts and decoding alike. The
+/* On CPUs with AVX-512 (VNNI for the integer types), Q8_0, Q4_0, f16 and
+ * bf16 matrices are repacked once into 16-row groups
+ * (engine/kernels/cpu/repack.c): the kernels then multiply 16 rows per
+ * instruction, for prompts and decoding alike. Every view repacked points
+ * into a read-only file mapping (safetensors or GGUF). The
  * mapped pages of the file's copy are dropped from the process as they are
  * copied (they stay in the page cache), so the model holds its weights once,
  * during the load too. Only with --tp 1: tensor-parallel shards are views that
@@ -447,7 +449,7 @@ static int repack_weights(engine_model *m, owl_err *err)
 				continue;
 			wmat packed;
 			uint8_t *owned;
-			int rc = w_repack(ws[i], m->gguf != NULL, &packed, &owned, err);
+			int rc = w_repack(ws[i], 1, &packed, &owned, err);
 			if (rc)
 				return rc;
 			m->repacked = owl_xrealloc(m->repacked, (size_t)(m->nrepacked + 1) * sizeof *m->repacked);

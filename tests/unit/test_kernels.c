@@ -196,24 +196,26 @@ static void matmul_and_matvec_every_dtype(const kernels_backend *be)
 	}
 }
 
-/* Q8_0/Q4_0 repacked into 16-row groups (the layout the model loader uses
- * on CPUs with AVX-512 VNNI) give what the file's layout gives: the same
- * rounding of the activations, so agreement to float summation order, and
- * the exact product within Q8 rounding. Shapes: several groups, an odd
+/* Q8_0/Q4_0/f16/bf16 repacked into 16-row groups (the layout the model
+ * loader uses on CPUs with AVX-512) give what the file's layout gives: the
+ * same rounding of the activations, so agreement to float summation order,
+ * and the exact product (within Q8 rounding for the integer types). Shapes: several groups, an odd
  * block count, token counts around the 8-token tiles and the 128-token
  * chunks; and q/k/v-like matrices of different heights sharing one decode
  * pass, whose groups the threads split across matrix boundaries. */
 static void repacked_match_file_layout(const kernels_backend *be)
 {
-	static const kernels_dtype types[] = {KERNELS_Q8_0, KERNELS_Q4_0};
-	static const int shapes[][3] = {{96, 256, 5}, {48, 96, 131}, {16, 64, 9}, {32, 160, 8}};
+	static const kernels_dtype types[] = {KERNELS_Q8_0, KERNELS_Q4_0, KERNELS_F16, KERNELS_BF16};
+	static const int shapes[][3] = {{96, 256, 5}, {48, 96, 131}, {16, 64, 9}, {32, 160, 17}};
 	owl_err err = {0};
-	kernels_weight probe = {.type = KERNELS_Q8_0, .rows = 16, .cols = 32, .row_bytes = 34};
-	if (!w_repack_supported(&probe))
-		return; /* no AVX-512 VNNI here (or OWL_NO_QGEMM): nothing is repacked */
-	for (size_t ti = 0; ti < 2; ti++)
+	for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
 	for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
 		const int rows = shapes[si][0], cols = shapes[si][1], n = shapes[si][2];
+		const int quant = types[ti] == KERNELS_Q8_0 || types[ti] == KERNELS_Q4_0;
+		kernels_weight probe = {.type = types[ti], .rows = 16, .cols = 32,
+					.row_bytes = quant ? (types[ti] == KERNELS_Q8_0 ? 34 : 18) : 64};
+		if (!w_repack_supported(&probe))
+			continue; /* this CPU (or OWL_NO_QGEMM / OWL_NO_AVX512) repacks nothing of it */
 		uint8_t *data, *packed;
 		float *ref;
 		kernels_weight w, r;
@@ -233,6 +235,7 @@ static void repacked_match_file_layout(const kernels_backend *be)
 		}
 		CHECK(worst <= 1e-5 * scale, "type %d %dx%d n=%d: repacked matmul differs by %g "
 		      "(scale %g)", (int)types[ti], rows, cols, n, worst, scale);
+		double tol = quant ? 2e-2 : 1e-5;
 		for (int i = 0; i < n; i++) {
 			double e = 0, sc = 1e-6;
 			for (int rr = 0; rr < rows; rr++) {
@@ -242,7 +245,7 @@ static void repacked_match_file_layout(const kernels_backend *be)
 				e = fmax(e, fabs(y1[(size_t)i * rows + rr] - want));
 				sc = fmax(sc, fabs(want));
 			}
-			CHECK(e <= 2e-2 * sc, "type %d token %d: repacked matmul off the exact product "
+			CHECK(e <= tol * sc, "type %d token %d: repacked matmul off the exact product "
 			      "by %g (scale %g)", (int)types[ti], i, e, sc);
 		}
 		/* Decode: one token through three matrices at once. */
@@ -272,7 +275,7 @@ static void repacked_match_file_layout(const kernels_backend *be)
 			dv = fmax(dv, fabs((double)c0[i] - c1[i]));
 			sv = fmax(sv, fabs((double)c0[i]));
 		}
-		CHECK(dv <= 2e-3 * sv, "type %d %dx%d: repacked decode differs by %g (scale %g)",
+		CHECK(dv <= (quant ? 2e-3 : 1e-5) * sv, "type %d %dx%d: repacked decode differs by %g (scale %g)",
 		      (int)types[ti], rows, cols, dv, sv);
 		/* Embedding lookups read rows back out of the groups exactly. */
 		int ids[3] = {0, rows / 2 + 1, rows - 1};

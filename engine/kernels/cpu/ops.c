@@ -24,6 +24,8 @@ size_t wtype_row_bytes(wtype t, int cols)
 	case W_Q6_K: return cols % 256 ? 0 : (size_t)cols / 256 * 210;
 	case W_Q8_0_R16: return cols % 32 ? 0 : (size_t)cols / 32 * 34;
 	case W_Q4_0_R16: return cols % 32 ? 0 : (size_t)cols / 32 * 18;
+	case W_F16_R16:
+	case W_BF16_R16: return (size_t)cols * 2;
 	}
 	return 0;
 }
@@ -31,7 +33,8 @@ size_t wtype_row_bytes(wtype t, int cols)
 const char *wtype_name(wtype t)
 {
 	static const char *const names[] = {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k",
-					    "q6_k", "q8_0 (repacked)", "q4_0 (repacked)"};
+					    "q6_k", "q8_0 (repacked)", "q4_0 (repacked)",
+					    "f16 (repacked)", "bf16 (repacked)"};
 	return names[t];
 }
 /* Repacked types never reach here (w_row_to_f32 reads them itself). */
@@ -39,7 +42,7 @@ static gguf_type to_gguf(wtype t)
 {
 	static const gguf_type m[] = {GGUF_T_F32, GGUF_T_F16, GGUF_T_BF16, GGUF_T_Q8_0,
 				      GGUF_T_Q4_0, GGUF_T_Q4_1, GGUF_T_Q4_K, GGUF_T_Q6_K,
-				      GGUF_T_Q8_0, GGUF_T_Q4_0};
+				      GGUF_T_Q8_0, GGUF_T_Q4_0, GGUF_T_F16, GGUF_T_BF16};
 	return m[t];
 }
 
@@ -73,6 +76,20 @@ static void r16_row_to_f32(const wmat *w, int row, float *dst)
 
 void w_row_to_f32(const wmat *w, int row, float *dst)
 {
+	if (w->type == W_F16_R16 || w->type == W_BF16_R16) {
+		const uint8_t *g = w->data + (size_t)(row / 16) * 16 * w->row_bytes + 2 * (row % 16);
+		for (int c = 0; c < w->cols; c++) {
+			uint16_t h;
+			memcpy(&h, g + (size_t)c * 32, 2);
+			if (w->type == W_F16_R16) {
+				dst[c] = _cvtsh_ss(h);
+			} else {
+				uint32_t bits = (uint32_t)h << 16;
+				memcpy(&dst[c], &bits, 4);
+			}
+		}
+		return;
+	}
 	if (w->type == W_Q8_0_R16 || w->type == W_Q4_0_R16) {
 		r16_row_to_f32(w, row, dst);
 		return;
@@ -459,8 +476,13 @@ static qdot_fn qdot_for(wtype t)
  * groups, as it splits rows for the others. */
 static void matvec_r16(const wmat *const *ws, float *const *ys, int k, const float *x)
 {
-	qact a;
-	qact_init(&a, x, 1, ws[0]->cols);
+	/* Integer groups round x to Q8 once; f16/bf16 groups read x as is. */
+	int need_q = 0;
+	for (int m = 0; m < k; m++)
+		need_q |= ws[m]->type == W_Q8_0_R16 || ws[m]->type == W_Q4_0_R16;
+	qact a = {0};
+	if (need_q)
+		qact_init(&a, x, 1, ws[0]->cols);
 	int total = 0;
 	for (int m = 0; m < k; m++)
 		total += ws[m]->rows / 16;
@@ -473,23 +495,22 @@ static void matvec_r16(const wmat *const *ws, float *const *ys, int k, const flo
 			g -= ws[m++]->rows / 16;
 		for (int done = g0; done < g1 && m < k; m++, g = 0) {
 			int ng = ws[m]->rows / 16, end = g + (g1 - done) < ng ? g + (g1 - done) : ng;
-			r16_gemv_groups(ws[m], &a, g, end, ys[m]);
+			if (ws[m]->type == W_F16_R16 || ws[m]->type == W_BF16_R16)
+				h16_gemv_groups(ws[m], x, g, end, ys[m]);
+			else
+				r16_gemv_groups(ws[m], &a, g, end, ys[m]);
 			done += end - g;
 		}
 	}
-	qact_release(&a);
-}
-
-static int is_r16(const wmat *w)
-{
-	return w->type == W_Q8_0_R16 || w->type == W_Q4_0_R16;
+	if (need_q)
+		qact_release(&a);
 }
 
 void w_matvec_multi(const wmat *const *ws, float *const *ys, int k, const float *x)
 {
 	int n_r16 = 0;
 	for (int m = 0; m < k; m++)
-		n_r16 += is_r16(ws[m]);
+		n_r16 += w_is_r16(ws[m]);
 	if (n_r16 == k) {
 		matvec_r16(ws, ys, k, x);
 		return;
@@ -549,7 +570,11 @@ void w_matmul(const wmat *w, const float *x, float *y, int n)
 		w_matvec(w, x, y);
 		return;
 	}
-	if (is_r16(w)) {
+	if (w->type == W_F16_R16 || w->type == W_BF16_R16) {
+		h16_gemm(w, x, n, y);
+		return;
+	}
+	if (w_is_r16(w)) {
 		qact a;
 		qact_init(&a, x, n, w->cols);
 		r16_gemm(w, &a, n, y);

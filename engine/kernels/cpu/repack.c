@@ -38,17 +38,52 @@ static int block_bytes(wtype t)
 	return t == W_Q8_0_R16 || t == W_Q8_0 ? 34 : 18;
 }
 
-int w_repack_supported(const wmat *w)
+static int has_avx512(void)
 {
-	if (!cpu_has_vnni() || getenv("OWL_NO_REPACK"))
-		return 0;
-	return (w->type == W_Q8_0 || w->type == W_Q4_0) && w->rows % GROUP == 0 &&
-	       w->cols % 32 == 0 && w->row_bytes == wtype_row_bytes(w->type, w->cols);
+	static int have = -1;
+	if (have < 0)
+		have = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+	return have && !getenv("OWL_NO_AVX512");
 }
 
-/* Groups g0..g1 of w into dst. */
+int w_is_r16(const wmat *w)
+{
+	return w->type == W_Q8_0_R16 || w->type == W_Q4_0_R16 || w->type == W_F16_R16 ||
+	       w->type == W_BF16_R16;
+}
+
+int w_repack_supported(const wmat *w)
+{
+	if (getenv("OWL_NO_REPACK") || w->rows % GROUP ||
+	    w->row_bytes != wtype_row_bytes(w->type, w->cols))
+		return 0;
+	if (w->type == W_F16 || w->type == W_BF16)
+		return has_avx512() && w->cols % 16 == 0;
+	return cpu_has_vnni() && (w->type == W_Q8_0 || w->type == W_Q4_0) && w->cols % 32 == 0;
+}
+
+/* Groups g0..g1 of f16/bf16 w into dst: column by column, 16 rows each. */
+static void repack_groups_h(const wmat *w, uint8_t *dst, int g0, int g1)
+{
+	const size_t gbytes = (size_t)GROUP * w->row_bytes;
+#pragma omp parallel for schedule(static)
+	for (int g = g0; g < g1; g++) {
+		uint8_t *o = dst + (size_t)g * gbytes;
+		for (int r = 0; r < GROUP; r++) {
+			const uint8_t *row = w->data + (size_t)(g * GROUP + r) * w->row_bytes;
+			for (int c = 0; c < w->cols; c++)
+				memcpy(o + (size_t)c * 32 + 2 * r, row + 2 * c, 2);
+		}
+	}
+}
+
+/* Groups g0..g1 of Q8_0/Q4_0 w into dst. */
 static void repack_groups(const wmat *w, uint8_t *dst, int g0, int g1)
 {
+	if (w->type == W_F16 || w->type == W_BF16) {
+		repack_groups_h(w, dst, g0, g1);
+		return;
+	}
 	const int q8 = w->type == W_Q8_0, bs = block_bytes(w->type), nb = w->cols / 32;
 	const size_t gbytes = (size_t)GROUP * w->row_bytes, bgbytes = (size_t)GROUP * bs;
 #pragma omp parallel for schedule(static)
@@ -93,7 +128,8 @@ int w_repack(const wmat *w, int drop_source, wmat *out, uint8_t **owned, owl_err
 		}
 	}
 	*out = *w;
-	out->type = w->type == W_Q8_0 ? W_Q8_0_R16 : W_Q4_0_R16;
+	out->type = w->type == W_Q8_0 ? W_Q8_0_R16 : w->type == W_Q4_0 ? W_Q4_0_R16
+		  : w->type == W_F16 ? W_F16_R16 : W_BF16_R16;
 	out->data = dst;
 	*owned = dst;
 	return 0;
@@ -191,4 +227,107 @@ void r16_gemm(const wmat *w, const qact *a, int n, float *y)
 			}
 		}
 	}
+}
+
+/* ---- f16 / bf16 groups ------------------------------------------------------
+ * Outer products: for each column k, the 16 rows' weights (one 32-byte load,
+ * widened to f32) times token j's x[k] broadcast, into token j's 16 sums. */
+
+#define H_TARGET __attribute__((target("avx512f,avx512bw,f16c,fma")))
+#define H_INLINE static inline __attribute__((always_inline)) H_TARGET
+
+enum { HN = 16 };
+
+H_INLINE __m512 ld_h16(const uint8_t *p, int bf)
+{
+	__m256i h = _mm256_loadu_si256((const __m256i *)p);
+	if (bf)
+		return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+	return _mm512_cvtph_ps(h);
+}
+
+/* xt holds HN tokens interleaved column by column (xt[k][j]): the HN
+ * broadcasts of one column come from one cache line. Read straight from x,
+ * HN rows a whole number of pages apart would fight over the same L1 sets. */
+H_INLINE void h_tile(const wmat *w, int bf, int g, const float *xt, int j0, int tn, float *y,
+		     int ldy)
+{
+	const uint8_t *gp = w->data + (size_t)g * GROUP * w->row_bytes;
+	const int cols = w->cols;
+	__m512 acc[HN];
+#pragma GCC unroll 16
+	for (int j = 0; j < HN; j++)
+		acc[j] = _mm512_setzero_ps();
+	for (int k = 0; k < cols; k++) {
+		__m512 wk = ld_h16(gp + (size_t)k * 32, bf);
+		const float *xk = xt + (size_t)k * HN;
+#pragma GCC unroll 16
+		for (int j = 0; j < HN; j++)
+			acc[j] = _mm512_fmadd_ps(wk, _mm512_set1_ps(xk[j]), acc[j]);
+	}
+	for (int j = 0; j < tn; j++)
+		_mm512_storeu_ps(y + (size_t)(j0 + j) * ldy + (size_t)g * GROUP, acc[j]);
+}
+
+/* One token: four chains over k, so the FMA latency does not bound it. */
+H_INLINE void h_row(const wmat *w, int bf, int g, const float *x, float *y)
+{
+	const uint8_t *gp = w->data + (size_t)g * GROUP * w->row_bytes;
+	__m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+	int k = 0;
+	for (; k + 4 <= w->cols; k += 4) {
+		a0 = _mm512_fmadd_ps(ld_h16(gp + (size_t)k * 32, bf), _mm512_set1_ps(x[k]), a0);
+		a1 = _mm512_fmadd_ps(ld_h16(gp + (size_t)(k + 1) * 32, bf), _mm512_set1_ps(x[k + 1]), a1);
+		a2 = _mm512_fmadd_ps(ld_h16(gp + (size_t)(k + 2) * 32, bf), _mm512_set1_ps(x[k + 2]), a2);
+		a3 = _mm512_fmadd_ps(ld_h16(gp + (size_t)(k + 3) * 32, bf), _mm512_set1_ps(x[k + 3]), a3);
+	}
+	for (; k < w->cols; k++)
+		a0 = _mm512_fmadd_ps(ld_h16(gp + (size_t)k * 32, bf), _mm512_set1_ps(x[k]), a0);
+	_mm512_storeu_ps(y + (size_t)g * GROUP,
+			 _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+H_TARGET static void f16_tile(const wmat *w, int g, const float *xt, int j0, int tn, float *y)
+{
+	h_tile(w, 0, g, xt, j0, tn, y, w->rows);
+}
+H_TARGET static void bf16_tile(const wmat *w, int g, const float *xt, int j0, int tn, float *y)
+{
+	h_tile(w, 1, g, xt, j0, tn, y, w->rows);
+}
+H_TARGET static void f16_row(const wmat *w, int g, const float *x, float *y) { h_row(w, 0, g, x, y); }
+H_TARGET static void bf16_row(const wmat *w, int g, const float *x, float *y) { h_row(w, 1, g, x, y); }
+
+void h16_gemv_groups(const wmat *w, const float *x, int g0, int g1, float *y)
+{
+	void (*f)(const wmat *, int, const float *, float *) = w->type == W_BF16_R16 ? bf16_row : f16_row;
+	for (int g = g0; g < g1; g++)
+		f(w, g, x, y);
+}
+
+void h16_gemm(const wmat *w, const float *x, int n, float *y)
+{
+	const int ngroups = w->rows / GROUP, cols = w->cols, ntiles = (n + HN - 1) / HN;
+	void (*f)(const wmat *, int, const float *, int, int, float *) =
+		w->type == W_BF16_R16 ? bf16_tile : f16_tile;
+	/* Tokens interleaved HN at a time, the last tile padded with zeros. */
+	float *xt = owl_xmalloc((size_t)ntiles * cols * HN * sizeof *xt);
+#pragma omp parallel
+	{
+#pragma omp for schedule(static)
+		for (int t = 0; t < ntiles; t++) {
+			float *o = xt + (size_t)t * cols * HN;
+			for (int j = 0; j < HN; j++) {
+				int tok = t * HN + j;
+				for (int k = 0; k < cols; k++)
+					o[(size_t)k * HN + j] = tok < n ? x[(size_t)tok * cols + k] : 0.0f;
+			}
+		}
+		int nt = omp_get_num_threads(), th = omp_get_thread_num();
+		int g0 = (int)((long long)ngroups * th / nt), g1 = (int)((long long)ngroups * (th + 1) / nt);
+		for (int g = g0; g < g1; g++)
+			for (int t = 0; t < ntiles; t++)
+				f(w, g, xt + (size_t)t * cols * HN, t * HN, n - t * HN < HN ? n - t * HN : HN, y);
+	}
+	free(xt);
 }
