@@ -23,6 +23,7 @@ typedef kernels_weight wmat;
 #define W_Q4_0_R16 KERNELS_Q4_0_R16
 #define W_F16_R16 KERNELS_F16_R16
 #define W_BF16_R16 KERNELS_BF16_R16
+#define W_F32_R16 KERNELS_F32_R16
 
 /* A vector (norm weight, bias) converted to f32 at load: small, owned. */
 typedef struct layer {
@@ -80,7 +81,7 @@ void qact_init(qact *a, const float *x, int n, int cols);
 void qact_release(qact *a);
 /* Row-interleaved weights (engine/kernels/cpu/repack.c): Q8_0/Q4_0 repacked
  * once at load so that one vpdpbusd multiplies 16 rows by 4 activations, and
- * f16/bf16 so that one FMA multiplies 16 rows by one activation. */
+ * f16/bf16/f32 so that one FMA multiplies 16 rows by one activation. */
 int w_is_r16(const wmat *w);
 int w_repack_supported(const wmat *w);
 /* Fills *out with the repacked copy; *owned is its memory, the caller's to
@@ -90,7 +91,7 @@ int w_repack_supported(const wmat *w);
 int w_repack(const wmat *w, int drop_source, wmat *out, uint8_t **owned, owl_err *err);
 void r16_gemm(const wmat *w, const qact *a, int n, float *y);      /* OpenMP inside */
 void r16_gemv_groups(const wmat *w, const qact *a, int g0, int g1, float *y); /* one thread */
-/* The same for f16/bf16 groups, against f32 activations x [n][cols]. */
+/* The same for f16/bf16/f32 groups, against f32 activations x [n][cols]. */
 void h16_gemm(const wmat *w, const float *x, int n, float *y);    /* OpenMP inside */
 void h16_gemv_groups(const wmat *w, const float *x, int g0, int g1, float *y); /* one thread */
 /* AVX2 dot product and y += a*x (the compiler keeps float sums in order). */

@@ -36,10 +36,11 @@ typedef enum kernels_dtype {
 	 * start on a 16-row group and take whole rows. */
 	KERNELS_Q8_0_R16,
 	KERNELS_Q4_0_R16,
-	/* f16 / bf16 repacked the same way: per group, for each column, the 16
-	 * rows' values side by side (32 bytes). */
+	/* f16 / bf16 / f32 repacked the same way: per group, for each column,
+	 * the 16 rows' values side by side (32 or 64 bytes). */
 	KERNELS_F16_R16,
 	KERNELS_BF16_R16,
+	KERNELS_F32_R16,
 } kernels_dtype;
 
 /* A weight matrix [rows, cols] (rows = output features), each row row_bytes

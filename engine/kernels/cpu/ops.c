@@ -26,6 +26,7 @@ size_t wtype_row_bytes(wtype t, int cols)
 	case W_Q4_0_R16: return cols % 32 ? 0 : (size_t)cols / 32 * 18;
 	case W_F16_R16:
 	case W_BF16_R16: return (size_t)cols * 2;
+	case W_F32_R16: return (size_t)cols * 4;
 	}
 	return 0;
 }
@@ -34,7 +35,7 @@ const char *wtype_name(wtype t)
 {
 	static const char *const names[] = {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k",
 					    "q6_k", "q8_0 (repacked)", "q4_0 (repacked)",
-					    "f16 (repacked)", "bf16 (repacked)"};
+					    "f16 (repacked)", "bf16 (repacked)", "f32 (repacked)"};
 	return names[t];
 }
 /* Repacked types never reach here (w_row_to_f32 reads them itself). */
@@ -42,7 +43,7 @@ static gguf_type to_gguf(wtype t)
 {
 	static const gguf_type m[] = {GGUF_T_F32, GGUF_T_F16, GGUF_T_BF16, GGUF_T_Q8_0,
 				      GGUF_T_Q4_0, GGUF_T_Q4_1, GGUF_T_Q4_K, GGUF_T_Q6_K,
-				      GGUF_T_Q8_0, GGUF_T_Q4_0, GGUF_T_F16, GGUF_T_BF16};
+				      GGUF_T_Q8_0, GGUF_T_Q4_0, GGUF_T_F16, GGUF_T_BF16, GGUF_T_F32};
 	return m[t];
 }
 
@@ -76,6 +77,12 @@ static void r16_row_to_f32(const wmat *w, int row, float *dst)
 
 void w_row_to_f32(const wmat *w, int row, float *dst)
 {
+	if (w->type == W_F32_R16) {
+		const uint8_t *g = w->data + (size_t)(row / 16) * 16 * w->row_bytes + 4 * (row % 16);
+		for (int c = 0; c < w->cols; c++)
+			memcpy(&dst[c], g + (size_t)c * 64, 4);
+		return;
+	}
 	if (w->type == W_F16_R16 || w->type == W_BF16_R16) {
 		const uint8_t *g = w->data + (size_t)(row / 16) * 16 * w->row_bytes + 2 * (row % 16);
 		for (int c = 0; c < w->cols; c++) {
@@ -495,7 +502,8 @@ static void matvec_r16(const wmat *const *ws, float *const *ys, int k, const flo
 			g -= ws[m++]->rows / 16;
 		for (int done = g0; done < g1 && m < k; m++, g = 0) {
 			int ng = ws[m]->rows / 16, end = g + (g1 - done) < ng ? g + (g1 - done) : ng;
-			if (ws[m]->type == W_F16_R16 || ws[m]->type == W_BF16_R16)
+			if (ws[m]->type == W_F16_R16 || ws[m]->type == W_BF16_R16 ||
+			    ws[m]->type == W_F32_R16)
 				h16_gemv_groups(ws[m], x, g, end, ys[m]);
 			else
 				r16_gemv_groups(ws[m], &a, g, end, ys[m]);
@@ -570,7 +578,7 @@ void w_matmul(const wmat *w, const float *x, float *y, int n)
 		w_matvec(w, x, y);
 		return;
 	}
-	if (w->type == W_F16_R16 || w->type == W_BF16_R16) {
+	if (w->type == W_F16_R16 || w->type == W_BF16_R16 || w->type == W_F32_R16) {
 		h16_gemm(w, x, n, y);
 		return;
 	}

@@ -49,7 +49,7 @@ static int has_avx512(void)
 int w_is_r16(const wmat *w)
 {
 	return w->type == W_Q8_0_R16 || w->type == W_Q4_0_R16 || w->type == W_F16_R16 ||
-	       w->type == W_BF16_R16;
+	       w->type == W_BF16_R16 || w->type == W_F32_R16;
 }
 
 int w_repack_supported(const wmat *w)
@@ -57,22 +57,22 @@ int w_repack_supported(const wmat *w)
 	if (getenv("OWL_NO_REPACK") || w->rows % GROUP ||
 	    w->row_bytes != wtype_row_bytes(w->type, w->cols))
 		return 0;
-	if (w->type == W_F16 || w->type == W_BF16)
+	if (w->type == W_F16 || w->type == W_BF16 || w->type == W_F32)
 		return has_avx512() && w->cols % 16 == 0;
 	return cpu_has_vnni() && (w->type == W_Q8_0 || w->type == W_Q4_0) && w->cols % 32 == 0;
 }
 
-/* Groups g0..g1 of f16/bf16 w into dst: column by column, 16 rows each. */
+/* Groups g0..g1 of f16/bf16/f32 w into dst: column by column, 16 rows each. */
 static void repack_groups_h(const wmat *w, uint8_t *dst, int g0, int g1)
 {
-	const size_t gbytes = (size_t)GROUP * w->row_bytes;
+	const size_t gbytes = (size_t)GROUP * w->row_bytes, es = w->type == W_F32 ? 4 : 2;
 #pragma omp parallel for schedule(static)
 	for (int g = g0; g < g1; g++) {
 		uint8_t *o = dst + (size_t)g * gbytes;
 		for (int r = 0; r < GROUP; r++) {
 			const uint8_t *row = w->data + (size_t)(g * GROUP + r) * w->row_bytes;
 			for (int c = 0; c < w->cols; c++)
-				memcpy(o + (size_t)c * 32 + 2 * r, row + 2 * c, 2);
+				memcpy(o + (size_t)c * GROUP * es + es * r, row + es * c, es);
 		}
 	}
 }
@@ -80,7 +80,7 @@ static void repack_groups_h(const wmat *w, uint8_t *dst, int g0, int g1)
 /* Groups g0..g1 of Q8_0/Q4_0 w into dst. */
 static void repack_groups(const wmat *w, uint8_t *dst, int g0, int g1)
 {
-	if (w->type == W_F16 || w->type == W_BF16) {
+	if (w->type == W_F16 || w->type == W_BF16 || w->type == W_F32) {
 		repack_groups_h(w, dst, g0, g1);
 		return;
 	}
@@ -129,7 +129,7 @@ int w_repack(const wmat *w, int drop_source, wmat *out, uint8_t **owned, owl_err
 	}
 	*out = *w;
 	out->type = w->type == W_Q8_0 ? W_Q8_0_R16 : w->type == W_Q4_0 ? W_Q4_0_R16
-		  : w->type == W_F16 ? W_F16_R16 : W_BF16_R16;
+		  : w->type == W_F16 ? W_F16_R16 : w->type == W_BF16 ? W_BF16_R16 : W_F32_R16;
 	out->data = dst;
 	*owned = dst;
 	return 0;
@@ -229,19 +229,28 @@ void r16_gemm(const wmat *w, const qact *a, int n, float *y)
 	}
 }
 
-/* ---- f16 / bf16 groups ------------------------------------------------------
- * Outer products: for each column k, the 16 rows' weights (one 32-byte load,
- * widened to f32) times token j's x[k] broadcast, into token j's 16 sums. */
+/* ---- f16 / bf16 / f32 groups ------------------------------------------------
+ * Outer products: for each column k, the 16 rows' weights (one load, widened
+ * to f32) times token j's x[k] broadcast, into token j's 16 sums. */
 
 #define H_TARGET __attribute__((target("avx512f,avx512bw,f16c,fma")))
 #define H_INLINE static inline __attribute__((always_inline)) H_TARGET
 
 enum { HN = 16 };
 
-H_INLINE __m512 ld_h16(const uint8_t *p, int bf)
+/* Kinds of group: 0 f16, 1 bf16, 2 f32. Column k of a group starts at
+ * k * col_bytes(kind). */
+H_INLINE size_t col_bytes(int kind)
 {
+	return kind == 2 ? 64 : 32;
+}
+
+H_INLINE __m512 ld_h16(const uint8_t *p, int kind)
+{
+	if (kind == 2)
+		return _mm512_loadu_ps((const float *)p);
 	__m256i h = _mm256_loadu_si256((const __m256i *)p);
-	if (bf)
+	if (kind == 1)
 		return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 	return _mm512_cvtph_ps(h);
 }
@@ -249,7 +258,7 @@ H_INLINE __m512 ld_h16(const uint8_t *p, int bf)
 /* xt holds HN tokens interleaved column by column (xt[k][j]): the HN
  * broadcasts of one column come from one cache line. Read straight from x,
  * HN rows a whole number of pages apart would fight over the same L1 sets. */
-H_INLINE void h_tile(const wmat *w, int bf, int g, const float *xt, int j0, int tn, float *y,
+H_INLINE void h_tile(const wmat *w, int kind, int g, const float *xt, int j0, int tn, float *y,
 		     int ldy)
 {
 	const uint8_t *gp = w->data + (size_t)g * GROUP * w->row_bytes;
@@ -259,7 +268,7 @@ H_INLINE void h_tile(const wmat *w, int bf, int g, const float *xt, int j0, int 
 	for (int j = 0; j < HN; j++)
 		acc[j] = _mm512_setzero_ps();
 	for (int k = 0; k < cols; k++) {
-		__m512 wk = ld_h16(gp + (size_t)k * 32, bf);
+		__m512 wk = ld_h16(gp + (size_t)k * col_bytes(kind), kind);
 		const float *xk = xt + (size_t)k * HN;
 #pragma GCC unroll 16
 		for (int j = 0; j < HN; j++)
@@ -270,19 +279,20 @@ H_INLINE void h_tile(const wmat *w, int bf, int g, const float *xt, int j0, int 
 }
 
 /* One token: four chains over k, so the FMA latency does not bound it. */
-H_INLINE void h_row(const wmat *w, int bf, int g, const float *x, float *y)
+H_INLINE void h_row(const wmat *w, int kind, int g, const float *x, float *y)
 {
 	const uint8_t *gp = w->data + (size_t)g * GROUP * w->row_bytes;
+	const size_t cb = col_bytes(kind);
 	__m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
 	int k = 0;
 	for (; k + 4 <= w->cols; k += 4) {
-		a0 = _mm512_fmadd_ps(ld_h16(gp + (size_t)k * 32, bf), _mm512_set1_ps(x[k]), a0);
-		a1 = _mm512_fmadd_ps(ld_h16(gp + (size_t)(k + 1) * 32, bf), _mm512_set1_ps(x[k + 1]), a1);
-		a2 = _mm512_fmadd_ps(ld_h16(gp + (size_t)(k + 2) * 32, bf), _mm512_set1_ps(x[k + 2]), a2);
-		a3 = _mm512_fmadd_ps(ld_h16(gp + (size_t)(k + 3) * 32, bf), _mm512_set1_ps(x[k + 3]), a3);
+		a0 = _mm512_fmadd_ps(ld_h16(gp + (size_t)k * cb, kind), _mm512_set1_ps(x[k]), a0);
+		a1 = _mm512_fmadd_ps(ld_h16(gp + (size_t)(k + 1) * cb, kind), _mm512_set1_ps(x[k + 1]), a1);
+		a2 = _mm512_fmadd_ps(ld_h16(gp + (size_t)(k + 2) * cb, kind), _mm512_set1_ps(x[k + 2]), a2);
+		a3 = _mm512_fmadd_ps(ld_h16(gp + (size_t)(k + 3) * cb, kind), _mm512_set1_ps(x[k + 3]), a3);
 	}
 	for (; k < w->cols; k++)
-		a0 = _mm512_fmadd_ps(ld_h16(gp + (size_t)k * 32, bf), _mm512_set1_ps(x[k]), a0);
+		a0 = _mm512_fmadd_ps(ld_h16(gp + (size_t)k * cb, kind), _mm512_set1_ps(x[k]), a0);
 	_mm512_storeu_ps(y + (size_t)g * GROUP,
 			 _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
@@ -295,12 +305,18 @@ H_TARGET static void bf16_tile(const wmat *w, int g, const float *xt, int j0, in
 {
 	h_tile(w, 1, g, xt, j0, tn, y, w->rows);
 }
+H_TARGET static void f32_tile(const wmat *w, int g, const float *xt, int j0, int tn, float *y)
+{
+	h_tile(w, 2, g, xt, j0, tn, y, w->rows);
+}
 H_TARGET static void f16_row(const wmat *w, int g, const float *x, float *y) { h_row(w, 0, g, x, y); }
 H_TARGET static void bf16_row(const wmat *w, int g, const float *x, float *y) { h_row(w, 1, g, x, y); }
+H_TARGET static void f32_row(const wmat *w, int g, const float *x, float *y) { h_row(w, 2, g, x, y); }
 
 void h16_gemv_groups(const wmat *w, const float *x, int g0, int g1, float *y)
 {
-	void (*f)(const wmat *, int, const float *, float *) = w->type == W_BF16_R16 ? bf16_row : f16_row;
+	void (*f)(const wmat *, int, const float *, float *) =
+		w->type == W_BF16_R16 ? bf16_row : w->type == W_F32_R16 ? f32_row : f16_row;
 	for (int g = g0; g < g1; g++)
 		f(w, g, x, y);
 }
@@ -309,7 +325,7 @@ void h16_gemm(const wmat *w, const float *x, int n, float *y)
 {
 	const int ngroups = w->rows / GROUP, cols = w->cols, ntiles = (n + HN - 1) / HN;
 	void (*f)(const wmat *, int, const float *, int, int, float *) =
-		w->type == W_BF16_R16 ? bf16_tile : f16_tile;
+		w->type == W_BF16_R16 ? bf16_tile : w->type == W_F32_R16 ? f32_tile : f16_tile;
 	/* Tokens interleaved HN at a time, the last tile padded with zeros. */
 	float *xt = owl_xmalloc((size_t)ntiles * cols * HN * sizeof *xt);
 #pragma omp parallel
