@@ -295,9 +295,11 @@ static void repacked_match_file_layout(const kernels_backend *be)
 static void attention_rope_norm_swiglu(const kernels_backend *be)
 {
 	owl_err err = {0};
-	enum { HD = 16, H = 4, KV = 2, T = 20 };
+	/* T spans several 32-row bands of the prompt path; SPLIT checks a
+	 * prompt that starts after earlier tokens (pos0 > 0), as chat turns do. */
+	enum { HD = 16, H = 4, KV = 2, T = 70, SPLIT = 30 };
 	int kvd = KV * HD;
-	float q[T * H * HD], k[T * KV * HD], v[T * KV * HD], out[T * H * HD];
+	static float q[T * H * HD], k[T * KV * HD], v[T * KV * HD], out[T * H * HD], out2[T * H * HD];
 	for (int i = 0; i < T * H * HD; i++)
 		q[i] = frand();
 	for (int i = 0; i < T * KV * HD; i++) {
@@ -307,6 +309,9 @@ static void attention_rope_norm_swiglu(const kernels_backend *be)
 	/* Attention, prefill (GEMM path) and one token at a time, with a window. */
 	for (int window = 0; window <= 6; window += 6) {
 		CHECK_INT(be->attention(out, q, k, v, T, 0, H, 0, H / KV, kvd, HD, window, &err), 0);
+		CHECK_INT(be->attention(out2, q, k, v, SPLIT, 0, H, 0, H / KV, kvd, HD, window, &err), 0);
+		CHECK_INT(be->attention(out2 + SPLIT * H * HD, q + SPLIT * H * HD, k, v, T - SPLIT, SPLIT,
+					H, 0, H / KV, kvd, HD, window, &err), 0);
 		double worst = 0;
 		for (int t = 0; t < T; t++) {
 			float one[H * HD];
@@ -329,6 +334,7 @@ static void attention_rope_norm_swiglu(const kernels_backend *be)
 					for (int j = lo; j <= t; j++)
 						o += sc[j] / sum * v[j * kvd + kvh * HD + e];
 					worst = fmax(worst, fabs(o - out[(t * H + h) * HD + e]));
+					worst = fmax(worst, fabs(o - out2[(t * H + h) * HD + e]));
 					worst = fmax(worst, fabs(o - one[h * HD + e]));
 				}
 			}
@@ -371,12 +377,17 @@ static void attention_rope_norm_swiglu(const kernels_backend *be)
 	for (int i = 0; i < 64; i++)
 		worst = fmax(worst, fabs(o[i] - xs[i] / sqrt(ss / 64 + 1e-5) * g[i]));
 	CHECK(worst < 1e-5, "%s rmsnorm error %g", be->name, worst);
+	/* The tails of the sigmoid too, where exp over- and underflows. */
+	static const float big[8] = {-120, -60, -20, -5, 5, 20, 60, 120};
+	memcpy(gate, big, sizeof big);
 	float gate0[64];
 	memcpy(gate0, gate, sizeof gate);
 	CHECK_INT(be->swiglu(gate, up, 64, &err), 0);
 	worst = 0;
-	for (int i = 0; i < 64; i++)
-		worst = fmax(worst, fabs(gate[i] - gate0[i] / (1 + exp(-gate0[i])) * up[i]));
+	for (int i = 0; i < 64; i++) {
+		double want = gate0[i] / (1 + exp(-(double)gate0[i])) * up[i];
+		worst = fmax(worst, fabs(gate[i] - want) / fmax(1.0, fabs(want)));
+	}
 	CHECK(worst < 1e-6, "%s swiglu error %g", be->name, worst);
 	float loss;
 	int32_t tgt[2] = {3, 60};
