@@ -351,6 +351,19 @@ int gguf_open(const char *path, gguf_file **out, owl_err *err)
 	}
 	(*out)->map = map;
 	(*out)->map_size = (size_t)sb.st_size;
+	/* The header (metadata, a tokenizer's vocabulary and merges: megabytes)
+	 * has been parsed into copies; its pages need not stay in the process.
+	 * The mapping is read-only and file-backed, so a later read would only
+	 * fault them back in. */
+	size_t first = (size_t)sb.st_size;
+	for (size_t i = 0; i < (*out)->ntensors; i++) {
+		size_t off = (size_t)((const uint8_t *)(*out)->tensors[i].data - (const uint8_t *)map);
+		if (off < first)
+			first = off;
+	}
+	size_t page = (size_t)sysconf(_SC_PAGESIZE), drop = first / page * page;
+	if (drop)
+		madvise(map, drop, MADV_DONTNEED);
 	return 0;
 }
 
