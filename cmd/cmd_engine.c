@@ -200,8 +200,10 @@ static int run_run(owl_ctx *ctx, int argc, char **argv)
 	if (!rc)
 		rc = engine_generate(l.sess, l.tok, ids, nids, &a.g, emit_collect, &out, &st, &err);
 	if (!rc) {
-		if (!ctx->json)
+		if (!ctx->json) {
 			printf("\n");
+			fflush(stdout); /* before the statistics on stderr, when both go to one log */
+		}
 		if (ctx->verbose || ctx->json) {
 			double pp = st.prompt_s > 0 ? st.prompt_tokens / st.prompt_s : 0;
 			double tg = st.gen_s > 0 ? st.gen_tokens / st.gen_s : 0;
