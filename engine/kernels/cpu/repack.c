@@ -62,17 +62,25 @@ int w_repack_supported(const wmat *w)
 	return cpu_has_vnni() && (w->type == W_Q8_0 || w->type == W_Q4_0) && w->cols % 32 == 0;
 }
 
-/* Groups g0..g1 of f16/bf16/f32 w into dst: column by column, 16 rows each. */
+/* Groups g0..g1 of f16/bf16/f32 w into dst: column by column, 16 rows each.
+ * Element sizes are constants in each loop so the copies compile to moves. */
 static void repack_groups_h(const wmat *w, uint8_t *dst, int g0, int g1)
 {
-	const size_t gbytes = (size_t)GROUP * w->row_bytes, es = w->type == W_F32 ? 4 : 2;
+	const size_t gbytes = (size_t)GROUP * w->row_bytes;
+	const int cols = w->cols;
 #pragma omp parallel for schedule(static)
 	for (int g = g0; g < g1; g++) {
-		uint8_t *o = dst + (size_t)g * gbytes;
-		for (int r = 0; r < GROUP; r++) {
-			const uint8_t *row = w->data + (size_t)(g * GROUP + r) * w->row_bytes;
-			for (int c = 0; c < w->cols; c++)
-				memcpy(o + (size_t)c * GROUP * es + es * r, row + es * c, es);
+		const uint8_t *rows = w->data + (size_t)g * GROUP * w->row_bytes;
+		if (w->type == W_F32) {
+			uint32_t *o = (uint32_t *)(void *)(dst + (size_t)g * gbytes);
+			for (int c = 0; c < cols; c++)
+				for (int r = 0; r < GROUP; r++)
+					memcpy(&o[(size_t)c * GROUP + r], rows + (size_t)r * w->row_bytes + 4 * (size_t)c, 4);
+		} else {
+			uint16_t *o = (uint16_t *)(void *)(dst + (size_t)g * gbytes);
+			for (int c = 0; c < cols; c++)
+				for (int r = 0; r < GROUP; r++)
+					memcpy(&o[(size_t)c * GROUP + r], rows + (size_t)r * w->row_bytes + 2 * (size_t)c, 2);
 		}
 	}
 }
@@ -107,10 +115,14 @@ int w_repack(const wmat *w, int drop_source, wmat *out, uint8_t **owned, owl_err
 {
 	const size_t gbytes = (size_t)GROUP * w->row_bytes, total = (size_t)w->rows / GROUP * gbytes;
 	const int ngroups = w->rows / GROUP;
-	uint8_t *dst = aligned_alloc(64, (total + 63) / 64 * 64);
+	/* 2 MiB-aligned so that the kernel can back it with huge pages: a
+	 * gigabyte of fresh 4 KiB pages costs seconds of page faults. */
+	const size_t huge = 2u << 20, alloc = (total + huge - 1) / huge * huge;
+	uint8_t *dst = aligned_alloc(huge, alloc);
 	if (!dst)
 		return owl_err_set(err, OWL_EFAIL, "cannot allocate %zu MiB to repack a %dx%d weight",
 				   total >> 20, w->rows, w->cols);
+	madvise(dst, alloc, MADV_HUGEPAGE);
 	/* A few MiB at a time, dropping each slab's source pages once it is
 	 * copied: the process never holds both copies of a matrix. */
 	const size_t page = (size_t)sysconf(_SC_PAGESIZE);
@@ -118,6 +130,12 @@ int w_repack(const wmat *w, int drop_source, wmat *out, uint8_t **owned, owl_err
 	uintptr_t dropped = ((uintptr_t)w->data + page - 1) / page * page;
 	for (int g0 = 0; g0 < ngroups; g0 += slab) {
 		int g1 = g0 + slab < ngroups ? g0 + slab : ngroups;
+		if (drop_source) {
+			/* Map the slab's file pages in one call rather than a fault per page. */
+			uintptr_t a = (uintptr_t)w->data + (size_t)g0 * gbytes, e = (uintptr_t)w->data + (size_t)g1 * gbytes;
+			a = a / page * page;
+			madvise((void *)a, e - a, MADV_POPULATE_READ);
+		}
 		repack_groups(w, dst, g0, g1);
 		if (!drop_source)
 			continue;
