@@ -153,11 +153,37 @@ static int read_kv(cursor *c, gguf_kv *kv)
 			return owl_err_set(c->err, OWL_EINTEGRITY, "cannot read GGUF '%s': array '%s' "
 					   "claims %llu strings, more than the file can hold", c->label,
 					   kv->key, (unsigned long long)n);
-		char **ss = owl_xcalloc(n ? n : 1, sizeof *ss);
-		kv->arr = ss;
-		for (uint64_t i = 0; i < n; i++)
-			if (rd_str(c, &ss[i], kv->key))
+		/* All the strings in one pool (ss[0] is its start): a vocabulary is
+		 * 100k strings, and one allocation each would cost more than the
+		 * strings themselves. A first pass checks every length. */
+		cursor look = *c;
+		uint64_t total = 0;
+		for (uint64_t i = 0; i < n; i++) {
+			uint64_t len;
+			if (rd_u64(&look, &len, kv->key))
 				return OWL_EINTEGRITY;
+			if (len > (uint64_t)(look.end - look.p) || len > (64u << 20))
+				return owl_err_set(c->err, OWL_EINTEGRITY, "cannot read GGUF '%s': a string "
+						   "of '%s' has a length of %llu bytes, past the end of the "
+						   "file", c->label, kv->key, (unsigned long long)len);
+			look.p += len;
+			total += len + 1;
+		}
+		char **ss = owl_xcalloc(n ? n : 1, sizeof *ss);
+		char *pool = owl_xmalloc(total ? (size_t)total : 1);
+		kv->arr = ss;
+		if (!n)
+			free(pool);
+		for (uint64_t i = 0; i < n; i++) {
+			uint64_t len;
+			memcpy(&len, c->p, 8);
+			c->p += 8;
+			memcpy(pool, c->p, (size_t)len);
+			pool[len] = 0;
+			ss[i] = pool;
+			pool += len + 1;
+			c->p += len;
+		}
 		return 0;
 	}
 	size_t sz = scalar_size((int)at);
@@ -376,9 +402,8 @@ void gguf_close(gguf_file *f)
 		free(kv->key);
 		if (kv->type == V_STR)
 			free(kv->v.s);
-		if (kv->type == V_ARR && kv->arr_type == V_STR && kv->arr)
-			for (uint64_t k = 0; k < kv->n; k++)
-				free(((char **)kv->arr)[k]);
+		if (kv->type == V_ARR && kv->arr_type == V_STR && kv->arr && kv->n)
+			free(((char **)kv->arr)[0]); /* the pool */
 		free(kv->arr);
 	}
 	free(f->kvs);

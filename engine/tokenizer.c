@@ -24,10 +24,19 @@
 
 /* ---- a string -> int hash map ------------------------------------------------ */
 
+/* Keys live in the map's own arena: a vocabulary and its merges are 100k
+ * short strings, which one allocation each would double in size. */
+typedef struct smap_block {
+	struct smap_block *next;
+	size_t used, cap;
+	char data[];
+} smap_block;
+
 typedef struct smap {
 	char **keys;
 	int *vals;
 	size_t cap, n;
+	smap_block *arena;
 } smap;
 
 static uint64_t hash_bytes(const char *s, size_t n)
@@ -40,7 +49,36 @@ static uint64_t hash_bytes(const char *s, size_t n)
 	return h;
 }
 
-static void smap_put(smap *m, const char *k, int v);
+static char *smap_strdup(smap *m, const char *k)
+{
+	size_t len = strlen(k) + 1;
+	if (!m->arena || m->arena->cap - m->arena->used < len) {
+		size_t cap = len > (64u << 10) ? len : (64u << 10);
+		smap_block *b = owl_xmalloc(sizeof *b + cap);
+		b->next = m->arena;
+		b->used = 0;
+		b->cap = cap;
+		m->arena = b;
+	}
+	char *out = m->arena->data + m->arena->used;
+	memcpy(out, k, len);
+	m->arena->used += len;
+	return out;
+}
+
+/* Places a key (already in the arena) in a table with room for it. */
+static void smap_place(smap *m, char *key, int v)
+{
+	size_t i = hash_bytes(key, strlen(key)) & (m->cap - 1);
+	while (m->keys[i])
+		i = (i + 1) & (m->cap - 1);
+	m->keys[i] = key;
+	m->vals[i] = v;
+	m->n++;
+}
+
+/* Up to 3/4 full: linear probing stays short, and the tables are a third
+ * smaller than at half full. */
 static void smap_grow(smap *m)
 {
 	smap old = *m;
@@ -48,30 +86,31 @@ static void smap_grow(smap *m)
 	m->keys = owl_xcalloc(m->cap, sizeof *m->keys);
 	m->vals = owl_xcalloc(m->cap, sizeof *m->vals);
 	m->n = 0;
+	/* Keys move to the new table, not copied: pointers to them stay valid. */
 	for (size_t i = 0; i < old.cap; i++)
-		if (old.keys[i]) {
-			smap_put(m, old.keys[i], old.vals[i]);
-			free(old.keys[i]);
-		}
+		if (old.keys[i])
+			smap_place(m, old.keys[i], old.vals[i]);
 	free(old.keys);
 	free(old.vals);
 }
 
-static void smap_put(smap *m, const char *k, int v)
+/* Sets k -> v; returns the key as stored (valid while the map lives). */
+static const char *smap_put(smap *m, const char *k, int v)
 {
-	if (2 * (m->n + 1) > m->cap)
+	if (4 * (m->n + 1) > 3 * m->cap)
 		smap_grow(m);
 	size_t i = hash_bytes(k, strlen(k)) & (m->cap - 1);
 	while (m->keys[i]) {
 		if (strcmp(m->keys[i], k) == 0) {
 			m->vals[i] = v;
-			return;
+			return m->keys[i];
 		}
 		i = (i + 1) & (m->cap - 1);
 	}
-	m->keys[i] = owl_xstrdup(k);
+	m->keys[i] = smap_strdup(m, k);
 	m->vals[i] = v;
 	m->n++;
+	return m->keys[i];
 }
 
 /* Lookup of a key given as (pointer, length), not NUL-terminated. */
@@ -92,8 +131,10 @@ static int smap_get(const smap *m, const char *k, size_t n, int *v)
 
 static void smap_free(smap *m)
 {
-	for (size_t i = 0; i < m->cap; i++)
-		free(m->keys[i]);
+	for (smap_block *b = m->arena, *next; b; b = next) {
+		next = b->next;
+		free(b);
+	}
 	free(m->keys);
 	free(m->vals);
 }
@@ -103,7 +144,7 @@ static void smap_free(smap *m)
 struct engine_tokenizer {
 	int byte_level;        /* else SentencePiece-style */
 	int n_tokens;
-	char **tokens;         /* id -> token text */
+	const char **tokens;   /* id -> token text: the vocab map's own keys, or "" */
 	smap vocab;            /* token text -> id */
 	smap merges;           /* "left\x01right" -> rank */
 	float *scores;         /* GGUF llama: merge by the merged token's score */
@@ -353,21 +394,17 @@ int engine_tokenizer_parse_json(engine_tokenizer *t, const char *text, owl_err *
 	alloc_tokens(t, max_id + 1);
 	json_object_foreach(vocab, k, v) {
 		int id = (int)json_integer_value(v);
-		free(t->tokens[id]);
-		t->tokens[id] = owl_xstrdup(k);
-		smap_put(&t->vocab, k, id);
+		t->tokens[id] = smap_put(&t->vocab, k, id);
 	}
 	json_array_foreach(json_object_get(root, "added_tokens"), i, a) {
 		int id = (int)json_integer_value(json_object_get(a, "id"));
 		const char *c = json_string_value(json_object_get(a, "content"));
-		free(t->tokens[id]);
-		t->tokens[id] = owl_xstrdup(c);
-		smap_put(&t->vocab, c, id);
+		t->tokens[id] = smap_put(&t->vocab, c, id);
 		t->special[id] = 1;
 	}
 	for (int id = 0; id < t->n_tokens; id++)
 		if (!t->tokens[id])
-			t->tokens[id] = owl_xstrdup("");
+			t->tokens[id] = "";
 	json_t *merges = json_object_get(model, "merges");
 	json_array_foreach(merges, i, a) {
 		char key[512];
@@ -416,8 +453,7 @@ static int load_gguf_vocab(engine_tokenizer *t, const gguf_file *g, owl_err *err
 		return owl_err_set(err, OWL_EFAIL, "the GGUF has no tokenizer.ggml.tokens");
 	alloc_tokens(t, (int)n);
 	for (size_t i = 0; i < n; i++) {
-		t->tokens[i] = owl_xstrdup(toks[i]);
-		smap_put(&t->vocab, toks[i], (int)i);
+		t->tokens[i] = smap_put(&t->vocab, toks[i], (int)i);
 	}
 	const int32_t *types = NULL;
 	size_t nt = 0;
@@ -538,9 +574,7 @@ void engine_tokenizer_free(engine_tokenizer *t)
 {
 	if (!t)
 		return;
-	for (int i = 0; i < t->n_tokens; i++)
-		free(t->tokens[i]);
-	free(t->tokens);
+	free(t->tokens); /* the texts belong to the vocab map */
 	free(t->special);
 	free(t->by_len);
 	free(t->scores);

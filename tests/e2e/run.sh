@@ -78,6 +78,11 @@ expect_rc perplexity_short_file 2
 owl bench "$T/m" --prompt 32 --gen 8 --reps 2 --json
 expect_rc bench 0
 expect_eq bench_fields "$(json 'all(k in d for k in ("pp_tokens_per_s","tg_tokens_per_s","pp_stddev","peak_rss_bytes","baseline_rss_bytes","weight_bytes","kv_bytes"))')" "True"
+# What a tiny model adds beyond its weights and KV cache (tokenizer, working
+# buffers) stays small: 1.4 MiB when measured; the bound catches buffers that
+# grow with the model's matrix count or the prompt (e.g. memory rounded up
+# per matrix, as 2 MiB huge pages for each repacked matrix once did).
+expect_eq bench_working_memory_small "$(json 'd["peak_rss_bytes"] - d["baseline_rss_bytes"] - d["weight_bytes"] - d["kv_bytes"] < 6 * 2**20')" "True"
 # The peak includes what the process held before loading, and the mapped weights.
 expect_eq bench_peak_covers_baseline_and_weights "$(json 'd["peak_rss_bytes"] >= d["baseline_rss_bytes"] + d["weight_bytes"] and d["baseline_rss_bytes"] > 0')" "True"
 owl bench "$T/m" --prompt 32 --gen 8 --reps 1
