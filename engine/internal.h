@@ -21,6 +21,7 @@ typedef kernels_weight wmat;
 #define W_Q6_K KERNELS_Q6_K
 #define W_Q8_0_R16 KERNELS_Q8_0_R16
 #define W_Q4_0_R16 KERNELS_Q4_0_R16
+#define W_Q4_1_R16 KERNELS_Q4_1_R16
 #define W_F16_R16 KERNELS_F16_R16
 #define W_BF16_R16 KERNELS_BF16_R16
 #define W_F32_R16 KERNELS_F32_R16
@@ -79,7 +80,7 @@ typedef struct qact {
 } qact;
 void qact_init(qact *a, const float *x, int n, int cols);
 void qact_release(qact *a);
-/* Row-interleaved weights (engine/kernels/cpu/repack.c): Q8_0/Q4_0 repacked
+/* Row-interleaved weights (engine/kernels/cpu/repack.c): Q8_0/Q4_0/Q4_1 repacked
  * once at load so that one vpdpbusd multiplies 16 rows by 4 activations, and
  * f16/bf16/f32 so that one FMA multiplies 16 rows by one activation. */
 int w_is_r16(const wmat *w);

@@ -36,6 +36,7 @@ typedef enum kernels_dtype {
 	 * start on a 16-row group and take whole rows. */
 	KERNELS_Q8_0_R16,
 	KERNELS_Q4_0_R16,
+	KERNELS_Q4_1_R16, /* as Q4_0, with the 16 mins after the 16 scales */
 	/* f16 / bf16 / f32 repacked the same way: per group, for each column,
 	 * the 16 rows' values side by side (32 or 64 bytes). */
 	KERNELS_F16_R16,

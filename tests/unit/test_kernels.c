@@ -196,7 +196,7 @@ static void matmul_and_matvec_every_dtype(const kernels_backend *be)
 	}
 }
 
-/* Q8_0/Q4_0/f16/bf16/f32 repacked into 16-row groups (the layout the model
+/* Q8_0/Q4_0/Q4_1/f16/bf16/f32 repacked into 16-row groups (the layout the model
  * loader uses on CPUs with AVX-512) give what the file's layout gives: the
  * same rounding of the activations, so agreement to float summation order,
  * and the exact product (within Q8 rounding for the integer types). Shapes: several groups, an odd
@@ -205,17 +205,18 @@ static void matmul_and_matvec_every_dtype(const kernels_backend *be)
  * pass, whose groups the threads split across matrix boundaries. */
 static void repacked_match_file_layout(const kernels_backend *be)
 {
-	static const kernels_dtype types[] = {KERNELS_Q8_0, KERNELS_Q4_0, KERNELS_F16, KERNELS_BF16,
-					      KERNELS_F32};
+	static const kernels_dtype types[] = {KERNELS_Q8_0, KERNELS_Q4_0, KERNELS_Q4_1, KERNELS_F16,
+					      KERNELS_BF16, KERNELS_F32};
 	static const int shapes[][3] = {{96, 256, 5}, {48, 96, 131}, {16, 64, 9}, {32, 160, 17}};
 	owl_err err = {0};
 	for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
 	for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
 		const int rows = shapes[si][0], cols = shapes[si][1], n = shapes[si][2];
-		const int quant = types[ti] == KERNELS_Q8_0 || types[ti] == KERNELS_Q4_0;
+		const int quant = types[ti] == KERNELS_Q8_0 || types[ti] == KERNELS_Q4_0 ||
+				  types[ti] == KERNELS_Q4_1;
 		kernels_weight probe = {.type = types[ti], .rows = 16, .cols = 32,
-					.row_bytes = quant ? (types[ti] == KERNELS_Q8_0 ? 34 : 18)
-						   : types[ti] == KERNELS_F32 ? 128 : 64};
+					.row_bytes = types[ti] == KERNELS_Q8_0 ? 34 : types[ti] == KERNELS_Q4_0 ? 18
+						   : types[ti] == KERNELS_Q4_1 ? 20 : types[ti] == KERNELS_F32 ? 128 : 64};
 		if (!w_repack_supported(&probe))
 			continue; /* this CPU (or OWL_NO_QGEMM / OWL_NO_AVX512) repacks nothing of it */
 		uint8_t *data, *packed;

@@ -24,6 +24,7 @@ size_t wtype_row_bytes(wtype t, int cols)
 	case W_Q6_K: return cols % 256 ? 0 : (size_t)cols / 256 * 210;
 	case W_Q8_0_R16: return cols % 32 ? 0 : (size_t)cols / 32 * 34;
 	case W_Q4_0_R16: return cols % 32 ? 0 : (size_t)cols / 32 * 18;
+	case W_Q4_1_R16: return cols % 32 ? 0 : (size_t)cols / 32 * 20;
 	case W_F16_R16:
 	case W_BF16_R16: return (size_t)cols * 2;
 	case W_F32_R16: return (size_t)cols * 4;
@@ -34,7 +35,7 @@ size_t wtype_row_bytes(wtype t, int cols)
 const char *wtype_name(wtype t)
 {
 	static const char *const names[] = {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k",
-					    "q6_k", "q8_0 (repacked)", "q4_0 (repacked)",
+					    "q6_k", "q8_0 (repacked)", "q4_0 (repacked)", "q4_1 (repacked)",
 					    "f16 (repacked)", "bf16 (repacked)", "f32 (repacked)"};
 	return names[t];
 }
@@ -43,7 +44,8 @@ static gguf_type to_gguf(wtype t)
 {
 	static const gguf_type m[] = {GGUF_T_F32, GGUF_T_F16, GGUF_T_BF16, GGUF_T_Q8_0,
 				      GGUF_T_Q4_0, GGUF_T_Q4_1, GGUF_T_Q4_K, GGUF_T_Q6_K,
-				      GGUF_T_Q8_0, GGUF_T_Q4_0, GGUF_T_F16, GGUF_T_BF16, GGUF_T_F32};
+				      GGUF_T_Q8_0, GGUF_T_Q4_0, GGUF_T_Q4_1, GGUF_T_F16, GGUF_T_BF16,
+				      GGUF_T_F32};
 	return m[t];
 }
 
@@ -57,19 +59,21 @@ static inline float f16(const uint8_t *p)
 /* One row out of a 16-row group (layout in kernels.h and repack.c). */
 static void r16_row_to_f32(const wmat *w, int row, float *dst)
 {
-	const int q8 = w->type == W_Q8_0_R16, bs = q8 ? 34 : 18, lane = row % 16;
+	const int q8 = w->type == W_Q8_0_R16, q41 = w->type == W_Q4_1_R16, lane = row % 16;
+	const int bs = q8 ? 34 : q41 ? 20 : 18, qoff = q41 ? 64 : 32;
 	const uint8_t *g = w->data + (size_t)(row / 16) * 16 * w->row_bytes;
 	for (int b = 0; b < w->cols / 32; b++) {
 		const uint8_t *p = g + (size_t)b * 16 * bs;
-		float d = f16(p + 2 * lane), *o = dst + 32 * b;
+		float d = f16(p + 2 * lane), m = q41 ? f16(p + 32 + 2 * lane) : 0.0f, *o = dst + 32 * b;
+		int off = q41 ? 0 : 8; /* Q4_0 stores q+8 */
 		for (int k = 0; k < (q8 ? 8 : 4); k++)
 			for (int i = 0; i < 4; i++) {
-				uint8_t v = p[32 + 64 * k + 4 * lane + i];
+				uint8_t v = p[qoff + 64 * k + 4 * lane + i];
 				if (q8) {
 					o[4 * k + i] = d * (float)((int)v - 128);
 				} else {
-					o[4 * k + i] = d * (float)((v & 0xF) - 8);
-					o[16 + 4 * k + i] = d * (float)((v >> 4) - 8);
+					o[4 * k + i] = d * (float)((v & 0xF) - off) + m;
+					o[16 + 4 * k + i] = d * (float)((v >> 4) - off) + m;
 				}
 			}
 	}
@@ -97,7 +101,7 @@ void w_row_to_f32(const wmat *w, int row, float *dst)
 		}
 		return;
 	}
-	if (w->type == W_Q8_0_R16 || w->type == W_Q4_0_R16) {
+	if (w->type == W_Q8_0_R16 || w->type == W_Q4_0_R16 || w->type == W_Q4_1_R16) {
 		r16_row_to_f32(w, row, dst);
 		return;
 	}
@@ -486,7 +490,8 @@ static void matvec_r16(const wmat *const *ws, float *const *ys, int k, const flo
 	/* Integer groups round x to Q8 once; f16/bf16 groups read x as is. */
 	int need_q = 0;
 	for (int m = 0; m < k; m++)
-		need_q |= ws[m]->type == W_Q8_0_R16 || ws[m]->type == W_Q4_0_R16;
+		need_q |= ws[m]->type == W_Q8_0_R16 || ws[m]->type == W_Q4_0_R16 ||
+			  ws[m]->type == W_Q4_1_R16;
 	qact a = {0};
 	if (need_q)
 		qact_init(&a, x, 1, ws[0]->cols);

@@ -10,13 +10,14 @@
  * is stored as is: no horizontal sums, no permutes.
  *
  * Layout per group of 16 rows, for each block b of 32 columns:
- *   16 f16 scales (row order), 32 bytes;
+ *   16 f16 scales (row order), 32 bytes; for Q4_1 then its 16 f16 mins;
  *   Q8_0: 8 chunks k of 64 bytes: rows 0..15, bytes 4k..4k+3 of the block,
  *         stored as q+128 (vpdpbusd's unsigned operand);
  *   Q4_0: 4 chunks m of 64 bytes: rows 0..15, packed bytes 4m..4m+3 (low
  *         nibbles are elements 4m..4m+3, high nibbles 16+4m..16+4m+3).
- * That is 544 and 288 bytes per group and block: 16 rows of 34 and 18
- * bytes, the same size as the file's layout. The corrections for the
+ *   Q4_1: as Q4_0 (after the mins).
+ * That is 544, 288 and 320 bytes per group and block: 16 rows of 34, 18 and
+ * 20 bytes, the same size as the file's layout. The corrections for the
  * unsigned operand depend only on the activations (sum(q) of the block):
  *   Q8_0: sum((w+128) x) - 128 sum(x);  Q4_0: sum(q x) - 8 sum(x). */
 #include "engine/internal.h"
@@ -35,7 +36,7 @@ enum { GROUP = 16, TN = 8, CHUNK = 128 };
 
 static int block_bytes(wtype t)
 {
-	return t == W_Q8_0_R16 || t == W_Q8_0 ? 34 : 18;
+	return t == W_Q8_0_R16 || t == W_Q8_0 ? 34 : t == W_Q4_1_R16 || t == W_Q4_1 ? 20 : 18;
 }
 
 static int has_avx512(void)
@@ -48,8 +49,8 @@ static int has_avx512(void)
 
 int w_is_r16(const wmat *w)
 {
-	return w->type == W_Q8_0_R16 || w->type == W_Q4_0_R16 || w->type == W_F16_R16 ||
-	       w->type == W_BF16_R16 || w->type == W_F32_R16;
+	return w->type == W_Q8_0_R16 || w->type == W_Q4_0_R16 || w->type == W_Q4_1_R16 ||
+	       w->type == W_F16_R16 || w->type == W_BF16_R16 || w->type == W_F32_R16;
 }
 
 int w_repack_supported(const wmat *w)
@@ -59,7 +60,8 @@ int w_repack_supported(const wmat *w)
 		return 0;
 	if (w->type == W_F16 || w->type == W_BF16 || w->type == W_F32)
 		return has_avx512() && w->cols % 16 == 0;
-	return cpu_has_vnni() && (w->type == W_Q8_0 || w->type == W_Q4_0) && w->cols % 32 == 0;
+	return cpu_has_vnni() && (w->type == W_Q8_0 || w->type == W_Q4_0 || w->type == W_Q4_1) &&
+	       w->cols % 32 == 0;
 }
 
 /* Groups g0..g1 of f16/bf16/f32 w into dst: column by column, 16 rows each.
@@ -92,7 +94,8 @@ static void repack_groups(const wmat *w, uint8_t *dst, int g0, int g1)
 		repack_groups_h(w, dst, g0, g1);
 		return;
 	}
-	const int q8 = w->type == W_Q8_0, bs = block_bytes(w->type), nb = w->cols / 32;
+	const int q8 = w->type == W_Q8_0, q41 = w->type == W_Q4_1;
+	const int bs = block_bytes(w->type), nb = w->cols / 32, qoff = q41 ? 64 : 32;
 	const size_t gbytes = (size_t)GROUP * w->row_bytes, bgbytes = (size_t)GROUP * bs;
 #pragma omp parallel for schedule(static)
 	for (int g = g0; g < g1; g++)
@@ -102,10 +105,12 @@ static void repack_groups(const wmat *w, uint8_t *dst, int g0, int g1)
 				const uint8_t *blk = w->data + (size_t)(g * GROUP + r) * w->row_bytes +
 						     (size_t)b * bs;
 				memcpy(o + 2 * r, blk, 2);
-				const uint8_t *qs = blk + 2;
+				if (q41)
+					memcpy(o + 32 + 2 * r, blk + 2, 2);
+				const uint8_t *qs = blk + (q41 ? 4 : 2);
 				for (int k = 0; k < (q8 ? 8 : 4); k++)
 					for (int i = 0; i < 4; i++)
-						o[32 + 64 * k + 4 * r + i] =
+						o[qoff + 64 * k + 4 * r + i] =
 							q8 ? (uint8_t)(qs[4 * k + i] ^ 0x80) : qs[4 * k + i];
 			}
 		}
@@ -145,7 +150,8 @@ int w_repack(const wmat *w, int drop_source, wmat *out, uint8_t **owned, owl_err
 	}
 	*out = *w;
 	out->type = w->type == W_Q8_0 ? W_Q8_0_R16 : w->type == W_Q4_0 ? W_Q4_0_R16
-		  : w->type == W_F16 ? W_F16_R16 : w->type == W_BF16 ? W_BF16_R16 : W_F32_R16;
+		  : w->type == W_Q4_1 ? W_Q4_1_R16 : w->type == W_F16 ? W_F16_R16
+		  : w->type == W_BF16 ? W_BF16_R16 : W_F32_R16;
 	out->data = dst;
 	*owned = dst;
 	return 0;
@@ -153,16 +159,20 @@ int w_repack(const wmat *w, int drop_source, wmat *out, uint8_t **owned, owl_err
 
 /* The 8 weight vectors of one group and block: vector k holds elements
  * 4k..4k+3 of the block for each of the 16 rows. */
-RP_INLINE void load_block(const uint8_t *p, int q8, __m512i *wv)
+/* Kinds of integer group: Q4_0, Q8_0, Q4_1 (16 mins after the scales). */
+enum { K_Q4_0, K_Q8_0, K_Q4_1 };
+
+RP_INLINE void load_block(const uint8_t *p, int kind, __m512i *wv)
 {
-	if (q8) {
+	if (kind == K_Q8_0) {
 		for (int k = 0; k < 8; k++)
 			wv[k] = _mm512_loadu_si512((const void *)(p + 32 + 64 * k));
 		return;
 	}
 	const __m512i low = _mm512_set1_epi8(0x0F);
+	const int qoff = kind == K_Q4_1 ? 64 : 32;
 	for (int m = 0; m < 4; m++) {
-		__m512i v = _mm512_loadu_si512((const void *)(p + 32 + 64 * m));
+		__m512i v = _mm512_loadu_si512((const void *)(p + qoff + 64 * m));
 		wv[m] = _mm512_and_si512(v, low);
 		wv[m + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
 	}
@@ -170,10 +180,13 @@ RP_INLINE void load_block(const uint8_t *p, int q8, __m512i *wv)
 
 /* Rows [16g, 16g+16) against tokens j0..j0+tn-1, every block; tn is a
  * constant after inlining so the sums stay in registers. */
-RP_INLINE void group_tile(const wmat *w, int q8, int g, const qact *a, int j0, int tn, float *y,
+RP_INLINE void group_tile(const wmat *w, int kind, int g, const qact *a, int j0, int tn, float *y,
 			  int ldy)
 {
-	const int bs = block_bytes(w->type), nb = a->nb, c = q8 ? 128 : 8;
+	/* Start values undo the unsigned operand: -128 sum(x) for Q8_0 (stored
+	 * +128), -8 sum(x) for Q4_0 (q-8); Q4_1 adds its mins in f32 instead. */
+	const int bs = block_bytes(w->type), nb = a->nb;
+	const int c = kind == K_Q8_0 ? 128 : kind == K_Q4_0 ? 8 : 0;
 	const uint8_t *gp = w->data + (size_t)g * GROUP * w->row_bytes;
 	__m512 acc[TN];
 #pragma GCC unroll 8
@@ -182,8 +195,10 @@ RP_INLINE void group_tile(const wmat *w, int q8, int g, const qact *a, int j0, i
 	for (int b = 0; b < nb; b++) {
 		const uint8_t *p = gp + (size_t)b * GROUP * bs;
 		__m512 ws = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+		__m512 wmin = kind == K_Q4_1 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 32)))
+					     : _mm512_setzero_ps();
 		__m512i wv[8];
-		load_block(p, q8, wv);
+		load_block(p, kind, wv);
 #pragma GCC unroll 8
 		for (int j = 0; j < tn; j++) {
 			const size_t xi = (size_t)(j0 + j) * nb + b;
@@ -197,6 +212,9 @@ RP_INLINE void group_tile(const wmat *w, int q8, int g, const qact *a, int j0, i
 			}
 			acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot),
 						 _mm512_mul_ps(ws, _mm512_set1_ps(a->d[xi])), acc[j]);
+			if (kind == K_Q4_1) /* m times the block's sum of x, as rounded */
+				acc[j] = _mm512_fmadd_ps(wmin, _mm512_set1_ps(a->d[xi] * (float)a->s[xi]),
+							 acc[j]);
 		}
 	}
 #pragma GCC unroll 8
@@ -205,27 +223,30 @@ RP_INLINE void group_tile(const wmat *w, int q8, int g, const qact *a, int j0, i
 }
 
 typedef void (*gtile_fn)(const wmat *, int, const qact *, int, float *, int);
-#define DEF_GTILE(NAME, Q8, TNc)                                                                \
+#define DEF_GTILE(NAME, KIND, TNc)                                                              \
 	RP_TARGET static void NAME(const wmat *w, int g, const qact *a, int j0, float *y, int ldy) \
 	{                                                                                       \
-		group_tile(w, Q8, g, a, j0, TNc, y, ldy);                                       \
+		group_tile(w, KIND, g, a, j0, TNc, y, ldy);                                     \
 	}
-DEF_GTILE(q8_tile_n, 1, TN)
-DEF_GTILE(q8_tile_1, 1, 1)
-DEF_GTILE(q4_tile_n, 0, TN)
-DEF_GTILE(q4_tile_1, 0, 1)
+DEF_GTILE(q8_tile_n, K_Q8_0, TN)
+DEF_GTILE(q8_tile_1, K_Q8_0, 1)
+DEF_GTILE(q4_tile_n, K_Q4_0, TN)
+DEF_GTILE(q4_tile_1, K_Q4_0, 1)
+DEF_GTILE(q41_tile_n, K_Q4_1, TN)
+DEF_GTILE(q41_tile_1, K_Q4_1, 1)
 
 void r16_gemv_groups(const wmat *w, const qact *a, int g0, int g1, float *y)
 {
-	gtile_fn f = w->type == W_Q8_0_R16 ? q8_tile_1 : q4_tile_1;
+	gtile_fn f = w->type == W_Q8_0_R16 ? q8_tile_1 : w->type == W_Q4_1_R16 ? q41_tile_1 : q4_tile_1;
 	for (int g = g0; g < g1; g++)
 		f(w, g, a, 0, y, w->rows);
 }
 
 void r16_gemm(const wmat *w, const qact *a, int n, float *y)
 {
-	const int q8 = w->type == W_Q8_0_R16, ngroups = w->rows / GROUP;
-	gtile_fn fn = q8 ? q8_tile_n : q4_tile_n, f1 = q8 ? q8_tile_1 : q4_tile_1;
+	const int ngroups = w->rows / GROUP;
+	gtile_fn fn = w->type == W_Q8_0_R16 ? q8_tile_n : w->type == W_Q4_1_R16 ? q41_tile_n : q4_tile_n;
+	gtile_fn f1 = w->type == W_Q8_0_R16 ? q8_tile_1 : w->type == W_Q4_1_R16 ? q41_tile_1 : q4_tile_1;
 #pragma omp parallel
 	{
 		int nt = omp_get_num_threads(), t = omp_get_thread_num();
