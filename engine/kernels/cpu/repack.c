@@ -120,12 +120,17 @@ int w_repack(const wmat *w, int drop_source, wmat *out, uint8_t **owned, owl_err
 {
 	const size_t gbytes = (size_t)GROUP * w->row_bytes, total = (size_t)w->rows / GROUP * gbytes;
 	const int ngroups = w->rows / GROUP;
-	/* Plain pages: huge pages (MADV_HUGEPAGE) would round each of a small
-	 * model's hundreds of matrices up to 2 MiB of resident memory. */
-	uint8_t *dst = aligned_alloc(64, (total + 63) / 64 * 64);
+	/* Huge pages where they fit whole: decoding streams every weight once
+	 * per token, and 4 KiB pages would cost a TLB miss every 4 KiB. Only
+	 * the 2 MiB-aligned interior is advised, so no matrix is rounded up
+	 * (a small model has hundreds of matrices under 2 MiB). */
+	const size_t huge = 2u << 20;
+	uint8_t *dst = aligned_alloc(total >= huge ? huge : 64, (total + 63) / 64 * 64);
 	if (!dst)
 		return owl_err_set(err, OWL_EFAIL, "cannot allocate %zu MiB to repack a %dx%d weight",
 				   total >> 20, w->rows, w->cols);
+	if (total >= huge)
+		madvise(dst, total / huge * huge, MADV_HUGEPAGE);
 	/* A few MiB at a time, dropping each slab's source pages once it is
 	 * copied: the process never holds both copies of a matrix. */
 	const size_t page = (size_t)sysconf(_SC_PAGESIZE);
