@@ -37,8 +37,9 @@ expect_rc() {
   if [ "$RC" -eq "$2" ]; then pass "$1"; else fail "$1" "expected exit $2, got $RC; stderr: $ERR"; fi
 }
 # expect_contains NAME HAYSTACK NEEDLE
+# On failure it also shows the last owl call's status and stderr.
 expect_contains() {
-  if [[ "$2" == *"$3"* ]]; then pass "$1"; else fail "$1" "expected to find '$3' in: ${2:0:600}"; fi
+  if [[ "$2" == *"$3"* ]]; then pass "$1"; else fail "$1" "expected to find '$3' in: ${2:0:600} (last owl call: exit ${RC:-?}, stderr: ${ERR:0:600})"; fi
 }
 expect_not_contains() {
   if [[ "$2" != *"$3"* ]]; then pass "$1"; else fail "$1" "did not expect '$3' in: ${2:0:600}"; fi
