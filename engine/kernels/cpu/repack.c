@@ -125,10 +125,12 @@ int w_repack(const wmat *w, int drop_source, wmat *out, uint8_t **owned, owl_err
 	 * the 2 MiB-aligned interior is advised, so no matrix is rounded up
 	 * (a small model has hundreds of matrices under 2 MiB). */
 	const size_t huge = 2u << 20;
-	uint8_t *dst = aligned_alloc(total >= huge ? huge : 64, (total + 63) / 64 * 64);
-	if (!dst)
+	void *mem = NULL;
+	/* posix_memalign: aligned_alloc wants the size a multiple of the alignment. */
+	if (posix_memalign(&mem, total >= huge ? huge : 64, total ? total : 1))
 		return owl_err_set(err, OWL_EFAIL, "cannot allocate %zu MiB to repack a %dx%d weight",
 				   total >> 20, w->rows, w->cols);
+	uint8_t *dst = mem;
 	if (total >= huge)
 		madvise(dst, total / huge * huge, MADV_HUGEPAGE);
 	/* A few MiB at a time, dropping each slab's source pages once it is
