@@ -234,10 +234,10 @@ const char *gguf_type_name(gguf_type t)
 
 size_t gguf_row_bytes(gguf_type t, uint64_t n)
 {
-	size_t bs = gguf_type_block_size(t);
-	if (!bs || n % bs)
-		return 0;
-	return (size_t)(n / bs) * gguf_type_block_bytes(t);
+	size_t bs = gguf_type_block_size(t), bytes = gguf_type_block_bytes(t);
+	if (!bs || n % bs || n / bs > SIZE_MAX / bytes)
+		return 0; /* not whole blocks, or more bytes than memory can address */
+	return (size_t)(n / bs) * bytes;
 }
 
 static const gguf_kv *find_kv(const gguf_file *f, const char *key)
@@ -326,6 +326,13 @@ int gguf_parse(const void *buf, size_t size, const char *label, gguf_file **out,
 			}
 			if (rc)
 				break;
+			size_t bs = gguf_type_block_size(t->type);
+			if (t->dims[0] / bs > SIZE_MAX / gguf_type_block_bytes(t->type)) {
+				rc = owl_err_set(err, OWL_EINTEGRITY, "cannot read '%s': tensor '%s' has rows "
+						 "of %llu elements, more bytes than memory can address",
+						 label, t->name, (unsigned long long)t->dims[0]);
+				break;
+			}
 			size_t row = gguf_row_bytes(t->type, t->dims[0]);
 			if (!row) {
 				rc = owl_err_set(err, OWL_EINTEGRITY, "cannot read '%s': tensor '%s' rows of "
@@ -333,8 +340,13 @@ int gguf_parse(const void *buf, size_t size, const char *label, gguf_file **out,
 						 (unsigned long long)t->dims[0], gguf_type_name(t->type));
 				break;
 			}
+			if (n / t->dims[0] > UINT64_MAX / row) {
+				rc = owl_err_set(err, OWL_EINTEGRITY, "cannot read '%s': tensor '%s' has an "
+						 "impossible shape", label, t->name);
+				break;
+			}
 			uint64_t nbytes = (n / t->dims[0]) * row;
-			if (t->offset % align || t->offset > size || nbytes > size - data ||
+			if (t->offset % align || data > size || t->offset > size || nbytes > size - data ||
 			    t->offset > size - data - nbytes) {
 				rc = owl_err_set(err, OWL_EINTEGRITY, "cannot read '%s': tensor '%s' data "
 						 "[%llu, +%llu) lies outside the file or is misaligned", label,
