@@ -70,6 +70,8 @@ int qgemm_supported(const wmat *w, int n);
 void qgemm(const wmat *w, const float *x, float *y, int n);
 /* Whether this CPU has AVX-512 VNNI and OWL_NO_QGEMM is not set. */
 int cpu_has_vnni(void);
+/* Whether this CPU has AVX-512 (F and BW) and OWL_NO_AVX512 is not set. */
+int cpu_has_avx512(void);
 /* Activations of n tokens rounded to Q8 blocks: q [n][cols] int8, and per
  * block d (scale) and s (sum of q). Owned: qact_release frees them. */
 typedef struct qact {

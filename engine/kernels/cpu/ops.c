@@ -60,7 +60,7 @@ static inline float f16(const uint8_t *p)
 static void r16_row_to_f32(const wmat *w, int row, float *dst)
 {
 	const int q8 = w->type == W_Q8_0_R16, q41 = w->type == W_Q4_1_R16, lane = row % 16;
-	const int bs = q8 ? 34 : q41 ? 20 : 18, qoff = q41 ? 64 : 32;
+	const int bs = (int)wtype_row_bytes(w->type, 32), qoff = q41 ? 64 : 32;
 	const uint8_t *g = w->data + (size_t)(row / 16) * 16 * w->row_bytes;
 	for (int b = 0; b < w->cols / 32; b++) {
 		const uint8_t *p = g + (size_t)b * 16 * bs;
@@ -213,14 +213,6 @@ __attribute__((target("avx512f,f16c,fma"))) static float dot_f16_512(const uint8
 	for (; i < n; i++)
 		s += f16(w + 2 * i) * x[i];
 	return s;
-}
-
-static int have_avx512(void)
-{
-	static int have = -1;
-	if (have < 0)
-		have = __builtin_cpu_supports("avx512f") && !getenv("OWL_NO_AVX512");
-	return have;
 }
 
 static inline __m256 ld_bf16(const uint8_t *p)
@@ -463,7 +455,7 @@ static float dot_row(const wmat *w, int r, const float *x)
 	const uint8_t *p = w->data + (size_t)r * w->row_bytes;
 	switch (w->type) {
 	case W_F32: return dot_f32((const float *)p, x, w->cols);
-	case W_F16: return have_avx512() ? dot_f16_512(p, x, w->cols) : dot_f16(p, x, w->cols);
+	case W_F16: return cpu_has_avx512() ? dot_f16_512(p, x, w->cols) : dot_f16(p, x, w->cols);
 	case W_BF16: return dot_bf16(p, x, w->cols);
 	default: return 0; /* unreachable: quantised types take qdot_for */
 	}

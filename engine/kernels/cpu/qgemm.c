@@ -28,9 +28,12 @@
 
 enum { RM = 4, RN = 4, CHUNK = 128 };
 
-static int block_bytes(wtype t)
+int cpu_has_avx512(void)
 {
-	return t == W_Q8_0 ? 34 : t == W_Q4_0 ? 18 : 20;
+	static int have = -1;
+	if (have < 0)
+		have = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+	return have && !getenv("OWL_NO_AVX512");
 }
 
 int cpu_has_vnni(void)
@@ -99,7 +102,7 @@ QG_INLINE void tile(const wmat *w, int r0, int rm, const qact *a, int j0, int rn
 		    int ldy)
 {
 	const wtype t = w->type;
-	const int bs = block_bytes(t), npairs = a->nb / 2;
+	const int bs = (int)wtype_row_bytes(t, 32), npairs = a->nb / 2; /* bytes per block */
 	__m512 acc[RM][RN];
 	#pragma GCC unroll 4
 	for (int i = 0; i < RM; i++)

@@ -34,19 +34,6 @@
 
 enum { GROUP = 16, TN = 8, CHUNK = 128 };
 
-static int block_bytes(wtype t)
-{
-	return t == W_Q8_0_R16 || t == W_Q8_0 ? 34 : t == W_Q4_1_R16 || t == W_Q4_1 ? 20 : 18;
-}
-
-static int has_avx512(void)
-{
-	static int have = -1;
-	if (have < 0)
-		have = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-	return have && !getenv("OWL_NO_AVX512");
-}
-
 int w_is_r16(const wmat *w)
 {
 	return w->type == W_Q8_0_R16 || w->type == W_Q4_0_R16 || w->type == W_Q4_1_R16 ||
@@ -59,7 +46,7 @@ int w_repack_supported(const wmat *w)
 	    w->row_bytes != wtype_row_bytes(w->type, w->cols))
 		return 0;
 	if (w->type == W_F16 || w->type == W_BF16 || w->type == W_F32)
-		return has_avx512() && w->cols % 16 == 0;
+		return cpu_has_avx512() && w->cols % 16 == 0;
 	return cpu_has_vnni() && (w->type == W_Q8_0 || w->type == W_Q4_0 || w->type == W_Q4_1) &&
 	       w->cols % 32 == 0;
 }
@@ -95,7 +82,7 @@ static void repack_groups(const wmat *w, uint8_t *dst, int g0, int g1)
 		return;
 	}
 	const int q8 = w->type == W_Q8_0, q41 = w->type == W_Q4_1;
-	const int bs = block_bytes(w->type), nb = w->cols / 32, qoff = q41 ? 64 : 32;
+	const int bs = (int)wtype_row_bytes(w->type, 32), nb = w->cols / 32, qoff = q41 ? 64 : 32;
 	const size_t gbytes = (size_t)GROUP * w->row_bytes, bgbytes = (size_t)GROUP * bs;
 #pragma omp parallel for schedule(static)
 	for (int g = g0; g < g1; g++)
@@ -192,7 +179,7 @@ RP_INLINE void group_tile(const wmat *w, int kind, int g, const qact *a, int j0,
 {
 	/* Start values undo the unsigned operand: -128 sum(x) for Q8_0 (stored
 	 * +128), -8 sum(x) for Q4_0 (q-8); Q4_1 adds its mins in f32 instead. */
-	const int bs = block_bytes(w->type), nb = a->nb;
+	const int bs = (int)wtype_row_bytes(w->type, 32), nb = a->nb; /* bytes per block */
 	const int c = kind == K_Q8_0 ? 128 : kind == K_Q4_0 ? 8 : 0;
 	const uint8_t *gp = w->data + (size_t)g * GROUP * w->row_bytes;
 	__m512 acc[TN];
