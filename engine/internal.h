@@ -86,6 +86,8 @@ void qact_release(qact *a);
  * once at load so that one vpdpbusd multiplies 16 rows by 4 activations, and
  * f16/bf16/f32 so that one FMA multiplies 16 rows by one activation. */
 int w_is_r16(const wmat *w);
+/* For a repacked w: f16/bf16/f32 groups (h16_*), else integer groups (r16_*). */
+int w_r16_is_float(const wmat *w);
 int w_repack_supported(const wmat *w);
 /* Fills *out with the repacked copy; *owned is its memory, the caller's to
  * free. drop_source: w is a read-only file mapping whose pages may be dropped

@@ -475,36 +475,43 @@ static qdot_fn qdot_for(wtype t)
 	}
 }
 
+/* The k matrices' rows taken end to end, in units of `unit` rows: the
+ * calling thread's contiguous share [*u0, *u1) of them. Matrix m covers
+ * [base, base + rows/unit) where base sums the matrices before it. */
+static void thread_share(const wmat *const *ws, int k, int unit, int *u0, int *u1)
+{
+	int total = 0;
+	for (int m = 0; m < k; m++)
+		total += ws[m]->rows / unit;
+	int nt = omp_get_num_threads(), t = omp_get_thread_num();
+	*u0 = (int)((long long)total * t / nt);
+	*u1 = (int)((long long)total * (t + 1) / nt);
+}
+
 /* Decode over repacked matrices sharing x: the pool splits their 16-row
  * groups, as it splits rows for the others. */
 static void matvec_r16(const wmat *const *ws, float *const *ys, int k, const float *x)
 {
-	/* Integer groups round x to Q8 once; f16/bf16 groups read x as is. */
+	/* Integer groups round x to Q8 once; f16/bf16/f32 groups read x as is. */
 	int need_q = 0;
 	for (int m = 0; m < k; m++)
-		need_q |= ws[m]->type == W_Q8_0_R16 || ws[m]->type == W_Q4_0_R16 ||
-			  ws[m]->type == W_Q4_1_R16;
+		need_q |= !w_r16_is_float(ws[m]);
 	qact a = {0};
 	if (need_q)
 		qact_init(&a, x, 1, ws[0]->cols);
-	int total = 0;
-	for (int m = 0; m < k; m++)
-		total += ws[m]->rows / 16;
 #pragma omp parallel
 	{
-		int nt = omp_get_num_threads(), t = omp_get_thread_num();
-		int g0 = (int)((long long)total * t / nt), g1 = (int)((long long)total * (t + 1) / nt);
-		int m = 0, g = g0;
-		while (m < k && g >= ws[m]->rows / 16)
-			g -= ws[m++]->rows / 16;
-		for (int done = g0; done < g1 && m < k; m++, g = 0) {
-			int ng = ws[m]->rows / 16, end = g + (g1 - done) < ng ? g + (g1 - done) : ng;
-			if (ws[m]->type == W_F16_R16 || ws[m]->type == W_BF16_R16 ||
-			    ws[m]->type == W_F32_R16)
-				h16_gemv_groups(ws[m], x, g, end, ys[m]);
+		int u0, u1;
+		thread_share(ws, k, 16, &u0, &u1);
+		for (int m = 0, base = 0; m < k; base += ws[m++]->rows / 16) {
+			int ng = ws[m]->rows / 16;
+			int lo = u0 > base ? u0 - base : 0, hi = u1 - base < ng ? u1 - base : ng;
+			if (lo >= hi)
+				continue;
+			if (w_r16_is_float(ws[m]))
+				h16_gemv_groups(ws[m], x, lo, hi, ys[m]);
 			else
-				r16_gemv_groups(ws[m], &a, g, end, ys[m]);
-			done += end - g;
+				r16_gemv_groups(ws[m], &a, lo, hi, ys[m]);
 		}
 	}
 	if (need_q)
@@ -526,11 +533,9 @@ void w_matvec_multi(const wmat *const *ws, float *const *ys, int k, const float 
 		return;
 	}
 	/* Activations quantised once per distinct need; all matrices share x. */
-	int cols = ws[0]->cols, nb = cols / 32, need_q = 0, total = 0;
-	for (int m = 0; m < k; m++) {
+	int cols = ws[0]->cols, nb = cols / 32, need_q = 0;
+	for (int m = 0; m < k; m++)
 		need_q |= qdot_for(ws[m]->type) != NULL;
-		total += ws[m]->rows;
-	}
 	q8x *xq = NULL;
 	if (need_q) {
 		xq = malloc((size_t)nb * sizeof *xq);
@@ -539,22 +544,18 @@ void w_matvec_multi(const wmat *const *ws, float *const *ys, int k, const float 
 #pragma omp parallel
 	{
 		/* Each thread takes one contiguous run of rows across the matrices. */
-		int nt = omp_get_num_threads(), t = omp_get_thread_num();
-		int g0 = (int)((long long)total * t / nt), g1 = (int)((long long)total * (t + 1) / nt);
-		int m = 0, r = g0;
-		while (m < k && r >= ws[m]->rows)
-			r -= ws[m++]->rows;
-		for (int g = g0; g < g1 && m < k; m++, r = 0) {
+		int u0, u1;
+		thread_share(ws, k, 1, &u0, &u1);
+		for (int m = 0, base = 0; m < k; base += ws[m++]->rows) {
 			const wmat *w = ws[m];
+			int lo = u0 > base ? u0 - base : 0, hi = u1 - base < w->rows ? u1 - base : w->rows;
 			qdot_fn dot = qdot_for(w->type);
-			int end = r + (g1 - g) < w->rows ? r + (g1 - g) : w->rows;
 			if (dot)
-				for (int rr = r; rr < end; rr++)
-					ys[m][rr] = dot(w->data + (size_t)rr * w->row_bytes, xq, nb);
+				for (int r = lo; r < hi; r++)
+					ys[m][r] = dot(w->data + (size_t)r * w->row_bytes, xq, nb);
 			else
-				for (int rr = r; rr < end; rr++)
-					ys[m][rr] = dot_row(w, rr, x);
-			g += end - r;
+				for (int r = lo; r < hi; r++)
+					ys[m][r] = dot_row(w, r, x);
 		}
 	}
 	free(xq);
@@ -575,7 +576,7 @@ void w_matmul(const wmat *w, const float *x, float *y, int n)
 		w_matvec(w, x, y);
 		return;
 	}
-	if (w->type == W_F16_R16 || w->type == W_BF16_R16 || w->type == W_F32_R16) {
+	if (w_r16_is_float(w)) {
 		h16_gemm(w, x, n, y);
 		return;
 	}

@@ -40,6 +40,11 @@ int w_is_r16(const wmat *w)
 	       w->type == W_F16_R16 || w->type == W_BF16_R16 || w->type == W_F32_R16;
 }
 
+int w_r16_is_float(const wmat *w)
+{
+	return w->type == W_F16_R16 || w->type == W_BF16_R16 || w->type == W_F32_R16;
+}
+
 int w_repack_supported(const wmat *w)
 {
 	if (getenv("OWL_NO_REPACK") || w->rows % GROUP ||
