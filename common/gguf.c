@@ -78,15 +78,24 @@ static int rd_u64(cursor *c, uint64_t *v, const char *what)
 	return 0;
 }
 
+/* A string's length, checked against what is left of the file; the cursor
+ * is left at its first byte. */
+static int rd_str_len(cursor *c, uint64_t *n, const char *what)
+{
+	if (rd_u64(c, n, what))
+		return OWL_EINTEGRITY;
+	if (*n > (uint64_t)(c->end - c->p) || *n > (64u << 20))
+		return owl_err_set(c->err, OWL_EINTEGRITY, "cannot read GGUF '%s': %s has a length "
+				   "of %llu bytes, past the end of the file", c->label, what,
+				   (unsigned long long)*n);
+	return 0;
+}
+
 static int rd_str(cursor *c, char **out, const char *what)
 {
 	uint64_t n;
-	if (rd_u64(c, &n, what))
+	if (rd_str_len(c, &n, what))
 		return OWL_EINTEGRITY;
-	if (n > (uint64_t)(c->end - c->p) || n > (64u << 20))
-		return owl_err_set(c->err, OWL_EINTEGRITY, "cannot read GGUF '%s': %s has a length "
-				   "of %llu bytes, past the end of the file", c->label, what,
-				   (unsigned long long)n);
 	*out = owl_xmalloc(n + 1);
 	memcpy(*out, c->p, n);
 	(*out)[n] = 0;
@@ -160,12 +169,8 @@ static int read_kv(cursor *c, gguf_kv *kv)
 		uint64_t total = 0;
 		for (uint64_t i = 0; i < n; i++) {
 			uint64_t len;
-			if (rd_u64(&look, &len, kv->key))
+			if (rd_str_len(&look, &len, kv->key))
 				return OWL_EINTEGRITY;
-			if (len > (uint64_t)(look.end - look.p) || len > (64u << 20))
-				return owl_err_set(c->err, OWL_EINTEGRITY, "cannot read GGUF '%s': a string "
-						   "of '%s' has a length of %llu bytes, past the end of the "
-						   "file", c->label, kv->key, (unsigned long long)len);
 			look.p += len;
 			total += len + 1;
 		}
@@ -176,8 +181,7 @@ static int read_kv(cursor *c, gguf_kv *kv)
 			free(pool);
 		for (uint64_t i = 0; i < n; i++) {
 			uint64_t len;
-			memcpy(&len, c->p, 8);
-			c->p += 8;
+			rd_str_len(c, &len, kv->key); /* checked by the first pass */
 			memcpy(pool, c->p, (size_t)len);
 			pool[len] = 0;
 			ss[i] = pool;
