@@ -61,8 +61,9 @@ void w_row_to_f32(const wmat *w, int row, float *dst);
 void w_matvec(const wmat *w, const float *x, float *y);
 /* The same for k matrices sharing x (q/k/v, gate/up): one pass of the pool. */
 void w_matvec_multi(const wmat *const *ws, float *const *ys, int k, const float *x);
-/* Y[n, rows] = X[n, cols] W^T: OpenBLAS sgemm, converting non-f32 weights to
- * f32 a block of rows at a time. */
+/* Y[n, rows] = X[n, cols] W^T: repacked weights through their 16-row
+ * kernels, Q8_0/Q4_0/Q4_1 in integers where VNNI is there (qgemm), the rest
+ * through OpenBLAS sgemm, non-f32 weights widened a band of rows at a time. */
 void w_matmul(const wmat *w, const float *x, float *y, int n);
 /* The same in integers for Q8_0/Q4_0/Q4_1 with AVX-512 VNNI (qgemm.c);
  * qgemm_supported says whether this machine and weight can take it. */

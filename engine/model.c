@@ -418,48 +418,52 @@ static void account(engine_model *m)
 	snprintf(in->weight_dtype, sizeof in->weight_dtype, "%s", mixed ? "mixed" : wtype_name(first));
 }
 
-/* On CPUs with AVX-512 (VNNI for the integer types), Q8_0, Q4_0, f16 and
- * bf16 matrices are repacked once into 16-row groups
+/* One matrix repacked in place of its file view, if this CPU and its shape
+ * take it; the copy is owned by the model. */
+static int repack_one(engine_model *m, wmat *w, owl_err *err)
+{
+	if (!w_repack_supported(w))
+		return 0;
+	wmat packed;
+	uint8_t *owned;
+	int rc = w_repack(w, 1, &packed, &owned, err);
+	if (rc)
+		return rc;
+	m->repacked = owl_xrealloc(m->repacked, (size_t)(m->nrepacked + 1) * sizeof *m->repacked);
+	m->repacked[m->nrepacked++] = owned;
+	*w = packed;
+	return 0;
+}
+
+/* On CPUs with AVX-512 (VNNI for the integer types), f32, f16, bf16, Q8_0,
+ * Q4_0 and Q4_1 matrices are repacked once into 16-row groups
  * (engine/kernels/cpu/repack.c): the kernels then multiply 16 rows per
  * instruction, for prompts and decoding alike. Every view repacked points
- * into a read-only file mapping (safetensors or GGUF). The
- * mapped pages of the file's copy are dropped from the process as they are
- * copied (they stay in the page cache), so the model holds its weights once,
- * during the load too. Only with --tp 1: tensor-parallel shards are views that
- * may start inside a 16-row group. A tied embedding table is repacked too
- * (it is the output matrix; lookups read its rows from the groups). */
+ * into a read-only file mapping (safetensors or GGUF), whose pages are
+ * dropped from the process as they are copied (they stay in the page
+ * cache), so the model holds its weights once, during the load too. Only
+ * with --tp 1: tensor-parallel shards are views that may start inside a
+ * 16-row group. A tied embedding table is repacked too (it is the output
+ * matrix; lookups read its rows from the groups). */
 static int repack_weights(engine_model *m, owl_err *err)
 {
 	const engine_model_info *in = &m->info;
 	if (in->tp != 1)
 		return 0;
-	for (int l = 0; l <= in->n_layers; l++) {
-		wmat *ws[7];
-		int k = 0;
-		if (l < in->n_layers) {
-			layer *L = &m->layers[l];
-			wmat *all[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-			memcpy(ws, all, sizeof all);
-			k = 7;
-		} else {
-			ws[k++] = in->tied_embeddings ? &m->tok_embd : &m->output;
-		}
-		for (int i = 0; i < k; i++) {
-			if (!w_repack_supported(ws[i]))
-				continue;
-			wmat packed;
-			uint8_t *owned;
-			int rc = w_repack(ws[i], 1, &packed, &owned, err);
-			if (rc)
-				return rc;
-			m->repacked = owl_xrealloc(m->repacked, (size_t)(m->nrepacked + 1) * sizeof *m->repacked);
-			m->repacked[m->nrepacked++] = owned;
-			*ws[i] = packed;
-		}
+	int rc = 0;
+	for (int l = 0; l < in->n_layers && !rc; l++) {
+		layer *L = &m->layers[l];
+		wmat *ws[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+		for (int i = 0; i < 7 && !rc; i++)
+			rc = repack_one(m, ws[i], err);
 	}
-	if (in->tied_embeddings)
+	if (!rc && in->tied_embeddings) {
+		rc = repack_one(m, &m->tok_embd, err);
 		m->output = m->tok_embd;
-	return 0;
+	} else if (!rc) {
+		rc = repack_one(m, &m->output, err);
+	}
+	return rc;
 }
 
 /* A folder with exactly one .gguf and no config.json is that GGUF. */

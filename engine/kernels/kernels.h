@@ -133,7 +133,8 @@ typedef struct kernels_comm {
 			      size_t n, owl_err *err);
 } kernels_comm;
 
-/* The CPU backend (engine/kernels/cpu/backend.c): OpenMP, OpenBLAS, AVX2. */
+/* The CPU backend (engine/kernels/cpu/backend.c): OpenMP, OpenBLAS, AVX2, and
+ * AVX-512 (VNNI) kernels where the CPU has them. */
 const kernels_backend *kernels_cpu_backend(void);
 /* Ranks on one machine sharing memory. */
 const kernels_comm *kernels_cpu_comm(void);

@@ -79,7 +79,7 @@ static void repack_groups_h(const wmat *w, uint8_t *dst, int g0, int g1)
 	}
 }
 
-/* Groups g0..g1 of Q8_0/Q4_0 w into dst. */
+/* Groups g0..g1 of w into dst (Q8_0/Q4_0/Q4_1 here, the float types above). */
 static void repack_groups(const wmat *w, uint8_t *dst, int g0, int g1)
 {
 	if (w->type == W_F16 || w->type == W_BF16 || w->type == W_F32) {
