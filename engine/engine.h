@@ -31,6 +31,7 @@ typedef struct engine_session engine_session; /* one sequence's KV cache */
 typedef struct engine_model_opts {
 	int tp;      /* tensor-parallel ranks; 0 or 1 = none */
 	int threads; /* CPU threads; 0 = all cores */
+	int kv_type; /* engine_kv_type of the sessions' caches: 0 = f32, 1 = f16 */
 } engine_model_opts;
 
 typedef struct engine_model_info {
@@ -69,6 +70,73 @@ uint64_t engine_session_kv_bytes(const engine_session *s);
  * context is an error (OWL_EUSAGE), never a crash. */
 int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logits, int all_logits,
 		   owl_err *err);
+
+/* ---- the paged KV pool and batches (engine/kv.c, engine/forward.c) ---------
+ * A pool holds the keys and values of many sequences in blocks of 32
+ * tokens; engine_decode runs one forward pass over a batch of tokens of any
+ * of its sequences, each at its own position: a prompt, one decoding step
+ * of many requests, or both at once. engine_session above is one sequence
+ * on a pool of its own. One thread at a time drives a pool. */
+
+typedef enum engine_kv_type {
+	ENGINE_KV_F32 = 0,
+	ENGINE_KV_F16, /* half the memory; keys and values rounded to f16 */
+} engine_kv_type;
+
+typedef struct engine_kv_opts {
+	int n_tokens;       /* capacity of the pool, all sequences together; 0 = the model's context */
+	int max_seq_tokens; /* longest sequence; 0 = the capacity or the model's context, the smaller */
+	engine_kv_type type;
+} engine_kv_opts;
+
+typedef struct engine_kv_stats {
+	int block_tokens;
+	int blocks_total, blocks_used, blocks_cached; /* cached: held by no sequence, kept for reuse */
+	uint64_t bytes_reserved; /* address space of the pool */
+	uint64_t bytes_used;     /* blocks held by sequences */
+	uint64_t bytes_touched;  /* blocks ever used: the memory the pool really occupies */
+} engine_kv_stats;
+
+typedef struct engine_kv engine_kv;
+
+/* Memory is reserved for the whole pool but occupied only as blocks are used. */
+int engine_kv_new(engine_model *m, const engine_kv_opts *o, engine_kv **out, owl_err *err);
+void engine_kv_free(engine_kv *kv); /* accepts NULL */
+void engine_kv_get_stats(const engine_kv *kv, engine_kv_stats *st);
+/* A new empty sequence. salt names what else decides its keys and values
+ * (its adapter): prefixes are shared only between sequences of one salt. */
+int engine_kv_seq_new(engine_kv *kv, uint64_t salt, int *seq, owl_err *err);
+/* A new sequence sharing the first n_tokens of src (their blocks, not copies). */
+int engine_kv_seq_fork(engine_kv *kv, int src, int n_tokens, int *seq, owl_err *err);
+void engine_kv_seq_free(engine_kv *kv, int seq); /* its blocks go back, or stay cached */
+int engine_kv_seq_len(const engine_kv *kv, int seq);
+int engine_kv_seq_max(const engine_kv *kv); /* the longest sequence the pool takes */
+void engine_kv_seq_truncate(engine_kv *kv, int seq, int len);
+/* For an empty sequence about to run tokens: attaches the cached blocks
+ * that already hold a prefix of them (prefix caching) and returns how many
+ * tokens they cover, always fewer than n; the caller runs the rest. */
+int engine_kv_seq_reuse_prefix(engine_kv *kv, int seq, const int32_t *tokens, int n);
+/* Makes room for n more tokens of seq now, so that a caller batching many
+ * requests can refuse the one that does not fit: OWL_EFAIL when the pool
+ * is full, OWL_EUSAGE past the longest sequence. engine_decode reserves
+ * what it needs itself. */
+int engine_kv_reserve(engine_kv *kv, int seq, int n, owl_err *err);
+
+/* Tokens of one forward pass. Each sequence's tokens form one run, in
+ * order, continuing where its cache ends (pos, when given, must say so). */
+typedef struct engine_batch {
+	int n;
+	const int32_t *tokens;
+	const int32_t *seq;
+	const int32_t *pos;      /* NULL: each sequence continues where its cache ends */
+	const uint8_t *want;     /* rows that want logits; NULL: the last row of each run */
+} engine_batch;
+
+/* Runs the batch; logits receives [rows wanting logits, vocab], in batch
+ * order. All or nothing: on failure no sequence has changed. */
+int engine_decode(engine_kv *kv, const engine_batch *b, float *logits, owl_err *err);
+/* How many rows of b want logits. */
+int engine_batch_logit_rows(const engine_batch *b);
 
 /* ---- tokenizers (engine/tokenizer.c) -------------------------------------- */
 

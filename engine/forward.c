@@ -6,17 +6,18 @@
  * meet in one all-reduce per attention block and one per MLP, through the
  * comm interface. On the CPU every rank's shard is a view of the same mapped
  * weights, so sharding costs no memory. */
-#include "internal.h"
+#include "kv_impl.h"
 
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* A session is one sequence on a pool of its own, sized for n_ctx tokens. */
 struct engine_session {
 	engine_model *m;
-	int n_ctx, pos;
-	float *k, *v; /* [layer][n_ctx][n_kv * head_dim] */
+	engine_kv *kv;
+	int seq;
 };
 
 int engine_session_new(engine_model *m, int n_ctx, engine_session **out, owl_err *err)
@@ -28,16 +29,17 @@ int engine_session_new(engine_model *m, int n_ctx, engine_session **out, owl_err
 	if (n_ctx > in->ctx_train)
 		return owl_err_set(err, OWL_EUSAGE, "a context of %d tokens exceeds the model's %d",
 				   n_ctx, in->ctx_train);
-	size_t per = (size_t)in->n_layers * (size_t)n_ctx * (size_t)(in->n_kv_heads * in->head_dim);
-	engine_session *s = owl_xcalloc(1, sizeof *s);
+	engine_session *s = calloc(1, sizeof *s);
+	if (!s)
+		return owl_err_set(err, OWL_EFAIL, "cannot allocate a session");
 	s->m = m;
-	s->n_ctx = n_ctx;
-	s->k = calloc(per, sizeof *s->k);
-	s->v = calloc(per, sizeof *s->v);
-	if (!s->k || !s->v) {
+	engine_kv_opts ko = {.n_tokens = n_ctx, .max_seq_tokens = n_ctx, .type = m->kv_type};
+	int rc = engine_kv_new(m, &ko, &s->kv, err);
+	if (!rc)
+		rc = engine_kv_seq_new(s->kv, 0, &s->seq, err);
+	if (rc) {
 		engine_session_free(s);
-		return owl_err_set(err, OWL_EFAIL, "cannot allocate a KV cache of %zu MiB for %d tokens",
-				   2 * per * sizeof(float) >> 20, n_ctx);
+		return rc;
 	}
 	*out = s;
 	return 0;
@@ -47,24 +49,43 @@ void engine_session_free(engine_session *s)
 {
 	if (!s)
 		return;
-	free(s->k);
-	free(s->v);
+	engine_kv_free(s->kv);
 	free(s);
 }
 
-int engine_session_pos(const engine_session *s) { return s->pos; }
-int engine_session_ctx(const engine_session *s) { return s->n_ctx; }
+int engine_session_pos(const engine_session *s) { return engine_kv_seq_len(s->kv, s->seq); }
+int engine_session_ctx(const engine_session *s) { return engine_kv_seq_max(s->kv); }
 void engine_session_truncate(engine_session *s, int pos)
 {
-	if (pos >= 0 && pos < s->pos)
-		s->pos = pos;
+	engine_kv_seq_truncate(s->kv, s->seq, pos);
 }
 
 uint64_t engine_session_kv_bytes(const engine_session *s)
 {
-	const engine_model_info *in = &s->m->info;
-	return 2ull * (uint64_t)in->n_layers * (uint64_t)s->n_ctx *
-	       (uint64_t)(in->n_kv_heads * in->head_dim) * sizeof(float);
+	engine_kv_stats st;
+	engine_kv_get_stats(s->kv, &st);
+	return st.bytes_reserved;
+}
+
+int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logits, int all_logits,
+		   owl_err *err)
+{
+	if (n <= 0)
+		return owl_err_set(err, OWL_EUSAGE, "nothing to run: no tokens");
+	int32_t *seq = malloc((size_t)n * sizeof *seq);
+	uint8_t *want = all_logits ? malloc((size_t)n) : NULL;
+	if (!seq || (all_logits && !want)) {
+		free(seq), free(want);
+		return owl_err_set(err, OWL_EFAIL, "cannot allocate a batch of %d tokens", n);
+	}
+	for (int i = 0; i < n; i++)
+		seq[i] = s->seq;
+	if (want)
+		memset(want, 1, (size_t)n);
+	engine_batch b = {.n = n, .tokens = tokens, .seq = seq, .want = want};
+	int rc = engine_decode(s->kv, &b, logits, err);
+	free(seq), free(want);
+	return rc;
 }
 
 /* ---- the shard of rank r ----------------------------------------------------- */
@@ -87,244 +108,236 @@ static wmat cols_of(const wmat *w, int c0, int n)
 	v.cols = n;
 	return v;
 }
-/* One forward step's state, shared by the ranks; each rank has its own
- * activation buffers and writes only its own partial output. */
+/* ---- one micro-batch ------------------------------------------------------------ */
+
+/* What every rank reads during one layer of one micro-batch; each rank
+ * writes only its own working buffers, cache shard and partial output. */
 typedef struct step {
-	engine_session *s;
+	engine_kv *kv;
 	const layer *L;
-	int n, pos0, l;
-	const float *xn;      /* normalised input, [n, dim] (read by all ranks) */
-	float **q, **kb, **vb, **att, **gate, **up, **part; /* per rank */
-	int rc[16];           /* per rank */
-	owl_err err[16];
+	int l, n, nseg;
 } step;
-
-/* Rank r's query heads [h0, h0+hpr) read kv heads [kv0, kv1). */
-static void rank_heads(const engine_model_info *in, int r, int *h0, int *kv0, int *nkv)
-{
-	int hpr = in->n_heads / in->tp, group = in->n_heads / in->n_kv_heads;
-	*h0 = r * hpr;
-	*kv0 = *h0 / group;
-	*nkv = (*h0 + hpr - 1) / group + 1 - *kv0;
-}
-
-static int rank_qkv(step *st, int r, owl_err *err)
-{
-	const engine_model *m = st->s->m;
-	const engine_model_info *in = &m->info;
-	const kernels_backend *be = m->be;
-	const layer *L = st->L;
-	int hd = in->head_dim, hpr = in->n_heads / in->tp, n = st->n, h0, kv0, nkv, rc;
-	rank_heads(in, r, &h0, &kv0, &nkv);
-	wmat wq = rows_of(&L->wq, h0 * hd, hpr * hd);
-	wmat wk = rows_of(&L->wk, kv0 * hd, nkv * hd);
-	wmat wv = rows_of(&L->wv, kv0 * hd, nkv * hd);
-	float *q = st->q[r], *kb = st->kb[r], *vb = st->vb[r];
-	if (n == 1) {
-		/* Decode: one pass of the thread pool over all three. */
-		const wmat *ws[3] = {&wq, &wk, &wv};
-		float *ys[3] = {q, kb, vb};
-		if ((rc = be->matvec_multi(ys, ws, 3, st->xn, err)))
-			return rc;
-	} else if ((rc = be->matmul(q, st->xn, &wq, n, err)) ||
-		   (rc = be->matmul(kb, st->xn, &wk, n, err)) ||
-		   (rc = be->matmul(vb, st->xn, &wv, n, err))) {
-		return rc;
-	}
-	for (int i = 0; L->bq && i < n; i++) {
-		float *qi = q + (size_t)i * hpr * hd, *ki = kb + (size_t)i * nkv * hd;
-		float *vi = vb + (size_t)i * nkv * hd;
-		for (int j = 0; j < hpr * hd; j++)
-			qi[j] += L->bq[h0 * hd + j];
-		for (int j = 0; j < nkv * hd; j++) {
-			ki[j] += L->bk[kv0 * hd + j];
-			vi[j] += L->bv[kv0 * hd + j];
-		}
-	}
-	kernels_rope_layout layout = m->rope_adjacent ? KERNELS_ROPE_ADJACENT : KERNELS_ROPE_HALF;
-	if ((rc = be->rope(q, n, st->pos0, hpr, hd, m->inv_freq, layout, err)))
-		return rc;
-	return be->rope(kb, n, st->pos0, nkv, hd, m->inv_freq, layout, err);
-}
-
-/* Rank r's new keys and values into the cache. A kv head shared by several
- * ranks (replicated when tp > n_kv_heads) is written once, by the first. */
-static void rank_store_kv(step *st, int r)
-{
-	const engine_model_info *in = &st->s->m->info;
-	int hd = in->head_dim, kvd = in->n_kv_heads * hd, h0, kv0, nkv, prev_end = 0;
-	rank_heads(in, r, &h0, &kv0, &nkv);
-	if (r > 0) {
-		int p0, pk0, pn;
-		rank_heads(in, r - 1, &p0, &pk0, &pn);
-		prev_end = pk0 + pn;
-	}
-	float *kc = st->s->k + (size_t)st->l * st->s->n_ctx * kvd;
-	float *vc = st->s->v + (size_t)st->l * st->s->n_ctx * kvd;
-	for (int j = kv0 < prev_end ? prev_end : kv0; j < kv0 + nkv; j++)
-		for (int i = 0; i < st->n; i++) {
-			size_t dst = (size_t)(st->pos0 + i) * kvd + (size_t)j * hd;
-			size_t src = ((size_t)i * nkv + (size_t)(j - kv0)) * hd;
-			memcpy(kc + dst, st->kb[r] + src, (size_t)hd * sizeof(float));
-			memcpy(vc + dst, st->vb[r] + src, (size_t)hd * sizeof(float));
-		}
-}
 
 static int rank_attention(step *st, int r, owl_err *err)
 {
-	const engine_model *m = st->s->m;
+	engine_kv *kv = st->kv;
+	const engine_model *m = kv->m;
 	const engine_model_info *in = &m->info;
-	int hd = in->head_dim, hpr = in->n_heads / in->tp, kvd = in->n_kv_heads * hd, h0, kv0, nkv, rc;
-	rank_heads(in, r, &h0, &kv0, &nkv);
-	const float *kc = st->s->k + (size_t)st->l * st->s->n_ctx * kvd;
-	const float *vc = st->s->v + (size_t)st->l * st->s->n_ctx * kvd;
-	if ((rc = m->be->attention(st->att[r], st->q[r], kc, vc, st->n, st->pos0, hpr, h0,
-				   in->n_heads / in->n_kv_heads, kvd, hd, in->sliding_window, err)))
+	const kernels_backend *be = m->be;
+	const layer *L = st->L;
+	kv_rank_ws *w = &kv->ws[r];
+	int hd = in->head_dim, hpr = in->n_heads / in->tp, n = st->n, h0, kv0, nkv, rc;
+	kv_rank_heads(in, r, &h0, &kv0, &nkv);
+	wmat wq = rows_of(&L->wq, h0 * hd, hpr * hd);
+	wmat wk = rows_of(&L->wk, kv0 * hd, nkv * hd);
+	wmat wv = rows_of(&L->wv, kv0 * hd, nkv * hd);
+	if (n == 1) {
+		/* Decode: one pass of the thread pool over all three. */
+		const wmat *ws[3] = {&wq, &wk, &wv};
+		float *ys[3] = {w->q, w->kb, w->vb};
+		if ((rc = be->matvec_multi(ys, ws, 3, kv->xn, err)))
+			return rc;
+	} else if ((rc = be->matmul(w->q, kv->xn, &wq, n, err)) ||
+		   (rc = be->matmul(w->kb, kv->xn, &wk, n, err)) ||
+		   (rc = be->matmul(w->vb, kv->xn, &wv, n, err))) {
 		return rc;
-	wmat wo = cols_of(&st->L->wo, h0 * hd, hpr * hd);
-	return m->be->matmul(st->part[r], st->att[r], &wo, st->n, err);
+	}
+	if (L->bq && ((rc = be->add_rows(w->q, L->bq + h0 * hd, n, hpr * hd, err)) ||
+		      (rc = be->add_rows(w->kb, L->bk + kv0 * hd, n, nkv * hd, err)) ||
+		      (rc = be->add_rows(w->vb, L->bv + kv0 * hd, n, nkv * hd, err))))
+		return rc;
+	kernels_rope_layout layout = m->rope_adjacent ? KERNELS_ROPE_ADJACENT : KERNELS_ROPE_HALF;
+	kernels_kv_layer cache = kv_layer(kv, r, st->l);
+	if ((rc = be->rope(w->q, n, kv->pos, hpr, hd, m->inv_freq, layout, err)) ||
+	    (rc = be->rope(w->kb, n, kv->pos, nkv, hd, m->inv_freq, layout, err)) ||
+	    (rc = be->kv_store(&cache, w->kb, w->vb, kv->slots, n, err)) ||
+	    (rc = be->attention(w->att, w->q, kv->segs, st->nseg, &cache, hpr, h0,
+				in->n_heads / in->n_kv_heads, kv0, hd, in->sliding_window, &w->attn, err)))
+		return rc;
+	wmat wo = cols_of(&L->wo, h0 * hd, hpr * hd);
+	return be->matmul(w->part, w->att, &wo, n, err);
 }
 
 static int rank_ffn(step *st, int r, owl_err *err)
 {
-	const engine_model *m = st->s->m;
+	engine_kv *kv = st->kv;
+	const engine_model *m = kv->m;
 	const kernels_backend *be = m->be;
+	kv_rank_ws *w = &kv->ws[r];
 	int fpr = m->info.ffn_dim / m->info.tp, n = st->n, rc;
 	wmat wg = rows_of(&st->L->w_gate, r * fpr, fpr), wu = rows_of(&st->L->w_up, r * fpr, fpr);
 	if (n == 1) {
 		const wmat *ws[2] = {&wg, &wu};
-		float *ys[2] = {st->gate[r], st->up[r]};
-		if ((rc = be->matvec_multi(ys, ws, 2, st->xn, err)))
+		float *ys[2] = {w->gate, w->up};
+		if ((rc = be->matvec_multi(ys, ws, 2, kv->xn, err)))
 			return rc;
-	} else if ((rc = be->matmul(st->gate[r], st->xn, &wg, n, err)) ||
-		   (rc = be->matmul(st->up[r], st->xn, &wu, n, err))) {
+	} else if ((rc = be->matmul(w->gate, kv->xn, &wg, n, err)) ||
+		   (rc = be->matmul(w->up, kv->xn, &wu, n, err))) {
 		return rc;
 	}
-	if ((rc = be->swiglu(st->gate[r], st->up[r], (size_t)n * fpr, err)))
+	if ((rc = be->swiglu(w->gate, w->up, (size_t)n * fpr, err)))
 		return rc;
 	wmat wd = cols_of(&st->L->w_down, r * fpr, fpr);
-	return be->matmul(st->part[r], st->gate[r], &wd, n, err);
+	return be->matmul(w->part, w->gate, &wd, n, err);
 }
 
 /* Runs fn for every rank: each rank a thread group of threads/tp threads,
  * the groups side by side (nested OpenMP); tp = 1 is one group of all. */
 static int for_ranks(step *st, int (*fn)(step *, int, owl_err *), owl_err *err)
 {
-	const engine_model_info *in = &st->s->m->info;
+	const engine_model_info *in = &st->kv->m->info;
 	int tp = in->tp;
 	if (tp == 1)
 		return fn(st, 0, err);
-	int inner = in->threads / tp > 0 ? in->threads / tp : 1;
+	int rcs[KV_MAX_RANKS];
+	owl_err errs[KV_MAX_RANKS];
+	int inner = st->kv->threads_per_rank;
 #pragma omp parallel for num_threads(tp) schedule(static, 1)
 	for (int r = 0; r < tp; r++) {
 		omp_set_num_threads(inner);
-		owl_err_clear(&st->err[r]);
-		st->rc[r] = fn(st, r, &st->err[r]);
+		owl_err_clear(&errs[r]);
+		rcs[r] = fn(st, r, &errs[r]);
 	}
 	for (int r = 0; r < tp; r++)
-		if (st->rc[r]) {
+		if (rcs[r]) {
 			if (err)
-				*err = st->err[r];
-			return st->rc[r];
+				*err = errs[r];
+			return rcs[r];
 		}
 	return 0;
 }
 
-#define TRY(call)                  \
-	do {                       \
-		if ((rc = (call))) \
-			goto out;  \
-	} while (0)
-
-/* One micro-batch of n tokens at s->pos; logits NULL skips the output layer
- * (a prompt's earlier micro-batches). */
-static int forward_batch(engine_session *s, const int32_t *tokens, int n, float *logits,
-			 int all_logits, owl_err *err)
+static int all_reduce(engine_kv *kv, int n, owl_err *err)
 {
-	engine_model *m = s->m;
+	const engine_model *m = kv->m;
+	float *parts[KV_MAX_RANKS];
+	for (int r = 0; r < m->info.tp; r++)
+		parts[r] = kv->ws[r].part;
+	return m->comm.all_reduce_sum(&m->comm, kv->x, parts, (size_t)n * m->info.dim, err);
+}
+
+/* Tokens [t0, t0 + n) of the batch, n <= KV_UBATCH, whose runs and
+ * positions the caller checked and whose blocks it reserved. Logits of the
+ * rows that want them go to logits (rows counted from the batch's start). */
+static int forward_micro(engine_kv *kv, const engine_batch *b, int t0, int n, const int *start_len,
+			 float *logits, int *nl_done, owl_err *err)
+{
+	engine_model *m = kv->m;
 	const engine_model_info *in = &m->info;
 	const kernels_backend *be = m->be;
-	const int dim = in->dim, hd = in->head_dim, tp = in->tp;
-	const int hpr = in->n_heads / tp, fpr = in->ffn_dim / tp;
-	int rc = 0;
-	step st = {.s = s, .n = n, .pos0 = s->pos};
-	float *x = owl_xmalloc((size_t)n * dim * sizeof *x);
-	float *xn = owl_xmalloc((size_t)n * dim * sizeof *xn);
-	st.xn = xn;
-	float ***bufs[] = {&st.q, &st.kb, &st.vb, &st.att, &st.gate, &st.up, &st.part};
-	/* Sizes per rank: kv heads per rank are at most hpr (replication). */
-	size_t sizes[] = {(size_t)n * hpr * hd, (size_t)n * hpr * hd, (size_t)n * hpr * hd,
-			  (size_t)n * hpr * hd, (size_t)n * fpr, (size_t)n * fpr, (size_t)n * dim};
-	for (size_t b = 0; b < sizeof bufs / sizeof bufs[0]; b++) {
-		*bufs[b] = owl_xcalloc((size_t)tp, sizeof ***bufs);
-		for (int r = 0; r < tp; r++)
-			(*bufs[b])[r] = owl_xmalloc(sizes[b] * sizeof(float));
+	const int dim = in->dim;
+	int rc, nseg = 0;
+	/* Positions, cache slots and one attention segment per run. */
+	for (int i = 0; i < n; i++) {
+		int t = t0 + i;
+		const kv_seq *q = &kv->seqs[b->seq[t]];
+		int p = start_len[t];
+		kv->pos[i] = p;
+		kv->slots[i] = q->blocks[p / KV_BLOCK_TOKENS] * KV_BLOCK_TOKENS + p % KV_BLOCK_TOKENS;
+		if (i == 0 || b->seq[t] != b->seq[t - 1]) {
+			kv->segs[nseg++] = (kernels_attn_seg){.tok0 = i, .ntok = 0, .pos0 = p,
+							      .blocks = q->blocks};
+		}
+		kv->segs[nseg - 1].ntok++;
 	}
-
-	TRY(be->embedding(x, &m->tok_embd, tokens, n, err));
+	step st = {.kv = kv, .n = n, .nseg = nseg};
+	if ((rc = be->embedding(kv->x, &m->tok_embd, b->tokens + t0, n, err)))
+		return rc;
 	for (int l = 0; l < in->n_layers; l++) {
 		st.L = &m->layers[l];
 		st.l = l;
-		TRY(be->rmsnorm(xn, x, st.L->attn_norm, n, dim, in->norm_eps, err));
-		TRY(for_ranks(&st, rank_qkv, err));
-		for (int r = 0; r < tp; r++)
-			rank_store_kv(&st, r);
-		TRY(for_ranks(&st, rank_attention, err));
-		TRY(m->comm.all_reduce_sum(&m->comm, x, st.part, (size_t)n * dim, err));
-		TRY(be->rmsnorm(xn, x, st.L->ffn_norm, n, dim, in->norm_eps, err));
-		TRY(for_ranks(&st, rank_ffn, err));
-		TRY(m->comm.all_reduce_sum(&m->comm, x, st.part, (size_t)n * dim, err));
+		if ((rc = be->rmsnorm(kv->xn, kv->x, st.L->attn_norm, n, dim, in->norm_eps, err)) ||
+		    (rc = for_ranks(&st, rank_attention, err)) || (rc = all_reduce(kv, n, err)) ||
+		    (rc = be->rmsnorm(kv->xn, kv->x, st.L->ffn_norm, n, dim, in->norm_eps, err)) ||
+		    (rc = for_ranks(&st, rank_ffn, err)) || (rc = all_reduce(kv, n, err)))
+			return rc;
 	}
-	s->pos += n;
-	if (logits) {
-		int first = all_logits ? 0 : n - 1, nl = all_logits ? n : 1;
-		TRY(be->rmsnorm(xn, x + (size_t)first * dim, m->out_norm, nl, dim, in->norm_eps, err));
-		TRY(be->matmul(logits, xn, &m->output, nl, err));
+	/* The rows that want logits, gathered, through the output layer. */
+	int nl = 0;
+	for (int i = 0; i < n; i++) {
+		int t = t0 + i;
+		int want = b->want ? b->want[t] != 0 : (t + 1 == b->n || b->seq[t + 1] != b->seq[t]);
+		if (want)
+			memcpy(kv->xl + (size_t)nl++ * dim, kv->x + (size_t)i * dim, (size_t)dim * sizeof(float));
 	}
-out:
-	for (size_t b = 0; b < sizeof bufs / sizeof bufs[0]; b++) {
-		for (int r = 0; r < tp; r++)
-			free((*bufs[b])[r]);
-		free(*bufs[b]);
-	}
-	free(x);
-	free(xn);
-	return rc;
+	if (!nl)
+		return 0;
+	if ((rc = be->rmsnorm(kv->xn, kv->xl, m->out_norm, nl, dim, in->norm_eps, err)) ||
+	    (rc = be->matmul(logits + (size_t)*nl_done * in->vocab, kv->xn, &m->output, nl, err)))
+		return rc;
+	*nl_done += nl;
+	return 0;
 }
 
-/* Prompts run in micro-batches of UBATCH tokens: the activations of a
- * forward pass (q/k/v, the MLP's hidden width, attention scores) grow with
- * the tokens in flight, while the kernels gain nothing past a few 16-token
- * tiles (measured: pp512 the same at 64 and 128 for SmolLM2 Q4_0 and
- * TinyLlama Q4_0/f16), so bigger batches would only cost memory. */
-enum { UBATCH = 64 };
+/* ---- a batch ----------------------------------------------------------------------- */
 
-int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logits, int all_logits,
-		   owl_err *err)
+int engine_batch_logit_rows(const engine_batch *b)
 {
-	const engine_model_info *in = &s->m->info;
-	if (n <= 0)
+	int nl = 0;
+	for (int t = 0; t < b->n; t++)
+		nl += b->want ? b->want[t] != 0 : (t + 1 == b->n || b->seq[t + 1] != b->seq[t]);
+	return nl;
+}
+
+/* Checks the batch's shape: tokens in the vocabulary, known sequences,
+ * each sequence in one run, positions continuing its cache. Fills
+ * start_len[t] with token t's position. */
+static int batch_check(engine_kv *kv, const engine_batch *b, int *start_len, owl_err *err)
+{
+	const engine_model_info *in = &kv->m->info;
+	if (b->n <= 0)
 		return owl_err_set(err, OWL_EUSAGE, "nothing to run: no tokens");
-	if (s->pos + n > s->n_ctx)
-		return owl_err_set(err, OWL_EUSAGE, "the context of %d tokens is full (%d used, %d more "
-				   "asked); start over or use a larger --ctx", s->n_ctx, s->pos, n);
-	for (int i = 0; i < n; i++)
-		if (tokens[i] < 0 || tokens[i] >= in->vocab)
+	for (int t = 0; t < b->n; t++) {
+		if (b->tokens[t] < 0 || b->tokens[t] >= in->vocab)
 			return owl_err_set(err, OWL_EUSAGE, "token id %d is outside the vocabulary of %d",
-					   tokens[i], in->vocab);
-	if (in->tp > 16)
-		return owl_err_set(err, OWL_EUSAGE, "--tp %d: at most 16 ranks", in->tp);
-	omp_set_num_threads(in->threads);
-	omp_set_max_active_levels(2);
-	const int pos0 = s->pos;
-	for (int i = 0; i < n; i += UBATCH) {
-		int nb = n - i < UBATCH ? n - i : UBATCH, last = i + nb == n;
-		float *out = all_logits ? logits + (size_t)i * in->vocab : last ? logits : NULL;
-		int rc = forward_batch(s, tokens + i, nb, out, all_logits, err);
-		if (rc) {
-			s->pos = pos0; /* all or nothing: a failed prompt leaves the session as it was */
-			return rc;
-		}
+					   b->tokens[t], in->vocab);
+		int s = b->seq[t];
+		if (s < 0 || s >= kv->nseqs || !kv->seqs[s].used)
+			return owl_err_set(err, OWL_EUSAGE, "batch row %d names sequence %d, which the KV "
+					   "pool does not hold", t, s);
+		int new_run = t == 0 || b->seq[t - 1] != s;
+		if (new_run)
+			for (int u = 0; u < t; u++)
+				if (b->seq[u] == s)
+					return owl_err_set(err, OWL_EUSAGE, "sequence %d appears in two runs of "
+							   "the batch (rows %d and %d)", s, u, t);
+		start_len[t] = new_run ? kv->seqs[s].len : start_len[t - 1] + 1;
+		if (b->pos && b->pos[t] != start_len[t])
+			return owl_err_set(err, OWL_EUSAGE, "batch row %d: sequence %d is at position %d, "
+					   "not %d", t, s, start_len[t], b->pos[t]);
 	}
 	return 0;
+}
+
+int engine_decode(engine_kv *kv, const engine_batch *b, float *logits, owl_err *err)
+{
+	const engine_model_info *in = &kv->m->info;
+	int *start_len = malloc((size_t)(b->n > 0 ? b->n : 1) * sizeof *start_len);
+	if (!start_len)
+		return owl_err_set(err, OWL_EFAIL, "cannot allocate a batch of %d tokens", b->n);
+	int rc = batch_check(kv, b, start_len, err);
+	/* Room for every run first, so that a full pool fails before any work. */
+	for (int t = 0; !rc && t < b->n; t++) {
+		int u = t;
+		while (u + 1 < b->n && b->seq[u + 1] == b->seq[t])
+			u++;
+		rc = kv_seq_reserve(kv, b->seq[t], u - t + 1, err);
+		t = u;
+	}
+	omp_set_num_threads(in->threads);
+	int nl_done = 0;
+	for (int t0 = 0; !rc && t0 < b->n; t0 += KV_UBATCH) {
+		int n = b->n - t0 < KV_UBATCH ? b->n - t0 : KV_UBATCH;
+		rc = forward_micro(kv, b, t0, n, start_len, logits, &nl_done, err);
+	}
+	/* Only a pass that ran to the end moves the sequences on. */
+	for (int t = 0; !rc && t < b->n; t++) {
+		int u = t;
+		while (u + 1 < b->n && b->seq[u + 1] == b->seq[t])
+			u++;
+		kv_seq_commit(kv, b->seq[t], b->tokens + t, u - t + 1);
+		t = u;
+	}
+	free(start_len);
+	return rc;
 }

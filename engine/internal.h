@@ -42,6 +42,7 @@ struct engine_model {
 	float *out_norm;
 	float *inv_freq;     /* head_dim/2 RoPE frequencies, llama3 scaling applied */
 	int rope_adjacent;   /* GGUF: (2i, 2i+1) pairs; safetensors: (i, i+d/2) */
+	int kv_type;         /* engine_kv_type of engine_session's caches */
 	/* what keeps the views alive */
 	st_file **st;
 	size_t nst;

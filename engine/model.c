@@ -7,6 +7,8 @@
 #include <dirent.h>
 #include <jansson.h>
 #include <math.h>
+#include <omp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -489,6 +491,9 @@ static char *single_gguf(const char *dir)
 	return found;
 }
 
+static pthread_once_t omp_levels_once = PTHREAD_ONCE_INIT;
+static void set_omp_levels(void) { omp_set_max_active_levels(2); }
+
 int engine_model_open(const char *path, const engine_model_opts *o, engine_model **out,
 		      owl_err *err)
 {
@@ -548,6 +553,10 @@ int engine_model_open(const char *path, const engine_model_opts *o, engine_model
 	}
 	in->tp = tp;
 	in->threads = o && o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+	m->kv_type = o && o->kv_type == ENGINE_KV_F16 ? ENGINE_KV_F16 : ENGINE_KV_F32;
+	/* Nested parallelism (rank groups, then threads within each) is a
+	 * process-wide setting: made once, not on every forward pass. */
+	pthread_once(&omp_levels_once, set_omp_levels);
 	m->be = kernels_cpu_backend();
 	m->comm = *kernels_cpu_comm();
 	m->comm.size = tp;

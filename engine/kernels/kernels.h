@@ -61,6 +61,43 @@ typedef enum kernels_rope_layout {
 	KERNELS_ROPE_ADJACENT,
 } kernels_rope_layout;
 
+/* Keys and values of the KV cache are stored as f32 or f16. */
+typedef enum kernels_kv_type {
+	KERNELS_KV_F32 = 0,
+	KERNELS_KV_F16,
+} kernels_kv_type;
+
+/* One layer of a paged KV cache (PagedAttention): keys and values live in
+ * fixed-size blocks of block_tokens rows; row i of block b starts at
+ * k + b * block_stride + i * row_elems * element size (the same for v). A
+ * row holds the cache's kv heads side by side (row_elems = kv heads x
+ * head_dim). Blocks are named by the sequences' block tables. */
+typedef struct kernels_kv_layer {
+	kernels_kv_type type;
+	uint8_t *k, *v;
+	size_t block_stride; /* bytes from one block to the next */
+	int block_tokens;
+	int row_elems;
+} kernels_kv_layer;
+
+/* The tokens of one sequence inside a batch: rows [tok0, tok0 + ntok) of
+ * the batch, at positions pos0 .. pos0 + ntok - 1, attending to the keys at
+ * positions [0, pos0 + ntok) whose blocks are blocks[pos / block_tokens]. */
+typedef struct kernels_attn_seg {
+	int tok0, ntok, pos0;
+	const int32_t *blocks;
+} kernels_attn_seg;
+
+/* Caller-owned working memory an op may use (never allocated per call). */
+typedef struct kernels_scratch {
+	float *data;
+	size_t n; /* floats */
+} kernels_scratch;
+
+/* Floats of scratch the CPU attention needs for sequences up to max_ctx
+ * tokens with kv_elems key elements per row, on threads threads. */
+size_t kernels_attention_scratch(int max_ctx, int kv_elems, int threads);
+
 typedef struct kernels_buffer kernels_buffer; /* opaque, backend-owned */
 
 typedef struct kernels_backend {
@@ -86,17 +123,24 @@ typedef struct kernels_backend {
 			 owl_err *err);
 	int (*rmsnorm)(float *out, const float *x, const float *weight, int rows, int dim,
 		       float eps, owl_err *err);
-	/* x is [n_tok, n_heads, head_dim], token i at position pos0 + i;
+	/* x is [n_tok, n_heads, head_dim], token i at position pos[i];
 	 * inv_freq has head_dim/2 entries (llama3 scaling already applied). */
-	int (*rope)(float *x, int n_tok, int pos0, int n_heads, int head_dim, const float *inv_freq,
-		    kernels_rope_layout layout, owl_err *err);
-	/* Causal attention with GQA over a KV cache. q is [n_tok, n_heads, hd]
-	 * for query heads head0.. of the model; query head h reads kv head
-	 * h / group; the caches hold [position][kv_stride] floats; window 0 = no
-	 * sliding window. out is [n_tok, n_heads, hd]. */
-	int (*attention)(float *out, const float *q, const float *k_cache, const float *v_cache,
-			 int n_tok, int pos0, int n_heads, int head0, int group, int kv_stride,
-			 int head_dim, int window, owl_err *err);
+	int (*rope)(float *x, int n_tok, const int32_t *pos, int n_heads, int head_dim,
+		    const float *inv_freq, kernels_rope_layout layout, owl_err *err);
+	/* y[r, :] += b for each of rows rows (a projection's bias). */
+	int (*add_rows)(float *y, const float *b, int rows, int dim, owl_err *err);
+	/* Keys and values k, v [n_tok, row_elems] into the cache rows slots[i]
+	 * (= block * block_tokens + offset), converted to the cache's type. */
+	int (*kv_store)(const kernels_kv_layer *kv, const float *k, const float *v,
+			const int32_t *slots, int n_tok, owl_err *err);
+	/* Causal attention with GQA over a paged KV cache, one segment per
+	 * sequence of the batch. q and out are [n_tok, n_heads, hd] for the
+	 * model's query heads head0 ..; query head h reads kv head
+	 * h / group - kv_head0 of the cache's rows; window 0 = no sliding
+	 * window. scratch is kernels_attention_scratch() floats. */
+	int (*attention)(float *out, const float *q, const kernels_attn_seg *segs, int nseg,
+			 const kernels_kv_layer *kv, int n_heads, int head0, int group, int kv_head0,
+			 int head_dim, int window, const kernels_scratch *scratch, owl_err *err);
 	/* gate[i] = silu(gate[i]) * up[i] */
 	int (*swiglu)(float *gate, const float *up, size_t n, owl_err *err);
 	/* Mean cross-entropy of logits [rows, vocab] against targets (training, perplexity). */

@@ -4,7 +4,9 @@
  * held to the same tests. */
 #include "test.h"
 
+#include <immintrin.h>
 #include <math.h>
+#include <omp.h>
 
 #include "common/gguf.h"
 #include "engine/internal.h"
@@ -293,55 +295,123 @@ static void repacked_match_file_layout(const kernels_backend *be)
 	}
 }
 
-static void attention_rope_norm_swiglu(const kernels_backend *be)
+/* The reference: query row qrow (at position p) of head h against keys
+ * and values [position][kvd], in doubles. */
+static double attention_ref_worst(const float *q, const float *k, const float *v, const float *out,
+				  int t_q, int t_out, int p, int H, int KV, int HD, int window)
+{
+	int kvd = KV * HD;
+	double worst = 0;
+	for (int h = 0; h < H; h++) {
+		int kvh = h / (H / KV), lo = window ? (p - window + 1 > 0 ? p - window + 1 : 0) : 0;
+		double sc[256], mx = -1e30, sum = 0;
+		for (int j = lo; j <= p; j++) {
+			double d = 0;
+			for (int e = 0; e < HD; e++)
+				d += (double)q[(t_q * H + h) * HD + e] * k[j * kvd + kvh * HD + e];
+			sc[j] = d / sqrt(HD);
+			mx = fmax(mx, sc[j]);
+		}
+		for (int j = lo; j <= p; j++)
+			sum += (sc[j] = exp(sc[j] - mx));
+		for (int e = 0; e < HD; e++) {
+			double o = 0;
+			for (int j = lo; j <= p; j++)
+				o += sc[j] / sum * v[j * kvd + kvh * HD + e];
+			worst = fmax(worst, fabs(o - out[(t_out * H + h) * HD + e]));
+		}
+	}
+	return worst;
+}
+
+/* Attention over a paged cache whose blocks are out of order in the pool,
+ * in f32 and f16: one prompt, a prompt continued after earlier tokens
+ * (pos0 > 0, as chat turns do), one token at a time, and several
+ * sequences' segments in one call, each against the reference. */
+static void attention_paged(const kernels_backend *be)
 {
 	owl_err err = {0};
-	/* T spans several 32-row bands of the prompt path; SPLIT checks a
-	 * prompt that starts after earlier tokens (pos0 > 0), as chat turns do. */
-	enum { HD = 16, H = 4, KV = 2, T = 70, SPLIT = 30 };
+	enum { HD = 16, H = 4, KV = 2, T = 70, SPLIT = 30, BT = 8, NB = 12 };
 	int kvd = KV * HD;
-	static float q[T * H * HD], k[T * KV * HD], v[T * KV * HD], out[T * H * HD], out2[T * H * HD];
+	static float q[T * H * HD], k[T * KV * HD], v[T * KV * HD], kr[T * KV * HD], vr[T * KV * HD];
+	static float out[T * H * HD], out2[T * H * HD];
 	for (int i = 0; i < T * H * HD; i++)
 		q[i] = frand();
 	for (int i = 0; i < T * KV * HD; i++) {
 		k[i] = frand();
 		v[i] = frand();
 	}
-	/* Attention, prefill (GEMM path) and one token at a time, with a window. */
-	for (int window = 0; window <= 6; window += 6) {
-		CHECK_INT(be->attention(out, q, k, v, T, 0, H, 0, H / KV, kvd, HD, window, &err), 0);
-		CHECK_INT(be->attention(out2, q, k, v, SPLIT, 0, H, 0, H / KV, kvd, HD, window, &err), 0);
-		CHECK_INT(be->attention(out2 + SPLIT * H * HD, q + SPLIT * H * HD, k, v, T - SPLIT, SPLIT,
-					H, 0, H / KV, kvd, HD, window, &err), 0);
-		double worst = 0;
-		for (int t = 0; t < T; t++) {
-			float one[H * HD];
-			CHECK_INT(be->attention(one, q + t * H * HD, k, v, 1, t, H, 0, H / KV, kvd, HD,
-						window, &err), 0);
-			for (int h = 0; h < H; h++) {
-				int kvh = h / (H / KV), lo = window ? (t - window + 1 > 0 ? t - window + 1 : 0) : 0;
-				double sc[T], mx = -1e30, sum = 0;
-				for (int j = lo; j <= t; j++) {
-					double d = 0;
-					for (int e = 0; e < HD; e++)
-						d += (double)q[(t * H + h) * HD + e] * k[j * kvd + kvh * HD + e];
-					sc[j] = d / sqrt(HD);
-					mx = fmax(mx, sc[j]);
-				}
-				for (int j = lo; j <= t; j++)
-					sum += (sc[j] = exp(sc[j] - mx));
-				for (int e = 0; e < HD; e++) {
-					double o = 0;
-					for (int j = lo; j <= t; j++)
-						o += sc[j] / sum * v[j * kvd + kvh * HD + e];
-					worst = fmax(worst, fabs(o - out[(t * H + h) * HD + e]));
-					worst = fmax(worst, fabs(o - out2[(t * H + h) * HD + e]));
-					worst = fmax(worst, fabs(o - one[h * HD + e]));
-				}
-			}
+	int32_t blocks[NB], slots[T];
+	for (int i = 0; i < NB; i++)
+		blocks[i] = (i * 5 + 3) % NB; /* 5 and 12 are coprime: a permutation */
+	for (int j = 0; j < T; j++)
+		slots[j] = blocks[j / BT] * BT + j % BT;
+	size_t sn = kernels_attention_scratch(T, kvd, omp_get_max_threads());
+	kernels_scratch scratch = {malloc(sn * sizeof(float)), sn};
+	for (int type = 0; type < 2; type++) {
+		size_t eb = type == KERNELS_KV_F16 ? 2 : 4, stride = (size_t)BT * kvd * eb;
+		uint8_t *kp = calloc(NB, stride), *vp = calloc(NB, stride);
+		kernels_kv_layer kv = {.type = (kernels_kv_type)type, .k = kp, .v = vp,
+				       .block_stride = stride, .block_tokens = BT, .row_elems = kvd};
+		CHECK_INT(be->kv_store(&kv, k, v, slots, T, &err), 0);
+		/* The reference reads what the cache holds: f16-rounded for f16. */
+		for (int i = 0; i < T * kvd; i++) {
+			kr[i] = type ? _cvtsh_ss(_cvtss_sh(k[i], _MM_FROUND_TO_NEAREST_INT)) : k[i];
+			vr[i] = type ? _cvtsh_ss(_cvtss_sh(v[i], _MM_FROUND_TO_NEAREST_INT)) : v[i];
 		}
-		CHECK(worst < 1e-5, "%s attention (window %d) max error %g", be->name, window, worst);
+		for (int window = 0; window <= 6; window += 6) {
+			kernels_attn_seg all = {0, T, 0, blocks}, first = {0, SPLIT, 0, blocks};
+			kernels_attn_seg rest = {0, T - SPLIT, SPLIT, blocks};
+			CHECK_INT(be->attention(out, q, &all, 1, &kv, H, 0, H / KV, 0, HD, window, &scratch,
+						&err), 0);
+			CHECK_INT(be->attention(out2, q, &first, 1, &kv, H, 0, H / KV, 0, HD, window,
+						&scratch, &err), 0);
+			CHECK_INT(be->attention(out2 + SPLIT * H * HD, q + SPLIT * H * HD, &rest, 1, &kv, H, 0,
+						H / KV, 0, HD, window, &scratch, &err), 0);
+			double worst = 0;
+			for (int t = 0; t < T; t++) {
+				float one[H * HD];
+				kernels_attn_seg seg = {0, 1, t, blocks};
+				CHECK_INT(be->attention(one, q + t * H * HD, &seg, 1, &kv, H, 0, H / KV, 0, HD,
+							window, &scratch, &err), 0);
+				worst = fmax(worst, attention_ref_worst(q, kr, vr, out, t, t, t, H, KV, HD, window));
+				worst = fmax(worst, attention_ref_worst(q, kr, vr, out2, t, t, t, H, KV, HD, window));
+				worst = fmax(worst, attention_ref_worst(q + t * H * HD, kr, vr, one, 0, 0, t, H, KV,
+									HD, window));
+			}
+			/* Segments of three sequences in one call: a 20-token prompt,
+			 * one decoding token at 40, three tokens at 50. */
+			static float qb[24 * H * HD], ob[24 * H * HD];
+			memcpy(qb, q, 20 * H * HD * sizeof(float));
+			memcpy(qb + 20 * H * HD, q + 40 * H * HD, H * HD * sizeof(float));
+			memcpy(qb + 21 * H * HD, q + 50 * H * HD, 3 * H * HD * sizeof(float));
+			kernels_attn_seg segs[3] = {{0, 20, 0, blocks}, {20, 1, 40, blocks}, {21, 3, 50, blocks}};
+			CHECK_INT(be->attention(ob, qb, segs, 3, &kv, H, 0, H / KV, 0, HD, window, &scratch,
+						&err), 0);
+			for (int t = 0; t < 20; t++)
+				worst = fmax(worst, attention_ref_worst(q, kr, vr, ob, t, t, t, H, KV, HD, window));
+			worst = fmax(worst, attention_ref_worst(q, kr, vr, ob, 40, 20, 40, H, KV, HD, window));
+			for (int i = 0; i < 3; i++)
+				worst = fmax(worst, attention_ref_worst(q, kr, vr, ob, 50 + i, 21 + i, 50 + i, H, KV,
+									HD, window));
+			CHECK(worst < 1e-5, "%s attention (%s cache, window %d) max error %g", be->name,
+			      type ? "f16" : "f32", window, worst);
+		}
+		/* Too little scratch is an error, not an overrun. */
+		kernels_scratch small = {scratch.data, 16};
+		kernels_attn_seg all = {0, T, 0, blocks};
+		CHECK(be->attention(out, q, &all, 1, &kv, H, 0, H / KV, 0, HD, 0, &small, &err) != 0,
+		      "%s attention accepted too little scratch", be->name);
+		free(kp), free(vp);
 	}
+	free(scratch.data);
+}
+
+static void attention_rope_norm_swiglu(const kernels_backend *be)
+{
+	owl_err err = {0};
+	enum { HD = 16 };
+	attention_paged(be);
 	/* RoPE: both pair layouts rotate by pos * inv_freq. */
 	float inv_freq[HD / 2];
 	for (int i = 0; i < HD / 2; i++)
@@ -350,7 +420,8 @@ static void attention_rope_norm_swiglu(const kernels_backend *be)
 		float x[2 * HD], x0[2 * HD];
 		for (int i = 0; i < 2 * HD; i++)
 			x0[i] = x[i] = frand();
-		CHECK_INT(be->rope(x, 2, 7, 1, HD, inv_freq, (kernels_rope_layout)layout, &err), 0);
+		const int32_t pos[2] = {7, 8};
+		CHECK_INT(be->rope(x, 2, pos, 1, HD, inv_freq, (kernels_rope_layout)layout, &err), 0);
 		double worst = 0;
 		for (int t = 0; t < 2; t++)
 			for (int i = 0; i < HD / 2; i++) {

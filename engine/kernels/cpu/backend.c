@@ -122,14 +122,14 @@ static int cpu_rmsnorm(float *out, const float *x, const float *weight, int rows
 	return 0;
 }
 
-static int cpu_rope(float *x, int n_tok, int pos0, int n_heads, int hd, const float *inv_freq,
-		    kernels_rope_layout layout, owl_err *err)
+static int cpu_rope(float *x, int n_tok, const int32_t *pos, int n_heads, int hd,
+		    const float *inv_freq, kernels_rope_layout layout, owl_err *err)
 {
 	int half = hd / 2, adjacent = layout == KERNELS_ROPE_ADJACENT;
 #pragma omp parallel for schedule(static) if (n_tok > 1)
 	for (int t = 0; t < n_tok; t++) {
 		for (int i = 0; i < half; i++) {
-			float a = (float)(pos0 + t) * inv_freq[i], c = cosf(a), s = sinf(a);
+			float a = (float)pos[t] * inv_freq[i], c = cosf(a), s = sinf(a);
 			int i0 = adjacent ? 2 * i : i, i1 = adjacent ? 2 * i + 1 : i + half;
 			for (int h = 0; h < n_heads; h++) {
 				float *v = x + ((size_t)t * n_heads + h) * hd;
@@ -142,25 +142,118 @@ static int cpu_rope(float *x, int n_tok, int pos0, int n_heads, int hd, const fl
 	return 0;
 }
 
+static int cpu_add_rows(float *y, const float *b, int rows, int dim, owl_err *err)
+{
+	for (int r = 0; r < rows; r++) {
+		float *yr = y + (size_t)r * dim;
+		for (int j = 0; j < dim; j++)
+			yr[j] += b[j];
+	}
+	return 0;
+}
+
+/* ---- the paged KV cache ------------------------------------------------------ */
+
+static size_t kv_elem_bytes(kernels_kv_type t) { return t == KERNELS_KV_F16 ? 2 : 4; }
+
+/* Row pos of a sequence's keys (or values, with base = kv->v). */
+static inline const uint8_t *kv_row(const kernels_kv_layer *kv, const uint8_t *base,
+				    const int32_t *blocks, int pos)
+{
+	size_t rb = (size_t)kv->row_elems * kv_elem_bytes(kv->type);
+	return base + (size_t)blocks[pos / kv->block_tokens] * kv->block_stride +
+	       (size_t)(pos % kv->block_tokens) * rb;
+}
+
+static void f32_to_f16_row(uint16_t *dst, const float *src, int n)
+{
+	int i = 0;
+	for (; i + 8 <= n; i += 8)
+		_mm_storeu_si128((__m128i *)(dst + i),
+				 _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+	for (; i < n; i++)
+		dst[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT);
+}
+
+static void f16_to_f32_row(float *dst, const uint16_t *src, int n)
+{
+	int i = 0;
+	for (; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+	for (; i < n; i++)
+		dst[i] = _cvtsh_ss(src[i]);
+}
+
+static int cpu_kv_store(const kernels_kv_layer *kv, const float *k, const float *v,
+			const int32_t *slots, int n_tok, owl_err *err)
+{
+	size_t rb = (size_t)kv->row_elems * kv_elem_bytes(kv->type);
+	for (int i = 0; i < n_tok; i++) {
+		size_t off = (size_t)(slots[i] / kv->block_tokens) * kv->block_stride +
+			     (size_t)(slots[i] % kv->block_tokens) * rb;
+		const float *ki = k + (size_t)i * kv->row_elems, *vi = v + (size_t)i * kv->row_elems;
+		if (kv->type == KERNELS_KV_F16) {
+			f32_to_f16_row((uint16_t *)(kv->k + off), ki, kv->row_elems);
+			f32_to_f16_row((uint16_t *)(kv->v + off), vi, kv->row_elems);
+		} else {
+			memcpy(kv->k + off, ki, rb);
+			memcpy(kv->v + off, vi, rb);
+		}
+	}
+	return 0;
+}
+
+/* dot(q, an f16 row) */
+static float dot_q_f16(const float *q, const uint16_t *k, int n)
+{
+	__m256 acc = _mm256_setzero_ps();
+	int i = 0;
+	for (; i + 8 <= n; i += 8)
+		acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i),
+				      _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i))), acc);
+	float buf[8], s = 0;
+	_mm256_storeu_ps(buf, acc);
+	for (int j = 0; j < 8; j++)
+		s += buf[j];
+	for (; i < n; i++)
+		s += q[i] * _cvtsh_ss(k[i]);
+	return s;
+}
+
+/* o += a * (an f16 row) */
+static void axpy_f16(float *o, float a, const uint16_t *v, int n)
+{
+	__m256 va = _mm256_set1_ps(a);
+	int i = 0;
+	for (; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(o + i, _mm256_fmadd_ps(va, _mm256_cvtph_ps(_mm_loadu_si128(
+						(const __m128i *)(v + i))), _mm256_loadu_ps(o + i)));
+	for (; i < n; i++)
+		o[i] += a * _cvtsh_ss(v[i]);
+}
+
 /* Prompt processing: per head, S = Q K^T and O = P V as two GEMMs over the
- * cached keys and values (strided views of the cache), the causal and
- * sliding-window mask applied to S in between. The work is split into
- * (head, band of query rows) tasks, each GEMM single-threaded: heads alone
- * are too few to share evenly (SmolLM2 has 9 on 2 threads), and causal rows
- * grow with their position, so the tasks are handed out dynamically. */
+ * keys and values gathered into contiguous rows [position][kv_stride], the
+ * causal and sliding-window mask applied to S in between. The work is
+ * split into (head, band of query rows) tasks, each GEMM single-threaded:
+ * heads alone are too few to share evenly (SmolLM2 has 9 on 2 threads), and
+ * causal rows grow with their position, so the tasks are handed out
+ * dynamically. sbuf holds ATT_ROWS x n_ctx floats per thread. */
 enum { ATT_ROWS = 32 };
 
-static int attention_gemm(float *out, const float *q, const float *kc, const float *vc, int n_tok,
-			  int pos0, int n_heads, int head0, int group, int kv_stride, int hd,
-			  int window, owl_err *err)
+size_t kernels_attention_scratch(int max_ctx, int kv_elems, int threads)
+{
+	/* gathered keys and values, then the score rows of every thread */
+	return 2 * (size_t)max_ctx * (size_t)kv_elems + (size_t)threads * ATT_ROWS * (size_t)max_ctx;
+}
+
+static void attention_gemm(float *out, const float *q, const float *kc, const float *vc, int n_tok,
+			   int pos0, int n_heads, int head0, int group, int kv_head0, int kv_stride,
+			   int hd, int window, float *sbuf)
 {
 	const float scale = 1.0f / sqrtf((float)hd);
 	int n_ctx = pos0 + n_tok, qstride = n_heads * hd;
-	int nthreads = omp_get_max_threads(), bands = (n_tok + ATT_ROWS - 1) / ATT_ROWS;
-	float *sbuf = malloc((size_t)nthreads * ATT_ROWS * n_ctx * sizeof *sbuf);
-	if (!sbuf)
-		return owl_err_set(err, OWL_EFAIL, "cannot allocate attention scores for %d x %d tokens",
-				   n_tok, n_ctx);
+	int bands = (n_tok + ATT_ROWS - 1) / ATT_ROWS;
 	openblas_set_num_threads(1);
 #pragma omp parallel for schedule(dynamic, 1)
 	for (int task = 0; task < n_heads * bands; task++) {
@@ -169,7 +262,7 @@ static int attention_gemm(float *out, const float *q, const float *kc, const flo
 		int r0 = b * ATT_ROWS, nr = n_tok - r0 < ATT_ROWS ? n_tok - r0 : ATT_ROWS;
 		int kv_end = pos0 + r0 + nr; /* keys past the band's last row are masked anyway */
 		float *S = sbuf + (size_t)omp_get_thread_num() * ATT_ROWS * n_ctx;
-		int kvh = (head0 + h) / group;
+		int kvh = (head0 + h) / group - kv_head0;
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, kv_end, hd, scale,
 			    q + (size_t)r0 * qstride + (size_t)h * hd, qstride, kc + (size_t)kvh * hd,
 			    kv_stride, 0.0f, S, n_ctx);
@@ -194,46 +287,107 @@ static int attention_gemm(float *out, const float *q, const float *kc, const flo
 			    vc + (size_t)kvh * hd, kv_stride, 0.0f,
 			    out + (size_t)r0 * qstride + (size_t)h * hd, qstride);
 	}
-	free(sbuf);
-	return 0;
 }
 
-static int cpu_attention(float *out, const float *q, const float *kc, const float *vc, int n_tok,
-			 int pos0, int n_heads, int head0, int group, int kv_stride, int hd,
-			 int window, owl_err *err)
+/* Positions [0, n) of a sequence's keys and values as contiguous f32 rows. */
+static void kv_gather(const kernels_kv_layer *kv, const int32_t *blocks, int n, float *kd, float *vd)
 {
-	if (n_tok >= 16)
-		return attention_gemm(out, q, kc, vc, n_tok, pos0, n_heads, head0, group, kv_stride, hd,
-				      window, err);
-	const float scale = 1.0f / sqrtf((float)hd);
-	int n_ctx = pos0 + n_tok;
-	int nthreads = omp_get_max_threads();
-	float *scores = malloc((size_t)nthreads * (size_t)n_ctx * sizeof *scores);
-	if (!scores)
-		return owl_err_set(err, OWL_EFAIL, "cannot allocate attention scores for %d tokens", n_ctx);
-	/* Causal rows grow with their position: hand them out dynamically. */
-#pragma omp parallel for collapse(2) schedule(dynamic, 4) if (n_tok * n_heads > 1)
-	for (int i = 0; i < n_tok; i++)
-		for (int h = 0; h < n_heads; h++) {
-			float *sc = scores + (size_t)omp_get_thread_num() * n_ctx;
-			const float *qh = q + ((size_t)i * n_heads + h) * hd;
-			int kvh = (head0 + h) / group, p = pos0 + i;
-			int lo = window ? p - window + 1 : 0;
-			if (lo < 0)
-				lo = 0;
-			float mx = -INFINITY;
-			for (int j = lo; j <= p; j++) {
-				sc[j] = vec_dot(qh, kc + (size_t)j * kv_stride + kvh * hd, hd) * scale;
-				if (sc[j] > mx)
-					mx = sc[j];
-			}
-			float sum = exp_sub_sum(sc, lo, p, mx);
-			float *o = out + ((size_t)i * n_heads + h) * hd;
-			memset(o, 0, (size_t)hd * sizeof *o);
-			for (int j = lo; j <= p; j++)
-				vec_axpy(o, sc[j] / sum, vc + (size_t)j * kv_stride + kvh * hd, hd);
+	size_t re = (size_t)kv->row_elems;
+#pragma omp parallel for schedule(static) if (n > 256)
+	for (int j = 0; j < n; j++) {
+		const uint8_t *kr = kv_row(kv, kv->k, blocks, j), *vr = kv_row(kv, kv->v, blocks, j);
+		if (kv->type == KERNELS_KV_F16) {
+			f16_to_f32_row(kd + j * re, (const uint16_t *)kr, kv->row_elems);
+			f16_to_f32_row(vd + j * re, (const uint16_t *)vr, kv->row_elems);
+		} else {
+			memcpy(kd + j * re, kr, re * sizeof(float));
+			memcpy(vd + j * re, vr, re * sizeof(float));
 		}
-	free(scores);
+	}
+}
+
+/* One query row of one head against its sequence's keys, read in place
+ * from the blocks; sc has room for the sequence's positions. */
+static void attention_row(float *o, const float *qh, const kernels_kv_layer *kv,
+			  const int32_t *blocks, int p, int kvh, int hd, int window, float *sc)
+{
+	const float scale = 1.0f / sqrtf((float)hd);
+	size_t eb = kv_elem_bytes(kv->type);
+	int lo = window ? p - window + 1 : 0;
+	if (lo < 0)
+		lo = 0;
+	float mx = -INFINITY;
+	for (int j = lo; j <= p; j++) {
+		const uint8_t *kr = kv_row(kv, kv->k, blocks, j) + (size_t)kvh * hd * eb;
+		sc[j] = (kv->type == KERNELS_KV_F16 ? dot_q_f16(qh, (const uint16_t *)kr, hd)
+						    : vec_dot(qh, (const float *)kr, hd)) * scale;
+		if (sc[j] > mx)
+			mx = sc[j];
+	}
+	float sum = exp_sub_sum(sc, lo, p, mx);
+	memset(o, 0, (size_t)hd * sizeof *o);
+	for (int j = lo; j <= p; j++) {
+		const uint8_t *vr = kv_row(kv, kv->v, blocks, j) + (size_t)kvh * hd * eb;
+		if (kv->type == KERNELS_KV_F16)
+			axpy_f16(o, sc[j] / sum, (const uint16_t *)vr, hd);
+		else
+			vec_axpy(o, sc[j] / sum, (const float *)vr, hd);
+	}
+}
+
+/* Segments of 16 tokens and more (prompts) take the GEMM path one after the
+ * other; the rows of all shorter segments (decoding many sequences) are
+ * shared by the threads in one loop. */
+enum { ATT_GEMM_MIN = 16 };
+
+static int cpu_attention(float *out, const float *q, const kernels_attn_seg *segs, int nseg,
+			 const kernels_kv_layer *kv, int n_heads, int head0, int group, int kv_head0,
+			 int hd, int window, const kernels_scratch *scratch, owl_err *err)
+{
+	int qstride = n_heads * hd, threads = omp_get_max_threads(), max_ctx = 0, n_small = 0;
+	for (int s = 0; s < nseg; s++) {
+		int ctx = segs[s].pos0 + segs[s].ntok;
+		max_ctx = ctx > max_ctx ? ctx : max_ctx;
+		n_small += segs[s].ntok < ATT_GEMM_MIN ? segs[s].ntok : 0;
+	}
+	size_t need = kernels_attention_scratch(max_ctx, kv->row_elems, threads);
+	if (!scratch || scratch->n < need)
+		return owl_err_set(err, OWL_EFAIL, "attention over %d tokens needs %zu floats of "
+				   "scratch, %zu given", max_ctx, need, scratch ? scratch->n : 0);
+	for (int s = 0; s < nseg; s++) {
+		const kernels_attn_seg *g = &segs[s];
+		if (g->ntok < ATT_GEMM_MIN)
+			continue;
+		int ctx = g->pos0 + g->ntok;
+		float *kd = scratch->data, *vd = kd + (size_t)ctx * kv->row_elems;
+		kv_gather(kv, g->blocks, ctx, kd, vd);
+		attention_gemm(out + (size_t)g->tok0 * qstride, q + (size_t)g->tok0 * qstride, kd, vd,
+			       g->ntok, g->pos0, n_heads, head0, group, kv_head0, kv->row_elems, hd,
+			       window, vd + (size_t)ctx * kv->row_elems);
+	}
+	if (!n_small)
+		return 0;
+	/* Rows of the short segments, flattened: (segment, token) pairs. */
+	int pairs = 0;
+	for (int s = 0; s < nseg; s++)
+		pairs += segs[s].ntok < ATT_GEMM_MIN ? segs[s].ntok : 0;
+	float *sc_all = scratch->data;
+	/* Causal rows grow with their position: hand them out dynamically. */
+#pragma omp parallel for collapse(2) schedule(dynamic, 4) if (pairs * n_heads > 1)
+	for (int r = 0; r < pairs; r++)
+		for (int h = 0; h < n_heads; h++) {
+			int s = 0, rest = r;
+			while (segs[s].ntok >= ATT_GEMM_MIN || rest >= segs[s].ntok) {
+				if (segs[s].ntok < ATT_GEMM_MIN)
+					rest -= segs[s].ntok;
+				s++;
+			}
+			const kernels_attn_seg *g = &segs[s];
+			int t = g->tok0 + rest, kvh = (head0 + h) / group - kv_head0;
+			float *sc = sc_all + (size_t)omp_get_thread_num() * max_ctx;
+			attention_row(out + ((size_t)t * n_heads + h) * hd, q + ((size_t)t * n_heads + h) * hd,
+				      kv, g->blocks, g->pos0 + rest, kvh, hd, window, sc);
+		}
 	return 0;
 }
 
@@ -287,6 +441,8 @@ static const kernels_backend cpu = {
 	.embedding = cpu_embedding,
 	.rmsnorm = cpu_rmsnorm,
 	.rope = cpu_rope,
+	.add_rows = cpu_add_rows,
+	.kv_store = cpu_kv_store,
 	.attention = cpu_attention,
 	.swiglu = cpu_swiglu,
 	.cross_entropy = cpu_cross_entropy,

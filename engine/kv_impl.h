@@ -1,0 +1,80 @@
+/* Private to engine/: the paged KV pool (engine/kv.c) and the forward
+ * pass's working memory, which the pool owns because both are sized by the
+ * same model, context and thread count. */
+#ifndef OWL_ENGINE_KV_IMPL_H
+#define OWL_ENGINE_KV_IMPL_H
+
+#include "internal.h"
+
+enum {
+	KV_BLOCK_TOKENS = 32, /* tokens per block */
+	KV_MAX_RANKS = 16,
+	KV_UBATCH = 64,       /* tokens per micro-batch of the forward pass */
+};
+
+/* One sequence: its block table and the tokens its cache holds (the
+ * tokens name the blocks in the prefix cache). */
+typedef struct kv_seq {
+	int used;
+	int len;          /* tokens in the cache */
+	int nblocks, cap; /* blocks in the table, table capacity */
+	int32_t *blocks;
+	int32_t *tokens;  /* [cap * KV_BLOCK_TOKENS] */
+	uint64_t salt;    /* what else decides the keys (the adapter): part of the block hashes */
+} kv_seq;
+
+/* Per block: how many sequences hold it, and, once full and registered in
+ * the prefix cache, the hash of its tokens and of every block before it. */
+typedef struct kv_block {
+	int32_t ref;
+	int hashed;
+	uint64_t hash;
+	uint64_t last_use; /* for evicting cached blocks nobody holds, oldest first */
+} kv_block;
+
+/* One rank's working buffers for a micro-batch of KV_UBATCH tokens. */
+typedef struct kv_rank_ws {
+	float *q, *kb, *vb, *att, *gate, *up, *part;
+	kernels_scratch attn;
+} kv_rank_ws;
+
+struct engine_kv {
+	engine_model *m;
+	kernels_kv_type type;
+	int n_blocks, max_seq_tokens, threads_per_rank;
+	/* per rank: its kv heads' rows, [block][layer][KV_BLOCK_TOKENS][row] */
+	int rank_kv0[KV_MAX_RANKS], rank_nkv[KV_MAX_RANKS];
+	uint8_t *k[KV_MAX_RANKS], *v[KV_MAX_RANKS];
+	size_t pool_bytes[KV_MAX_RANKS], block_stride[KV_MAX_RANKS];
+	kv_block *blk;
+	int32_t *free_list; /* blocks returned to the pool, reused first */
+	int nfree, next_fresh;
+	uint64_t clock;
+	/* prefix cache: open addressing, hash -> block (-1 empty, -2 deleted) */
+	int32_t *table;
+	int table_cap;
+	int32_t *block_tokens; /* [n_blocks][KV_BLOCK_TOKENS]: a cached block's tokens */
+	kv_seq *seqs;
+	int nseqs;
+	/* forward working memory, allocated once */
+	float *x, *xn, *xl;
+	int32_t *pos, *slots;
+	kernels_attn_seg *segs;
+	kv_rank_ws ws[KV_MAX_RANKS];
+};
+
+/* Rank r's query heads [h0, h0 + hpr) read kv heads [kv0, kv0 + nkv). */
+void kv_rank_heads(const engine_model_info *in, int r, int *h0, int *kv0, int *nkv);
+
+/* One layer of rank r's cache as the kernels see it. */
+kernels_kv_layer kv_layer(const engine_kv *kv, int r, int layer);
+
+/* Gives seq room for n more tokens: blocks are taken from the pool, and a
+ * shared or cached last block is copied first (copy on write). Fails with
+ * OWL_EFAIL, changing nothing, when the pool has too few free blocks. */
+int kv_seq_reserve(engine_kv *kv, int seq, int n, owl_err *err);
+/* After a forward pass wrote n tokens of seq: records them and registers
+ * the blocks they filled in the prefix cache. */
+void kv_seq_commit(engine_kv *kv, int seq, const int32_t *tokens, int n);
+
+#endif
