@@ -3,6 +3,8 @@
 #   make                 build build/owl, the CUDA backend object and the test tools
 #   make test            install packages, build, run every test; ends "N passed, N failed"
 #   make test SANITIZE=1 the same under AddressSanitizer + UndefinedBehaviorSanitizer (build-san/)
+#                        (the plain run also builds the tests of code that threads share
+#                        under ThreadSanitizer, build-tsan/, and runs them: TSAN_TESTS)
 #   make test T=registry only tests whose name contains "registry"
 #   make demo            the whole appliance end to end in a throw-away home
 #   make bench           benchmarks (they unset OPENBLAS_CORETYPE themselves, and say so)
@@ -16,6 +18,9 @@ SANITIZE ?= 0
 ifeq ($(SANITIZE),1)
 BUILD ?= build-san
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else ifeq ($(SANITIZE),thread)
+BUILD ?= build-tsan
+SANFLAGS := -fsanitize=thread -fno-omit-frame-pointer
 else
 BUILD ?= build
 SANFLAGS :=
@@ -80,8 +85,13 @@ $(TOOL_BIN): $(BUILD)/%: $$(wildcard tests/tools/%/*.c) $$(wildcard tests/tools/
 bootstrap:
 	@scripts/bootstrap.sh
 
+# Unit tests of state that threads share, run again under ThreadSanitizer.
+TSAN_TESTS := test_generate
+
 test: bootstrap
 	@$(MAKE) --no-print-directory all
+	@if [ "$(SANITIZE)" = 0 ]; then $(MAKE) --no-print-directory SANITIZE=thread \
+	    $(addprefix build-tsan/tests/,$(TSAN_TESTS)); fi
 	@BUILD=$(BUILD) SANITIZE=$(SANITIZE) tests/run.sh $(T)
 
 demo: bootstrap

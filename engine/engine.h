@@ -241,6 +241,29 @@ typedef struct engine_gen_stats {
 } engine_gen_stats;
 
 typedef void (*engine_emit_fn)(void *ctx, const char *text, size_t len);
+
+/* One request's generation state (sampler, penalty history, streaming
+ * detokenizer, stop strings), stepped by its caller: the CLI steps one, a
+ * server many, each on the logits its sequence got from engine_decode. It
+ * holds no model and no cache, and states are independent of each other:
+ * different threads may step different states at once. */
+typedef struct engine_gen engine_gen;
+/* o->stop is copied; emit receives text as it becomes final. */
+int engine_gen_new(const engine_tokenizer *tok, const engine_gen_opts *o, const int32_t *prompt,
+		   size_t nprompt, engine_emit_fn emit, void *emit_ctx, engine_gen **out,
+		   owl_err *err);
+void engine_gen_free(engine_gen *g); /* accepts NULL */
+/* Samples the next token from the logits of the sequence's last position
+ * (they are modified: penalties). Returns 1 with *next the token to run
+ * through the model before the next step, or 0 when generation has ended
+ * (end of generation token, stop string, max_tokens). */
+int engine_gen_step(engine_gen *g, float *logits, int32_t *next);
+/* Ends generation from outside (context_full, cancelled ...). */
+void engine_gen_stop(engine_gen *g, const char *reason);
+int engine_gen_done(const engine_gen *g);
+const char *engine_gen_stop_reason(const engine_gen *g); /* eos, stop, max_tokens, ... */
+int engine_gen_count(const engine_gen *g);               /* tokens generated */
+const int32_t *engine_gen_tokens(const engine_gen *g);   /* those tokens */
 /* Runs the prompt from the session's current position (so a caller that
  * keeps a conversation's prefix in the cache passes only what is new), then
  * samples until an end-of-generation token, a stop string, max_tokens or a

@@ -48,11 +48,51 @@ void engine_sampler_free(engine_sampler *s)
 	free(s);
 }
 
-static const float *sort_logits;
-static int by_logit_desc(const void *a, const void *b)
+/* Candidate order: higher logit first, the lower id first among equals. */
+static int ranks_before(const float *logits, int a, int b)
 {
-	float x = sort_logits[*(const int *)a], y = sort_logits[*(const int *)b];
-	return x < y ? 1 : x > y ? -1 : (*(const int *)a - *(const int *)b);
+	return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+}
+
+/* heap[0..n) is a min-heap in candidate order (its root the weakest). */
+static void sift_down(int *heap, int n, int i, const float *logits)
+{
+	for (;;) {
+		int l = 2 * i + 1, r = l + 1, w = i;
+		if (l < n && ranks_before(logits, heap[w], heap[l]))
+			w = l;
+		if (r < n && ranks_before(logits, heap[w], heap[r]))
+			w = r;
+		if (w == i)
+			return;
+		int t = heap[i];
+		heap[i] = heap[w];
+		heap[w] = t;
+		i = w;
+	}
+}
+
+/* The k best candidates into order[0..k), best first, in O(V log k): a
+ * heap of the k best so far, then sorted in place (heapsort), so top-k
+ * never sorts the whole vocabulary. */
+static void top_candidates(const float *logits, int V, int k, int *order)
+{
+	for (int i = 0; i < k; i++)
+		order[i] = i;
+	for (int i = k / 2 - 1; i >= 0; i--)
+		sift_down(order, k, i, logits);
+	for (int i = k; i < V; i++)
+		if (ranks_before(logits, i, order[0])) {
+			order[0] = i;
+			sift_down(order, k, 0, logits);
+		}
+	/* Repeatedly move the weakest to the end: best first when done. */
+	for (int n = k - 1; n > 0; n--) {
+		int t = order[0];
+		order[0] = order[n];
+		order[n] = t;
+		sift_down(order, n, 0, logits);
+	}
 }
 
 int engine_sample(engine_sampler *s, float *logits, const int32_t *history, size_t nhist)
@@ -84,11 +124,8 @@ int engine_sample(engine_sampler *s, float *logits, const int32_t *history, size
 				best = i;
 		return best;
 	}
-	for (int i = 0; i < V; i++)
-		s->order[i] = i;
-	sort_logits = logits;
-	qsort(s->order, (size_t)V, sizeof *s->order, by_logit_desc);
 	int n = o->top_k > 0 && o->top_k < V ? o->top_k : V;
+	top_candidates(logits, V, n, s->order);
 	float mx = logits[s->order[0]] / o->temperature;
 	double sum = 0;
 	for (int i = 0; i < n; i++) {
@@ -241,6 +278,149 @@ char *engine_chat_render(engine_chat_family f, const engine_chat_msg *msgs, size
 
 /* ---- generation ------------------------------------------------------------------------ */
 
+/* One request's generation: its sampler, the tokens so far (the penalty
+ * history), the streaming detokenizer and the text that stop strings are
+ * looked for in. The caller runs the model and feeds logits in. */
+struct engine_gen {
+	const engine_tokenizer *tok;
+	engine_gen_opts o;
+	char **stop;         /* owned copies of o.stop */
+	engine_sampler *smp;
+	int32_t *hist;
+	size_t nh, nprompt, cap;
+	engine_detok d;
+	owl_buf text;        /* everything generated, to find stop strings in */
+	size_t emitted, hold;
+	int done, generated;
+	char stop_reason[16];
+	engine_emit_fn emit;
+	void *emit_ctx;
+};
+
+int engine_gen_new(const engine_tokenizer *tok, const engine_gen_opts *o, const int32_t *prompt,
+		   size_t nprompt, engine_emit_fn emit, void *emit_ctx, engine_gen **out, owl_err *err)
+{
+	*out = NULL;
+	int vocab = o->vocab > 0 ? o->vocab : engine_token_count(tok);
+	if (o->max_tokens < 0 || o->max_tokens > (1 << 24) || nprompt > (1u << 24))
+		return owl_err_set(err, OWL_EUSAGE, "max_tokens %d with a prompt of %zu tokens is out of "
+				   "range", o->max_tokens, nprompt);
+	if (o->nstop < 0 || o->nstop > 64)
+		return owl_err_set(err, OWL_EUSAGE, "%d stop strings: at most 64", o->nstop);
+	engine_gen *g = calloc(1, sizeof *g);
+	if (!g)
+		return owl_err_set(err, OWL_EFAIL, "cannot allocate a generation state");
+	g->tok = tok;
+	g->o = *o;
+	g->o.vocab = vocab;
+	g->emit = emit;
+	g->emit_ctx = emit_ctx;
+	g->cap = nprompt + (size_t)o->max_tokens + 1;
+	g->hist = malloc(g->cap * sizeof *g->hist);
+	g->stop = calloc((size_t)(o->nstop > 0 ? o->nstop : 1), sizeof *g->stop);
+	g->smp = g->hist && g->stop ? engine_sampler_new(&o->sampling, vocab) : NULL;
+	if (!g->smp) {
+		engine_gen_free(g);
+		return owl_err_set(err, OWL_EFAIL, "cannot allocate a generation state for %zu tokens",
+				   g->cap);
+	}
+	for (int k = 0; k < o->nstop; k++) {
+		size_t len = strlen(o->stop[k]);
+		if (len == 0 || len > 1024) {
+			engine_gen_free(g);
+			return owl_err_set(err, OWL_EUSAGE, "stop string %d is %s", k + 1,
+					   len ? "longer than 1024 bytes" : "empty");
+		}
+		g->stop[k] = owl_xstrdup(o->stop[k]);
+		g->hold = len > g->hold ? len : g->hold;
+	}
+	g->o.stop = (const char *const *)g->stop;
+	memcpy(g->hist, prompt, nprompt * sizeof *g->hist);
+	g->nh = g->nprompt = nprompt;
+	engine_detok_init(&g->d, tok);
+	owl_buf_init(&g->text, 64u << 20);
+	snprintf(g->stop_reason, sizeof g->stop_reason, "max_tokens");
+	g->done = o->max_tokens == 0;
+	*out = g;
+	return 0;
+}
+
+void engine_gen_free(engine_gen *g)
+{
+	if (!g)
+		return;
+	for (int k = 0; g->stop && k < g->o.nstop; k++)
+		free(g->stop[k]);
+	free(g->stop);
+	engine_sampler_free(g->smp);
+	free(g->hist);
+	owl_buf_release(&g->text);
+	free(g);
+}
+
+static void gen_finish(engine_gen *g, const char *reason)
+{
+	g->done = 1;
+	snprintf(g->stop_reason, sizeof g->stop_reason, "%s", reason);
+	/* What was held back for a stop string that never came is text too. */
+	if (strcmp(reason, "stop") != 0 && g->text.len > g->emitted && g->emit)
+		g->emit(g->emit_ctx, g->text.data + g->emitted, g->text.len - g->emitted);
+	g->emitted = g->text.len;
+}
+
+int engine_gen_step(engine_gen *g, float *logits, int32_t *next)
+{
+	*next = -1;
+	if (g->done)
+		return 0;
+	int id = engine_sample(g->smp, logits, g->hist, g->nh);
+	if (engine_token_is_eog(g->tok, id)) {
+		gen_finish(g, "eos");
+		return 0;
+	}
+	g->hist[g->nh++] = id;
+	g->generated++;
+	char piece[256];
+	size_t pl = engine_detok_feed(&g->d, id, piece, sizeof piece);
+	owl_buf_append(&g->text, piece, pl);
+	/* A stop string ends the text before it; hold back bytes that could
+	 * still become the start of one. */
+	int stopped = 0;
+	for (int k = 0; k < g->o.nstop && g->text.len; k++) {
+		char *hit = memmem(g->text.data, g->text.len, g->stop[k], strlen(g->stop[k]));
+		if (hit) {
+			g->text.len = (size_t)(hit - g->text.data);
+			stopped = 1;
+		}
+	}
+	size_t ready = stopped ? g->text.len : g->text.len > g->hold ? g->text.len - g->hold : 0;
+	if (ready > g->emitted && g->emit)
+		g->emit(g->emit_ctx, g->text.data + g->emitted, ready - g->emitted);
+	if (ready > g->emitted)
+		g->emitted = ready;
+	if (stopped) {
+		gen_finish(g, "stop");
+		return 0;
+	}
+	if (g->generated >= g->o.max_tokens) {
+		gen_finish(g, "max_tokens");
+		return 0;
+	}
+	*next = id;
+	return 1;
+}
+
+void engine_gen_stop(engine_gen *g, const char *reason)
+{
+	if (!g->done)
+		gen_finish(g, reason);
+}
+
+int engine_gen_done(const engine_gen *g) { return g->done; }
+const char *engine_gen_stop_reason(const engine_gen *g) { return g->stop_reason; }
+int engine_gen_count(const engine_gen *g) { return g->generated; }
+const int32_t *engine_gen_tokens(const engine_gen *g) { return g->hist + g->nprompt; }
+
 int engine_generate(engine_session *sess, const engine_tokenizer *tok, const int32_t *prompt,
 		    size_t nprompt, const engine_gen_opts *o, engine_emit_fn emit, void *emit_ctx,
 		    engine_gen_stats *st, owl_err *err)
@@ -248,14 +428,12 @@ int engine_generate(engine_session *sess, const engine_tokenizer *tok, const int
 	memset(st, 0, sizeof *st);
 	/* The model's vocabulary may be padded beyond the tokenizer's. */
 	int vocab = o->vocab > 0 ? o->vocab : engine_token_count(tok);
-	float *logits = owl_xmalloc((size_t)vocab * sizeof *logits);
-	size_t cap = nprompt + (size_t)(o->max_tokens > 0 ? o->max_tokens : 0) + 1;
-	int32_t *hist = owl_xmalloc(cap * sizeof *hist);
-	memcpy(hist, prompt, nprompt * sizeof *hist);
-	size_t nh = nprompt;
-	engine_sampler *smp = engine_sampler_new(&o->sampling, vocab);
+	engine_gen *g = NULL;
+	int rc = engine_gen_new(tok, o, prompt, nprompt, emit, emit_ctx, &g, err);
+	float *logits = rc ? NULL : malloc((size_t)vocab * sizeof *logits);
+	if (!rc && !logits)
+		rc = owl_err_set(err, OWL_EFAIL, "cannot allocate logits for a vocabulary of %d", vocab);
 	double t0 = owl_now();
-	int rc = 0;
 	/* Prompt processing in chunks, so a long prompt never needs one huge batch. */
 	for (size_t i = 0; i < nprompt && !rc; i += 512) {
 		size_t n = nprompt - i < 512 ? nprompt - i : 512;
@@ -263,65 +441,27 @@ int engine_generate(engine_session *sess, const engine_tokenizer *tok, const int
 	}
 	st->prompt_tokens = (int)nprompt;
 	st->prompt_s = owl_now() - t0;
-	engine_detok d;
-	engine_detok_init(&d, tok);
-	owl_buf text; /* everything generated, to find stop strings */
-	owl_buf_init(&text, 64u << 20);
-	size_t emitted = 0;
-	size_t hold = 0;
-	for (int k = 0; k < o->nstop; k++)
-		if (strlen(o->stop[k]) > hold)
-			hold = strlen(o->stop[k]);
 	double t1 = owl_now();
-	snprintf(st->stop_reason, sizeof st->stop_reason, "max_tokens");
-	for (int g = 0; !rc && g < o->max_tokens; g++) {
-		int id = engine_sample(smp, logits, hist, nh);
-		if (engine_token_is_eog(tok, id)) {
-			snprintf(st->stop_reason, sizeof st->stop_reason, "eos");
-			break;
-		}
-		hist[nh++] = id;
-		st->gen_tokens++;
-		char piece[256];
-		size_t pl = engine_detok_feed(&d, id, piece, sizeof piece);
-		owl_buf_append(&text, piece, pl);
-		/* A stop string ends the text before it; hold back bytes that could
-		 * still become the start of one. */
-		int stopped = 0;
-		for (int k = 0; k < o->nstop && text.len; k++) {
-			char *hit = memmem(text.data, text.len, o->stop[k], strlen(o->stop[k]));
-			if (hit) {
-				text.len = (size_t)(hit - text.data);
-				stopped = 1;
-			}
-		}
-		size_t ready = stopped ? text.len : text.len > hold ? text.len - hold : 0;
-		if (ready > emitted && emit)
-			emit(emit_ctx, text.data + emitted, ready - emitted);
-		if (ready > emitted)
-			emitted = ready;
-		if (stopped) {
-			snprintf(st->stop_reason, sizeof st->stop_reason, "stop");
-			break;
-		}
+	int32_t id;
+	while (!rc && engine_gen_step(g, logits, &id)) {
 		if (engine_session_pos(sess) >= engine_session_ctx(sess)) {
-			snprintf(st->stop_reason, sizeof st->stop_reason, "context_full");
+			engine_gen_stop(g, "context_full");
 			break;
 		}
 		rc = engine_forward(sess, &id, 1, logits, 0, err);
 		if (!rc)
 			st->gen_cached++;
 	}
-	if (!rc && text.len > emitted && emit && strcmp(st->stop_reason, "stop") != 0)
-		emit(emit_ctx, text.data + emitted, text.len - emitted);
 	st->gen_s = owl_now() - t1;
-	owl_buf_release(&text);
-	engine_sampler_free(smp);
-	/* The generated ids that entered the KV cache (the last sampled one
-	 * enters only if generation went on after it). */
-	st->tokens = owl_xmalloc((size_t)(st->gen_cached + 1) * sizeof *st->tokens);
-	memcpy(st->tokens, hist + nprompt, (size_t)st->gen_cached * sizeof *st->tokens);
-	free(hist);
+	if (g) {
+		st->gen_tokens = engine_gen_count(g);
+		snprintf(st->stop_reason, sizeof st->stop_reason, "%s", engine_gen_stop_reason(g));
+		/* The generated ids that entered the KV cache (the last sampled one
+		 * enters only if generation went on after it). */
+		st->tokens = owl_xmalloc((size_t)(st->gen_cached + 1) * sizeof *st->tokens);
+		memcpy(st->tokens, engine_gen_tokens(g), (size_t)st->gen_cached * sizeof *st->tokens);
+	}
+	engine_gen_free(g);
 	free(logits);
 	return rc;
 }

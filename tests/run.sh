@@ -60,6 +60,15 @@ done
 if [ -x "$BUILD/tests/test_kernels" ] && [[ -z "$FILTER" || test_kernels_avx2 == *"$FILTER"* ]]; then
   run_one test_kernels_avx2 env OWL_NO_QGEMM=1 OWL_NO_AVX512=1 "$BUILD/tests/test_kernels"
 fi
+# Code that threads share, under ThreadSanitizer (built by the plain `make test`).
+if [ "${SANITIZE:-0}" != 1 ]; then
+  for bin in build-tsan/tests/test_*; do
+    [ -x "$bin" ] || continue
+    name=$(basename "$bin")_tsan
+    [[ -z "$FILTER" || "$name" == *"$FILTER"* ]] || continue
+    run_one "$name" env TSAN_OPTIONS="halt_on_error=1:exitcode=66" "$bin"
+  done
+fi
 for script in tests/e2e/*.sh; do
   [ -f "$script" ] || continue
   name=$(basename "$script" .sh)
