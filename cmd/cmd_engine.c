@@ -53,18 +53,19 @@ static void unload(loaded *l)
 	memset(l, 0, sizeof *l);
 }
 
-static int load(owl_ctx *ctx, const char *ref, int tp, int threads, int n_ctx, loaded *l,
-		owl_err *err)
+/* n_ctx < 0: no session (the caller makes its own KV pool). */
+static int load(owl_ctx *ctx, const char *ref, int tp, int threads, int n_ctx, int kv_type,
+		loaded *l, owl_err *err)
 {
 	memset(l, 0, sizeof *l);
 	char *path = NULL;
 	int rc = model_path(ctx, ref, &path, &l->label, err);
-	engine_model_opts o = {.tp = tp, .threads = threads};
+	engine_model_opts o = {.tp = tp, .threads = threads, .kv_type = kv_type};
 	if (!rc)
 		rc = engine_model_open(path, &o, &l->m, err);
 	if (!rc)
 		rc = engine_tokenizer_for_model(l->m, &l->tok, err);
-	if (!rc)
+	if (!rc && n_ctx >= 0)
 		rc = engine_session_new(l->m, n_ctx, &l->sess, err);
 	free(path);
 	if (rc) {
@@ -98,9 +99,21 @@ static void emit_collect(void *ctx, const char *text, size_t len)
 typedef struct gen_args {
 	engine_gen_opts g;
 	const char *stop[16];
-	int tp, threads, ctx, chat;
-	const char *system;
+	int tp, threads, ctx, chat, kv_type;
+	const char *system, *prompts;
 } gen_args;
+
+/* --kv-type f32|f16 */
+static int parse_kv_type(const char *verb, const char *s, int *out)
+{
+	if (!strcmp(s, "f32"))
+		*out = ENGINE_KV_F32;
+	else if (!strcmp(s, "f16"))
+		*out = ENGINE_KV_F16;
+	else
+		return cmd_usage_error(verb, "--kv-type is f32 or f16");
+	return 0;
+}
 
 static const struct option gen_options[] = {
 	{"max-tokens", required_argument, 0, 'n'}, {"temperature", required_argument, 0, 't'},
@@ -110,7 +123,8 @@ static const struct option gen_options[] = {
 	{"seed", required_argument, 0, 's'}, {"stop", required_argument, 0, 'S'},
 	{"tp", required_argument, 0, 'T'}, {"threads", required_argument, 0, 'j'},
 	{"ctx", required_argument, 0, 'c'}, {"chat", no_argument, 0, 'C'},
-	{"system", required_argument, 0, 'y'}, {0, 0, 0, 0},
+	{"system", required_argument, 0, 'y'}, {"kv-type", required_argument, 0, 'K'},
+	{"prompts", required_argument, 0, 'F'}, {0, 0, 0, 0},
 };
 
 static int parse_gen(const char *verb, int argc, char **argv, gen_args *a)
@@ -143,6 +157,11 @@ static int parse_gen(const char *verb, int argc, char **argv, gen_args *a)
 		case 'c': a->ctx = atoi(optarg); break;
 		case 'C': a->chat = 1; break;
 		case 'y': a->system = optarg; break;
+		case 'K':
+			if (parse_kv_type(verb, optarg, &a->kv_type))
+				return OWL_EUSAGE;
+			break;
+		case 'F': a->prompts = optarg; break;
 		default: return cmd_usage_error(verb, "unknown option");
 		}
 	}
@@ -159,17 +178,340 @@ static char *chat_prompt(const engine_tokenizer *tok, const engine_chat_msg *msg
 				  eos >= 0 ? engine_token_text(tok, eos) : "");
 }
 
+/* ---- run --prompts: many prompts as one batch ----------------------------------------- */
+
+enum { MAX_PROMPTS = 1024 };
+
+/* One prompt of a --prompts file and its generation. */
+typedef struct prompt_req {
+	char *text;      /* the prompt as written */
+	int chat;
+	const char *system;
+	engine_gen_opts g;
+	const char *stop[16];
+	int32_t *ids;
+	size_t nids;
+	int seq;
+	engine_gen *gen;
+	collector out;
+	int32_t next;
+	int active;
+	char error[512]; /* why this prompt could not run, or "" */
+} prompt_req;
+
+static void prompt_req_release(prompt_req *r)
+{
+	free(r->text);
+	free(r->ids);
+	engine_gen_free(r->gen);
+	owl_buf_release(&r->out.text);
+}
+
+/* A JSONL line's options over the command line's: every field type-checked. */
+static int prompt_from_json(json_t *o, prompt_req *r, json_t **keep, char *why, size_t whylen)
+{
+	const char *key;
+	json_t *v;
+	json_object_foreach(o, key, v) {
+		int ok = 1;
+		if (!strcmp(key, "prompt")) {
+			if ((ok = json_is_string(v)))
+				r->text = owl_xstrdup(json_string_value(v));
+		} else if (!strcmp(key, "max_tokens")) {
+			ok = json_is_integer(v) && json_integer_value(v) >= 0 && json_integer_value(v) <= 1 << 20;
+			if (ok)
+				r->g.max_tokens = (int)json_integer_value(v);
+		} else if (!strcmp(key, "temperature") || !strcmp(key, "top_p") || !strcmp(key, "min_p") ||
+			   !strcmp(key, "repeat_penalty")) {
+			ok = json_is_number(v) && json_number_value(v) >= 0;
+			float f = ok ? (float)json_number_value(v) : 0;
+			if (ok && key[0] == 't' && key[1] == 'e')
+				r->g.sampling.temperature = f;
+			else if (ok && !strcmp(key, "top_p"))
+				r->g.sampling.top_p = f;
+			else if (ok && !strcmp(key, "min_p"))
+				r->g.sampling.min_p = f;
+			else if (ok)
+				r->g.sampling.repeat_penalty = f;
+		} else if (!strcmp(key, "top_k")) {
+			if ((ok = json_is_integer(v) && json_integer_value(v) >= 0))
+				r->g.sampling.top_k = (int)json_integer_value(v);
+		} else if (!strcmp(key, "seed")) {
+			if ((ok = json_is_integer(v) && json_integer_value(v) >= 0))
+				r->g.sampling.seed = (uint64_t)json_integer_value(v);
+		} else if (!strcmp(key, "chat")) {
+			if ((ok = json_is_boolean(v)))
+				r->chat = json_is_true(v);
+		} else if (!strcmp(key, "system")) {
+			if ((ok = json_is_string(v)))
+				r->system = json_string_value(v);
+		} else if (!strcmp(key, "stop")) {
+			ok = json_is_array(v) && json_array_size(v) <= 16;
+			size_t i;
+			json_t *e;
+			r->g.nstop = 0;
+			json_array_foreach(v, i, e) {
+				if (!ok || !json_is_string(e) || !*json_string_value(e)) {
+					ok = 0;
+					break;
+				}
+				r->stop[r->g.nstop++] = json_string_value(e);
+			}
+		} else {
+			snprintf(why, whylen, "unknown field \"%s\" (prompt, max_tokens, temperature, top_k, "
+				 "top_p, min_p, repeat_penalty, seed, stop, chat, system)", key);
+			return -1;
+		}
+		if (!ok) {
+			snprintf(why, whylen, "field \"%s\" has the wrong type or range", key);
+			return -1;
+		}
+	}
+	if (!r->text) {
+		snprintf(why, whylen, "no \"prompt\" string");
+		return -1;
+	}
+	*keep = json_incref(o); /* system and stop point into it */
+	return 0;
+}
+
+/* Reads FILE: one prompt per line, or a JSON object per line with its own
+ * options. Empty lines are skipped. */
+static int read_prompts(const char *file, const gen_args *a, prompt_req **out, int *nout,
+			json_t *keep, owl_err *err)
+{
+	char *data = NULL;
+	size_t len = 0;
+	int rc = owl_read_file(file, 64u << 20, &data, &len, err);
+	if (rc)
+		return owl_err_wrap(err, "cannot read --prompts");
+	prompt_req *reqs = owl_xcalloc(MAX_PROMPTS, sizeof *reqs);
+	int n = 0, line = 0;
+	for (char *p = data, *nl; !rc && p < data + len; p = nl + 1) {
+		nl = memchr(p, '\n', (size_t)(data + len - p));
+		if (!nl)
+			nl = data + len;
+		*nl = 0;
+		line++;
+		size_t l = strlen(p);
+		if (l && p[l - 1] == '\r')
+			p[--l] = 0;
+		if (!l)
+			continue;
+		if (n == MAX_PROMPTS) {
+			rc = owl_err_set(err, OWL_EUSAGE, "%s: more than %d prompts", file, MAX_PROMPTS);
+			break;
+		}
+		prompt_req *r = &reqs[n];
+		r->g = a->g;
+		memcpy(r->stop, a->stop, sizeof r->stop);
+		r->g.stop = r->stop;
+		r->chat = a->chat;
+		r->system = a->system;
+		if (p[0] == '{') {
+			json_error_t je;
+			json_t *o = json_loads(p, 0, &je);
+			char why[256] = "";
+			json_t *held = NULL;
+			if (!o || !json_is_object(o))
+				snprintf(why, sizeof why, "not a JSON object: %s", o ? "" : je.text);
+			else
+				prompt_from_json(o, r, &held, why, sizeof why);
+			if (held)
+				json_array_append_new(keep, held);
+			json_decref(o);
+			if (*why) {
+				rc = owl_err_set(err, OWL_EUSAGE, "%s:%d: %s", file, line, why);
+				free(r->text);
+				break;
+			}
+		} else {
+			r->text = owl_xstrdup(p);
+		}
+		n++;
+	}
+	free(data);
+	if (!rc && n == 0)
+		rc = owl_err_set(err, OWL_EUSAGE, "%s holds no prompts", file);
+	if (rc) {
+		for (int i = 0; i < n; i++)
+			prompt_req_release(&reqs[i]);
+		free(reqs);
+		return rc;
+	}
+	*out = reqs;
+	*nout = n;
+	return 0;
+}
+
+/* Every prompt of the file in one batch: the prompts in one forward pass,
+ * then one decoding step for all unfinished ones at a time, each with its
+ * own sampler, stop strings and limits. Results print in the file's order. */
+static int run_prompts(owl_ctx *ctx, gen_args *a, int argc, char **argv)
+{
+	if (optind != argc - 1)
+		return cmd_usage_error("run", "expected MODEL --prompts FILE (no PROMPT)");
+	owl_err err = {0};
+	json_t *keep = json_array();
+	prompt_req *reqs = NULL;
+	int n = 0, rc = read_prompts(a->prompts, a, &reqs, &n, keep, &err);
+	loaded l = {0};
+	if (!rc)
+		rc = load(ctx, argv[optind], a->tp, a->threads, -1, a->kv_type, &l, &err);
+	if (rc) {
+		json_decref(keep);
+		free(reqs);
+		return cmd_fail(&err);
+	}
+	const engine_model_info *in = engine_model_get_info(l.m);
+	int max_seq = a->ctx > 0 ? a->ctx : in->ctx_train;
+	/* Tokenize; a prompt that cannot run fails alone. */
+	size_t pool = 0;
+	for (int i = 0; i < n; i++) {
+		prompt_req *r = &reqs[i];
+		r->g.vocab = in->vocab;
+		r->out.echo = 0;
+		owl_buf_init(&r->out.text, 64u << 20);
+		char *text = r->text;
+		if (r->chat) {
+			engine_chat_msg msgs[2];
+			size_t k = 0;
+			if (r->system)
+				msgs[k++] = (engine_chat_msg){"system", r->system};
+			msgs[k++] = (engine_chat_msg){"user", r->text};
+			text = chat_prompt(l.tok, msgs, k);
+		}
+		owl_err e = {0};
+		if (engine_tokenize(l.tok, text, strlen(text), !r->chat, r->chat, &r->ids, &r->nids, &e))
+			snprintf(r->error, sizeof r->error, "%s", e.msg);
+		else if (r->nids >= (size_t)max_seq)
+			snprintf(r->error, sizeof r->error, "the prompt has %zu tokens, more than the "
+				 "context of %d (use --ctx)", r->nids, max_seq);
+		else if (engine_gen_new(l.tok, &r->g, r->ids, r->nids, emit_collect, &r->out, &r->gen, &e))
+			snprintf(r->error, sizeof r->error, "%s", e.msg);
+		if (text != r->text)
+			free(text);
+		if (!*r->error) {
+			size_t need = r->nids + (size_t)r->g.max_tokens;
+			pool += (need < (size_t)max_seq ? need : (size_t)max_seq) + 32;
+		}
+	}
+	engine_kv *kv = NULL;
+	engine_kv_opts ko = {.n_tokens = pool > (1u << 24) ? 1 << 24 : (int)(pool ? pool : 32),
+			     .max_seq_tokens = max_seq, .type = a->kv_type};
+	rc = engine_kv_new(l.m, &ko, &kv, &err);
+	size_t total = 0;
+	for (int i = 0; i < n; i++)
+		total += reqs[i].nids;
+	int32_t *tok = owl_xmalloc((total + (size_t)n + 1) * sizeof *tok);
+	int32_t *seq = owl_xmalloc((total + (size_t)n + 1) * sizeof *seq);
+	float *logits = owl_xmalloc((size_t)n * in->vocab * sizeof *logits);
+	int *row_req = owl_xmalloc((size_t)n * sizeof *row_req);
+	int gen_total = 0, prompt_total = 0;
+	double t0 = owl_now(), t_prompt = 0;
+	/* The prompts: one batch. */
+	int nb = 0, rows = 0;
+	for (int i = 0; !rc && i < n; i++) {
+		prompt_req *r = &reqs[i];
+		if (*r->error)
+			continue;
+		if ((rc = engine_kv_seq_new(kv, 0, &r->seq, &err)))
+			break;
+		for (size_t k = 0; k < r->nids; k++, nb++)
+			tok[nb] = r->ids[k], seq[nb] = r->seq;
+		row_req[rows++] = i;
+		prompt_total += (int)r->nids;
+	}
+	for (int step = 0; !rc && rows > 0; step++) {
+		engine_batch b = {.n = nb, .tokens = tok, .seq = seq};
+		if ((rc = engine_decode(kv, &b, logits, &err)))
+			break;
+		if (step == 0)
+			t_prompt = owl_now() - t0;
+		/* Sample each sequence's next token; the unfinished ones form the next step. */
+		int nrows = rows;
+		nb = rows = 0;
+		for (int k = 0; k < nrows; k++) {
+			prompt_req *r = &reqs[row_req[k]];
+			if (!engine_gen_step(r->gen, logits + (size_t)k * in->vocab, &r->next))
+				continue;
+			if (engine_kv_seq_len(kv, r->seq) >= max_seq) {
+				engine_gen_stop(r->gen, "context_full");
+				continue;
+			}
+			tok[nb] = r->next, seq[nb++] = r->seq;
+			row_req[rows++] = row_req[k];
+		}
+	}
+	double t_all = owl_now() - t0;
+	for (int i = 0; i < n; i++)
+		gen_total += reqs[i].gen ? engine_gen_count(reqs[i].gen) : 0;
+	int failed = 0;
+	json_t *results = json_array();
+	for (int i = 0; !rc && i < n; i++) {
+		prompt_req *r = &reqs[i];
+		char *clean = owl_utf8_sanitize(r->out.text.data ? r->out.text.data : "", r->out.text.len);
+		failed += *r->error != 0;
+		if (ctx->json) {
+			json_t *o = json_pack("{s:i, s:s}", "index", i + 1, "prompt", r->text);
+			if (*r->error)
+				json_object_set_new(o, "error", json_string(r->error));
+			else {
+				json_object_set_new(o, "text", json_string(clean));
+				json_object_set_new(o, "prompt_tokens", json_integer((json_int_t)r->nids));
+				json_object_set_new(o, "generated_tokens", json_integer(engine_gen_count(r->gen)));
+				json_object_set_new(o, "stop_reason", json_string(engine_gen_stop_reason(r->gen)));
+			}
+			json_array_append_new(results, o);
+		} else if (*r->error) {
+			printf("=== %d: error: %s\n\n", i + 1, r->error);
+		} else {
+			printf("=== %d\n%s%s\n\n", i + 1, r->chat ? "" : r->text, clean);
+		}
+		free(clean);
+	}
+	if (!rc && ctx->json)
+		cmd_print_json(json_pack("{s:s, s:o, s:i, s:i, s:f, s:f}", "model", l.label, "results",
+					 results, "prompt_tokens", prompt_total, "generated_tokens", gen_total,
+					 "prompt_tokens_per_s", t_prompt > 0 ? prompt_total / t_prompt : 0.0,
+					 "generation_tokens_per_s", t_all - t_prompt > 0 ?
+					 gen_total / (t_all - t_prompt) : 0.0));
+	else
+		json_decref(results);
+	if (!rc && (ctx->verbose || failed) && !ctx->json)
+		fprintf(stderr, "%s: %d prompts in one batch: %d prompt tokens (%.1f t/s), %d generated "
+			"(%.1f t/s together)%s\n", l.label, n, prompt_total,
+			t_prompt > 0 ? prompt_total / t_prompt : 0.0, gen_total,
+			t_all - t_prompt > 0 ? gen_total / (t_all - t_prompt) : 0.0,
+			failed ? "; some prompts failed" : "");
+	for (int i = 0; i < n; i++)
+		prompt_req_release(&reqs[i]);
+	free(reqs), free(tok), free(seq), free(logits), free(row_req);
+	json_decref(keep);
+	engine_kv_free(kv);
+	unload(&l);
+	if (rc)
+		return cmd_fail(&err);
+	if (failed) {
+		owl_err_set(&err, OWL_EFAIL, "%d of %d prompts failed", failed, n);
+		return cmd_fail(&err);
+	}
+	return OWL_OK;
+}
+
 static int run_run(owl_ctx *ctx, int argc, char **argv)
 {
 	gen_args a;
 	int rc = parse_gen("run", argc, argv, &a);
 	if (rc)
 		return rc;
+	if (a.prompts)
+		return run_prompts(ctx, &a, argc, argv);
 	if (optind != argc - 2)
-		return cmd_usage_error("run", "expected MODEL PROMPT");
+		return cmd_usage_error("run", "expected MODEL PROMPT (or MODEL --prompts FILE)");
 	owl_err err = {0};
 	loaded l;
-	if (load(ctx, argv[optind], a.tp, a.threads, a.ctx, &l, &err))
+	if (load(ctx, argv[optind], a.tp, a.threads, a.ctx, a.kv_type, &l, &err))
 		return cmd_fail(&err);
 	const char *prompt = argv[optind + 1];
 	char *text = NULL;
@@ -242,7 +584,7 @@ static int run_chat(owl_ctx *ctx, int argc, char **argv)
 		return cmd_usage_error("chat", "expected MODEL");
 	owl_err err = {0};
 	loaded l;
-	if (load(ctx, argv[optind], a.tp, a.threads, a.ctx, &l, &err))
+	if (load(ctx, argv[optind], a.tp, a.threads, a.ctx, a.kv_type, &l, &err))
 		return cmd_fail(&err);
 	a.g.vocab = engine_model_get_info(l.m)->vocab;
 	engine_chat_family f = engine_chat_detect(engine_tokenizer_chat_template(l.tok));
@@ -377,7 +719,7 @@ static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 	if (owl_read_file(file, 1u << 30, &text, &len, &err))
 		return cmd_fail(&err);
 	loaded l;
-	if (load(ctx, argv[optind], tp, threads, n_ctx, &l, &err)) {
+	if (load(ctx, argv[optind], tp, threads, n_ctx, ENGINE_KV_F32, &l, &err)) {
 		free(text);
 		return cmd_fail(&err);
 	}
@@ -488,14 +830,42 @@ static void mean_sd(const double *x, int n, double *mean, double *sd)
 	*sd = n > 1 ? sqrt(s2 / (n - 1)) : 0;
 }
 
+/* Aggregate decoding speed of batch sequences stepping together from an
+ * empty context: each step is one forward pass over batch tokens, so the
+ * weights are read once for all of them. */
+static int bench_batch(engine_model *m, int batch, int ntg, int kv_type, int32_t tok, double *tps,
+		       owl_err *err)
+{
+	engine_kv *kv = NULL;
+	engine_kv_opts o = {.n_tokens = batch * (ntg + 32), .max_seq_tokens = ntg, .type = kv_type};
+	int rc = engine_kv_new(m, &o, &kv, err);
+	int32_t *toks = owl_xmalloc((size_t)batch * sizeof *toks);
+	int32_t *seq = owl_xmalloc((size_t)batch * sizeof *seq);
+	float *logits = owl_xmalloc((size_t)batch * engine_model_get_info(m)->vocab * sizeof *logits);
+	for (int i = 0; i < batch && !rc; i++) {
+		rc = engine_kv_seq_new(kv, 0, &seq[i], err);
+		toks[i] = tok;
+	}
+	double t0 = owl_now();
+	for (int g = 0; g < ntg && !rc; g++) {
+		engine_batch b = {.n = batch, .tokens = toks, .seq = seq};
+		rc = engine_decode(kv, &b, logits, err);
+	}
+	*tps = rc ? 0 : (double)batch * ntg / (owl_now() - t0);
+	free(toks), free(seq), free(logits);
+	engine_kv_free(kv);
+	return rc;
+}
+
 static int run_bench(owl_ctx *ctx, int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{"prompt", required_argument, 0, 'p'}, {"gen", required_argument, 0, 'g'},
 		{"reps", required_argument, 0, 'r'}, {"tp", required_argument, 0, 'T'},
-		{"threads", required_argument, 0, 'j'}, {0, 0, 0, 0},
+		{"threads", required_argument, 0, 'j'}, {"batch", required_argument, 0, 'b'},
+		{"kv-type", required_argument, 0, 'K'}, {0, 0, 0, 0},
 	};
-	int npp = 512, ntg = 128, reps = 3, tp = 0, threads = 0, c;
+	int npp = 512, ntg = 128, reps = 3, tp = 0, threads = 0, batch = 1, kv_type = 0, c;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
 		case 'p': npp = atoi(optarg); break;
@@ -503,19 +873,25 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 		case 'r': reps = atoi(optarg); break;
 		case 'T': tp = atoi(optarg); break;
 		case 'j': threads = atoi(optarg); break;
+		case 'b': batch = atoi(optarg); break;
+		case 'K':
+			if (parse_kv_type("bench", optarg, &kv_type))
+				return OWL_EUSAGE;
+			break;
 		default: return cmd_usage_error("bench", "unknown option");
 		}
 	}
 	if (optind != argc - 1)
 		return cmd_usage_error("bench", "expected MODEL");
-	if (npp < 1 || ntg < 0 || reps < 1 || reps > 100)
-		return cmd_usage_error("bench", "--prompt >= 1, --gen >= 0, 1 <= --reps <= 100");
+	if (npp < 1 || ntg < 0 || reps < 1 || reps > 100 || batch < 1 || batch > 256)
+		return cmd_usage_error("bench", "--prompt >= 1, --gen >= 0, 1 <= --reps <= 100, "
+				       "1 <= --batch <= 256");
 	owl_err err = {0};
 	loaded l;
 	/* What the process holds before the model (code, libraries, the
 	 * registry): peak memory is reported as this plus what the model adds. */
 	long base_kib = status_kib("VmRSS");
-	if (load(ctx, argv[optind], tp, threads, npp > ntg ? npp : ntg, &l, &err))
+	if (load(ctx, argv[optind], tp, threads, npp > ntg ? npp : ntg, kv_type, &l, &err))
 		return cmd_fail(&err);
 	const engine_model_info *in = engine_model_get_info(l.m);
 	float *logits = owl_xmalloc((size_t)in->vocab * sizeof *logits);
@@ -541,6 +917,10 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 		}
 		/* As llama-bench: generation is timed from an empty context, so
 		 * pp and tg measure one thing each. */
+		if (batch > 1) {
+			rc = bench_batch(l.m, batch, ntg, kv_type, toks[npp - 1], &tg[r], &err);
+			continue;
+		}
 		engine_session_truncate(l.sess, 0);
 		int32_t t = toks[npp - 1];
 		t0 = owl_now();
@@ -572,13 +952,14 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 	snprintf(params, sizeof params, "%.2f M", (double)in->n_params / 1e6);
 	if (ctx->json) {
 		cmd_print_json(json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:f,"
-					 " s:f, s:I, s:I, s:I}",
+					 " s:f, s:i, s:s, s:I, s:I, s:I}",
 					 "model", l.label, "arch", in->arch, "dtype", in->weight_dtype,
 					 "params", (json_int_t)in->n_params, "weight_bytes",
 					 (json_int_t)in->weight_bytes, "backend", "cpu", "threads",
 					 in->threads, "tp", in->tp, "prompt", npp, "gen", ntg,
 					 "pp_tokens_per_s", ppm, "pp_stddev", pps, "tg_tokens_per_s", tgm,
-					 "tg_stddev", tgs, "kv_bytes", (json_int_t)kv, "peak_rss_bytes",
+					 "tg_stddev", tgs, "batch", batch, "kv_type", kv_type ? "f16" : "f32",
+					 "kv_bytes", (json_int_t)kv, "peak_rss_bytes",
 					 (json_int_t)rss * 1024, "baseline_rss_bytes",
 					 (json_int_t)base_kib * 1024));
 	} else {
@@ -593,7 +974,10 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 		       wsize, params, in->weight_dtype, in->tp > 1 ? "cpu tp" : "cpu", in->threads, test,
 		       ppm, pps);
 		if (ntg) {
-			snprintf(test, sizeof test, "tg%d", ntg);
+			if (batch > 1)
+				snprintf(test, sizeof test, "tg%dx%d", ntg, batch);
+			else
+				snprintf(test, sizeof test, "tg%d", ntg);
 			printf("| %-28.28s | %10s | %9s | %-5s | %7s | %3d | %8s | %8.2f ± %5.2f |\n",
 			       l.label, wsize, params, in->weight_dtype, in->tp > 1 ? "cpu tp" : "cpu",
 			       in->threads, test, tgm, tgs);
@@ -613,7 +997,8 @@ const owl_command cmd_engine_commands[] = {
 	 "  owl run MODEL PROMPT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]\n"
 	 "          [--min-p P] [--repeat-penalty R] [--frequency-penalty F]\n"
 	 "          [--presence-penalty P] [--seed S] [--stop STR]... [--chat [--system TEXT]]\n"
-	 "          [--ctx N] [--tp N] [--threads N]\n"
+	 "          [--ctx N] [--kv-type f32|f16] [--tp N] [--threads N]\n"
+	 "  owl run MODEL --prompts FILE [the same options] [--json]\n"
 	 "\n"
 	 "MODEL is a registry reference (NAME, NAME@V, NAME:TAG) or a path to a\n"
 	 "checkpoint folder or a .gguf file. The text streams to stdout. Temperature 0\n"
@@ -621,10 +1006,20 @@ const owl_command cmd_engine_commands[] = {
 	 "model's own chat template (ChatML, Llama 3, Llama 2/Mistral, Zephyr, Gemma) and\n"
 	 "stops at its end-of-turn token. --tp N splits the model across N ranks.\n"
 	 "Defaults: --max-tokens 128, --temperature 0.8, --top-k 40, --top-p 0.95,\n"
-	 "--min-p 0.05, --ctx the model's training context.\n"
+	 "--min-p 0.05, --ctx the model's training context, --kv-type f32 (f16 halves the\n"
+	 "KV cache's memory).\n"
+	 "\n"
+	 "--prompts FILE runs every prompt of FILE as one batch: all prompts in one\n"
+	 "forward pass, then one decoding step for all unfinished ones at a time, and\n"
+	 "prints the results in the file's order (=== N, then the text; --json: one\n"
+	 "object with every result). A line is a prompt, or a JSON object with \"prompt\"\n"
+	 "and its own options: max_tokens, temperature, top_k, top_p, min_p,\n"
+	 "repeat_penalty, seed, stop (an array), chat, system. At most 1024 prompts; a\n"
+	 "prompt that cannot run is reported with its error while the others run.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl run smollm2 \"The capital of France is\" --temperature 0 --max-tokens 20\n"
+	 "  owl run smollm2 --prompts questions.jsonl --chat --max-tokens 64\n"
 	 "  owl run smollm2:stable \"Why is the sky blue?\" --chat --seed 7\n"
 	 "  owl run ./model.gguf \"def fib(n):\" --stop \"\\n\\n\"\n"},
 	{"chat", run_chat, "chat with a model interactively, with its chat template",
@@ -652,16 +1047,20 @@ const owl_command cmd_engine_commands[] = {
 	 "  owl perplexity ./model.Q4_0.gguf --file docs.txt --chunks 20 --json\n"},
 	{"bench", run_bench, "measure prompt processing and generation speed",
 	 "USAGE\n"
-	 "  owl bench MODEL [--prompt 512] [--gen 128] [--reps 3] [--tp N] [--threads N] [--json]\n"
+	 "  owl bench MODEL [--prompt 512] [--gen 128] [--reps 3] [--batch N] [--kv-type f32|f16]\n"
+	 "            [--tp N] [--threads N] [--json]\n"
 	 "\n"
 	 "Prints a table like llama-bench: prompt processing (ppN: N tokens in one batch)\n"
 	 "and generation (tgN: N tokens one by one from an empty context) in tokens per\n"
 	 "second, mean ± standard deviation over the repetitions, and the peak memory:\n"
 	 "what the process held before loading the model, plus what the model added\n"
 	 "(weights, KV cache, working buffers), beside the weights and KV cache sizes.\n"
+	 "--batch N times generation as N sequences decoding together (tgGxN), one\n"
+	 "forward pass of N tokens per step, and reports their aggregate tokens/s.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl bench smollm2 --threads 2\n"
+	 "  owl bench smollm2 --batch 8 --gen 64\n"
 	 "  owl bench ./tinyllama.Q8_0.gguf --prompt 512 --gen 128 --json\n"},
 	{0},
 };
