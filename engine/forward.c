@@ -111,23 +111,36 @@ static wmat cols_of(const wmat *w, int c0, int n)
 /* ---- one micro-batch ------------------------------------------------------------ */
 
 /* What every rank reads during one layer of one micro-batch; each rank
- * writes only its own working buffers, cache shard and partial output. */
+ * writes only its own residual stream, working buffers, cache shard and
+ * partial output. */
 typedef struct step {
 	engine_kv *kv;
+	const int32_t *tokens;
 	const layer *L;
 	int l, n, nseg;
 } step;
 
+#define K(be, op, ...) ((be)->iface->op((be), __VA_ARGS__))
+
+/* Rank r's attention block: (layer 0: the embedding; else the previous MLP's
+ * summed output into its residual stream), then norm, q/k/v, RoPE, the new
+ * keys and values into its cache shard, attention, and its partial o. */
 static int rank_attention(step *st, int r, owl_err *err)
 {
 	engine_kv *kv = st->kv;
 	const engine_model *m = kv->m;
 	const engine_model_info *in = &m->info;
-	const kernels_backend *be = m->be;
+	kernels_backend *be = m->ranks[r];
 	const layer *L = st->L;
 	kv_rank_ws *w = &kv->ws[r];
 	int hd = in->head_dim, hpr = in->n_heads / in->tp, n = st->n, h0, kv0, nkv, rc;
 	kv_rank_heads(in, r, &h0, &kv0, &nkv);
+	if (st->l == 0)
+		rc = K(be, embedding, w->x, &m->tok_embd, st->tokens, n, err);
+	else
+		rc = K(be, add, w->x, w->part, (size_t)n * in->dim, err);
+	if (rc || (rc = K(be, rmsnorm, w->xn, w->x, L->attn_norm, n, in->dim, in->norm_eps, err)))
+		return rc;
 	wmat wq = rows_of(&L->wq, h0 * hd, hpr * hd);
 	wmat wk = rows_of(&L->wk, kv0 * hd, nkv * hd);
 	wmat wv = rows_of(&L->wv, kv0 * hd, nkv * hd);
@@ -135,54 +148,60 @@ static int rank_attention(step *st, int r, owl_err *err)
 		/* Decode: one pass of the thread pool over all three. */
 		const wmat *ws[3] = {&wq, &wk, &wv};
 		float *ys[3] = {w->q, w->kb, w->vb};
-		if ((rc = be->matvec_multi(ys, ws, 3, kv->xn, err)))
+		if ((rc = K(be, matvec_multi, ys, ws, 3, w->xn, err)))
 			return rc;
-	} else if ((rc = be->matmul(w->q, kv->xn, &wq, n, err)) ||
-		   (rc = be->matmul(w->kb, kv->xn, &wk, n, err)) ||
-		   (rc = be->matmul(w->vb, kv->xn, &wv, n, err))) {
+	} else if ((rc = K(be, matmul, w->q, w->xn, &wq, n, err)) ||
+		   (rc = K(be, matmul, w->kb, w->xn, &wk, n, err)) ||
+		   (rc = K(be, matmul, w->vb, w->xn, &wv, n, err))) {
 		return rc;
 	}
-	if (L->bq && ((rc = be->add_rows(w->q, L->bq + h0 * hd, n, hpr * hd, err)) ||
-		      (rc = be->add_rows(w->kb, L->bk + kv0 * hd, n, nkv * hd, err)) ||
-		      (rc = be->add_rows(w->vb, L->bv + kv0 * hd, n, nkv * hd, err))))
+	if (L->bq && ((rc = K(be, add_rows, w->q, L->bq + h0 * hd, n, hpr * hd, err)) ||
+		      (rc = K(be, add_rows, w->kb, L->bk + kv0 * hd, n, nkv * hd, err)) ||
+		      (rc = K(be, add_rows, w->vb, L->bv + kv0 * hd, n, nkv * hd, err))))
 		return rc;
 	kernels_rope_layout layout = m->rope_adjacent ? KERNELS_ROPE_ADJACENT : KERNELS_ROPE_HALF;
 	kernels_kv_layer cache = kv_layer(kv, r, st->l);
-	if ((rc = be->rope(w->q, n, kv->pos, hpr, hd, m->inv_freq, layout, err)) ||
-	    (rc = be->rope(w->kb, n, kv->pos, nkv, hd, m->inv_freq, layout, err)) ||
-	    (rc = be->kv_store(&cache, w->kb, w->vb, kv->slots, n, err)) ||
-	    (rc = be->attention(w->att, w->q, kv->segs, st->nseg, &cache, hpr, h0,
-				in->n_heads / in->n_kv_heads, kv0, hd, in->sliding_window, &w->attn, err)))
+	if ((rc = K(be, rope, w->q, n, kv->pos, hpr, hd, m->inv_freq, layout, err)) ||
+	    (rc = K(be, rope, w->kb, n, kv->pos, nkv, hd, m->inv_freq, layout, err)) ||
+	    (rc = K(be, kv_store, &cache, w->kb, w->vb, kv->slots, n, err)) ||
+	    (rc = K(be, attention, w->att, w->q, kv->segs, st->nseg, &cache, hpr, h0,
+		    in->n_heads / in->n_kv_heads, kv0, hd, in->sliding_window, &w->attn, err)))
 		return rc;
 	wmat wo = cols_of(&L->wo, h0 * hd, hpr * hd);
-	return be->matmul(w->part, w->att, &wo, n, err);
+	return K(be, matmul, w->part, w->att, &wo, n, err);
 }
 
+/* Rank r's MLP block: the attention's summed output into its residual
+ * stream, norm, its slice of gate/up, SwiGLU, and its partial down. */
 static int rank_ffn(step *st, int r, owl_err *err)
 {
 	engine_kv *kv = st->kv;
 	const engine_model *m = kv->m;
-	const kernels_backend *be = m->be;
+	const engine_model_info *in = &m->info;
+	kernels_backend *be = m->ranks[r];
 	kv_rank_ws *w = &kv->ws[r];
-	int fpr = m->info.ffn_dim / m->info.tp, n = st->n, rc;
+	int fpr = in->ffn_dim / in->tp, n = st->n, rc;
+	if ((rc = K(be, add, w->x, w->part, (size_t)n * in->dim, err)) ||
+	    (rc = K(be, rmsnorm, w->xn, w->x, st->L->ffn_norm, n, in->dim, in->norm_eps, err)))
+		return rc;
 	wmat wg = rows_of(&st->L->w_gate, r * fpr, fpr), wu = rows_of(&st->L->w_up, r * fpr, fpr);
 	if (n == 1) {
 		const wmat *ws[2] = {&wg, &wu};
 		float *ys[2] = {w->gate, w->up};
-		if ((rc = be->matvec_multi(ys, ws, 2, kv->xn, err)))
+		if ((rc = K(be, matvec_multi, ys, ws, 2, w->xn, err)))
 			return rc;
-	} else if ((rc = be->matmul(w->gate, kv->xn, &wg, n, err)) ||
-		   (rc = be->matmul(w->up, kv->xn, &wu, n, err))) {
+	} else if ((rc = K(be, matmul, w->gate, w->xn, &wg, n, err)) ||
+		   (rc = K(be, matmul, w->up, w->xn, &wu, n, err))) {
 		return rc;
 	}
-	if ((rc = be->swiglu(w->gate, w->up, (size_t)n * fpr, err)))
+	if ((rc = K(be, swiglu, w->gate, w->up, (size_t)n * fpr, err)))
 		return rc;
 	wmat wd = cols_of(&st->L->w_down, r * fpr, fpr);
-	return be->matmul(w->part, w->gate, &wd, n, err);
+	return K(be, matmul, w->part, w->gate, &wd, n, err);
 }
 
-/* Runs fn for every rank: each rank a thread group of threads/tp threads,
- * the groups side by side (nested OpenMP); tp = 1 is one group of all. */
+/* Runs fn for every rank: each rank a thread group of its backend's
+ * threads, the groups side by side (nested OpenMP); tp = 1 is one group. */
 static int for_ranks(step *st, int (*fn)(step *, int, owl_err *), owl_err *err)
 {
 	const engine_model_info *in = &st->kv->m->info;
@@ -207,13 +226,14 @@ static int for_ranks(step *st, int (*fn)(step *, int, owl_err *), owl_err *err)
 	return 0;
 }
 
+/* Every rank's partial output becomes the sum, in place. */
 static int all_reduce(engine_kv *kv, int n, owl_err *err)
 {
 	const engine_model *m = kv->m;
 	float *parts[KV_MAX_RANKS];
 	for (int r = 0; r < m->info.tp; r++)
 		parts[r] = kv->ws[r].part;
-	return m->comm.all_reduce_sum(&m->comm, kv->x, parts, (size_t)n * m->info.dim, err);
+	return m->comm.all_reduce(&m->comm, parts, (size_t)n * m->info.dim, err);
 }
 
 /* Tokens [t0, t0 + n) of the batch, n <= KV_UBATCH, whose runs and
@@ -224,7 +244,6 @@ static int forward_micro(engine_kv *kv, const engine_batch *b, int t0, int n, co
 {
 	engine_model *m = kv->m;
 	const engine_model_info *in = &m->info;
-	const kernels_backend *be = m->be;
 	const int dim = in->dim;
 	int rc, nseg = 0;
 	/* Positions, cache slots and one attention segment per run. */
@@ -240,30 +259,31 @@ static int forward_micro(engine_kv *kv, const engine_batch *b, int t0, int n, co
 		}
 		kv->segs[nseg - 1].ntok++;
 	}
-	step st = {.kv = kv, .n = n, .nseg = nseg};
-	if ((rc = be->embedding(kv->x, &m->tok_embd, b->tokens + t0, n, err)))
-		return rc;
+	step st = {.kv = kv, .tokens = b->tokens + t0, .n = n, .nseg = nseg};
 	for (int l = 0; l < in->n_layers; l++) {
 		st.L = &m->layers[l];
 		st.l = l;
-		if ((rc = be->rmsnorm(kv->xn, kv->x, st.L->attn_norm, n, dim, in->norm_eps, err)) ||
-		    (rc = for_ranks(&st, rank_attention, err)) || (rc = all_reduce(kv, n, err)) ||
-		    (rc = be->rmsnorm(kv->xn, kv->x, st.L->ffn_norm, n, dim, in->norm_eps, err)) ||
+		if ((rc = for_ranks(&st, rank_attention, err)) || (rc = all_reduce(kv, n, err)) ||
 		    (rc = for_ranks(&st, rank_ffn, err)) || (rc = all_reduce(kv, n, err)))
 			return rc;
 	}
-	/* The rows that want logits, gathered, through the output layer. */
+	/* Rank 0's stream, with the last MLP's output, through the output
+	 * layer for the rows that want logits. */
+	kernels_backend *be = m->be;
+	kv_rank_ws *w = &kv->ws[0];
+	if ((rc = K(be, add, w->x, w->part, (size_t)n * dim, err)))
+		return rc;
 	int nl = 0;
 	for (int i = 0; i < n; i++) {
 		int t = t0 + i;
 		int want = b->want ? b->want[t] != 0 : (t + 1 == b->n || b->seq[t + 1] != b->seq[t]);
 		if (want)
-			memcpy(kv->xl + (size_t)nl++ * dim, kv->x + (size_t)i * dim, (size_t)dim * sizeof(float));
+			memcpy(w->xl + (size_t)nl++ * dim, w->x + (size_t)i * dim, (size_t)dim * sizeof(float));
 	}
 	if (!nl)
 		return 0;
-	if ((rc = be->rmsnorm(kv->xn, kv->xl, m->out_norm, nl, dim, in->norm_eps, err)) ||
-	    (rc = be->matmul(logits + (size_t)*nl_done * in->vocab, kv->xn, &m->output, nl, err)))
+	if ((rc = K(be, rmsnorm, w->xn, w->xl, m->out_norm, nl, dim, in->norm_eps, err)) ||
+	    (rc = K(be, matmul, logits + (size_t)*nl_done * in->vocab, w->xn, &m->output, nl, err)))
 		return rc;
 	*nl_done += nl;
 	return 0;

@@ -35,7 +35,8 @@ typedef struct layer {
 
 struct engine_model {
 	engine_model_info info;
-	const kernels_backend *be; /* the kernels every op goes through */
+	kernels_backend *be;       /* rank 0's backend: the ops outside the ranks (output layer) */
+	kernels_backend *ranks[16]; /* one backend instance per tensor-parallel rank */
 	kernels_comm comm;         /* how the tp ranks all-reduce */
 	layer *layers;
 	wmat tok_embd, output;

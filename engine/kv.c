@@ -13,7 +13,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 void kv_rank_heads(const engine_model_info *in, int r, int *h0, int *kv0, int *nkv)
 {
@@ -46,12 +45,6 @@ static void *try_calloc(size_t n, size_t size, const char *what, owl_err *err)
 	return p;
 }
 
-static void *map_pool(size_t bytes)
-{
-	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-		       -1, 0);
-	return p == MAP_FAILED ? NULL : p;
-}
 
 /* ---- the prefix cache's hash table -------------------------------------------- */
 
@@ -193,7 +186,7 @@ int engine_kv_new(engine_model *m, const engine_kv_opts *o, engine_kv **out, owl
 	kv->type = d.type == ENGINE_KV_F16 ? KERNELS_KV_F16 : KERNELS_KV_F32;
 	kv->n_blocks = (d.n_tokens + KV_BLOCK_TOKENS - 1) / KV_BLOCK_TOKENS;
 	kv->max_seq_tokens = d.max_seq_tokens;
-	kv->threads_per_rank = in->tp == 1 ? in->threads : (in->threads / in->tp > 0 ? in->threads / in->tp : 1);
+	kv->threads_per_rank = kernels_cpu_backend_threads(m->ranks[0]);
 	int rc = 0;
 	const int hd = in->head_dim, hpr = in->n_heads / in->tp, fpr = in->ffn_dim / in->tp;
 	for (int r = 0; r < in->tp && !rc; r++) {
@@ -202,11 +195,14 @@ int engine_kv_new(engine_model *m, const engine_kv_opts *o, engine_kv **out, owl
 		kv->block_stride[r] = (size_t)in->n_layers * KV_BLOCK_TOKENS * kv->rank_nkv[r] * hd *
 				      elem_bytes(kv->type);
 		kv->pool_bytes[r] = (size_t)kv->n_blocks * kv->block_stride[r];
-		kv->k[r] = map_pool(kv->pool_bytes[r]);
-		kv->v[r] = map_pool(kv->pool_bytes[r]);
-		if (!kv->k[r] || !kv->v[r])
-			rc = owl_err_set(err, OWL_EFAIL, "cannot reserve a KV pool of %zu MiB for %d "
-					 "tokens", 2 * kv->pool_bytes[r] >> 20, d.n_tokens);
+		kernels_backend *be = m->ranks[r];
+		void *k, *v;
+		if (kernels_alloc(be, kv->pool_bytes[r], &kv->kbuf[r], &k, err) ||
+		    kernels_alloc(be, kv->pool_bytes[r], &kv->vbuf[r], &v, err))
+			rc = owl_err_wrap(err, "cannot reserve a KV pool of %zu MiB for %d tokens",
+					  2 * kv->pool_bytes[r] >> 20, d.n_tokens);
+		else
+			kv->k[r] = k, kv->v[r] = v;
 	}
 	kv->table_cap = 1;
 	while (kv->table_cap < 2 * kv->n_blocks)
@@ -217,9 +213,6 @@ int engine_kv_new(engine_model *m, const engine_kv_opts *o, engine_kv **out, owl
 		    !(kv->table = try_calloc((size_t)kv->table_cap, sizeof(int32_t), "prefix cache", err)) ||
 		    !(kv->block_tokens = try_calloc((size_t)kv->n_blocks * KV_BLOCK_TOKENS, sizeof(int32_t),
 						    "prefix cache tokens", err)) ||
-		    !(kv->x = try_calloc(U * in->dim, sizeof(float), "activations", err)) ||
-		    !(kv->xn = try_calloc(U * in->dim, sizeof(float), "activations", err)) ||
-		    !(kv->xl = try_calloc(U * in->dim, sizeof(float), "activations", err)) ||
 		    !(kv->pos = try_calloc(U, sizeof(int32_t), "positions", err)) ||
 		    !(kv->slots = try_calloc(U, sizeof(int32_t), "KV slots", err)) ||
 		    !(kv->segs = try_calloc(U, sizeof(kernels_attn_seg), "attention segments", err))))
@@ -228,17 +221,25 @@ int engine_kv_new(engine_model *m, const engine_kv_opts *o, engine_kv **out, owl
 		kv->table[i] = SLOT_EMPTY;
 	for (int r = 0; r < in->tp && !rc; r++) {
 		kv_rank_ws *w = &kv->ws[r];
-		size_t kvd = (size_t)kv->rank_nkv[r] * hd;
+		size_t kvd = (size_t)kv->rank_nkv[r] * hd, D = (size_t)in->dim;
 		w->attn.n = kernels_attention_scratch(kv->max_seq_tokens, (int)kvd, kv->threads_per_rank);
-		if (!(w->q = try_calloc(U * hpr * hd, sizeof(float), "activations", err)) ||
-		    !(w->att = try_calloc(U * hpr * hd, sizeof(float), "activations", err)) ||
-		    !(w->kb = try_calloc(U * kvd, sizeof(float), "activations", err)) ||
-		    !(w->vb = try_calloc(U * kvd, sizeof(float), "activations", err)) ||
-		    !(w->gate = try_calloc(U * fpr, sizeof(float), "activations", err)) ||
-		    !(w->up = try_calloc(U * fpr, sizeof(float), "activations", err)) ||
-		    !(w->part = try_calloc(U * in->dim, sizeof(float), "activations", err)) ||
-		    !(w->attn.data = try_calloc(w->attn.n, sizeof(float), "attention scratch", err)))
-			rc = OWL_EFAIL;
+		/* x, xn, xl, part: [U][dim]; q, att: [U][hpr*hd]; kb, vb: [U][kvd];
+		 * gate, up: [U][fpr]; then the attention scratch */
+		size_t sizes[] = {U * D, U * D, U * D, U * D, U * hpr * hd, U * hpr * hd, U * kvd,
+				  U * kvd, U * fpr, U * fpr, w->attn.n};
+		float **dst[] = {&w->x, &w->xn, &w->xl, &w->part, &w->q, &w->att, &w->kb, &w->vb,
+				 &w->gate, &w->up, &w->attn.data};
+		size_t total = 0;
+		for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+			total += (sizes[i] + 15) / 16 * 16; /* 64-byte aligned pieces */
+		void *base;
+		if ((rc = kernels_alloc(m->ranks[r], total * sizeof(float), &w->buf, &base, err)))
+			break;
+		float *p = base;
+		for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+			*dst[i] = p;
+			p += (sizes[i] + 15) / 16 * 16;
+		}
 	}
 	if (rc) {
 		engine_kv_free(kv);
@@ -253,13 +254,12 @@ void engine_kv_free(engine_kv *kv)
 	if (!kv)
 		return;
 	for (int r = 0; r < KV_MAX_RANKS; r++) {
-		if (kv->k[r])
-			munmap(kv->k[r], kv->pool_bytes[r]);
-		if (kv->v[r])
-			munmap(kv->v[r], kv->pool_bytes[r]);
-		kv_rank_ws *w = &kv->ws[r];
-		free(w->q), free(w->att), free(w->kb), free(w->vb), free(w->gate), free(w->up);
-		free(w->part), free(w->attn.data);
+		kernels_backend *be = kv->m->ranks[r];
+		if (!be)
+			continue;
+		be->iface->buffer_free(be, kv->kbuf[r]);
+		be->iface->buffer_free(be, kv->vbuf[r]);
+		be->iface->buffer_free(be, kv->ws[r].buf);
 	}
 	for (int s = 0; s < kv->nseqs; s++) {
 		free(kv->seqs[s].blocks);
@@ -267,7 +267,7 @@ void engine_kv_free(engine_kv *kv)
 	}
 	free(kv->seqs);
 	free(kv->blk), free(kv->free_list), free(kv->table), free(kv->block_tokens);
-	free(kv->x), free(kv->xn), free(kv->xl), free(kv->pos), free(kv->slots), free(kv->segs);
+	free(kv->pos), free(kv->slots), free(kv->segs);
 	free(kv);
 }
 

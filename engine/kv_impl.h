@@ -32,9 +32,13 @@ typedef struct kv_block {
 	uint64_t last_use; /* for evicting cached blocks nobody holds, oldest first */
 } kv_block;
 
-/* One rank's working buffers for a micro-batch of KV_UBATCH tokens. */
+/* One rank's working buffers for a micro-batch of KV_UBATCH tokens, carved
+ * out of one buffer of the rank's backend: its own residual stream x, the
+ * normalised input xn, projections, and the partial output part that the
+ * all-reduce sums in place. xl gathers the rows that want logits (rank 0). */
 typedef struct kv_rank_ws {
-	float *q, *kb, *vb, *att, *gate, *up, *part;
+	kernels_buffer *buf;
+	float *x, *xn, *xl, *q, *kb, *vb, *att, *gate, *up, *part;
 	kernels_scratch attn;
 } kv_rank_ws;
 
@@ -42,8 +46,10 @@ struct engine_kv {
 	engine_model *m;
 	kernels_kv_type type;
 	int n_blocks, max_seq_tokens, threads_per_rank;
-	/* per rank: its kv heads' rows, [block][layer][KV_BLOCK_TOKENS][row] */
+	/* per rank: its kv heads' rows, [block][layer][KV_BLOCK_TOKENS][row],
+	 * in two buffers of the rank's backend */
 	int rank_kv0[KV_MAX_RANKS], rank_nkv[KV_MAX_RANKS];
+	kernels_buffer *kbuf[KV_MAX_RANKS], *vbuf[KV_MAX_RANKS];
 	uint8_t *k[KV_MAX_RANKS], *v[KV_MAX_RANKS];
 	size_t pool_bytes[KV_MAX_RANKS], block_stride[KV_MAX_RANKS];
 	kv_block *blk;
@@ -56,8 +62,8 @@ struct engine_kv {
 	int32_t *block_tokens; /* [n_blocks][KV_BLOCK_TOKENS]: a cached block's tokens */
 	kv_seq *seqs;
 	int nseqs;
-	/* forward working memory, allocated once */
-	float *x, *xn, *xl;
+	/* forward working memory, allocated once; positions, slots and
+	 * segments are the batch's layout, read by every rank */
 	int32_t *pos, *slots;
 	kernels_attn_seg *segs;
 	kv_rank_ws ws[KV_MAX_RANKS];

@@ -557,7 +557,14 @@ int engine_model_open(const char *path, const engine_model_opts *o, engine_model
 	/* Nested parallelism (rank groups, then threads within each) is a
 	 * process-wide setting: made once, not on every forward pass. */
 	pthread_once(&omp_levels_once, set_omp_levels);
-	m->be = kernels_cpu_backend();
+	int per_rank = tp == 1 ? in->threads : (in->threads / tp > 0 ? in->threads / tp : 1);
+	for (int r = 0; r < tp && !rc; r++)
+		rc = kernels_cpu_backend_new(per_rank, &m->ranks[r], err);
+	if (rc) {
+		engine_model_close(m);
+		return rc;
+	}
+	m->be = m->ranks[0];
 	m->comm = *kernels_cpu_comm();
 	m->comm.size = tp;
 	account(m);
@@ -592,6 +599,8 @@ void engine_model_close(engine_model *m)
 		free(m->repacked[i]);
 	free(m->repacked);
 	free(m->dir);
+	for (int r = 0; r < 16; r++)
+		kernels_backend_free(m->ranks[r]);
 	free(m);
 }
 

@@ -100,86 +100,149 @@ size_t kernels_attention_scratch(int max_ctx, int kv_elems, int threads);
 
 typedef struct kernels_buffer kernels_buffer; /* opaque, backend-owned */
 
-typedef struct kernels_backend {
-	const char *name; /* "cpu", "cuda" */
+/* The version of this interface. A backend loaded at run time (the CUDA
+ * object) reports the version it was built against, and one that differs is
+ * refused rather than called through a table of another shape. */
+#define KERNELS_ABI_VERSION 2
 
-	/* memory */
-	int (*buffer_alloc)(size_t bytes, kernels_buffer **out, owl_err *err);
-	void (*buffer_free)(kernels_buffer *buf); /* accepts NULL */
+/* The ops, for supports(): a scheduler asks before it calls. */
+typedef enum kernels_op {
+	KERNELS_OP_MATMUL = 0,
+	KERNELS_OP_MATVEC_MULTI,
+	KERNELS_OP_EMBEDDING,
+	KERNELS_OP_RMSNORM,
+	KERNELS_OP_ROPE,
+	KERNELS_OP_ADD,
+	KERNELS_OP_ADD_ROWS,
+	KERNELS_OP_KV_STORE,
+	KERNELS_OP_ATTENTION,
+	KERNELS_OP_SWIGLU,
+	KERNELS_OP_CROSS_ENTROPY,
+	KERNELS_OP_COUNT,
+} kernels_op;
+
+typedef struct kernels_backend kernels_backend;
+
+/* A backend's table. Every op receives the backend instance it runs on
+ * (which device, which threads). Slots marked optional may be NULL. */
+typedef struct kernels_backend_iface {
+	int abi_version; /* KERNELS_ABI_VERSION */
+	const char *name; /* "cpu", "cuda" */
+	void (*free)(kernels_backend *be); /* the instance and its context */
+	/* Whether op runs on weights (or caches) of type: for ops without a
+	 * weight the type is KERNELS_F32 (KERNELS_KV_* for the cache ops). */
+	int (*supports)(const kernels_backend *be, kernels_op op, int type);
+	/* Waits for every op queued on the backend (no-op on the CPU). */
+	int (*synchronize)(kernels_backend *be, owl_err *err);
+
+	/* memory: every buffer the forward pass touches comes from here */
+	int (*buffer_alloc)(kernels_backend *be, size_t bytes, kernels_buffer **out, owl_err *err);
+	void (*buffer_free)(kernels_backend *be, kernels_buffer *buf); /* accepts NULL */
 	void *(*buffer_data)(kernels_buffer *buf);
-	int (*copy_to_device)(kernels_buffer *dst, size_t off, const void *src, size_t bytes,
-			      owl_err *err);
-	int (*copy_to_host)(void *dst, const kernels_buffer *src, size_t off, size_t bytes,
-			    owl_err *err);
+	int (*copy_to_device)(kernels_backend *be, kernels_buffer *dst, size_t off, const void *src,
+			      size_t bytes, owl_err *err);
+	int (*copy_to_host)(kernels_backend *be, void *dst, const kernels_buffer *src, size_t off,
+			    size_t bytes, owl_err *err);
 
 	/* forward ops */
 	/* y[n, w.rows] = x[n, w.cols] W^T */
-	int (*matmul)(float *y, const float *x, const kernels_weight *w, int n, owl_err *err);
+	int (*matmul)(kernels_backend *be, float *y, const float *x, const kernels_weight *w, int n,
+		      owl_err *err);
 	/* k matrices sharing one input vector (q/k/v, gate/up of one token) */
-	int (*matvec_multi)(float *const *ys, const kernels_weight *const *ws, int k, const float *x,
-			    owl_err *err);
+	int (*matvec_multi)(kernels_backend *be, float *const *ys, const kernels_weight *const *ws,
+			    int k, const float *x, owl_err *err);
 	/* out[i] = row ids[i] of the table, widened to f32 */
-	int (*embedding)(float *out, const kernels_weight *table, const int32_t *ids, int n,
-			 owl_err *err);
-	int (*rmsnorm)(float *out, const float *x, const float *weight, int rows, int dim,
-		       float eps, owl_err *err);
+	int (*embedding)(kernels_backend *be, float *out, const kernels_weight *table,
+			 const int32_t *ids, int n, owl_err *err);
+	int (*rmsnorm)(kernels_backend *be, float *out, const float *x, const float *weight, int rows,
+		       int dim, float eps, owl_err *err);
 	/* x is [n_tok, n_heads, head_dim], token i at position pos[i];
 	 * inv_freq has head_dim/2 entries (llama3 scaling already applied). */
-	int (*rope)(float *x, int n_tok, const int32_t *pos, int n_heads, int head_dim,
-		    const float *inv_freq, kernels_rope_layout layout, owl_err *err);
+	int (*rope)(kernels_backend *be, float *x, int n_tok, const int32_t *pos, int n_heads,
+		    int head_dim, const float *inv_freq, kernels_rope_layout layout, owl_err *err);
+	/* y[i] += x[i] (the residual stream) */
+	int (*add)(kernels_backend *be, float *y, const float *x, size_t n, owl_err *err);
 	/* y[r, :] += b for each of rows rows (a projection's bias). */
-	int (*add_rows)(float *y, const float *b, int rows, int dim, owl_err *err);
+	int (*add_rows)(kernels_backend *be, float *y, const float *b, int rows, int dim,
+			owl_err *err);
 	/* Keys and values k, v [n_tok, row_elems] into the cache rows slots[i]
 	 * (= block * block_tokens + offset), converted to the cache's type. */
-	int (*kv_store)(const kernels_kv_layer *kv, const float *k, const float *v,
-			const int32_t *slots, int n_tok, owl_err *err);
+	int (*kv_store)(kernels_backend *be, const kernels_kv_layer *kv, const float *k,
+			const float *v, const int32_t *slots, int n_tok, owl_err *err);
 	/* Causal attention with GQA over a paged KV cache, one segment per
 	 * sequence of the batch. q and out are [n_tok, n_heads, hd] for the
 	 * model's query heads head0 ..; query head h reads kv head
 	 * h / group - kv_head0 of the cache's rows; window 0 = no sliding
 	 * window. scratch is kernels_attention_scratch() floats. */
-	int (*attention)(float *out, const float *q, const kernels_attn_seg *segs, int nseg,
-			 const kernels_kv_layer *kv, int n_heads, int head0, int group, int kv_head0,
-			 int head_dim, int window, const kernels_scratch *scratch, owl_err *err);
+	int (*attention)(kernels_backend *be, float *out, const float *q, const kernels_attn_seg *segs,
+			 int nseg, const kernels_kv_layer *kv, int n_heads, int head0, int group,
+			 int kv_head0, int head_dim, int window, const kernels_scratch *scratch,
+			 owl_err *err);
 	/* gate[i] = silu(gate[i]) * up[i] */
-	int (*swiglu)(float *gate, const float *up, size_t n, owl_err *err);
+	int (*swiglu)(kernels_backend *be, float *gate, const float *up, size_t n, owl_err *err);
 	/* Mean cross-entropy of logits [rows, vocab] against targets (training, perplexity). */
-	int (*cross_entropy)(float *loss, const float *logits, const int32_t *targets, int rows,
-			     int vocab, owl_err *err);
+	int (*cross_entropy)(kernels_backend *be, float *loss, const float *logits,
+			     const int32_t *targets, int rows, int vocab, owl_err *err);
 
-	/* backward slots: NULL until training lands (the LoRA issue) */
-	int (*matmul_backward)(float *dx, float *dw, const float *dy, const float *x,
-			       const kernels_weight *w, int n, owl_err *err);
-	int (*rmsnorm_backward)(float *dx, float *dweight, const float *dout, const float *x,
-				const float *weight, int rows, int dim, float eps, owl_err *err);
-	int (*rope_backward)(float *dx, int n_tok, int pos0, int n_heads, int head_dim,
-			     const float *inv_freq, kernels_rope_layout layout, owl_err *err);
-	int (*attention_backward)(float *dq, float *dk, float *dv, const float *dout,
-				  const float *q, const float *k, const float *v, int n_tok,
-				  int n_heads, int n_kv_heads, int head_dim, int window, owl_err *err);
-	int (*swiglu_backward)(float *dgate, float *dup, const float *dout, const float *gate,
-			       const float *up, size_t n, owl_err *err);
-	int (*softmax_cross_entropy_backward)(float *dlogits, const float *logits,
-					      const int32_t *targets, int rows, int vocab,
-					      owl_err *err);
-	int (*adamw_step)(float *p, const float *g, float *m, float *v, size_t n, float lr,
-			  float beta1, float beta2, float eps, float weight_decay, int step,
+	/* backward slots (optional): NULL until training lands (the LoRA issue) */
+	int (*matmul_backward)(kernels_backend *be, float *dx, float *dw, const float *dy,
+			       const float *x, const kernels_weight *w, int n, owl_err *err);
+	int (*rmsnorm_backward)(kernels_backend *be, float *dx, float *dweight, const float *dout,
+				const float *x, const float *weight, int rows, int dim, float eps,
+				owl_err *err);
+	int (*rope_backward)(kernels_backend *be, float *dx, int n_tok, const int32_t *pos,
+			     int n_heads, int head_dim, const float *inv_freq,
+			     kernels_rope_layout layout, owl_err *err);
+	int (*attention_backward)(kernels_backend *be, float *dq, float *dk, float *dv,
+				  const float *dout, const float *q, const float *k, const float *v,
+				  int n_tok, int n_heads, int n_kv_heads, int head_dim, int window,
+				  owl_err *err);
+	int (*swiglu_backward)(kernels_backend *be, float *dgate, float *dup, const float *dout,
+			       const float *gate, const float *up, size_t n, owl_err *err);
+	int (*softmax_cross_entropy_backward)(kernels_backend *be, float *dlogits,
+					      const float *logits, const int32_t *targets, int rows,
+					      int vocab, owl_err *err);
+	int (*adamw_step)(kernels_backend *be, float *p, const float *g, float *m, float *v, size_t n,
+			  float lr, float beta1, float beta2, float eps, float weight_decay, int step,
 			  owl_err *err);
-} kernels_backend;
+} kernels_backend_iface;
+
+/* A backend instance, as in ggml-backend: one per device and rank, so that
+ * each tensor-parallel rank owns its memory and its threads. */
+struct kernels_backend {
+	const kernels_backend_iface *iface;
+	int device;    /* the device index (0 on the CPU) */
+	void *context; /* the backend's own state */
+};
+
+/* The CPU backend (engine/kernels/cpu/backend.c): OpenMP, OpenBLAS, AVX2, and
+ * AVX-512 (VNNI) kernels where the CPU has them. threads: the OpenMP threads
+ * its ops use (0 = all cores). */
+int kernels_cpu_backend_new(int threads, kernels_backend **out, owl_err *err);
+void kernels_backend_free(kernels_backend *be); /* accepts NULL */
+/* The threads a CPU backend instance was made with. */
+int kernels_cpu_backend_threads(const kernels_backend *be);
+
+/* Allocation through a backend, with the buffer's data pointer. */
+int kernels_alloc(kernels_backend *be, size_t bytes, kernels_buffer **buf, void **data,
+		  owl_err *err);
 
 /* Communication between tensor-parallel ranks (DESIGN.md: threads sharing
- * memory on the CPU, NCCL on GPUs). all_reduce_sum adds every rank's partial
- * buffer into x. */
+ * memory on the CPU, MPI between processes, NCCL on GPUs). Collectives work
+ * in place on per-rank buffers, called once for all ranks by the thread
+ * that drives them (the shape of NCCL's grouped calls in one process). */
 typedef struct kernels_comm {
 	const char *name; /* "cpu-shared", "nccl" */
 	int size;         /* ranks */
-	int (*all_reduce_sum)(const struct kernels_comm *c, float *x, float *const *partials,
-			      size_t n, owl_err *err);
+	/* bufs[r] of every rank becomes the sum of all ranks' bufs */
+	int (*all_reduce)(const struct kernels_comm *c, float *const *bufs, size_t n, owl_err *err);
+	/* every rank's out[r] becomes [in[0] | in[1] | ... ], n floats each */
+	int (*all_gather)(const struct kernels_comm *c, float *const *out, const float *const *in,
+			  size_t n, owl_err *err);
+	/* returns when every rank has arrived */
+	int (*barrier)(const struct kernels_comm *c, owl_err *err);
 } kernels_comm;
 
-/* The CPU backend (engine/kernels/cpu/backend.c): OpenMP, OpenBLAS, AVX2, and
- * AVX-512 (VNNI) kernels where the CPU has them. */
-const kernels_backend *kernels_cpu_backend(void);
 /* Ranks on one machine sharing memory. */
 const kernels_comm *kernels_cpu_comm(void);
 

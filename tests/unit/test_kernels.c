@@ -131,7 +131,7 @@ static double max_rel_err(const float *a, const double *b, size_t n)
  * closely. Shapes: rows not a multiple of the 4-row tiles, token counts
  * below and above the 128-token chunks, and an odd number of 32-column
  * blocks (the integer GEMM takes blocks in pairs). */
-static void matmul_and_matvec_every_dtype(const kernels_backend *be)
+static void matmul_and_matvec_every_dtype(kernels_backend *be)
 {
 	static const kernels_dtype types[] = {KERNELS_F32, KERNELS_F16, KERNELS_BF16,
 					      KERNELS_Q8_0, KERNELS_Q4_0, KERNELS_Q4_1,
@@ -161,20 +161,20 @@ static void matmul_and_matvec_every_dtype(const kernels_backend *be)
 					s += (double)ref[(size_t)r * cols + c] * x[(size_t)i * cols + c];
 				want[(size_t)i * rows + r] = s;
 			}
-		CHECK_INT(be->matmul(y, x, &w, n, &err), 0);
+		CHECK_INT(be->iface->matmul(be, y, x, &w, n, &err), 0);
 		double tol = quant ? 2e-2 : 1e-5;
 		for (int i = 0; i < n; i++) {
 			double e = max_rel_err(y + (size_t)i * rows, want + (size_t)i * rows, (size_t)rows);
-			CHECK(e < tol, "%s matmul type %d %dx%d n=%d token %d: relative error %g", be->name,
+			CHECK(e < tol, "%s matmul type %d %dx%d n=%d token %d: relative error %g", be->iface->name,
 			      (int)types[ti], rows, cols, n, i, e);
 		}
 		/* One token at a time: the decode path. */
 		const kernels_weight *ws[1] = {&w};
 		float *ys[1] = {y1};
 		for (int i = 0; i < n; i += n > 8 ? 13 : 1) {
-			CHECK_INT(be->matvec_multi(ys, ws, 1, x + (size_t)i * cols, &err), 0);
+			CHECK_INT(be->iface->matvec_multi(be, ys, ws, 1, x + (size_t)i * cols, &err), 0);
 			double e = max_rel_err(y1, want + (size_t)i * rows, (size_t)rows), ed = 0;
-			CHECK(e < tol, "%s matvec type %d relative error %g (tolerance %g)", be->name,
+			CHECK(e < tol, "%s matvec type %d relative error %g (tolerance %g)", be->iface->name,
 			      (int)types[ti], e, tol);
 			for (int r = 0; r < rows; r++)
 				ed = fmax(ed, fabs((double)y1[r] - y[(size_t)i * rows + r]));
@@ -186,7 +186,7 @@ static void matmul_and_matvec_every_dtype(const kernels_backend *be)
 			 * round the activations the same way. */
 			int same_rounding = quant && qgemm_supported(&w, n);
 			CHECK(ed <= 1e-3 * scale || !same_rounding, "%s type %d %dx%d token %d: matmul "
-			      "and matvec differ by %g (scale %g)", be->name, (int)types[ti], rows, cols, i,
+			      "and matvec differ by %g (scale %g)", be->iface->name, (int)types[ti], rows, cols, i,
 			      ed, scale);
 		}
 		free(data);
@@ -205,7 +205,7 @@ static void matmul_and_matvec_every_dtype(const kernels_backend *be)
  * block count, token counts around the 8-token tiles and the 128-token
  * chunks; and q/k/v-like matrices of different heights sharing one decode
  * pass, whose groups the threads split across matrix boundaries. */
-static void repacked_match_file_layout(const kernels_backend *be)
+static void repacked_match_file_layout(kernels_backend *be)
 {
 	static const kernels_dtype types[] = {KERNELS_Q8_0, KERNELS_Q4_0, KERNELS_Q4_1, KERNELS_F16,
 					      KERNELS_BF16, KERNELS_F32};
@@ -231,8 +231,8 @@ static void repacked_match_file_layout(const kernels_backend *be)
 		float *y0 = malloc((size_t)n * rows * sizeof *y0), *y1 = malloc((size_t)n * rows * sizeof *y1);
 		for (int i = 0; i < n * cols; i++)
 			x[i] = frand();
-		CHECK_INT(be->matmul(y0, x, &w, n, &err), 0);
-		CHECK_INT(be->matmul(y1, x, &r, n, &err), 0);
+		CHECK_INT(be->iface->matmul(be, y0, x, &w, n, &err), 0);
+		CHECK_INT(be->iface->matmul(be, y1, x, &r, n, &err), 0);
 		double worst = 0, scale = 1e-6;
 		for (int i = 0; i < n * rows; i++) {
 			worst = fmax(worst, fabs((double)y0[i] - y1[i]));
@@ -265,8 +265,8 @@ static void repacked_match_file_layout(const kernels_backend *be)
 		float b0[32], b1[32], c0[32], c1[32];
 		const kernels_weight *plain[3] = {&w, &w2, &w3}, *pk[3] = {&r, &k2, &k3};
 		float *ys0[3] = {a0, b0, c0}, *ys1[3] = {a1, b1, c1};
-		CHECK_INT(be->matvec_multi(ys0, plain, 3, x, &err), 0);
-		CHECK_INT(be->matvec_multi(ys1, pk, 3, x, &err), 0);
+		CHECK_INT(be->iface->matvec_multi(be, ys0, plain, 3, x, &err), 0);
+		CHECK_INT(be->iface->matvec_multi(be, ys1, pk, 3, x, &err), 0);
 		double dv = 0, sv = 1e-6;
 		for (int i = 0; i < rows; i++) {
 			dv = fmax(dv, fabs((double)a0[i] - a1[i]));
@@ -285,8 +285,8 @@ static void repacked_match_file_layout(const kernels_backend *be)
 		/* Embedding lookups read rows back out of the groups exactly. */
 		int ids[3] = {0, rows / 2 + 1, rows - 1};
 		float *e0 = malloc(3 * (size_t)cols * sizeof *e0), *e1 = malloc(3 * (size_t)cols * sizeof *e1);
-		CHECK_INT(be->embedding(e0, &w, ids, 3, &err), 0);
-		CHECK_INT(be->embedding(e1, &r, ids, 3, &err), 0);
+		CHECK_INT(be->iface->embedding(be, e0, &w, ids, 3, &err), 0);
+		CHECK_INT(be->iface->embedding(be, e1, &r, ids, 3, &err), 0);
 		CHECK(memcmp(e0, e1, 3 * (size_t)cols * sizeof *e0) == 0,
 		      "type %d: rows read from the repacked groups differ", (int)types[ti]);
 		free(e0), free(e1);
@@ -328,7 +328,7 @@ static double attention_ref_worst(const float *q, const float *k, const float *v
  * in f32 and f16: one prompt, a prompt continued after earlier tokens
  * (pos0 > 0, as chat turns do), one token at a time, and several
  * sequences' segments in one call, each against the reference. */
-static void attention_paged(const kernels_backend *be)
+static void attention_paged(kernels_backend *be)
 {
 	owl_err err = {0};
 	enum { HD = 16, H = 4, KV = 2, T = 70, SPLIT = 30, BT = 8, NB = 12 };
@@ -353,7 +353,7 @@ static void attention_paged(const kernels_backend *be)
 		uint8_t *kp = calloc(NB, stride), *vp = calloc(NB, stride);
 		kernels_kv_layer kv = {.type = (kernels_kv_type)type, .k = kp, .v = vp,
 				       .block_stride = stride, .block_tokens = BT, .row_elems = kvd};
-		CHECK_INT(be->kv_store(&kv, k, v, slots, T, &err), 0);
+		CHECK_INT(be->iface->kv_store(be, &kv, k, v, slots, T, &err), 0);
 		/* The reference reads what the cache holds: f16-rounded for f16. */
 		for (int i = 0; i < T * kvd; i++) {
 			kr[i] = type ? _cvtsh_ss(_cvtss_sh(k[i], _MM_FROUND_TO_NEAREST_INT)) : k[i];
@@ -362,17 +362,17 @@ static void attention_paged(const kernels_backend *be)
 		for (int window = 0; window <= 6; window += 6) {
 			kernels_attn_seg all = {0, T, 0, blocks}, first = {0, SPLIT, 0, blocks};
 			kernels_attn_seg rest = {0, T - SPLIT, SPLIT, blocks};
-			CHECK_INT(be->attention(out, q, &all, 1, &kv, H, 0, H / KV, 0, HD, window, &scratch,
+			CHECK_INT(be->iface->attention(be, out, q, &all, 1, &kv, H, 0, H / KV, 0, HD, window, &scratch,
 						&err), 0);
-			CHECK_INT(be->attention(out2, q, &first, 1, &kv, H, 0, H / KV, 0, HD, window,
+			CHECK_INT(be->iface->attention(be, out2, q, &first, 1, &kv, H, 0, H / KV, 0, HD, window,
 						&scratch, &err), 0);
-			CHECK_INT(be->attention(out2 + SPLIT * H * HD, q + SPLIT * H * HD, &rest, 1, &kv, H, 0,
+			CHECK_INT(be->iface->attention(be, out2 + SPLIT * H * HD, q + SPLIT * H * HD, &rest, 1, &kv, H, 0,
 						H / KV, 0, HD, window, &scratch, &err), 0);
 			double worst = 0;
 			for (int t = 0; t < T; t++) {
 				float one[H * HD];
 				kernels_attn_seg seg = {0, 1, t, blocks};
-				CHECK_INT(be->attention(one, q + t * H * HD, &seg, 1, &kv, H, 0, H / KV, 0, HD,
+				CHECK_INT(be->iface->attention(be, one, q + t * H * HD, &seg, 1, &kv, H, 0, H / KV, 0, HD,
 							window, &scratch, &err), 0);
 				worst = fmax(worst, attention_ref_worst(q, kr, vr, out, t, t, t, H, KV, HD, window));
 				worst = fmax(worst, attention_ref_worst(q, kr, vr, out2, t, t, t, H, KV, HD, window));
@@ -386,7 +386,7 @@ static void attention_paged(const kernels_backend *be)
 			memcpy(qb + 20 * H * HD, q + 40 * H * HD, H * HD * sizeof(float));
 			memcpy(qb + 21 * H * HD, q + 50 * H * HD, 3 * H * HD * sizeof(float));
 			kernels_attn_seg segs[3] = {{0, 20, 0, blocks}, {20, 1, 40, blocks}, {21, 3, 50, blocks}};
-			CHECK_INT(be->attention(ob, qb, segs, 3, &kv, H, 0, H / KV, 0, HD, window, &scratch,
+			CHECK_INT(be->iface->attention(be, ob, qb, segs, 3, &kv, H, 0, H / KV, 0, HD, window, &scratch,
 						&err), 0);
 			for (int t = 0; t < 20; t++)
 				worst = fmax(worst, attention_ref_worst(q, kr, vr, ob, t, t, t, H, KV, HD, window));
@@ -394,20 +394,20 @@ static void attention_paged(const kernels_backend *be)
 			for (int i = 0; i < 3; i++)
 				worst = fmax(worst, attention_ref_worst(q, kr, vr, ob, 50 + i, 21 + i, 50 + i, H, KV,
 									HD, window));
-			CHECK(worst < 1e-5, "%s attention (%s cache, window %d) max error %g", be->name,
+			CHECK(worst < 1e-5, "%s attention (%s cache, window %d) max error %g", be->iface->name,
 			      type ? "f16" : "f32", window, worst);
 		}
 		/* Too little scratch is an error, not an overrun. */
 		kernels_scratch small = {scratch.data, 16};
 		kernels_attn_seg all = {0, T, 0, blocks};
-		CHECK(be->attention(out, q, &all, 1, &kv, H, 0, H / KV, 0, HD, 0, &small, &err) != 0,
-		      "%s attention accepted too little scratch", be->name);
+		CHECK(be->iface->attention(be, out, q, &all, 1, &kv, H, 0, H / KV, 0, HD, 0, &small, &err) != 0,
+		      "%s attention accepted too little scratch", be->iface->name);
 		free(kp), free(vp);
 	}
 	free(scratch.data);
 }
 
-static void attention_rope_norm_swiglu(const kernels_backend *be)
+static void attention_rope_norm_swiglu(kernels_backend *be)
 {
 	owl_err err = {0};
 	enum { HD = 16 };
@@ -421,7 +421,7 @@ static void attention_rope_norm_swiglu(const kernels_backend *be)
 		for (int i = 0; i < 2 * HD; i++)
 			x0[i] = x[i] = frand();
 		const int32_t pos[2] = {7, 8};
-		CHECK_INT(be->rope(x, 2, pos, 1, HD, inv_freq, (kernels_rope_layout)layout, &err), 0);
+		CHECK_INT(be->iface->rope(be, x, 2, pos, 1, HD, inv_freq, (kernels_rope_layout)layout, &err), 0);
 		double worst = 0;
 		for (int t = 0; t < 2; t++)
 			for (int i = 0; i < HD / 2; i++) {
@@ -431,7 +431,7 @@ static void attention_rope_norm_swiglu(const kernels_backend *be)
 				double rb = x0[t * HD + a] * sin(ang) + x0[t * HD + b] * cos(ang);
 				worst = fmax(worst, fmax(fabs(ra - x[t * HD + a]), fabs(rb - x[t * HD + b])));
 			}
-		CHECK(worst < 1e-5, "%s rope layout %d error %g", be->name, layout, worst);
+		CHECK(worst < 1e-5, "%s rope layout %d error %g", be->iface->name, layout, worst);
 	}
 	/* RMSNorm, SwiGLU, cross-entropy. */
 	float xs[64], g[64], o[64], up[64], gate[64];
@@ -441,32 +441,32 @@ static void attention_rope_norm_swiglu(const kernels_backend *be)
 		up[i] = frand();
 		gate[i] = frand();
 	}
-	CHECK_INT(be->rmsnorm(o, xs, g, 1, 64, 1e-5f, &err), 0);
+	CHECK_INT(be->iface->rmsnorm(be, o, xs, g, 1, 64, 1e-5f, &err), 0);
 	double ss = 0;
 	for (int i = 0; i < 64; i++)
 		ss += (double)xs[i] * xs[i];
 	double worst = 0;
 	for (int i = 0; i < 64; i++)
 		worst = fmax(worst, fabs(o[i] - xs[i] / sqrt(ss / 64 + 1e-5) * g[i]));
-	CHECK(worst < 1e-5, "%s rmsnorm error %g", be->name, worst);
+	CHECK(worst < 1e-5, "%s rmsnorm error %g", be->iface->name, worst);
 	/* The tails of the sigmoid too, where exp over- and underflows. */
 	static const float big[8] = {-120, -60, -20, -5, 5, 20, 60, 120};
 	memcpy(gate, big, sizeof big);
 	float gate0[64];
 	memcpy(gate0, gate, sizeof gate);
-	CHECK_INT(be->swiglu(gate, up, 64, &err), 0);
+	CHECK_INT(be->iface->swiglu(be, gate, up, 64, &err), 0);
 	worst = 0;
 	for (int i = 0; i < 64; i++) {
 		double want = gate0[i] / (1 + exp(-(double)gate0[i])) * up[i];
 		worst = fmax(worst, fabs(gate[i] - want) / fmax(1.0, fabs(want)));
 	}
-	CHECK(worst < 1e-6, "%s swiglu error %g", be->name, worst);
+	CHECK(worst < 1e-6, "%s swiglu error %g", be->iface->name, worst);
 	float loss;
 	int32_t tgt[2] = {3, 60};
 	float logits[128];
 	for (int i = 0; i < 128; i++)
 		logits[i] = frand() * 4;
-	CHECK_INT(be->cross_entropy(&loss, logits, tgt, 2, 64, &err), 0);
+	CHECK_INT(be->iface->cross_entropy(be, &loss, logits, tgt, 2, 64, &err), 0);
 	double want = 0;
 	for (int r = 0; r < 2; r++) {
 		double s = 0;
@@ -477,8 +477,53 @@ static void attention_rope_norm_swiglu(const kernels_backend *be)
 	CHECK_NEAR(loss, want / 2, 1e-5);
 }
 
+/* The instance's own slots: ABI version, supports, synchronize, buffers
+ * (heap and mapped), and the add op; the CPU comm's collectives. */
+static void backend_instance(kernels_backend *be)
+{
+	owl_err err = {0};
+	const kernels_backend_iface *f = be->iface;
+	CHECK_INT(f->abi_version, KERNELS_ABI_VERSION);
+	CHECK(f->supports(be, KERNELS_OP_MATMUL, KERNELS_Q4_K), "%s: no Q4_K matmul", f->name);
+	CHECK(f->supports(be, KERNELS_OP_ATTENTION, KERNELS_KV_F16), "%s: no f16 KV", f->name);
+	CHECK(!f->supports(be, KERNELS_OP_SWIGLU, KERNELS_Q8_0), "%s: swiglu on Q8_0?", f->name);
+	CHECK(!f->supports(be, KERNELS_OP_COUNT, KERNELS_F32), "%s: supports a non-op", f->name);
+	CHECK_INT(f->synchronize(be, &err), 0);
+	for (size_t size = 100; size <= (8u << 20); size *= 1024) {
+		kernels_buffer *b;
+		void *p;
+		CHECK_INT(kernels_alloc(be, size, &b, &p, &err), 0);
+		float x[4] = {1, 2, 3, 4}, y[4];
+		CHECK_INT(f->copy_to_device(be, b, size - sizeof x, x, sizeof x, &err), 0);
+		CHECK_INT(f->copy_to_host(be, y, b, size - sizeof x, sizeof y, &err), 0);
+		CHECK(memcmp(x, y, sizeof x) == 0, "%s: a %zu-byte buffer lost its data", f->name, size);
+		CHECK(f->copy_to_device(be, b, size - 2, x, sizeof x, &err) != 0,
+		      "%s: a copy past the end of the buffer was taken", f->name);
+		f->buffer_free(be, b);
+	}
+	float y[19], x[19];
+	for (int i = 0; i < 19; i++)
+		y[i] = (float)i, x[i] = 0.5f;
+	CHECK_INT(f->add(be, y, x, 19, &err), 0);
+	CHECK_NEAR(y[18], 18.5, 0);
+	/* Three ranks: all-reduce in place, all-gather, barrier. */
+	kernels_comm c = *kernels_cpu_comm();
+	c.size = 3;
+	float b0[5], b1[5], b2[5], g0[15], g1[15], g2[15];
+	for (int i = 0; i < 5; i++)
+		b0[i] = (float)i, b1[i] = 10.0f * i, b2[i] = 100.0f * i;
+	const float *in[3] = {b0, b1, b2};
+	float *out[3] = {g0, g1, g2};
+	CHECK_INT(c.all_gather(&c, out, in, 5, &err), 0);
+	CHECK(g2[4] == 4 && g0[9] == 40 && g1[14] == 400, "all_gather put rows in the wrong place");
+	float *bufs[3] = {b0, b1, b2};
+	CHECK_INT(c.all_reduce(&c, bufs, 5, &err), 0);
+	CHECK(b0[3] == 333 && b1[3] == 333 && b2[3] == 333, "all_reduce: %g %g %g", b0[3], b1[3], b2[3]);
+	CHECK_INT(c.barrier(&c, &err), 0);
+}
+
 /* The backends this build can run; each passes the same tests. */
-static const kernels_backend *backends[2];
+static kernels_backend *backends[2];
 
 static void matmul_every_backend(void)
 {
@@ -492,6 +537,12 @@ static void repacked_every_backend(void)
 		repacked_match_file_layout(backends[i]);
 }
 
+static void backend_instance_every_backend(void)
+{
+	for (size_t i = 0; backends[i]; i++)
+		backend_instance(backends[i]);
+}
+
 static void other_ops_every_backend(void)
 {
 	for (size_t i = 0; backends[i]; i++)
@@ -500,9 +551,15 @@ static void other_ops_every_backend(void)
 
 int main(void)
 {
-	backends[0] = kernels_cpu_backend();
+	owl_err err = {0};
+	if (kernels_cpu_backend_new(0, &backends[0], &err)) {
+		printf("FAIL cpu_backend: %s\n", err.msg);
+		return 1;
+	}
 	RUN_TEST(matmul_every_backend);
+	RUN_TEST(backend_instance_every_backend);
 	RUN_TEST(other_ops_every_backend);
 	RUN_TEST(repacked_every_backend);
+	kernels_backend_free(backends[0]);
 	TEST_MAIN_END();
 }

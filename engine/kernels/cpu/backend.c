@@ -8,6 +8,8 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <immintrin.h>
 
@@ -53,55 +55,86 @@ static float exp_sub_sum(float *row, int lo, int hi, float mx)
 	return sum;
 }
 
+/* A buffer: small ones on the heap, large ones (the KV pool, activations
+ * of big models) mapped, so that memory is occupied only as it is used. */
 struct kernels_buffer {
 	size_t size;
-	unsigned char data[];
+	int mapped;
+	void *data;
 };
 
-static int cpu_alloc(size_t bytes, kernels_buffer **out, owl_err *err)
+enum { MAP_AT = 1 << 20 };
+
+static int cpu_alloc(kernels_backend *be, size_t bytes, kernels_buffer **out, owl_err *err)
 {
-	*out = malloc(sizeof **out + bytes);
+	*out = calloc(1, sizeof **out);
 	if (!*out)
-		return owl_err_set(err, OWL_EFAIL, "cannot allocate %zu bytes", bytes);
-	(*out)->size = bytes;
+		return owl_err_set(err, OWL_EFAIL, "cannot allocate a buffer");
+	kernels_buffer *b = *out;
+	b->size = bytes;
+	if (bytes >= MAP_AT) {
+		void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		b->data = p == MAP_FAILED ? NULL : p;
+		b->mapped = b->data != NULL;
+	} else {
+		b->data = calloc(1, bytes ? bytes : 1);
+	}
+	if (!b->data) {
+		free(b);
+		*out = NULL;
+		return owl_err_set(err, OWL_EFAIL, "cannot allocate %zu MiB", bytes >> 20);
+	}
 	return 0;
 }
 
-static void cpu_free(kernels_buffer *b) { free(b); }
+static void cpu_free(kernels_backend *be, kernels_buffer *b)
+{
+	if (!b)
+		return;
+	if (b->mapped)
+		munmap(b->data, b->size);
+	else
+		free(b->data);
+	free(b);
+}
+
 static void *cpu_data(kernels_buffer *b) { return b->data; }
 
-static int cpu_to_device(kernels_buffer *dst, size_t off, const void *src, size_t n, owl_err *err)
+static int cpu_to_device(kernels_backend *be, kernels_buffer *dst, size_t off, const void *src,
+			 size_t n, owl_err *err)
 {
 	if (off > dst->size || n > dst->size - off)
 		return owl_err_set(err, OWL_EFAIL, "copy of %zu bytes at %zu overruns a %zu-byte buffer",
 				   n, off, dst->size);
-	memcpy(dst->data + off, src, n);
+	memcpy((uint8_t *)dst->data + off, src, n);
 	return 0;
 }
 
-static int cpu_to_host(void *dst, const kernels_buffer *src, size_t off, size_t n, owl_err *err)
+static int cpu_to_host(kernels_backend *be, void *dst, const kernels_buffer *src, size_t off,
+		       size_t n, owl_err *err)
 {
 	if (off > src->size || n > src->size - off)
 		return owl_err_set(err, OWL_EFAIL, "copy of %zu bytes at %zu overruns a %zu-byte buffer",
 				   n, off, src->size);
-	memcpy(dst, src->data + off, n);
+	memcpy(dst, (const uint8_t *)src->data + off, n);
 	return 0;
 }
 
-static int cpu_matmul(float *y, const float *x, const kernels_weight *w, int n, owl_err *err)
+static int cpu_matmul(kernels_backend *be, float *y, const float *x, const kernels_weight *w, int n, owl_err *err)
 {
 	w_matmul(w, x, y, n);
 	return 0;
 }
 
-static int cpu_matvec_multi(float *const *ys, const kernels_weight *const *ws, int k,
+static int cpu_matvec_multi(kernels_backend *be, float *const *ys, const kernels_weight *const *ws, int k,
 			    const float *x, owl_err *err)
 {
 	w_matvec_multi(ws, ys, k, x);
 	return 0;
 }
 
-static int cpu_embedding(float *out, const kernels_weight *table, const int32_t *ids, int n,
+static int cpu_embedding(kernels_backend *be, float *out, const kernels_weight *table, const int32_t *ids, int n,
 			 owl_err *err)
 {
 	for (int i = 0; i < n; i++) {
@@ -113,7 +146,7 @@ static int cpu_embedding(float *out, const kernels_weight *table, const int32_t 
 	return 0;
 }
 
-static int cpu_rmsnorm(float *out, const float *x, const float *weight, int rows, int dim,
+static int cpu_rmsnorm(kernels_backend *be, float *out, const float *x, const float *weight, int rows, int dim,
 		       float eps, owl_err *err)
 {
 #pragma omp parallel for schedule(static) if (rows > 1)
@@ -122,7 +155,7 @@ static int cpu_rmsnorm(float *out, const float *x, const float *weight, int rows
 	return 0;
 }
 
-static int cpu_rope(float *x, int n_tok, const int32_t *pos, int n_heads, int hd,
+static int cpu_rope(kernels_backend *be, float *x, int n_tok, const int32_t *pos, int n_heads, int hd,
 		    const float *inv_freq, kernels_rope_layout layout, owl_err *err)
 {
 	int half = hd / 2, adjacent = layout == KERNELS_ROPE_ADJACENT;
@@ -142,13 +175,24 @@ static int cpu_rope(float *x, int n_tok, const int32_t *pos, int n_heads, int hd
 	return 0;
 }
 
-static int cpu_add_rows(float *y, const float *b, int rows, int dim, owl_err *err)
+static int cpu_add_rows(kernels_backend *be, float *y, const float *b, int rows, int dim, owl_err *err)
 {
 	for (int r = 0; r < rows; r++) {
 		float *yr = y + (size_t)r * dim;
 		for (int j = 0; j < dim; j++)
 			yr[j] += b[j];
 	}
+	return 0;
+}
+
+static int cpu_add(kernels_backend *be, float *y, const float *x, size_t n, owl_err *err)
+{
+	size_t n8 = n / 8 * 8;
+#pragma omp parallel for schedule(static) if (n > 65536)
+	for (size_t i = 0; i < n8; i += 8)
+		_mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_loadu_ps(x + i)));
+	for (size_t i = n8; i < n; i++)
+		y[i] += x[i];
 	return 0;
 }
 
@@ -184,7 +228,7 @@ static void f16_to_f32_row(float *dst, const uint16_t *src, int n)
 		dst[i] = _cvtsh_ss(src[i]);
 }
 
-static int cpu_kv_store(const kernels_kv_layer *kv, const float *k, const float *v,
+static int cpu_kv_store(kernels_backend *be, const kernels_kv_layer *kv, const float *k, const float *v,
 			const int32_t *slots, int n_tok, owl_err *err)
 {
 	size_t rb = (size_t)kv->row_elems * kv_elem_bytes(kv->type);
@@ -340,7 +384,7 @@ static void attention_row(float *o, const float *qh, const kernels_kv_layer *kv,
  * shared by the threads in one loop. */
 enum { ATT_GEMM_MIN = 16 };
 
-static int cpu_attention(float *out, const float *q, const kernels_attn_seg *segs, int nseg,
+static int cpu_attention(kernels_backend *be, float *out, const float *q, const kernels_attn_seg *segs, int nseg,
 			 const kernels_kv_layer *kv, int n_heads, int head0, int group, int kv_head0,
 			 int hd, int window, const kernels_scratch *scratch, owl_err *err)
 {
@@ -391,7 +435,7 @@ static int cpu_attention(float *out, const float *q, const kernels_attn_seg *seg
 	return 0;
 }
 
-static int cpu_swiglu(float *gate, const float *up, size_t n, owl_err *err)
+static int cpu_swiglu(kernels_backend *be, float *gate, const float *up, size_t n, owl_err *err)
 {
 	size_t n8 = n / 8 * 8;
 #pragma omp parallel for schedule(static) if (n > 16384)
@@ -408,7 +452,7 @@ static int cpu_swiglu(float *gate, const float *up, size_t n, owl_err *err)
 	return 0;
 }
 
-static int cpu_cross_entropy(float *loss, const float *logits, const int32_t *targets, int rows,
+static int cpu_cross_entropy(kernels_backend *be, float *loss, const float *logits, const int32_t *targets, int rows,
 			     int vocab, owl_err *err)
 {
 	double total = 0;
@@ -429,8 +473,49 @@ static int cpu_cross_entropy(float *loss, const float *logits, const int32_t *ta
 	return 0;
 }
 
-static const kernels_backend cpu = {
+/* The CPU runs every forward op on every weight type it has kernels for;
+ * the backward slots come with training. */
+static int cpu_supports(const kernels_backend *be, kernels_op op, int type)
+{
+	switch (op) {
+	case KERNELS_OP_MATMUL:
+	case KERNELS_OP_MATVEC_MULTI:
+	case KERNELS_OP_EMBEDDING:
+		return type >= KERNELS_F32 && type <= KERNELS_F32_R16;
+	case KERNELS_OP_KV_STORE:
+	case KERNELS_OP_ATTENTION:
+		return type == KERNELS_KV_F32 || type == KERNELS_KV_F16;
+	case KERNELS_OP_RMSNORM:
+	case KERNELS_OP_ROPE:
+	case KERNELS_OP_ADD:
+	case KERNELS_OP_ADD_ROWS:
+	case KERNELS_OP_SWIGLU:
+	case KERNELS_OP_CROSS_ENTROPY:
+		return type == KERNELS_F32;
+	case KERNELS_OP_COUNT:
+		break;
+	}
+	return 0;
+}
+
+static int cpu_synchronize(kernels_backend *be, owl_err *err) { return 0; }
+
+typedef struct cpu_context {
+	int threads;
+} cpu_context;
+
+static void cpu_backend_free(kernels_backend *be)
+{
+	free(be->context);
+	free(be);
+}
+
+static const kernels_backend_iface cpu_iface = {
+	.abi_version = KERNELS_ABI_VERSION,
 	.name = "cpu",
+	.free = cpu_backend_free,
+	.supports = cpu_supports,
+	.synchronize = cpu_synchronize,
 	.buffer_alloc = cpu_alloc,
 	.buffer_free = cpu_free,
 	.buffer_data = cpu_data,
@@ -441,6 +526,7 @@ static const kernels_backend cpu = {
 	.embedding = cpu_embedding,
 	.rmsnorm = cpu_rmsnorm,
 	.rope = cpu_rope,
+	.add = cpu_add,
 	.add_rows = cpu_add_rows,
 	.kv_store = cpu_kv_store,
 	.attention = cpu_attention,
@@ -448,29 +534,74 @@ static const kernels_backend cpu = {
 	.cross_entropy = cpu_cross_entropy,
 };
 
-const kernels_backend *kernels_cpu_backend(void)
+int kernels_cpu_backend_new(int threads, kernels_backend **out, owl_err *err)
 {
-	return &cpu;
+	*out = NULL;
+	kernels_backend *be = calloc(1, sizeof *be);
+	cpu_context *c = calloc(1, sizeof *c);
+	if (!be || !c) {
+		free(be), free(c);
+		return owl_err_set(err, OWL_EFAIL, "cannot allocate a CPU backend");
+	}
+	c->threads = threads > 0 ? threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+	*be = (kernels_backend){.iface = &cpu_iface, .device = 0, .context = c};
+	*out = be;
+	return 0;
 }
 
-/* Ranks share memory: the sum is read from each rank's buffer in place. */
-static int cpu_all_reduce(const kernels_comm *c, float *x, float *const *partials, size_t n,
-			  owl_err *err)
+int kernels_cpu_backend_threads(const kernels_backend *be)
 {
+	return ((const cpu_context *)be->context)->threads;
+}
+
+void kernels_backend_free(kernels_backend *be)
+{
+	if (be)
+		be->iface->free(be);
+}
+
+int kernels_alloc(kernels_backend *be, size_t bytes, kernels_buffer **buf, void **data,
+		  owl_err *err)
+{
+	int rc = be->iface->buffer_alloc(be, bytes, buf, err);
+	*data = rc ? NULL : be->iface->buffer_data(*buf);
+	return rc;
+}
+
+/* Ranks share memory: rank r's slice of the sum is read from every rank's
+ * buffer and written back to all of them (each slice by one thread). */
+static int cpu_all_reduce(const kernels_comm *c, float *const *bufs, size_t n, owl_err *err)
+{
+	if (c->size == 1)
+		return 0;
 #pragma omp parallel for schedule(static) if (n > 16384)
 	for (size_t i = 0; i < n; i++) {
 		float s = 0;
 		for (int r = 0; r < c->size; r++)
-			s += partials[r][i];
-		x[i] += s;
+			s += bufs[r][i];
+		for (int r = 0; r < c->size; r++)
+			bufs[r][i] = s;
 	}
 	return 0;
 }
+
+static int cpu_all_gather(const kernels_comm *c, float *const *out, const float *const *in,
+			  size_t n, owl_err *err)
+{
+	for (int r = 0; r < c->size; r++)
+		for (int q = 0; q < c->size; q++)
+			memcpy(out[r] + (size_t)q * n, in[q], n * sizeof(float));
+	return 0;
+}
+
+/* One thread drives every rank between collectives: nothing to wait for. */
+static int cpu_barrier(const kernels_comm *c, owl_err *err) { return 0; }
 
 const kernels_comm *kernels_cpu_comm(void)
 {
 	/* The size is set per model (tp); this is the template the engine copies. */
 	static const kernels_comm comm = {.name = "cpu-shared", .size = 1,
-					  .all_reduce_sum = cpu_all_reduce};
+					  .all_reduce = cpu_all_reduce, .all_gather = cpu_all_gather,
+					  .barrier = cpu_barrier};
 	return &comm;
 }
