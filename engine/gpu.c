@@ -6,16 +6,19 @@
 
 #include <dlfcn.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-void *engine_cuda_open(owl_err *err)
+/* The object is looked for once per process (pthread_once), so that
+ * threads asking at the same time see one answer. */
+static pthread_once_t cuda_once = PTHREAD_ONCE_INIT;
+static void *cuda_handle;
+static char cuda_reason[512];
+
+static void cuda_open_once(void)
 {
-	static void *handle;
-	static char reason[512];
-	if (handle)
-		return handle;
 	const char *env = getenv("OWL_CUDA_LIB");
 	char exe[PATH_MAX];
 	char *beside = NULL;
@@ -29,20 +32,25 @@ void *engine_cuda_open(owl_err *err)
 		}
 	}
 	const char *candidates[] = {env, beside, OWL_CUDA_LIB};
-	for (size_t i = 0; i < 3 && !handle; i++) {
+	for (size_t i = 0; i < 3 && !cuda_handle; i++) {
 		if (!candidates[i] || !*candidates[i])
 			continue;
 		if (i < 2 && access(candidates[i], F_OK) != 0)
 			continue;
-		handle = dlopen(candidates[i], RTLD_NOW | RTLD_LOCAL);
-		if (!handle)
-			snprintf(reason, sizeof reason, "%s", dlerror());
+		cuda_handle = dlopen(candidates[i], RTLD_NOW | RTLD_LOCAL);
+		if (!cuda_handle)
+			snprintf(cuda_reason, sizeof cuda_reason, "%s", dlerror());
 	}
 	free(beside);
-	if (!handle)
+}
+
+void *engine_cuda_open(owl_err *err)
+{
+	pthread_once(&cuda_once, cuda_open_once);
+	if (!cuda_handle)
 		owl_err_set(err, OWL_EFAIL, "cannot load the CUDA backend %s: %s", OWL_CUDA_LIB,
-			    reason[0] ? reason : "not found");
-	return handle;
+			    cuda_reason[0] ? cuda_reason : "not found");
+	return cuda_handle;
 }
 
 void engine_gpu_probe(engine_gpu_info *info)
