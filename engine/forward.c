@@ -4,8 +4,9 @@
  * than kv heads) and a slice of the feed-forward width; q/k/v and gate/up are
  * split by output rows, o and down by input columns, and the partial outputs
  * meet in one all-reduce per attention block and one per MLP, through the
- * comm interface. On the CPU every rank's shard is a view of the same mapped
- * weights, so sharding costs no memory. */
+ * comm interface. Each rank's shards were cut and prepared by its own
+ * backend at load (engine/model.c), and each rank has its own residual
+ * stream, working buffers and KV shard (engine/kv.c). */
 #include "kv_impl.h"
 
 #include <math.h>
@@ -88,26 +89,6 @@ int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logit
 	return rc;
 }
 
-/* ---- the shard of rank r ----------------------------------------------------- */
-
-/* Rows [r0, r0+n) of w: contiguous, a plain view. */
-static wmat rows_of(const wmat *w, int r0, int n)
-{
-	wmat v = *w;
-	v.data = w->data + (size_t)r0 * w->row_bytes;
-	v.rows = n;
-	return v;
-}
-
-/* Columns [c0, c0+n) of every row: a strided view (row_bytes unchanged). */
-static wmat cols_of(const wmat *w, int c0, int n)
-{
-	wmat v = *w;
-	size_t off = wtype_row_bytes(w->type, c0);
-	v.data = w->data + off;
-	v.cols = n;
-	return v;
-}
 /* ---- one micro-batch ------------------------------------------------------------ */
 
 /* What every rank reads during one layer of one micro-batch; each rank
@@ -141,18 +122,18 @@ static int rank_attention(step *st, int r, owl_err *err)
 		rc = K(be, add, w->x, w->part, (size_t)n * in->dim, err);
 	if (rc || (rc = K(be, rmsnorm, w->xn, w->x, L->attn_norm, n, in->dim, in->norm_eps, err)))
 		return rc;
-	wmat wq = rows_of(&L->wq, h0 * hd, hpr * hd);
-	wmat wk = rows_of(&L->wk, kv0 * hd, nkv * hd);
-	wmat wv = rows_of(&L->wv, kv0 * hd, nkv * hd);
+	/* The rank's own shards, prepared at load. */
+	const layer *R = &m->rank_layers[r][st->l];
+	const wmat *wq = &R->wq, *wk = &R->wk, *wv = &R->wv;
 	if (n == 1) {
 		/* Decode: one pass of the thread pool over all three. */
-		const wmat *ws[3] = {&wq, &wk, &wv};
+		const wmat *ws[3] = {wq, wk, wv};
 		float *ys[3] = {w->q, w->kb, w->vb};
 		if ((rc = K(be, matvec_multi, ys, ws, 3, w->xn, err)))
 			return rc;
-	} else if ((rc = K(be, matmul, w->q, w->xn, &wq, n, err)) ||
-		   (rc = K(be, matmul, w->kb, w->xn, &wk, n, err)) ||
-		   (rc = K(be, matmul, w->vb, w->xn, &wv, n, err))) {
+	} else if ((rc = K(be, matmul, w->q, w->xn, wq, n, err)) ||
+		   (rc = K(be, matmul, w->kb, w->xn, wk, n, err)) ||
+		   (rc = K(be, matmul, w->vb, w->xn, wv, n, err))) {
 		return rc;
 	}
 	if (L->bq && ((rc = K(be, add_rows, w->q, L->bq + h0 * hd, n, hpr * hd, err)) ||
@@ -167,8 +148,7 @@ static int rank_attention(step *st, int r, owl_err *err)
 	    (rc = K(be, attention, w->att, w->q, kv->segs, st->nseg, &cache, hpr, h0,
 		    in->n_heads / in->n_kv_heads, kv0, hd, in->sliding_window, &w->attn, err)))
 		return rc;
-	wmat wo = cols_of(&L->wo, h0 * hd, hpr * hd);
-	return K(be, matmul, w->part, w->att, &wo, n, err);
+	return K(be, matmul, w->part, w->att, &R->wo, n, err);
 }
 
 /* Rank r's MLP block: the attention's summed output into its residual
@@ -184,20 +164,19 @@ static int rank_ffn(step *st, int r, owl_err *err)
 	if ((rc = K(be, add, w->x, w->part, (size_t)n * in->dim, err)) ||
 	    (rc = K(be, rmsnorm, w->xn, w->x, st->L->ffn_norm, n, in->dim, in->norm_eps, err)))
 		return rc;
-	wmat wg = rows_of(&st->L->w_gate, r * fpr, fpr), wu = rows_of(&st->L->w_up, r * fpr, fpr);
+	const layer *R = &m->rank_layers[r][st->l];
 	if (n == 1) {
-		const wmat *ws[2] = {&wg, &wu};
+		const wmat *ws[2] = {&R->w_gate, &R->w_up};
 		float *ys[2] = {w->gate, w->up};
 		if ((rc = K(be, matvec_multi, ys, ws, 2, w->xn, err)))
 			return rc;
-	} else if ((rc = K(be, matmul, w->gate, w->xn, &wg, n, err)) ||
-		   (rc = K(be, matmul, w->up, w->xn, &wu, n, err))) {
+	} else if ((rc = K(be, matmul, w->gate, w->xn, &R->w_gate, n, err)) ||
+		   (rc = K(be, matmul, w->up, w->xn, &R->w_up, n, err))) {
 		return rc;
 	}
 	if ((rc = K(be, swiglu, w->gate, w->up, (size_t)n * fpr, err)))
 		return rc;
-	wmat wd = cols_of(&st->L->w_down, r * fpr, fpr);
-	return K(be, matmul, w->part, w->gate, &wd, n, err);
+	return K(be, matmul, w->part, w->gate, &R->w_down, n, err);
 }
 
 /* Runs fn for every rank: each rank a thread group of its backend's

@@ -38,7 +38,9 @@ struct engine_model {
 	kernels_backend *be;       /* rank 0's backend: the ops outside the ranks (output layer) */
 	kernels_backend *ranks[16]; /* one backend instance per tensor-parallel rank */
 	kernels_comm comm;         /* how the tp ranks all-reduce */
-	layer *layers;
+	layer *layers;       /* as loaded: views into the files */
+	layer *rank_layers[16]; /* each rank's weights, prepared by its backend (rank 0 of
+				 * --tp 1 is layers itself); norms and biases are shared */
 	wmat tok_embd, output;
 	float *out_norm;
 	float *inv_freq;     /* head_dim/2 RoPE frequencies, llama3 scaling applied */
@@ -49,8 +51,10 @@ struct engine_model {
 	size_t nst;
 	gguf_file *gguf;
 	char *dir;
-	uint8_t **repacked; /* owned copies of weights repacked at load */
-	int nrepacked;
+	/* memory of the prepared weights, and the backend each came from */
+	kernels_buffer **prepared;
+	kernels_backend **prepared_by;
+	int nprepared;
 };
 
 /* ---- the CPU backend's own functions (engine/kernels/cpu/ops.c) ------------ */

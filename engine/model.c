@@ -420,50 +420,98 @@ static void account(engine_model *m)
 	snprintf(in->weight_dtype, sizeof in->weight_dtype, "%s", mixed ? "mixed" : wtype_name(first));
 }
 
-/* One matrix repacked in place of its file view, if this CPU and its shape
- * take it; the copy is owned by the model. */
-static int repack_one(engine_model *m, wmat *w, owl_err *err)
+/* ---- preparing the weights: each rank's shard ------------------------------------ */
+
+/* Rows [r0, r0+n) of w: contiguous, a plain view. */
+static wmat rows_of(const wmat *w, int r0, int n)
 {
-	if (!w_repack_supported(w))
-		return 0;
-	wmat packed;
-	uint8_t *owned;
-	int rc = w_repack(w, 1, &packed, &owned, err);
+	wmat v = *w;
+	v.data = w->data + (size_t)r0 * w->row_bytes;
+	v.rows = n;
+	return v;
+}
+
+/* Columns [c0, c0+n) of every row: a strided view (row_bytes unchanged). */
+static wmat cols_of(const wmat *w, int c0, int n)
+{
+	wmat v = *w;
+	size_t off = wtype_row_bytes(w->type, c0);
+	v.data = w->data + off;
+	v.cols = n;
+	return v;
+}
+/* w replaced by what rank r's backend makes of it (repacked, copied from a
+ * column shard, or left a view); the memory is the model's to free. */
+static int prepare_one(engine_model *m, int r, wmat *w, owl_err *err)
+{
+	kernels_backend *be = m->ranks[r];
+	wmat out;
+	kernels_buffer *owned = NULL;
+	int rc = be->iface->weight_prepare(be, w, 1, &out, &owned, err);
 	if (rc)
 		return rc;
-	m->repacked = owl_xrealloc(m->repacked, (size_t)(m->nrepacked + 1) * sizeof *m->repacked);
-	m->repacked[m->nrepacked++] = owned;
-	*w = packed;
+	if (owned) {
+		kernels_buffer **p = realloc(m->prepared, (size_t)(m->nprepared + 1) * sizeof *p);
+		kernels_backend **q = p ? realloc(m->prepared_by, (size_t)(m->nprepared + 1) * sizeof *q) : NULL;
+		if (p)
+			m->prepared = p;
+		if (q)
+			m->prepared_by = q;
+		if (!p || !q) {
+			be->iface->buffer_free(be, owned);
+			return owl_err_set(err, OWL_EFAIL, "cannot allocate the model's weight table");
+		}
+		m->prepared[m->nprepared] = owned;
+		m->prepared_by[m->nprepared++] = be;
+	}
+	*w = out;
 	return 0;
 }
 
-/* On CPUs with AVX-512 (VNNI for the integer types), f32, f16, bf16, Q8_0,
- * Q4_0 and Q4_1 matrices are repacked once into 16-row groups
- * (engine/kernels/cpu/repack.c): the kernels then multiply 16 rows per
- * instruction, for prompts and decoding alike. Every view repacked points
- * into a read-only file mapping (safetensors or GGUF), whose pages are
- * dropped from the process as they are copied (they stay in the page
- * cache), so the model holds its weights once, during the load too. Only
- * with --tp 1: tensor-parallel shards are views that may start inside a
- * 16-row group. A tied embedding table is repacked too (it is the output
- * matrix; lookups read its rows from the groups). */
-static int repack_weights(engine_model *m, owl_err *err)
+/* Each rank's shard of every layer is cut first (q/k/v, gate, up by rows;
+ * o and down by columns), then prepared by the rank's backend, so each rank
+ * owns its weights contiguously in the layout its kernels want: on the CPU
+ * f32, f16, bf16, Q8_0, Q4_0 and Q4_1 matrices are repacked into 16-row
+ * groups where the CPU takes them (engine/kernels/cpu/repack.c), with the
+ * file's pages dropped as they are copied, so the weights are held once,
+ * during the load too. With --tp 1 the layers are prepared in place. The
+ * embedding and output matrices belong to rank 0 (a tied table is the
+ * output matrix; lookups read its rows from the groups). */
+static int prepare_weights(engine_model *m, owl_err *err)
 {
 	const engine_model_info *in = &m->info;
-	if (in->tp != 1)
-		return 0;
-	int rc = 0;
-	for (int l = 0; l < in->n_layers && !rc; l++) {
-		layer *L = &m->layers[l];
-		wmat *ws[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-		for (int i = 0; i < 7 && !rc; i++)
-			rc = repack_one(m, ws[i], err);
+	int tp = in->tp, hd = in->head_dim, hpr = in->n_heads / tp, fpr = in->ffn_dim / tp, rc = 0;
+	for (int r = 0; r < tp && !rc; r++) {
+		if (tp == 1) {
+			m->rank_layers[0] = m->layers;
+		} else if (!(m->rank_layers[r] = calloc((size_t)in->n_layers, sizeof(layer)))) {
+			return owl_err_set(err, OWL_EFAIL, "cannot allocate rank %d's layers", r);
+		}
+		int h0 = r * hpr, group = in->n_heads / in->n_kv_heads;
+		int kv0 = h0 / group, nkv = (h0 + hpr - 1) / group + 1 - kv0;
+		for (int l = 0; l < in->n_layers && !rc; l++) {
+			const layer *L = &m->layers[l];
+			layer *R = &m->rank_layers[r][l];
+			if (tp > 1) {
+				*R = *L; /* norms and biases: shared, indexed by the rank's heads */
+				R->wq = rows_of(&L->wq, h0 * hd, hpr * hd);
+				R->wk = rows_of(&L->wk, kv0 * hd, nkv * hd);
+				R->wv = rows_of(&L->wv, kv0 * hd, nkv * hd);
+				R->wo = cols_of(&L->wo, h0 * hd, hpr * hd);
+				R->w_gate = rows_of(&L->w_gate, r * fpr, fpr);
+				R->w_up = rows_of(&L->w_up, r * fpr, fpr);
+				R->w_down = cols_of(&L->w_down, r * fpr, fpr);
+			}
+			wmat *ws[7] = {&R->wq, &R->wk, &R->wv, &R->wo, &R->w_gate, &R->w_up, &R->w_down};
+			for (int i = 0; i < 7 && !rc; i++)
+				rc = prepare_one(m, r, ws[i], err);
+		}
 	}
 	if (!rc && in->tied_embeddings) {
-		rc = repack_one(m, &m->tok_embd, err);
+		rc = prepare_one(m, 0, &m->tok_embd, err);
 		m->output = m->tok_embd;
 	} else if (!rc) {
-		rc = repack_one(m, &m->output, err);
+		rc = prepare_one(m, 0, &m->output, err);
 	}
 	return rc;
 }
@@ -568,7 +616,7 @@ int engine_model_open(const char *path, const engine_model_opts *o, engine_model
 	m->comm = *kernels_cpu_comm();
 	m->comm.size = tp;
 	account(m);
-	if ((rc = repack_weights(m, err))) {
+	if ((rc = prepare_weights(m, err))) {
 		engine_model_close(m);
 		return rc;
 	}
@@ -595,9 +643,12 @@ void engine_model_close(engine_model *m)
 		st_close(m->st[i]);
 	free(m->st);
 	gguf_close(m->gguf);
-	for (int i = 0; i < m->nrepacked; i++)
-		free(m->repacked[i]);
-	free(m->repacked);
+	for (int i = 0; i < m->nprepared; i++)
+		m->prepared_by[i]->iface->buffer_free(m->prepared_by[i], m->prepared[i]);
+	free(m->prepared);
+	free(m->prepared_by);
+	for (int r = 1; r < 16; r++)
+		free(m->rank_layers[r]);
 	free(m->dir);
 	for (int r = 0; r < 16; r++)
 		kernels_backend_free(m->ranks[r]);

@@ -143,6 +143,14 @@ typedef struct kernels_backend_iface {
 			      size_t bytes, owl_err *err);
 	int (*copy_to_host)(kernels_backend *be, void *dst, const kernels_buffer *src, size_t off,
 			    size_t bytes, owl_err *err);
+	/* Makes a weight this backend's own, once at load: the CPU copies a
+	 * strided view (a tensor-parallel column shard) into whole rows and
+	 * repacks what its kernels take into its own layouts; a device uploads.
+	 * *owned is the memory *out lives in (buffer_free releases it), or NULL
+	 * when *out stays a view of w. from_file: w lies in a read-only file
+	 * mapping whose pages may be dropped from the process once copied. */
+	int (*weight_prepare)(kernels_backend *be, const kernels_weight *w, int from_file,
+			      kernels_weight *out, kernels_buffer **owned, owl_err *err);
 
 	/* forward ops */
 	/* y[n, w.rows] = x[n, w.cols] W^T */

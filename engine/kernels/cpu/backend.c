@@ -121,6 +121,75 @@ static int cpu_to_host(kernels_backend *be, void *dst, const kernels_buffer *src
 	return 0;
 }
 
+/* Whole rows of w (a column shard's strided rows made contiguous). */
+static int cpu_contiguous(const kernels_weight *w, uint8_t **out, owl_err *err)
+{
+	size_t rb = wtype_row_bytes(w->type, w->cols);
+	*out = malloc((size_t)w->rows * rb + 1);
+	if (!*out)
+		return owl_err_set(err, OWL_EFAIL, "cannot allocate %zu MiB for a %dx%d weight shard",
+				   (size_t)w->rows * rb >> 20, w->rows, w->cols);
+	for (int r = 0; r < w->rows; r++)
+		memcpy(*out + (size_t)r * rb, w->data + (size_t)r * w->row_bytes, rb);
+	return 0;
+}
+
+/* Drops the pages of a file mapping that w's rows cover; they are read
+ * back from the page cache if anyone touches them again. */
+static void drop_file_pages(const kernels_weight *w)
+{
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	uintptr_t a = ((uintptr_t)w->data + page - 1) / page * page;
+	uintptr_t e = ((uintptr_t)w->data + (size_t)w->rows * w->row_bytes) / page * page;
+	if (e > a)
+		madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
+static int cpu_weight_prepare(kernels_backend *be, const kernels_weight *w, int from_file,
+			      kernels_weight *out, kernels_buffer **owned, owl_err *err)
+{
+	*out = *w;
+	*owned = NULL;
+	size_t rb = wtype_row_bytes(w->type, w->cols);
+	if (!rb)
+		return owl_err_set(err, OWL_EUSAGE, "a %s weight of %d columns does not fill whole "
+				   "blocks", wtype_name(w->type), w->cols);
+	kernels_weight whole = *w;
+	uint8_t *copy = NULL;
+	int rc;
+	if (w->row_bytes != rb) {
+		if ((rc = cpu_contiguous(w, &copy, err)))
+			return rc;
+		if (from_file)
+			drop_file_pages(w);
+		whole.data = copy;
+		whole.row_bytes = rb;
+	}
+	uint8_t *mem = copy;
+	if (w_repack_supported(&whole)) {
+		uint8_t *packed;
+		if ((rc = w_repack(&whole, from_file && !copy, out, &packed, err))) {
+			free(copy);
+			return rc;
+		}
+		free(copy);
+		mem = packed;
+	} else {
+		*out = whole;
+	}
+	if (!mem)
+		return 0; /* the file's own rows: a view */
+	kernels_buffer *b = calloc(1, sizeof *b);
+	if (!b) {
+		free(mem);
+		return owl_err_set(err, OWL_EFAIL, "cannot allocate a buffer");
+	}
+	b->size = (size_t)out->rows * out->row_bytes;
+	b->data = mem; /* malloc'd or posix_memalign'd: free() releases either */
+	*owned = b;
+	return 0;
+}
+
 static int cpu_matmul(kernels_backend *be, float *y, const float *x, const kernels_weight *w, int n, owl_err *err)
 {
 	w_matmul(w, x, y, n);
@@ -521,6 +590,7 @@ static const kernels_backend_iface cpu_iface = {
 	.buffer_data = cpu_data,
 	.copy_to_device = cpu_to_device,
 	.copy_to_host = cpu_to_host,
+	.weight_prepare = cpu_weight_prepare,
 	.matmul = cpu_matmul,
 	.matvec_multi = cpu_matvec_multi,
 	.embedding = cpu_embedding,
