@@ -97,7 +97,6 @@ int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logit
 typedef struct step {
 	engine_kv *kv;
 	const int32_t *tokens;
-	const layer *L;
 	int l, n, nseg;
 } step;
 
@@ -112,7 +111,6 @@ static int rank_attention(step *st, int r, owl_err *err)
 	const engine_model *m = kv->m;
 	const engine_model_info *in = &m->info;
 	kernels_backend *be = m->ranks[r];
-	const layer *L = st->L;
 	kv_rank_ws *w = &kv->ws[r];
 	int hd = in->head_dim, hpr = in->n_heads / in->tp, n = st->n, h0, kv0, nkv, rc;
 	kv_rank_heads(in, r, &h0, &kv0, &nkv);
@@ -120,10 +118,10 @@ static int rank_attention(step *st, int r, owl_err *err)
 		rc = K(be, embedding, w->x, &m->tok_embd, st->tokens, n, err);
 	else
 		rc = K(be, add, w->x, w->part, (size_t)n * in->dim, err);
-	if (rc || (rc = K(be, rmsnorm, w->xn, w->x, L->attn_norm, n, in->dim, in->norm_eps, err)))
-		return rc;
-	/* The rank's own shards, prepared at load. */
+	/* The rank's own shards and vectors, prepared at load. */
 	const layer *R = &m->rank_layers[r][st->l];
+	if (rc || (rc = K(be, rmsnorm, w->xn, w->x, R->attn_norm, n, in->dim, in->norm_eps, err)))
+		return rc;
 	const wmat *wq = &R->wq, *wk = &R->wk, *wv = &R->wv;
 	if (n == 1) {
 		/* Decode: one pass of the thread pool over all three. */
@@ -136,14 +134,14 @@ static int rank_attention(step *st, int r, owl_err *err)
 		   (rc = K(be, matmul, w->vb, w->xn, wv, n, err))) {
 		return rc;
 	}
-	if (L->bq && ((rc = K(be, add_rows, w->q, L->bq + h0 * hd, n, hpr * hd, err)) ||
-		      (rc = K(be, add_rows, w->kb, L->bk + kv0 * hd, n, nkv * hd, err)) ||
-		      (rc = K(be, add_rows, w->vb, L->bv + kv0 * hd, n, nkv * hd, err))))
+	if (R->bq && ((rc = K(be, add_rows, w->q, R->bq, n, hpr * hd, err)) ||
+		      (rc = K(be, add_rows, w->kb, R->bk, n, nkv * hd, err)) ||
+		      (rc = K(be, add_rows, w->vb, R->bv, n, nkv * hd, err))))
 		return rc;
 	kernels_rope_layout layout = m->rope_adjacent ? KERNELS_ROPE_ADJACENT : KERNELS_ROPE_HALF;
 	kernels_kv_layer cache = kv_layer(kv, r, st->l);
-	if ((rc = K(be, rope, w->q, n, kv->pos, hpr, hd, m->inv_freq, layout, err)) ||
-	    (rc = K(be, rope, w->kb, n, kv->pos, nkv, hd, m->inv_freq, layout, err)) ||
+	if ((rc = K(be, rope, w->q, n, kv->pos, hpr, hd, m->rank_inv_freq[r], layout, err)) ||
+	    (rc = K(be, rope, w->kb, n, kv->pos, nkv, hd, m->rank_inv_freq[r], layout, err)) ||
 	    (rc = K(be, kv_store, &cache, w->kb, w->vb, kv->slots, n, err)) ||
 	    (rc = K(be, attention, w->att, w->q, kv->segs, st->nseg, &cache, hpr, h0,
 		    in->n_heads / in->n_kv_heads, kv0, hd, in->sliding_window, &w->attn, err)))
@@ -161,10 +159,10 @@ static int rank_ffn(step *st, int r, owl_err *err)
 	kernels_backend *be = m->ranks[r];
 	kv_rank_ws *w = &kv->ws[r];
 	int fpr = in->ffn_dim / in->tp, n = st->n, rc;
-	if ((rc = K(be, add, w->x, w->part, (size_t)n * in->dim, err)) ||
-	    (rc = K(be, rmsnorm, w->xn, w->x, st->L->ffn_norm, n, in->dim, in->norm_eps, err)))
-		return rc;
 	const layer *R = &m->rank_layers[r][st->l];
+	if ((rc = K(be, add, w->x, w->part, (size_t)n * in->dim, err)) ||
+	    (rc = K(be, rmsnorm, w->xn, w->x, R->ffn_norm, n, in->dim, in->norm_eps, err)))
+		return rc;
 	if (n == 1) {
 		const wmat *ws[2] = {&R->w_gate, &R->w_up};
 		float *ys[2] = {w->gate, w->up};
@@ -240,7 +238,6 @@ static int forward_micro(engine_kv *kv, const engine_batch *b, int t0, int n, co
 	}
 	step st = {.kv = kv, .tokens = b->tokens + t0, .n = n, .nseg = nseg};
 	for (int l = 0; l < in->n_layers; l++) {
-		st.L = &m->layers[l];
 		st.l = l;
 		if ((rc = for_ranks(&st, rank_attention, err)) || (rc = all_reduce(kv, n, err)) ||
 		    (rc = for_ranks(&st, rank_ffn, err)) || (rc = all_reduce(kv, n, err)))
@@ -261,7 +258,7 @@ static int forward_micro(engine_kv *kv, const engine_batch *b, int t0, int n, co
 	}
 	if (!nl)
 		return 0;
-	if ((rc = K(be, rmsnorm, w->xn, w->xl, m->out_norm, nl, dim, in->norm_eps, err)) ||
+	if ((rc = K(be, rmsnorm, w->xn, w->xl, m->rank_out_norm, nl, dim, in->norm_eps, err)) ||
 	    (rc = K(be, matmul, logits + (size_t)*nl_done * in->vocab, w->xn, &m->output, nl, err)))
 		return rc;
 	*nl_done += nl;

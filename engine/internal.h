@@ -39,8 +39,11 @@ struct engine_model {
 	kernels_backend *ranks[16]; /* one backend instance per tensor-parallel rank */
 	kernels_comm comm;         /* how the tp ranks all-reduce */
 	layer *layers;       /* as loaded: views into the files */
-	layer *rank_layers[16]; /* each rank's weights, prepared by its backend (rank 0 of
-				 * --tp 1 is layers itself); norms and biases are shared */
+	layer *rank_layers[16]; /* each rank's shards prepared by its backend, and its
+				 * own copies of the norms and of its biases (only its
+				 * heads' part), in backend memory */
+	float *rank_inv_freq[16];
+	float *rank_out_norm;   /* rank 0's */
 	wmat tok_embd, output;
 	float *out_norm;
 	float *inv_freq;     /* head_dim/2 RoPE frequencies, llama3 scaling applied */

@@ -474,38 +474,91 @@ static int prepare_one(engine_model *m, int r, wmat *w, owl_err *err)
  * f32, f16, bf16, Q8_0, Q4_0 and Q4_1 matrices are repacked into 16-row
  * groups where the CPU takes them (engine/kernels/cpu/repack.c), with the
  * file's pages dropped as they are copied, so the weights are held once,
- * during the load too. With --tp 1 the layers are prepared in place. The
+ * during the load too. The
  * embedding and output matrices belong to rank 0 (a tied table is the
  * output matrix; lookups read its rows from the groups). */
+/* Rank r's vectors (norms, its heads' biases, RoPE frequencies, rank 0:
+ * the output norm) copied into one buffer of its backend. */
+static int prepare_vectors(engine_model *m, int r, owl_err *err)
+{
+	const engine_model_info *in = &m->info;
+	kernels_backend *be = m->ranks[r];
+	int hd = in->head_dim, hpr = in->n_heads / in->tp, h0 = r * hpr;
+	int group = in->n_heads / in->n_kv_heads, kv0 = h0 / group;
+	int nkv = (h0 + hpr - 1) / group + 1 - kv0;
+	size_t per_layer = 2 * (size_t)in->dim + (in->qkv_bias ? (size_t)(hpr + 2 * nkv) * hd : 0);
+	size_t total = per_layer * in->n_layers + (size_t)hd / 2 + (r == 0 ? (size_t)in->dim : 0);
+	kernels_buffer *buf;
+	void *base;
+	int rc = kernels_alloc(be, total * sizeof(float), &buf, &base, err);
+	if (rc)
+		return rc;
+	size_t off = 0;
+	float *dst = base;
+	/* host array -> its place in the buffer */
+#define PUT(field, src, n)                                                                  \
+	do {                                                                                \
+		if (!rc && !(rc = be->iface->copy_to_device(be, buf, off * sizeof(float), (src), \
+							     (size_t)(n) * sizeof(float), err))) \
+			field = dst + off;                                                  \
+		off += (size_t)(n);                                                         \
+	} while (0)
+	for (int l = 0; l < in->n_layers; l++) {
+		const layer *L = &m->layers[l];
+		layer *R = &m->rank_layers[r][l];
+		PUT(R->attn_norm, L->attn_norm, in->dim);
+		PUT(R->ffn_norm, L->ffn_norm, in->dim);
+		if (in->qkv_bias) {
+			PUT(R->bq, L->bq + h0 * hd, hpr * hd);
+			PUT(R->bk, L->bk + kv0 * hd, nkv * hd);
+			PUT(R->bv, L->bv + kv0 * hd, nkv * hd);
+		}
+	}
+	PUT(m->rank_inv_freq[r], m->inv_freq, hd / 2);
+	if (r == 0)
+		PUT(m->rank_out_norm, m->out_norm, in->dim);
+#undef PUT
+	/* The buffer is freed with the prepared weights. */
+	kernels_buffer **p = realloc(m->prepared, (size_t)(m->nprepared + 1) * sizeof *p);
+	kernels_backend **q = p ? realloc(m->prepared_by, (size_t)(m->nprepared + 1) * sizeof *q) : NULL;
+	if (p)
+		m->prepared = p;
+	if (q)
+		m->prepared_by = q;
+	if (!p || !q) {
+		be->iface->buffer_free(be, buf);
+		return owl_err_set(err, OWL_EFAIL, "cannot allocate the model's weight table");
+	}
+	m->prepared[m->nprepared] = buf;
+	m->prepared_by[m->nprepared++] = be;
+	return rc;
+}
+
 static int prepare_weights(engine_model *m, owl_err *err)
 {
 	const engine_model_info *in = &m->info;
 	int tp = in->tp, hd = in->head_dim, hpr = in->n_heads / tp, fpr = in->ffn_dim / tp, rc = 0;
 	for (int r = 0; r < tp && !rc; r++) {
-		if (tp == 1) {
-			m->rank_layers[0] = m->layers;
-		} else if (!(m->rank_layers[r] = calloc((size_t)in->n_layers, sizeof(layer)))) {
+		if (!(m->rank_layers[r] = calloc((size_t)in->n_layers, sizeof(layer))))
 			return owl_err_set(err, OWL_EFAIL, "cannot allocate rank %d's layers", r);
-		}
 		int h0 = r * hpr, group = in->n_heads / in->n_kv_heads;
 		int kv0 = h0 / group, nkv = (h0 + hpr - 1) / group + 1 - kv0;
 		for (int l = 0; l < in->n_layers && !rc; l++) {
 			const layer *L = &m->layers[l];
 			layer *R = &m->rank_layers[r][l];
-			if (tp > 1) {
-				*R = *L; /* norms and biases: shared, indexed by the rank's heads */
-				R->wq = rows_of(&L->wq, h0 * hd, hpr * hd);
-				R->wk = rows_of(&L->wk, kv0 * hd, nkv * hd);
-				R->wv = rows_of(&L->wv, kv0 * hd, nkv * hd);
-				R->wo = cols_of(&L->wo, h0 * hd, hpr * hd);
-				R->w_gate = rows_of(&L->w_gate, r * fpr, fpr);
-				R->w_up = rows_of(&L->w_up, r * fpr, fpr);
-				R->w_down = cols_of(&L->w_down, r * fpr, fpr);
-			}
+			R->wq = rows_of(&L->wq, h0 * hd, hpr * hd);
+			R->wk = rows_of(&L->wk, kv0 * hd, nkv * hd);
+			R->wv = rows_of(&L->wv, kv0 * hd, nkv * hd);
+			R->wo = cols_of(&L->wo, h0 * hd, hpr * hd);
+			R->w_gate = rows_of(&L->w_gate, r * fpr, fpr);
+			R->w_up = rows_of(&L->w_up, r * fpr, fpr);
+			R->w_down = cols_of(&L->w_down, r * fpr, fpr);
 			wmat *ws[7] = {&R->wq, &R->wk, &R->wv, &R->wo, &R->w_gate, &R->w_up, &R->w_down};
 			for (int i = 0; i < 7 && !rc; i++)
 				rc = prepare_one(m, r, ws[i], err);
 		}
+		if (!rc)
+			rc = prepare_vectors(m, r, err);
 	}
 	if (!rc && in->tied_embeddings) {
 		rc = prepare_one(m, 0, &m->tok_embd, err);
@@ -647,7 +700,7 @@ void engine_model_close(engine_model *m)
 		m->prepared_by[i]->iface->buffer_free(m->prepared_by[i], m->prepared[i]);
 	free(m->prepared);
 	free(m->prepared_by);
-	for (int r = 1; r < 16; r++)
+	for (int r = 0; r < 16; r++)
 		free(m->rank_layers[r]);
 	free(m->dir);
 	for (int r = 0; r < 16; r++)
