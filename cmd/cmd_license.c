@@ -762,23 +762,107 @@ static int run_approve(owl_ctx *ctx, int argc, char **argv)
 
 /* ---- owl audit ------------------------------------------------------------------ */
 
+static int audit_verify(owl_ctx *ctx, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"pub", required_argument, 0, 'p'}, {"checkpoint", required_argument, 0, 'c'},
+		{0, 0, 0, 0},
+	};
+	const char *pub = NULL;
+	const char *ckpts[32];
+	size_t nck = 0;
+	int c;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		if (c == 'p') {
+			pub = optarg;
+		} else if (c == 'c') {
+			if (nck == 32)
+				return cmd_usage_error("audit", "at most 32 --checkpoint files");
+			ckpts[nck++] = optarg;
+		} else {
+			return cmd_usage_error("audit", "unknown option");
+		}
+	}
+	if (optind != argc)
+		return cmd_usage_error("audit", "expected: audit verify [--pub KEY.pub] "
+				       "[--checkpoint FILE]...");
+	owl_err err = {0};
+	registry_store *s = NULL;
+	if (cmd_open_store(ctx, &s, &err))
+		return cmd_fail(&err);
+	license_audit_report rep;
+	int rc = license_audit_check(s, pub, ckpts, nck, &rep, &err);
+	registry_store_close(s);
+	if (ctx->json) {
+		cmd_print_json(json_pack("{s:b, s:I, s:b, s:I, s:I, s:I, s:b, s:s}", "ok", rc == 0,
+					 "rows", (json_int_t)rep.rows, "anchor_file", rep.anchor_found,
+					 "anchor_lines", (json_int_t)rep.anchor_lines, "anchored_row",
+					 (json_int_t)rep.anchored_seq, "checkpoints",
+					 (json_int_t)rep.checkpoints, "signatures_verified",
+					 rep.checkpoints_signed, "error", rc ? err.msg : ""));
+		return rc;
+	}
+	if (rc)
+		return cmd_fail(&err);
+	printf("ok: %lld audit rows, hash chain intact\n", (long long)rep.rows);
+	if (rep.anchor_found)
+		printf("  logs/audit-head: %lld lines, every one matches; it vouches up to row %lld%s\n",
+		       (long long)rep.anchor_lines, (long long)rep.anchored_seq,
+		       rep.anchored_seq < rep.rows ? " (newer rows are not anchored yet)" : "");
+	else if (rep.rows)
+		fprintf(stderr, "owl: warning: there is no logs/audit-head, so rows removed from the "
+			"end of the log cannot be detected (it is written from now on)\n");
+	if (rep.checkpoints)
+		printf("  %lld signed checkpoint%s match%s the log%s\n", (long long)rep.checkpoints,
+		       rep.checkpoints > 1 ? "s" : "", rep.checkpoints > 1 ? "" : "es",
+		       rep.checkpoints_signed ? ", signatures verified"
+					      : " (signatures not checked: pass --pub KEY.pub)");
+	return OWL_OK;
+}
+
+static int audit_checkpoint(owl_ctx *ctx, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"sign", required_argument, 0, 's'}, {"out", required_argument, 0, 'o'},
+		{0, 0, 0, 0},
+	};
+	const char *key = NULL, *out = NULL;
+	int c;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		if (c == 's')
+			key = optarg;
+		else if (c == 'o')
+			out = optarg;
+		else
+			return cmd_usage_error("audit", "unknown option");
+	}
+	if (optind != argc || !key)
+		return cmd_usage_error("audit", "expected: audit checkpoint --sign KEY.pem [--out FILE]");
+	owl_err err = {0};
+	registry_store *s = NULL;
+	if (cmd_open_store(ctx, &s, &err))
+		return cmd_fail(&err);
+	char *path = NULL;
+	int64_t seq = 0;
+	int rc = license_audit_checkpoint(s, key, out, &path, &seq, &err);
+	registry_store_close(s);
+	if (rc)
+		return cmd_fail(&err);
+	if (ctx->json)
+		cmd_print_json(json_pack("{s:s, s:I}", "checkpoint", path, "row", (json_int_t)seq));
+	else if (!ctx->quiet)
+		printf("signed the audit log's head (row %lld) into %s; keep a copy outside the data "
+		       "home\n", (long long)seq, path);
+	free(path);
+	return OWL_OK;
+}
+
 static int run_audit(owl_ctx *ctx, int argc, char **argv)
 {
-	if (argc == 2 && strcmp(argv[1], "verify") == 0) {
-		owl_err err = {0};
-		registry_store *s = NULL;
-		if (cmd_open_store(ctx, &s, &err))
-			return cmd_fail(&err);
-		int64_t rows = 0;
-		int rc = license_audit_verify(s, &rows, &err);
-		registry_store_close(s);
-		if (ctx->json)
-			cmd_print_json(json_pack("{s:b, s:I, s:s}", "ok", rc == 0, "rows", (json_int_t)rows,
-						 "error", rc ? err.msg : ""));
-		else if (!rc)
-			printf("ok: %lld audit rows, hash chain intact\n", (long long)rows);
-		return rc ? (ctx->json ? rc : cmd_fail(&err)) : OWL_OK;
-	}
+	if (argc >= 2 && strcmp(argv[1], "verify") == 0)
+		return audit_verify(ctx, argc - 1, argv + 1);
+	if (argc >= 2 && strcmp(argv[1], "checkpoint") == 0)
+		return audit_checkpoint(ctx, argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "list") == 0) {
 		int64_t since = 0;
 		for (int i = 2; i < argc; i++) {
@@ -832,7 +916,9 @@ static int run_audit(owl_ctx *ctx, int argc, char **argv)
 			json_decref(arr);
 		return OWL_OK;
 	}
-	return cmd_usage_error("audit", "expected: audit list [--since 7d|DATE] | audit verify");
+	return cmd_usage_error("audit", "expected: audit list [--since 7d|DATE] | audit verify "
+			       "[--pub KEY.pub] [--checkpoint FILE]... | audit checkpoint --sign KEY.pem "
+			       "[--out FILE]");
 }
 
 const owl_command cmd_license_commands[] = {
@@ -886,27 +972,37 @@ const owl_command cmd_license_commands[] = {
 	{"approve", run_approve, "approve an action that a policy rule requires approval for",
 	 "USAGE\n"
 	 "  owl approve NAME@V --action ACTION --by NAME --reason TEXT [--use USE]\n"
-	 "              [--expires 30d|12h|YYYY-MM-DD]\n"
+	 "              [--expires 30d|12h|90m|YYYY-MM-DD[THH:MM[:SS]]]\n"
 	 "\n"
 	 "Records a human sign-off for a rule whose effect is require_approval. The\n"
 	 "gate accepts it for that version and action (and use, if given) until it\n"
-	 "expires. Approvals are written to the audit log.\n"
+	 "expires (a UTC date means its midnight; a date in the past is refused).\n"
+	 "Approvals are written to the audit log.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl approve research-model@1 --action deploy --use commercial --by legal \\\n"
 	 "      --reason \"signed agreement #2291\" --expires 90d\n"},
-	{"audit", run_audit, "list license decisions, or verify the audit log's hash chain",
+	{"audit", run_audit, "list license decisions, verify the audit log, sign its head",
 	 "USAGE\n"
 	 "  owl audit list [--since 7d|YYYY-MM-DD] [--json]\n"
-	 "  owl audit verify [--json]\n"
+	 "  owl audit verify [--pub KEY.pub] [--checkpoint FILE]... [--json]\n"
+	 "  owl audit checkpoint --sign KEY.pem [--out FILE] [--json]\n"
 	 "\n"
 	 "Every gate decision (who, when, action, subject, rule, effect, evidence),\n"
 	 "approval and license conclusion is a row of an append-only table whose rows\n"
-	 "are chained by SHA-256. verify recomputes the chain and names the first\n"
-	 "edited, deleted or inserted row (exit 4).\n"
+	 "are chained by SHA-256. Each row's number and hash is also appended to\n"
+	 "logs/audit-head (and to syslog when OWL_AUDIT_SYSLOG=1), outside the\n"
+	 "database. verify recomputes the chain and names the first edited, deleted\n"
+	 "or inserted row, or the rows removed from the end that logs/audit-head or a\n"
+	 "checkpoint still records (exit 4). checkpoint signs the current head with\n"
+	 "an Ed25519 key (as for signed bundles) into logs/audit-checkpoints/ or\n"
+	 "--out FILE; keep a copy elsewhere. verify checks those checkpoints, or the\n"
+	 "--checkpoint files given, and with --pub their signatures.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl audit list --since 7d\n"
-	 "  owl audit verify\n"},
+	 "  owl audit verify\n"
+	 "  owl audit checkpoint --sign audit.pem --out /mnt/worm/owl-$(date +%F).ckpt\n"
+	 "  owl audit verify --pub audit.pub --checkpoint /mnt/worm/owl-2026-12-03.ckpt\n"},
 	{0},
 };
