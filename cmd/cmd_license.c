@@ -30,24 +30,50 @@ static int open_and_resolve(owl_ctx *ctx, const char *ref, registry_store **s,
 	return rc;
 }
 
-/* "30d", "12h", "90m", or an ISO date "2026-12-31" -> unix time. */
+/* "30d", "12h", "90m", "45s" from now, or a UTC date "2026-12-31" (its
+ * midnight) or time "2026-12-31T18:00[:SS][Z]" -> unix time. -1 when s is
+ * none of these: a real calendar date is required (no 2026-02-31), and a
+ * span at most a century long. */
 static int parse_expiry(const char *s, int64_t *out)
 {
 	char *end = NULL;
 	long long n = strtoll(s, &end, 10);
-	if (end && end != s && end[0] && !end[1] && n > 0) {
+	if (end && end != s && end[0] && !end[1] && n > 0 && s[0] != '+') {
 		int64_t unit = end[0] == 'd' ? 86400 : end[0] == 'h' ? 3600 : end[0] == 'm' ? 60
 			     : end[0] == 's' ? 1 : 0;
-		if (!unit)
+		if (!unit || n > 100LL * 366 * 86400 / unit)
 			return -1;
 		*out = owl_unix_time() + n * unit;
 		return 0;
 	}
-	struct tm tm = {0};
-	const char *rest = strptime(s, "%Y-%m-%d", &tm);
-	if (!rest || (*rest && *rest != 'T'))
+	int y, mo, d, h = 0, mi = 0, sec = 0, used = 0;
+	if (sscanf(s, "%4d-%2d-%2d%n", &y, &mo, &d, &used) != 3 || used != 10)
 		return -1;
-	*out = (int64_t)timegm(&tm);
+	const char *rest = s + used;
+	if (*rest == 'T') {
+		int u2 = 0;
+		if (sscanf(rest, "T%2d:%2d%n", &h, &mi, &u2) != 2 || u2 != 6)
+			return -1;
+		rest += u2;
+		if (*rest == ':') {
+			if (sscanf(rest, ":%2d%n", &sec, &u2) != 1 || u2 != 3)
+				return -1;
+			rest += u2;
+		}
+		if (*rest == 'Z')
+			rest++;
+	}
+	if (*rest || y < 1970 || y > 9999 || h > 23 || mi > 59 || sec > 59)
+		return -1;
+	struct tm tm = {.tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d, .tm_hour = h,
+			.tm_min = mi, .tm_sec = sec};
+	time_t t = timegm(&tm);
+	struct tm back;
+	/* timegm normalises 2026-02-31 to March 3rd: refuse what is not a date. */
+	if (!gmtime_r(&t, &back) || back.tm_year != y - 1900 || back.tm_mon != mo - 1 ||
+	    back.tm_mday != d)
+		return -1;
+	*out = (int64_t)t;
 	return 0;
 }
 
@@ -266,14 +292,72 @@ static json_t *rule_json(const license_rule *r)
 			 "use", r->use, "model", r->model, "when", r->when, "message", r->message);
 }
 
-static int rule_from_json(json_t *o, license_rule *r, owl_err *err)
+static const char *json_type_name(const json_t *v)
+{
+	switch (json_typeof(v)) {
+	case JSON_OBJECT: return "an object";
+	case JSON_ARRAY: return "an array";
+	case JSON_STRING: return "a string";
+	case JSON_INTEGER: return "an integer";
+	case JSON_REAL: return "a real number";
+	case JSON_TRUE:
+	case JSON_FALSE: return "a boolean";
+	default: return "null";
+	}
+}
+
+/* One rule of a policy file, every field type-checked: a wrong type is never
+ * read as 0 or "" (a "priority": "high" once became priority 0). n is the
+ * rule's position in the file (from 1), for messages. */
+static int rule_from_json(json_t *o, size_t n, license_rule *r, owl_err *err)
 {
 	memset(r, 0, sizeof *r);
+	if (!json_is_object(o))
+		return owl_err_set(err, OWL_EUSAGE, "rule %zu is %s, expected an object", n,
+				   json_type_name(o));
 	const char *name = json_string_value(json_object_get(o, "name"));
-	const char *effect = json_string_value(json_object_get(o, "effect"));
-	if (!name || !effect)
-		return owl_err_set(err, OWL_EUSAGE, "a rule in the file lacks a name or an effect");
-	snprintf(r->name, sizeof r->name, "%s", name);
+	char who[96];
+	snprintf(who, sizeof who, name ? "rule %zu ('%.60s')" : "rule %zu", n, name);
+	struct { const char *k; char *dst; size_t n; } f[] = {
+		{"name", r->name, sizeof r->name}, {"license", r->license, sizeof r->license},
+		{"category", r->category, sizeof r->category}, {"action", r->action, sizeof r->action},
+		{"use", r->use, sizeof r->use}, {"model", r->model, sizeof r->model},
+		{"when", r->when, sizeof r->when}, {"message", r->message, sizeof r->message},
+	};
+	const size_t nf = sizeof f / sizeof f[0];
+	const char *k;
+	json_t *v;
+	json_object_foreach(o, k, v) {
+		int known = strcmp(k, "effect") == 0 || strcmp(k, "priority") == 0;
+		for (size_t i = 0; !known && i < nf; i++)
+			known = strcmp(k, f[i].k) == 0;
+		if (!known)
+			return owl_err_set(err, OWL_EUSAGE, "%s: unknown field '%s' (name, effect, "
+					   "priority, license, category, action, use, model, when, "
+					   "message)", who, k);
+	}
+	for (size_t i = 0; i < nf; i++) {
+		v = json_object_get(o, f[i].k);
+		if (!v) {
+			if (i == 0)
+				return owl_err_set(err, OWL_EUSAGE, "%s: field 'name' is missing", who);
+			continue;
+		}
+		if (!json_is_string(v))
+			return owl_err_set(err, OWL_EUSAGE, "%s: field '%s' is %s, expected a string",
+					   who, f[i].k, json_type_name(v));
+		if (json_string_length(v) >= f[i].n)
+			return owl_err_set(err, OWL_EUSAGE, "%s: field '%s' is %zu bytes long, at most "
+					   "%zu", who, f[i].k, json_string_length(v), f[i].n - 1);
+		snprintf(f[i].dst, f[i].n, "%s", json_string_value(v));
+	}
+	v = json_object_get(o, "effect");
+	const char *effect = json_string_value(v);
+	if (!v)
+		return owl_err_set(err, OWL_EUSAGE, "%s: field 'effect' is missing", who);
+	if (!effect)
+		return owl_err_set(err, OWL_EUSAGE, "%s: field 'effect' is %s, expected a string "
+				   "(allow, deny or require_approval)", who, json_type_name(v));
 	if (strcmp(effect, "deny") == 0)
 		r->effect = LICENSE_DENY;
 	else if (strcmp(effect, "require_approval") == 0)
@@ -281,19 +365,16 @@ static int rule_from_json(json_t *o, license_rule *r, owl_err *err)
 	else if (strcmp(effect, "allow") == 0)
 		r->effect = LICENSE_ALLOW;
 	else
-		return owl_err_set(err, OWL_EUSAGE, "rule '%s': effect '%s' is not allow, deny or "
-				   "require_approval", name, effect);
-	r->priority = (int)json_integer_value(json_object_get(o, "priority"));
-	struct { const char *k; char *dst; size_t n; } f[] = {
-		{"license", r->license, sizeof r->license}, {"category", r->category, sizeof r->category},
-		{"action", r->action, sizeof r->action}, {"use", r->use, sizeof r->use},
-		{"model", r->model, sizeof r->model}, {"when", r->when, sizeof r->when},
-		{"message", r->message, sizeof r->message},
-	};
-	for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
-		const char *v = json_string_value(json_object_get(o, f[i].k));
-		snprintf(f[i].dst, f[i].n, "%s", v ? v : "");
-	}
+		return owl_err_set(err, OWL_EUSAGE, "%s: field 'effect' is '%s', expected allow, deny "
+				   "or require_approval", who, effect);
+	v = json_object_get(o, "priority");
+	if (v && !json_is_integer(v))
+		return owl_err_set(err, OWL_EUSAGE, "%s: field 'priority' is %s, expected an integer",
+				   who, json_type_name(v));
+	if (v && (json_integer_value(v) < -1000000 || json_integer_value(v) > 1000000))
+		return owl_err_set(err, OWL_EUSAGE, "%s: field 'priority' is %lld, expected an integer "
+				   "from -1000000 to 1000000", who, (long long)json_integer_value(v));
+	r->priority = v ? (int)json_integer_value(v) : 0;
 	return 0;
 }
 
@@ -312,7 +393,15 @@ static int policy_add(owl_ctx *ctx, int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
 		case 'e': effect = optarg; break;
-		case 'p': r.priority = atoi(optarg); break;
+		case 'p': {
+			char *end = NULL;
+			long p = strtol(optarg, &end, 10);
+			if (!*optarg || *end || p < -1000000 || p > 1000000)
+				return cmd_usage_error("policy", "--priority takes a whole number from "
+						       "-1000000 to 1000000, not '%s'", optarg);
+			r.priority = (int)p;
+			break;
+		}
 		case 'l': snprintf(r.license, sizeof r.license, "%s", optarg); break;
 		case 'c': snprintf(r.category, sizeof r.category, "%s", optarg); break;
 		case 'a': snprintf(r.action, sizeof r.action, "%s", optarg); break;
@@ -436,36 +525,62 @@ static int policy_import(owl_ctx *ctx, int argc, char **argv)
 	json_error_t je;
 	json_t *doc = json_loads(text, JSON_REJECT_DUPLICATES, &je);
 	free(text);
+	if (!doc) {
+		owl_err_set(&err, OWL_EUSAGE, "'%s' is not valid JSON (line %d: %s)", file, je.line,
+			    je.text);
+		return cmd_fail(&err);
+	}
 	json_t *rules = json_object_get(doc, "rules");
+	json_t *org = json_object_get(doc, "org");
 	if (!json_is_array(rules)) {
 		json_decref(doc);
-		owl_err_set(&err, OWL_EUSAGE, "'%s' is not a policy file (expected {\"rules\": [...]}; "
-			    "line %d: %s)", file, je.line, je.text);
+		owl_err_set(&err, OWL_EUSAGE, "'%s' is not a policy file (expected {\"rules\": [...]})",
+			    file);
+		return cmd_fail(&err);
+	}
+	/* Every rule and attribute is checked before the store is touched, so a
+	 * wrong one imports nothing and names itself. */
+	size_t nrules = json_array_size(rules);
+	license_rule *parsed = owl_xcalloc(nrules ? nrules : 1, sizeof *parsed);
+	int rc = 0;
+	const char *k;
+	json_t *v;
+	json_object_foreach(doc, k, v) {
+		if (!rc && strcmp(k, "rules") && strcmp(k, "org") && strcmp(k, "owl_policy"))
+			rc = owl_err_set(&err, OWL_EUSAGE, "'%s': unknown top-level field '%s' (owl_policy, "
+					 "rules, org)", file, k);
+	}
+	for (size_t i = 0; !rc && i < nrules; i++)
+		rc = rule_from_json(json_array_get(rules, i), i + 1, &parsed[i], &err);
+	if (!rc && org && !json_is_object(org))
+		rc = owl_err_set(&err, OWL_EUSAGE, "'%s': field 'org' is %s, expected an object of "
+				 "strings", file, json_type_name(org));
+	json_object_foreach(org, k, v) {
+		if (!rc && !json_is_string(v))
+			rc = owl_err_set(&err, OWL_EUSAGE, "'%s': org attribute '%s' is %s, expected a "
+					 "string", file, k, json_type_name(v));
+	}
+	if (rc) {
+		free(parsed);
+		json_decref(doc);
 		return cmd_fail(&err);
 	}
 	registry_store *s = NULL;
 	if (cmd_open_store(ctx, &s, &err)) {
+		free(parsed);
 		json_decref(doc);
 		return cmd_fail(&err);
 	}
-	/* All or nothing: one bad rule leaves the old policy in place. */
-	int rc = registry_store_begin(s, &err);
+	/* All or nothing: a rule the store refuses (a duplicate name, an unknown
+	 * condition) leaves the old policy in place. */
+	rc = registry_store_begin(s, &err);
 	if (!rc && replace)
 		rc = registry_store_exec(s, "DELETE FROM policy_rules", &err);
-	size_t i;
-	json_t *o;
-	json_array_foreach(rules, i, o) {
-		if (rc)
-			break;
-		license_rule r;
-		rc = rule_from_json(o, &r, &err);
+	for (size_t i = 0; !rc && i < nrules; i++)
+		if ((rc = license_rule_add(s, &parsed[i], &err)))
+			owl_err_wrap(&err, "rule %zu ('%s')", i + 1, parsed[i].name);
+	json_object_foreach(org, k, v) {
 		if (!rc)
-			rc = license_rule_add(s, &r, &err);
-	}
-	const char *k;
-	json_t *v;
-	json_object_foreach(json_object_get(doc, "org"), k, v) {
-		if (!rc && json_is_string(v))
 			rc = license_org_set(s, k, json_string_value(v), &err);
 	}
 	if (!rc)
@@ -473,7 +588,7 @@ static int policy_import(owl_ctx *ctx, int argc, char **argv)
 	else
 		registry_store_rollback(s);
 	registry_store_close(s);
-	size_t nrules = json_array_size(rules);
+	free(parsed);
 	json_decref(doc);
 	if (rc)
 		return cmd_fail(&err);
@@ -607,7 +722,17 @@ static int run_approve(owl_ctx *ctx, int argc, char **argv)
 				       "--reason TEXT [--use USE] [--expires 30d|DATE]");
 	int64_t exp = 0;
 	if (expires && parse_expiry(expires, &exp) != 0)
-		return cmd_usage_error("approve", "--expires takes 30d, 12h, 90m or a date YYYY-MM-DD");
+		return cmd_usage_error("approve", "--expires '%s' is not a span (30d, 12h, 90m) or a "
+				       "UTC date YYYY-MM-DD[THH:MM[:SS]]", expires);
+	/* An approval that has already expired would be recorded and audited,
+	 * yet allow nothing: surely a typo. */
+	if (expires && exp <= owl_unix_time()) {
+		char when[32], now[32];
+		owl_fmt_time(exp, when, sizeof when);
+		owl_fmt_time(owl_unix_time(), now, sizeof now);
+		return cmd_usage_error("approve", "--expires %s is in the past (%s, now is %s); give a "
+				       "later date or a span such as 30d", expires, when, now);
+	}
 	owl_err err = {0};
 	registry_store *s = NULL;
 	registry_version v;
@@ -637,23 +762,107 @@ static int run_approve(owl_ctx *ctx, int argc, char **argv)
 
 /* ---- owl audit ------------------------------------------------------------------ */
 
+static int audit_verify(owl_ctx *ctx, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"pub", required_argument, 0, 'p'}, {"checkpoint", required_argument, 0, 'c'},
+		{0, 0, 0, 0},
+	};
+	const char *pub = NULL;
+	const char *ckpts[32];
+	size_t nck = 0;
+	int c;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		if (c == 'p') {
+			pub = optarg;
+		} else if (c == 'c') {
+			if (nck == 32)
+				return cmd_usage_error("audit", "at most 32 --checkpoint files");
+			ckpts[nck++] = optarg;
+		} else {
+			return cmd_usage_error("audit", "unknown option");
+		}
+	}
+	if (optind != argc)
+		return cmd_usage_error("audit", "expected: audit verify [--pub KEY.pub] "
+				       "[--checkpoint FILE]...");
+	owl_err err = {0};
+	registry_store *s = NULL;
+	if (cmd_open_store(ctx, &s, &err))
+		return cmd_fail(&err);
+	license_audit_report rep;
+	int rc = license_audit_check(s, pub, ckpts, nck, &rep, &err);
+	registry_store_close(s);
+	if (ctx->json) {
+		cmd_print_json(json_pack("{s:b, s:I, s:b, s:I, s:I, s:I, s:b, s:s}", "ok", rc == 0,
+					 "rows", (json_int_t)rep.rows, "anchor_file", rep.anchor_found,
+					 "anchor_lines", (json_int_t)rep.anchor_lines, "anchored_row",
+					 (json_int_t)rep.anchored_seq, "checkpoints",
+					 (json_int_t)rep.checkpoints, "signatures_verified",
+					 rep.checkpoints_signed, "error", rc ? err.msg : ""));
+		return rc;
+	}
+	if (rc)
+		return cmd_fail(&err);
+	printf("ok: %lld audit rows, hash chain intact\n", (long long)rep.rows);
+	if (rep.anchor_found)
+		printf("  logs/audit-head: %lld lines, every one matches; it vouches up to row %lld%s\n",
+		       (long long)rep.anchor_lines, (long long)rep.anchored_seq,
+		       rep.anchored_seq < rep.rows ? " (newer rows are not anchored yet)" : "");
+	else if (rep.rows)
+		fprintf(stderr, "owl: warning: there is no logs/audit-head, so rows removed from the "
+			"end of the log cannot be detected (it is written from now on)\n");
+	if (rep.checkpoints)
+		printf("  %lld signed checkpoint%s match%s the log%s\n", (long long)rep.checkpoints,
+		       rep.checkpoints > 1 ? "s" : "", rep.checkpoints > 1 ? "" : "es",
+		       rep.checkpoints_signed ? ", signatures verified"
+					      : " (signatures not checked: pass --pub KEY.pub)");
+	return OWL_OK;
+}
+
+static int audit_checkpoint(owl_ctx *ctx, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"sign", required_argument, 0, 's'}, {"out", required_argument, 0, 'o'},
+		{0, 0, 0, 0},
+	};
+	const char *key = NULL, *out = NULL;
+	int c;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		if (c == 's')
+			key = optarg;
+		else if (c == 'o')
+			out = optarg;
+		else
+			return cmd_usage_error("audit", "unknown option");
+	}
+	if (optind != argc || !key)
+		return cmd_usage_error("audit", "expected: audit checkpoint --sign KEY.pem [--out FILE]");
+	owl_err err = {0};
+	registry_store *s = NULL;
+	if (cmd_open_store(ctx, &s, &err))
+		return cmd_fail(&err);
+	char *path = NULL;
+	int64_t seq = 0;
+	int rc = license_audit_checkpoint(s, key, out, &path, &seq, &err);
+	registry_store_close(s);
+	if (rc)
+		return cmd_fail(&err);
+	if (ctx->json)
+		cmd_print_json(json_pack("{s:s, s:I}", "checkpoint", path, "row", (json_int_t)seq));
+	else if (!ctx->quiet)
+		printf("signed the audit log's head (row %lld) into %s; keep a copy outside the data "
+		       "home\n", (long long)seq, path);
+	free(path);
+	return OWL_OK;
+}
+
 static int run_audit(owl_ctx *ctx, int argc, char **argv)
 {
-	if (argc == 2 && strcmp(argv[1], "verify") == 0) {
-		owl_err err = {0};
-		registry_store *s = NULL;
-		if (cmd_open_store(ctx, &s, &err))
-			return cmd_fail(&err);
-		int64_t rows = 0;
-		int rc = license_audit_verify(s, &rows, &err);
-		registry_store_close(s);
-		if (ctx->json)
-			cmd_print_json(json_pack("{s:b, s:I, s:s}", "ok", rc == 0, "rows", (json_int_t)rows,
-						 "error", rc ? err.msg : ""));
-		else if (!rc)
-			printf("ok: %lld audit rows, hash chain intact\n", (long long)rows);
-		return rc ? (ctx->json ? rc : cmd_fail(&err)) : OWL_OK;
-	}
+	if (argc >= 2 && strcmp(argv[1], "verify") == 0)
+		return audit_verify(ctx, argc - 1, argv + 1);
+	if (argc >= 2 && strcmp(argv[1], "checkpoint") == 0)
+		return audit_checkpoint(ctx, argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "list") == 0) {
 		int64_t since = 0;
 		for (int i = 2; i < argc; i++) {
@@ -707,7 +916,9 @@ static int run_audit(owl_ctx *ctx, int argc, char **argv)
 			json_decref(arr);
 		return OWL_OK;
 	}
-	return cmd_usage_error("audit", "expected: audit list [--since 7d|DATE] | audit verify");
+	return cmd_usage_error("audit", "expected: audit list [--since 7d|DATE] | audit verify "
+			       "[--pub KEY.pub] [--checkpoint FILE]... | audit checkpoint --sign KEY.pem "
+			       "[--out FILE]");
 }
 
 const owl_command cmd_license_commands[] = {
@@ -761,27 +972,37 @@ const owl_command cmd_license_commands[] = {
 	{"approve", run_approve, "approve an action that a policy rule requires approval for",
 	 "USAGE\n"
 	 "  owl approve NAME@V --action ACTION --by NAME --reason TEXT [--use USE]\n"
-	 "              [--expires 30d|12h|YYYY-MM-DD]\n"
+	 "              [--expires 30d|12h|90m|YYYY-MM-DD[THH:MM[:SS]]]\n"
 	 "\n"
 	 "Records a human sign-off for a rule whose effect is require_approval. The\n"
 	 "gate accepts it for that version and action (and use, if given) until it\n"
-	 "expires. Approvals are written to the audit log.\n"
+	 "expires (a UTC date means its midnight; a date in the past is refused).\n"
+	 "Approvals are written to the audit log.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl approve research-model@1 --action deploy --use commercial --by legal \\\n"
 	 "      --reason \"signed agreement #2291\" --expires 90d\n"},
-	{"audit", run_audit, "list license decisions, or verify the audit log's hash chain",
+	{"audit", run_audit, "list license decisions, verify the audit log, sign its head",
 	 "USAGE\n"
 	 "  owl audit list [--since 7d|YYYY-MM-DD] [--json]\n"
-	 "  owl audit verify [--json]\n"
+	 "  owl audit verify [--pub KEY.pub] [--checkpoint FILE]... [--json]\n"
+	 "  owl audit checkpoint --sign KEY.pem [--out FILE] [--json]\n"
 	 "\n"
 	 "Every gate decision (who, when, action, subject, rule, effect, evidence),\n"
 	 "approval and license conclusion is a row of an append-only table whose rows\n"
-	 "are chained by SHA-256. verify recomputes the chain and names the first\n"
-	 "edited, deleted or inserted row (exit 4).\n"
+	 "are chained by SHA-256. Each row's number and hash is also appended to\n"
+	 "logs/audit-head (and to syslog when OWL_AUDIT_SYSLOG=1), outside the\n"
+	 "database. verify recomputes the chain and names the first edited, deleted\n"
+	 "or inserted row, or the rows removed from the end that logs/audit-head or a\n"
+	 "checkpoint still records (exit 4). checkpoint signs the current head with\n"
+	 "an Ed25519 key (as for signed bundles) into logs/audit-checkpoints/ or\n"
+	 "--out FILE; keep a copy elsewhere. verify checks those checkpoints, or the\n"
+	 "--checkpoint files given, and with --pub their signatures.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl audit list --since 7d\n"
-	 "  owl audit verify\n"},
+	 "  owl audit verify\n"
+	 "  owl audit checkpoint --sign audit.pem --out /mnt/worm/owl-$(date +%F).ckpt\n"
+	 "  owl audit verify --pub audit.pub --checkpoint /mnt/worm/owl-2026-12-03.ckpt\n"},
 	{0},
 };

@@ -1,12 +1,15 @@
 /* Registry verbs: pull, list, show, tag, rm, gc, verify, export, import. */
 #define _GNU_SOURCE
 #include "cmd.h"
+#include "common/gguf.h"
+#include "common/modelcfg.h"
 #include "licenses/licenses.h"
 
 #include <getopt.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* ---- shared output helpers --------------------------------------------- */
 
@@ -50,6 +53,73 @@ static void describe_config(const char *config_json, char *out, size_t len)
 	snprintf(out, len, "%s", b.len ? b.data : "no config summary");
 	owl_buf_release(&b);
 	json_decref(c);
+}
+
+/* ---- the checks `owl run` makes, made before registering ------------------- */
+
+static int check_config_file(const char *full, owl_err *err)
+{
+	char *text = NULL;
+	int rc = owl_read_file(full, 4u << 20, &text, NULL, err);
+	if (rc)
+		return rc;
+	json_t *c = json_loads(text, 0, NULL);
+	free(text);
+	owl_model_config mc;
+	rc = owl_model_config_from_json(c, &mc, err);
+	json_decref(c);
+	return rc;
+}
+
+static int check_tokenizer_file(const char *full, owl_err *err)
+{
+	char *text = NULL;
+	size_t len = 0;
+	int rc = owl_read_file(full, 64u << 20, &text, &len, err);
+	if (rc)
+		return rc;
+	rc = owl_tokenizer_json_check(text, len, err);
+	free(text);
+	return rc;
+}
+
+static int check_gguf_file(const char *full, owl_err *err)
+{
+	gguf_file *g = NULL;
+	int rc = gguf_open(full, &g, err);
+	owl_model_config mc;
+	if (!rc)
+		rc = owl_model_config_from_gguf(g, &mc, err);
+	gguf_close(g);
+	return rc;
+}
+
+/* The model's config (config.json or a GGUF's llama.* keys) and its
+ * tokenizer.json get the checks the engine makes when it loads them
+ * (common/modelcfg.h), so that an absurd or truncated one is refused now,
+ * as an integrity failure naming the file, the field and the value, rather
+ * than registered and refused at `owl run`. */
+static int check_model_files(const registry_stage *st, owl_err *err)
+{
+	for (size_t i = 0; i < st->nfiles; i++) {
+		const char *p = st->files[i].path;
+		size_t n = strlen(p);
+		int (*check)(const char *, owl_err *) =
+			strcmp(p, "config.json") == 0	  ? check_config_file
+			: strcmp(p, "tokenizer.json") == 0 ? check_tokenizer_file
+			: n > 5 && strcasecmp(p + n - 5, ".gguf") == 0 ? check_gguf_file
+								       : NULL;
+		if (!check)
+			continue;
+		char *full = owl_path_join(st->files_dir, p);
+		int rc = check(full, err);
+		free(full);
+		if (rc) {
+			owl_err_wrap(err, "cannot accept '%s'", p);
+			return rc;
+		}
+	}
+	return 0;
 }
 
 /* ---- the license gate at import ---------------------------------------- */
@@ -158,7 +228,9 @@ static int run_pull(owl_ctx *ctx, int argc, char **argv)
 	const char *model = name ? name : st->default_name;
 	license_findings *lf = NULL;
 	registry_commit_result res;
-	rc = gate_import(s, st, model, parent_id, &lf, &err);
+	rc = check_model_files(st, &err);
+	if (!rc)
+		rc = gate_import(s, st, model, parent_id, &lf, &err);
 	if (!rc)
 		rc = registry_stage_commit(s, st, model, parent_id, tag, store_findings_hook, lf, &res,
 					   &err);
@@ -651,6 +723,8 @@ static int run_import(owl_ctx *ctx, int argc, char **argv)
 	registry_commit_result res = {0};
 	const char *model = NULL;
 	license_findings *lf = NULL;
+	if (!rc)
+		rc = check_model_files(st, &err);
 	if (!rc) {
 		model = name ? name : st->default_name;
 		rc = gate_import(s, st, model, 0, &lf, &err);

@@ -4,6 +4,8 @@
 #define _GNU_SOURCE
 #include "internal.h"
 
+#include "common/modelcfg.h"
+
 #include <dirent.h>
 #include <jansson.h>
 #include <math.h>
@@ -21,21 +23,6 @@ static int has_suffix(const char *s, const char *suffix)
 }
 
 /* ---- config.json ------------------------------------------------------------ */
-
-static int cfg_int(json_t *c, const char *key, int dflt, int *out, owl_err *err)
-{
-	json_t *v = json_object_get(c, key);
-	if (!v || json_is_null(v)) {
-		if (dflt < 0)
-			return owl_err_set(err, OWL_EFAIL, "config.json lacks '%s'", key);
-		*out = dflt;
-		return 0;
-	}
-	if (!json_is_integer(v) || json_integer_value(v) <= 0 || json_integer_value(v) > (1 << 28))
-		return owl_err_set(err, OWL_EFAIL, "config.json: '%s' must be a positive integer", key);
-	*out = (int)json_integer_value(v);
-	return 0;
-}
 
 /* Llama 3.x frequency scaling: long wavelengths slowed by `factor`, short
  * ones kept, a smooth blend between (as Meta's reference code does). */
@@ -93,27 +80,23 @@ static int parse_config(engine_model *m, const char *dir, owl_err *err)
 		json_decref(c);
 		return rc;
 	}
-	rc = cfg_int(c, "hidden_size", -1, &in->dim, err);
-	if (!rc) rc = cfg_int(c, "intermediate_size", -1, &in->ffn_dim, err);
-	if (!rc) rc = cfg_int(c, "num_hidden_layers", -1, &in->n_layers, err);
-	if (!rc) rc = cfg_int(c, "num_attention_heads", -1, &in->n_heads, err);
-	if (!rc) rc = cfg_int(c, "num_key_value_heads", in->n_heads, &in->n_kv_heads, err);
-	if (!rc) rc = cfg_int(c, "vocab_size", -1, &in->vocab, err);
-	if (!rc) rc = cfg_int(c, "max_position_embeddings", 2048, &in->ctx_train, err);
-	if (!rc) rc = cfg_int(c, "head_dim", in->n_heads ? in->dim / in->n_heads : 1, &in->head_dim, err);
-	if (rc) {
+	/* The same checks the pull makes before it registers a checkpoint. */
+	owl_model_config mc;
+	if ((rc = owl_model_config_from_json(c, &mc, err))) {
+		owl_err_wrap(err, "config.json");
 		json_decref(c);
 		return rc;
 	}
-	if (in->n_heads % in->n_kv_heads) {
-		json_decref(c);
-		return owl_err_set(err, OWL_EFAIL, "config.json: num_attention_heads %d is not a "
-				   "multiple of num_key_value_heads %d", in->n_heads, in->n_kv_heads);
-	}
-	json_t *eps = json_object_get(c, "rms_norm_eps");
-	in->norm_eps = json_is_number(eps) ? (float)json_number_value(eps) : 1e-6f;
-	json_t *theta = json_object_get(c, "rope_theta");
-	in->rope_theta = json_is_number(theta) ? (float)json_number_value(theta) : 10000.0f;
+	in->dim = mc.dim;
+	in->ffn_dim = mc.ffn_dim;
+	in->n_layers = mc.n_layers;
+	in->n_heads = mc.n_heads;
+	in->n_kv_heads = mc.n_kv_heads;
+	in->vocab = mc.vocab;
+	in->ctx_train = mc.ctx_train;
+	in->head_dim = mc.head_dim;
+	in->norm_eps = (float)mc.norm_eps;
+	in->rope_theta = (float)mc.rope_theta;
 	in->tied_embeddings = json_is_true(json_object_get(c, "tie_word_embeddings"));
 	in->qkv_bias = strcmp(in->arch, "qwen2") == 0 || json_is_true(json_object_get(c, "attention_bias"));
 	json_t *sw = json_object_get(c, "sliding_window");
@@ -307,20 +290,6 @@ static int gg_vec(engine_model *m, const char *name, int n, float **out, owl_err
 	return gguf_dequantize_row(t->type, t->data, *out, (size_t)n, err);
 }
 
-static int gg_u32(engine_model *m, const char *key, int *out, int dflt, owl_err *err)
-{
-	uint32_t v;
-	if (gguf_get_u32(m->gguf, key, &v) == 0 && v > 0 && v < (1u << 28)) {
-		*out = (int)v;
-		return 0;
-	}
-	if (dflt >= 0) {
-		*out = dflt;
-		return 0;
-	}
-	return owl_err_set(err, OWL_EFAIL, "the GGUF lacks '%s'", key);
-}
-
 static int open_gguf(engine_model *m, const char *path, owl_err *err)
 {
 	int rc = gguf_open(path, &m->gguf, err);
@@ -332,26 +301,22 @@ static int open_gguf(engine_model *m, const char *path, owl_err *err)
 				   "(llama)", arch ? arch : "(missing)");
 	engine_model_info *in = &m->info;
 	snprintf(in->arch, sizeof in->arch, "llama");
-	rc = gg_u32(m, "llama.embedding_length", &in->dim, -1, err);
-	if (!rc) rc = gg_u32(m, "llama.feed_forward_length", &in->ffn_dim, -1, err);
-	if (!rc) rc = gg_u32(m, "llama.block_count", &in->n_layers, -1, err);
-	if (!rc) rc = gg_u32(m, "llama.attention.head_count", &in->n_heads, -1, err);
-	if (!rc) rc = gg_u32(m, "llama.attention.head_count_kv", &in->n_kv_heads, in->n_heads, err);
-	if (!rc) rc = gg_u32(m, "llama.context_length", &in->ctx_train, 2048, err);
-	if (!rc) rc = gg_u32(m, "llama.rope.dimension_count", &in->head_dim, in->dim / in->n_heads, err);
-	if (rc)
+	/* The same checks the pull makes before it registers a GGUF. */
+	owl_model_config mc;
+	if ((rc = owl_model_config_from_gguf(m->gguf, &mc, err))) {
+		owl_err_wrap(err, "GGUF");
 		return rc;
-	if (in->n_heads % in->n_kv_heads)
-		return owl_err_set(err, OWL_EFAIL, "GGUF: head_count %d is not a multiple of "
-				   "head_count_kv %d", in->n_heads, in->n_kv_heads);
-	const gguf_tensor *emb = gguf_find_tensor(m->gguf, "token_embd.weight");
-	if (!emb || emb->n_dims != 2)
-		return owl_err_set(err, OWL_EFAIL, "the GGUF has no 2-D token_embd.weight");
-	in->vocab = (int)emb->dims[1];
-	if (gguf_get_f32(m->gguf, "llama.attention.layer_norm_rms_epsilon", &in->norm_eps))
-		in->norm_eps = 1e-5f;
-	if (gguf_get_f32(m->gguf, "llama.rope.freq_base", &in->rope_theta))
-		in->rope_theta = 10000.0f;
+	}
+	in->dim = mc.dim;
+	in->ffn_dim = mc.ffn_dim;
+	in->n_layers = mc.n_layers;
+	in->n_heads = mc.n_heads;
+	in->n_kv_heads = mc.n_kv_heads;
+	in->ctx_train = mc.ctx_train;
+	in->head_dim = mc.head_dim;
+	in->vocab = mc.vocab;
+	in->norm_eps = (float)mc.norm_eps;
+	in->rope_theta = (float)mc.rope_theta;
 	int half = in->head_dim / 2;
 	m->inv_freq = owl_xmalloc((size_t)half * sizeof *m->inv_freq);
 	for (int i = 0; i < half; i++)

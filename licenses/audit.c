@@ -1,15 +1,29 @@
 /* The audit log: one row per decision, each row holding the SHA-256 of the
  * previous row's hash and its own content. Editing a row changes its hash;
- * deleting one breaks the next row's link; deleting the newest rows is
- * caught by the head (count and last hash) kept in license_meta. Triggers
- * refuse UPDATE and DELETE, but someone with the database file can drop
- * them: the chain is what makes tampering visible. */
+ * deleting one breaks the next row's link. Triggers refuse UPDATE and
+ * DELETE, but someone with the database file can drop them: the chain is
+ * what makes tampering visible.
+ *
+ * The chain alone cannot show that the newest rows were deleted, because the
+ * head (count and last hash, in license_meta) lives in the same file and can
+ * be rewound with them. So every row's sequence number and hash is also
+ * appended, after its transaction commits, to logs/audit-head (fsync'd, one
+ * line per row; optionally to syslog as well), and `owl audit checkpoint`
+ * signs the head with an Ed25519 key for keeping elsewhere. Verify requires
+ * the database to hold every anchored row with the anchored hash: the anchor
+ * may lag the database (a crash between commit and anchor), never lead it. */
 #define _GNU_SOURCE
 #include "internal.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <unistd.h>
 
 #define GENESIS "0000000000000000000000000000000000000000000000000000000000000000"
 
@@ -60,6 +74,302 @@ static int meta_set(registry_store *s, const char *key, const char *value, owl_e
 				    sqlite3_errmsg(s->db));
 }
 
+/* ---- the anchor outside the database ------------------------------------ */
+
+#define ANCHOR_FILE "logs/audit-head"
+#define CHECKPOINT_MAGIC "owl audit checkpoint 1\n"
+
+static char *anchor_path(registry_store *s)
+{
+	return owl_path_join(s->home, ANCHOR_FILE);
+}
+
+/* Appends "seq hash time" to logs/audit-head in one write(2) of an O_APPEND
+ * file, so that concurrent owl processes never interleave within a line, and
+ * fsyncs it (and the folder, when the file is new). With OWL_AUDIT_SYSLOG
+ * set, the same line goes to syslog, out of reach of the data home's owner. */
+static int anchor_append(registry_store *s, int64_t id, const char *hash, int64_t at,
+			 owl_err *err)
+{
+	char *path = anchor_path(s);
+	char *dir = owl_path_join(s->home, "logs");
+	int rc = owl_mkdir_p(dir, err);
+	int existed = owl_path_exists(path);
+	char when[32], line[160];
+	owl_fmt_time(at, when, sizeof when);
+	int n = snprintf(line, sizeof line, "%lld %s %s\n", (long long)id, hash, when);
+	int fd = rc ? -1 : open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+	if (!rc && fd < 0)
+		rc = owl_err_set(err, OWL_EFAIL, "decision recorded as audit row %lld, but cannot open "
+				 "'%s' to anchor it: %s", (long long)id, path, strerror(errno));
+	if (!rc && (write(fd, line, (size_t)n) != n || fsync(fd) != 0))
+		rc = owl_err_set(err, OWL_EFAIL, "decision recorded as audit row %lld, but cannot "
+				 "write its anchor to '%s': %s", (long long)id, path, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	if (!rc && !existed)
+		rc = owl_fsync_dir(dir, err);
+	const char *sl = getenv("OWL_AUDIT_SYSLOG");
+	if (!rc && sl && *sl && strcmp(sl, "0") != 0) {
+		openlog("owl-audit", LOG_PID | LOG_NDELAY, LOG_AUTHPRIV);
+		syslog(LOG_NOTICE, "audit head home=%s seq=%lld hash=%s at=%s", s->home, (long long)id,
+		       hash, when);
+		closelog();
+	}
+	free(dir);
+	free(path);
+	return rc;
+}
+
+/* The hash the database holds for row id, or "" when there is no such row. */
+static void row_hash_of(registry_store *s, int64_t id, char out[65])
+{
+	sqlite3_stmt *q = NULL;
+	out[0] = 0;
+	sqlite3_prepare_v2(s->db, "SELECT hash FROM audit_log WHERE id=?", -1, &q, NULL);
+	sqlite3_bind_int64(q, 1, id);
+	if (sqlite3_step(q) == SQLITE_ROW && sqlite3_column_text(q, 0))
+		snprintf(out, 65, "%s", (const char *)sqlite3_column_text(q, 0));
+	sqlite3_finalize(q);
+}
+
+/* Rows last+1 .. seq are gone although `where` recorded row seq. */
+static int gap_error(int64_t seq, const char *when, const char *where, int64_t last,
+		     owl_err *err)
+{
+	char rows[64];
+	if (seq == last + 1)
+		snprintf(rows, sizeof rows, "row %lld was", (long long)seq);
+	else
+		snprintf(rows, sizeof rows, "rows %lld to %lld were", (long long)last + 1,
+			 (long long)seq);
+	return owl_err_set(err, OWL_EINTEGRITY, "audit log broken at its end: %s removed (%s "
+			   "records row %lld, written %s; the database ends at row %lld)", rows,
+			   where, (long long)seq, when, (long long)last);
+}
+
+/* One anchored (seq, hash) against the database whose chain ends at last. */
+static int check_anchored(registry_store *s, int64_t seq, const char *hash, const char *when,
+			  const char *where, int64_t last, owl_err *err)
+{
+	if (seq > last)
+		return gap_error(seq, when, where, last, err);
+	char have[65];
+	row_hash_of(s, seq, have);
+	if (strcmp(have, hash) != 0)
+		return owl_err_set(err, OWL_EINTEGRITY, "audit log broken at row %lld: its hash %.16s... "
+				   "differs from the %.16s... that %s recorded (the log was rewritten)",
+				   (long long)seq, have[0] ? have : "(none)", hash, where);
+	return 0;
+}
+
+/* Every complete line of logs/audit-head against the database. A last line
+ * without its newline is a write a crash cut short, and is skipped. */
+static int check_anchor_file(registry_store *s, int64_t last, license_audit_report *rep,
+			     owl_err *err)
+{
+	char *path = anchor_path(s);
+	char *text = NULL;
+	size_t len = 0;
+	int rc = 0;
+	if (!owl_path_exists(path))
+		goto out;
+	if ((rc = owl_read_file(path, 1u << 30, &text, &len, err)))
+		goto out;
+	rep->anchor_found = 1;
+	size_t lineno = 0;
+	int64_t gap_seq = 0;
+	char gap_where[96] = "", gap_when[33] = "";
+	for (char *line = text; line < text + len;) {
+		char *nl = memchr(line, '\n', (size_t)(text + len - line));
+		if (!nl)
+			break;
+		*nl = 0;
+		lineno++;
+		long long seq = 0;
+		char hash[65] = "", when[33] = "", where[96];
+		int used = 0;
+		if (sscanf(line, "%lld %64s %32s%n", &seq, hash, when, &used) != 3 ||
+		    line[used] || seq < 1 || !owl_is_hex_digest(hash, 64)) {
+			rc = owl_err_set(err, OWL_EINTEGRITY, "%s line %zu is not \"SEQ HASH TIME\": "
+					 "'%.80s'", ANCHOR_FILE, lineno, line);
+			goto out;
+		}
+		/* Lines need not be in order (concurrent owl processes): the gap
+		 * named is the one up to the newest anchored row. */
+		snprintf(where, sizeof where, "%s line %zu", ANCHOR_FILE, lineno);
+		if (seq > last && seq > gap_seq) {
+			gap_seq = seq;
+			snprintf(gap_where, sizeof gap_where, "%s", where);
+			snprintf(gap_when, sizeof gap_when, "%s", when);
+		} else if (seq <= last && (rc = check_anchored(s, seq, hash, when, where, last, err))) {
+			goto out;
+		}
+		rep->anchor_lines++;
+		if (seq > rep->anchored_seq)
+			rep->anchored_seq = seq;
+		line = nl + 1;
+	}
+	if (gap_seq)
+		rc = gap_error(gap_seq, gap_when, gap_where, last, err);
+out:
+	free(text);
+	free(path);
+	return rc;
+}
+
+/* ---- signed checkpoints (Ed25519, the key format of signed bundles) ------- */
+
+static int sign_text(const char *key_path, const char *msg, size_t n, char hex[129],
+		     owl_err *err)
+{
+	FILE *f = fopen(key_path, "r");
+	if (!f)
+		return owl_err_set(err, OWL_EUSAGE, "cannot open signing key '%s': %s", key_path,
+				   strerror(errno));
+	EVP_PKEY *pk = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+	fclose(f);
+	if (!pk || EVP_PKEY_id(pk) != EVP_PKEY_ED25519) {
+		EVP_PKEY_free(pk);
+		return owl_err_set(err, OWL_EUSAGE, "'%s' is not an Ed25519 private key in PEM "
+				   "(make one with: openssl genpkey -algorithm ed25519 -out KEY.pem)",
+				   key_path);
+	}
+	unsigned char sig[64];
+	size_t sl = sizeof sig;
+	EVP_MD_CTX *c = EVP_MD_CTX_new();
+	int ok = EVP_DigestSignInit(c, NULL, NULL, NULL, pk) == 1 &&
+		 EVP_DigestSign(c, sig, &sl, (const unsigned char *)msg, n) == 1 && sl == 64;
+	EVP_MD_CTX_free(c);
+	EVP_PKEY_free(pk);
+	if (!ok)
+		return owl_err_set(err, OWL_EFAIL, "cannot sign the checkpoint with '%s'", key_path);
+	owl_hex(sig, 64, hex);
+	return 0;
+}
+
+static int verify_text(const char *pub_path, const char *msg, size_t n, const char *sig_hex,
+		       const char *label, owl_err *err)
+{
+	unsigned char sig[64];
+	if (!owl_is_hex_digest(sig_hex, 128))
+		return owl_err_set(err, OWL_EINTEGRITY, "checkpoint '%s': the signature is not 128 "
+				   "hex digits", label);
+	for (size_t i = 0; i < 64; i++) {
+		unsigned int b;
+		sscanf(sig_hex + 2 * i, "%2x", &b);
+		sig[i] = (unsigned char)b;
+	}
+	FILE *f = fopen(pub_path, "r");
+	if (!f)
+		return owl_err_set(err, OWL_EUSAGE, "cannot open public key '%s': %s", pub_path,
+				   strerror(errno));
+	EVP_PKEY *pk = PEM_read_PUBKEY(f, NULL, NULL, NULL);
+	fclose(f);
+	if (!pk || EVP_PKEY_id(pk) != EVP_PKEY_ED25519) {
+		EVP_PKEY_free(pk);
+		return owl_err_set(err, OWL_EUSAGE, "'%s' is not an Ed25519 public key in PEM "
+				   "(derive it with: openssl pkey -in KEY.pem -pubout -out KEY.pub)",
+				   pub_path);
+	}
+	EVP_MD_CTX *c = EVP_MD_CTX_new();
+	int ok = EVP_DigestVerifyInit(c, NULL, NULL, NULL, pk) == 1 &&
+		 EVP_DigestVerify(c, sig, 64, (const unsigned char *)msg, n) == 1;
+	EVP_MD_CTX_free(c);
+	EVP_PKEY_free(pk);
+	if (!ok)
+		return owl_err_set(err, OWL_EINTEGRITY, "checkpoint '%s': the signature does not verify "
+				   "with '%s' (the checkpoint was forged or altered)", label, pub_path);
+	return 0;
+}
+
+/* Reads one checkpoint file: the signed text, then "signature HEX". */
+static int check_checkpoint(registry_store *s, const char *path, const char *pub, int64_t last,
+			    license_audit_report *rep, owl_err *err)
+{
+	char *text = NULL;
+	size_t len = 0;
+	int rc = owl_read_file(path, 1u << 16, &text, &len, err);
+	if (rc)
+		return rc;
+	char *sigline = strstr(text, "signature ");
+	long long seq = 0, at = 0;
+	char hash[65] = "", sig[129] = "", when[32];
+	int used = 0;
+	size_t ml = strlen(CHECKPOINT_MAGIC);
+	if (strncmp(text, CHECKPOINT_MAGIC, ml) != 0 || !sigline ||
+	    sscanf(text + ml, "seq %lld\nhash %64s\nat %lld\n%n", &seq, hash, &at, &used) != 3 ||
+	    text + ml + used != sigline || sscanf(sigline, "signature %128s", sig) != 1 || seq < 1) {
+		free(text);
+		return owl_err_set(err, OWL_EINTEGRITY, "'%s' is not an owl audit checkpoint", path);
+	}
+	if (pub && (rc = verify_text(pub, text, (size_t)(sigline - text), sig, path, err))) {
+		free(text);
+		return rc;
+	}
+	owl_fmt_time(at, when, sizeof when);
+	char where[1100];
+	snprintf(where, sizeof where, "checkpoint '%s'", path);
+	rc = check_anchored(s, seq, hash, when, where, last, err);
+	if (!rc) {
+		rep->checkpoints++;
+		if (seq > rep->anchored_seq)
+			rep->anchored_seq = seq;
+	}
+	free(text);
+	return rc;
+}
+
+int license_audit_checkpoint(registry_store *s, const char *key_path, const char *out_path,
+			     char **path_out, int64_t *seq_out, owl_err *err)
+{
+	*path_out = NULL;
+	license_audit_report rep;
+	/* A checkpoint vouches for the log as it is: never sign a broken one. */
+	int rc = license_audit_check(s, NULL, NULL, 0, &rep, err);
+	if (rc)
+		return rc;
+	if (rep.rows == 0)
+		return owl_err_set(err, OWL_EUSAGE, "the audit log is empty: nothing to checkpoint");
+	char hash[65];
+	row_hash_of(s, rep.rows, hash);
+	owl_buf b;
+	owl_buf_init(&b, 1024);
+	int64_t now = owl_unix_time();
+	owl_buf_printf(&b, "%sseq %lld\nhash %s\nat %lld\n", CHECKPOINT_MAGIC, (long long)rep.rows,
+		       hash, (long long)now);
+	char sig[129];
+	if ((rc = sign_text(key_path, b.data, b.len, sig, err))) {
+		owl_buf_release(&b);
+		return rc;
+	}
+	owl_buf_printf(&b, "signature %s\n", sig);
+	char *path = NULL;
+	if (out_path) {
+		path = owl_xstrdup(out_path);
+	} else {
+		char *dir = owl_path_join(s->home, "logs/audit-checkpoints");
+		if ((rc = owl_mkdir_p(dir, err))) {
+			free(dir);
+			owl_buf_release(&b);
+			return rc;
+		}
+		char name[64];
+		snprintf(name, sizeof name, "%08lld-%lld.ckpt", (long long)rep.rows, (long long)now);
+		path = owl_path_join(dir, name);
+		free(dir);
+	}
+	rc = owl_write_file_atomic(path, b.data, b.len, err);
+	owl_buf_release(&b);
+	if (rc) {
+		free(path);
+		return rc;
+	}
+	*path_out = path;
+	*seq_out = rep.rows;
+	return 0;
+}
+
 int license_audit_append(registry_store *s, const license_audit_entry *e, owl_err *err)
 {
 	int rc = registry_store_begin(s, err);
@@ -100,12 +410,17 @@ int license_audit_append(registry_store *s, const license_audit_entry *e, owl_er
 	}
 	char head[128];
 	snprintf(head, sizeof head, "%lld:%s", (long long)id, hash);
-	if ((rc = meta_set(s, "audit_head", head, err)) || (rc = registry_store_commit(s, err)))
+	if ((rc = meta_set(s, "audit_head", head, err)) || (rc = registry_store_commit(s, err))) {
 		registry_store_rollback(s);
-	return rc;
+		return rc;
+	}
+	/* Only a committed row is anchored: a crash here leaves the anchor one
+	 * row behind the database, which verify accepts. */
+	return anchor_append(s, id, hash, e->at, err);
 }
 
-int license_audit_verify(registry_store *s, int64_t *rows, owl_err *err)
+/* The hash chain and the head kept beside it. */
+static int check_chain(registry_store *s, int64_t *rows, owl_err *err)
 {
 	*rows = 0;
 	sqlite3_stmt *q = NULL;
@@ -154,4 +469,41 @@ int license_audit_verify(registry_store *s, int64_t *rows, owl_err *err)
 				   "were deleted (the log ends at row %lld, the recorded head is %s)",
 				   (long long)(expect_id - 1), head[0] ? head : "missing");
 	return 0;
+}
+
+int license_audit_check(registry_store *s, const char *pub_key, const char *const *checkpoints,
+			size_t ncheckpoints, license_audit_report *rep, owl_err *err)
+{
+	memset(rep, 0, sizeof *rep);
+	int rc = check_chain(s, &rep->rows, err);
+	if (!rc)
+		rc = check_anchor_file(s, rep->rows, rep, err);
+	/* Signed checkpoints: the ones given, else those kept in the home. */
+	char **names = NULL;
+	size_t nnames = 0;
+	char *dir = owl_path_join(s->home, "logs/audit-checkpoints");
+	if (!rc && !ncheckpoints && owl_is_dir(dir))
+		rc = owl_list_dir(dir, &names, &nnames, err);
+	for (size_t i = 0; !rc && i < nnames; i++) {
+		size_t nl = strlen(names[i]);
+		if (nl < 5 || strcmp(names[i] + nl - 5, ".ckpt") != 0)
+			continue;
+		char *p = owl_path_join(dir, names[i]);
+		rc = check_checkpoint(s, p, pub_key, rep->rows, rep, err);
+		free(p);
+	}
+	for (size_t i = 0; !rc && i < ncheckpoints; i++)
+		rc = check_checkpoint(s, checkpoints[i], pub_key, rep->rows, rep, err);
+	rep->checkpoints_signed = !rc && pub_key && rep->checkpoints > 0;
+	owl_free_names(names, nnames);
+	free(dir);
+	return rc;
+}
+
+int license_audit_verify(registry_store *s, int64_t *rows, owl_err *err)
+{
+	license_audit_report rep;
+	int rc = license_audit_check(s, NULL, NULL, 0, &rep, err);
+	*rows = rep.rows;
+	return rc;
 }

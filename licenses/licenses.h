@@ -169,10 +169,40 @@ typedef struct license_audit_entry {
 	int64_t version_id;
 } license_audit_entry;
 
-/* Appends one row, chained to the previous one by SHA-256. */
+/* Appends one row, chained to the previous one by SHA-256, in its own
+ * transaction; once that commits, anchors the row's sequence number and hash
+ * outside the database (logs/audit-head, fsync'd; syslog too when
+ * OWL_AUDIT_SYSLOG is set). An anchor that cannot be written is an error
+ * after the row was committed (the message says so). */
 int license_audit_append(registry_store *s, const license_audit_entry *e, owl_err *err);
-/* Recomputes the chain; OWL_EINTEGRITY naming the first row that was edited,
- * deleted or inserted. *rows receives the number of rows checked. */
+
+typedef struct license_audit_report {
+	int64_t rows;           /* rows in the database, their chain intact */
+	int anchor_found;       /* logs/audit-head exists */
+	int64_t anchor_lines;   /* its lines, each matching the database */
+	int64_t anchored_seq;   /* the newest row an anchor or a checkpoint vouches for */
+	int64_t checkpoints;    /* signed checkpoints checked */
+	int checkpoints_signed; /* and their signatures verified with pub_key */
+} license_audit_report;
+
+/* Recomputes the chain and checks it against what was kept outside the
+ * database: every line of logs/audit-head and every checkpoint (those given,
+ * else the .ckpt files in logs/audit-checkpoints; with pub_key their Ed25519
+ * signatures too) must name a row the database holds, with the same hash. OWL_EINTEGRITY
+ * names the first row edited, deleted or inserted, or the rows removed from
+ * the end. The anchor may lag the database (a crash after a commit), never
+ * lead it. */
+int license_audit_check(registry_store *s, const char *pub_key, const char *const *checkpoints,
+			size_t ncheckpoints, license_audit_report *rep, owl_err *err);
+/* license_audit_check without checkpoint keys; *rows = rows checked. */
 int license_audit_verify(registry_store *s, int64_t *rows, owl_err *err);
+
+/* Signs the log's current head (sequence number, hash, time) with an Ed25519
+ * private key in PEM (the key format of signed bundles) after checking the
+ * log, and writes the checkpoint to out_path, or to
+ * logs/audit-checkpoints/SEQ-TIME.ckpt when out_path is NULL. *path_out
+ * (caller frees) names the file, *seq_out the row it vouches for. */
+int license_audit_checkpoint(registry_store *s, const char *key_path, const char *out_path,
+			     char **path_out, int64_t *seq_out, owl_err *err);
 
 #endif

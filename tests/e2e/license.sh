@@ -203,3 +203,55 @@ sqlite3 "$OWL_HOME/owl.db" "DROP TRIGGER audit_log_no_update; UPDATE audit_log S
 owl audit verify
 expect_rc audit_edit_detected 4
 expect_contains audit_edit_names_row "$ERR" "edited"
+
+# --- policy files are type-checked, field by field, and import all or nothing -----------------------------
+export OWL_HOME="$T/home3"
+owl policy list --json
+before_rules=$(json 'len(d["rules"])')
+# bad_policy NAME RULE-JSON EXPECTED: a file with one good rule and then RULE is refused.
+bad_policy() {
+  printf '{"owl_policy": 1, "rules": [{"name": "ok-rule", "effect": "allow", "priority": 5}, %s]}' "$2" >"$T/$1.json"
+  owl policy import "$T/$1.json"
+  expect_rc "policy_import_${1}_exit_2" 2
+  expect_contains "policy_import_${1}_named" "$ERR" "$3"
+}
+bad_policy prio_string '{"name": "p1", "effect": "deny", "priority": "high"}' "rule 2 ('p1'): field 'priority' is a string, expected an integer"
+bad_policy prio_real '{"name": "p2", "effect": "deny", "priority": 1.5}' "rule 2 ('p2'): field 'priority' is a real number, expected an integer"
+bad_policy effect_int '{"name": "p3", "effect": 2}' "rule 2 ('p3'): field 'effect' is an integer, expected a string"
+bad_policy license_list '{"name": "p4", "effect": "deny", "license": ["mit"]}' "rule 2 ('p4'): field 'license' is an array, expected a string"
+bad_policy name_int '{"name": 7, "effect": "deny"}' "rule 2: field 'name' is an integer, expected a string"
+bad_policy no_effect '{"name": "p5"}' "rule 2 ('p5'): field 'effect' is missing"
+bad_policy typo_field '{"name": "p6", "effect": "deny", "prority": 5}' "rule 2 ('p6'): unknown field 'prority'"
+bad_policy not_object '"deny everything"' "rule 2 is a string, expected an object"
+bad_policy bad_cond '{"name": "p7", "effect": "deny", "when": "full-moon"}' "rule 2 ('p7'): unknown condition 'full-moon'"
+printf '{"rules": [], "org": {"mau": 5}}' >"$T/org_int.json"
+owl policy import "$T/org_int.json"
+expect_rc policy_import_org_int_exit_2 2
+expect_contains policy_import_org_int_named "$ERR" "org attribute 'mau' is an integer, expected a string"
+owl policy list --json
+expect_eq policy_bad_imports_change_nothing "$(json 'len(d["rules"])')" "$before_rules"
+expect_eq policy_bad_imports_add_no_rule "$(json 'len([r for r in d["rules"] if r["name"] == "ok-rule"])')" "0"
+owl policy add p-cli --effect deny --priority high
+expect_rc policy_add_priority_word_refused 2
+expect_contains policy_add_priority_word_named "$ERR" "--priority takes a whole number"
+
+# --- approve --expires: a date in the past or a malformed one is refused ---------------------------------------
+fixture exp-model --license cc-by-nc-4.0
+owl pull "$T/exp-model" --name exp-model
+owl audit list --json
+audit_rows=$(json 'len(d)')
+for bad in 2020-01-01 2026-02-31 2026-13-01 2027-1-1 yesterday 0d -5d 30x 2030-01-01T25:00 2030-01-01junk; do
+  owl approve exp-model@1 --action deploy --use commercial --by legal --reason r --expires "$bad"
+  expect_rc "approve_expires_${bad}_exit_2" 2
+done
+owl approve exp-model@1 --action deploy --use commercial --by legal --reason r --expires 2020-01-01
+expect_contains approve_past_date_says_past "$ERR" "--expires 2020-01-01 is in the past"
+owl approve exp-model@1 --action deploy --use commercial --by legal --reason r --expires 2026-02-31
+expect_contains approve_impossible_date_named "$ERR" "'2026-02-31' is not a span"
+owl audit list --json
+expect_eq approve_refusals_record_nothing "$(json 'len(d)')" "$audit_rows"
+owl policy test exp-model --action deploy --use commercial
+expect_rc approve_refusals_approve_nothing 3
+owl approve exp-model@1 --action deploy --use commercial --by legal --reason r --expires 2099-12-31T18:00Z
+expect_rc approve_future_date 0
+expect_contains approve_future_date_shown "$OUT" "2099-12-31T18:00:00Z"

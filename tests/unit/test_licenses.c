@@ -345,6 +345,51 @@ static void audit_tampering_is_detected(void)
 	fixture_close(&f);
 }
 
+/* The head kept in the database can be rewound with the rows; the anchor in
+ * logs/audit-head cannot (without also editing that file), and it may lag. */
+static void audit_anchor_catches_removed_newest_rows(void)
+{
+	fixture f;
+	fixture_open(&f);
+	owl_err err = {0};
+	for (int i = 0; i < 5; i++) {
+		license_audit_entry e = {.at = 2000 + i, .actor = "a", .action = "deploy",
+					 .subject = "m@1", .use = "internal", .effect = "allow",
+					 .rule = "r", .license = "mit", .evidence = "x"};
+		CHECK_INT(license_audit_append(f.s, &e, &err), 0);
+	}
+	char *anchor = owl_path_join(f.s->home, "logs/audit-head");
+	char *text = NULL;
+	size_t len = 0;
+	CHECK_INT(owl_read_file(anchor, 1 << 20, &text, &len, &err), 0);
+	int lines = 0;
+	for (size_t i = 0; text && i < len; i++)
+		lines += text[i] == '\n';
+	CHECK_INT(lines, 5);
+	CHECK(text && strncmp(text, "1 ", 2) == 0, "first anchor line: %.80s", text ? text : "");
+	license_audit_report rep;
+	CHECK_INT(license_audit_check(f.s, NULL, NULL, 0, &rep, &err), 0);
+	CHECK_INT(rep.anchor_lines, 5);
+	CHECK_INT(rep.anchored_seq, 5);
+
+	/* Remove rows 4 and 5 and rewind the head to row 3: the chain is whole. */
+	registry_store_exec(f.s, "DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE id > 3;"
+			    " UPDATE license_meta SET value = '3:' || (SELECT hash FROM audit_log"
+			    " WHERE id = 3) WHERE key = 'audit_head'", &err);
+	int64_t rows = 0;
+	CHECK_INT(license_audit_verify(f.s, &rows, &err), OWL_EINTEGRITY);
+	CHECK(strstr(err.msg, "rows 4 to 5 were removed") && strstr(err.msg, "ends at row 3"),
+	      "gap named: %s", err.msg);
+
+	/* The anchor lagging the database (a crash after commit) is accepted. */
+	owl_write_file_atomic(anchor, text, strcspn(text, "\n") + 1, &err);
+	CHECK_INT(license_audit_verify(f.s, &rows, &err), 0);
+	CHECK_INT(rows, 3);
+	free(text);
+	free(anchor);
+	fixture_close(&f);
+}
+
 int main(void)
 {
 	RUN_TEST(every_reference_text_is_recognised);
@@ -353,5 +398,6 @@ int main(void)
 	RUN_TEST(card_front_matter_is_parsed);
 	RUN_TEST(precedence_thresholds_and_approvals);
 	RUN_TEST(audit_tampering_is_detected);
+	RUN_TEST(audit_anchor_catches_removed_newest_rows);
 	TEST_MAIN_END();
 }
