@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "engine/engine.h"
 
@@ -395,6 +397,36 @@ static void bad_batches(void)
 	engine_kv_free(kv);
 }
 
+/* A pool the address space cannot hold is an error, not an abort (the
+ * address space is limited for the check; not under AddressSanitizer,
+ * which reserves terabytes of shadow). */
+static void unsatisfiable_pool_is_an_error(void)
+{
+#if defined(__SANITIZE_ADDRESS__)
+	printf("skip unsatisfiable_pool_is_an_error: AddressSanitizer reserves the address space\n");
+#else
+	struct rlimit old;
+	getrlimit(RLIMIT_AS, &old);
+	long pages = 0;
+	FILE *f = fopen("/proc/self/statm", "r");
+	if (f && fscanf(f, "%ld", &pages) != 1)
+		pages = 0;
+	if (f)
+		fclose(f);
+	struct rlimit lim = old;
+	lim.rlim_cur = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (512u << 20);
+	setrlimit(RLIMIT_AS, &lim);
+	owl_err err = {0};
+	engine_kv *kv = NULL;
+	engine_kv_opts o = {.n_tokens = 1 << 24, .max_seq_tokens = 128};
+	int rc = engine_kv_new(model, &o, &kv, &err);
+	setrlimit(RLIMIT_AS, &old);
+	report("unsatisfiable_pool_is_an_error", rc == OWL_EFAIL && kv == NULL &&
+	       strstr(err.msg, "KV pool") != NULL, "engine_kv_new returned %d (%s)", rc, err.msg);
+	engine_kv_free(kv);
+#endif
+}
+
 int main(int argc, char **argv)
 {
 	const char *path = NULL;
@@ -421,6 +453,7 @@ int main(int argc, char **argv)
 	blocks_freed_and_reused();
 	kv_f16();
 	bad_batches();
+	unsatisfiable_pool_is_an_error();
 	engine_model_close(model);
 	return failures ? 1 : 0;
 }
