@@ -690,6 +690,12 @@ static int run_chat(owl_ctx *ctx, int argc, char **argv)
 
 /* ---- perplexity ---------------------------------------------------------------------- */
 
+static void ppl_progress(void *ctx, size_t chunk, size_t nchunks, double ppl)
+{
+	printf("[%zu]%.4f,", chunk, ppl);
+	fflush(stdout);
+}
+
 static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -719,83 +725,39 @@ static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 	if (owl_read_file(file, 1u << 30, &text, &len, &err))
 		return cmd_fail(&err);
 	loaded l;
-	if (load(ctx, argv[optind], tp, threads, n_ctx, ENGINE_KV_F32, &l, &err)) {
+	if (load(ctx, argv[optind], tp, threads, -1, ENGINE_KV_F32, &l, &err)) {
 		free(text);
 		return cmd_fail(&err);
 	}
 	int32_t *ids = NULL;
 	size_t n = 0;
-	engine_tokenize(l.tok, text, len, 0, 0, &ids, &n, &err);
+	int rc = engine_tokenize(l.tok, text, len, 0, 0, &ids, &n, &err);
 	free(text);
-	int vocab = engine_model_get_info(l.m)->vocab;
-	size_t nchunks = n / (size_t)n_ctx;
-	if (max_chunks > 0 && nchunks > (size_t)max_chunks)
-		nchunks = (size_t)max_chunks;
-	if (nchunks == 0) {
-		owl_err_set(&err, OWL_EUSAGE, "'%s' has %zu tokens, fewer than one context of %d "
-			    "(use a smaller --ctx)", file, n, n_ctx);
-		free(ids);
-		unload(&l);
-		return cmd_fail(&err);
-	}
-	/* As llama-perplexity: each chunk starts with BOS (when the model uses
-	 * one) and only its second half is scored, so every scored token sees at
-	 * least half a context of history. */
-	float *logits = owl_xmalloc((size_t)n_ctx * vocab * sizeof *logits);
-	int bos = engine_token_bos(l.tok);
-	int first = n_ctx / 2;
-	double nll = 0, nll2 = 0;
-	size_t count = 0;
-	double t0 = owl_now();
-	int rc = 0;
-	if (!ctx->json)
+	engine_ppl_opts po = {.n_ctx = n_ctx, .max_chunks = max_chunks};
+	engine_ppl_result res;
+	if (!rc && !ctx->json && n >= (size_t)n_ctx)
 		fprintf(stderr, "perplexity: %zu tokens, %zu chunks of %d, scoring the second half of "
-			"each\n", n, nchunks, n_ctx);
-	for (size_t ch = 0; ch < nchunks && !rc; ch++) {
-		int32_t *chunk = ids + ch * (size_t)n_ctx;
-		int32_t saved = chunk[0];
-		if (bos >= 0 && engine_tokenizer_adds_bos(l.tok))
-			chunk[0] = bos;
-		engine_session_truncate(l.sess, 0);
-		rc = engine_forward(l.sess, chunk, n_ctx, logits, 1, &err);
-		chunk[0] = saved;
-		for (int j = first; !rc && j < n_ctx - 1; j++) {
-			const float *row = logits + (size_t)j * vocab;
-			float mx = row[0];
-			for (int v = 1; v < vocab; v++)
-				if (row[v] > mx)
-					mx = row[v];
-			double sum = 0;
-			for (int v = 0; v < vocab; v++)
-				sum += exp((double)row[v] - mx);
-			double lp = (double)row[chunk[j + 1]] - mx - log(sum);
-			nll -= lp;
-			nll2 += lp * lp;
-			count++;
-		}
-		if (!ctx->json) {
-			printf("[%zu]%.4f,", ch + 1, exp(nll / (double)count));
-			fflush(stdout);
-		}
-	}
-	free(logits);
+			"each\n", n, max_chunks > 0 && n / (size_t)n_ctx > (size_t)max_chunks ?
+			(size_t)max_chunks : n / (size_t)n_ctx, n_ctx);
+	if (!rc)
+		rc = engine_perplexity(l.m, l.tok, ids, n, &po, ctx->json ? NULL : ppl_progress, NULL,
+				       &res, &err);
 	free(ids);
 	if (rc) {
+		if (rc == OWL_EUSAGE && n < (size_t)n_ctx)
+			owl_err_set(&err, OWL_EUSAGE, "'%s' has %zu tokens, fewer than one context of %d "
+				    "(use a smaller --ctx)", file, n, n_ctx);
 		unload(&l);
 		return cmd_fail(&err);
 	}
-	double mean = nll / (double)count;
-	double var = nll2 / (double)count - mean * mean;
-	double ppl = exp(mean);
-	double err_ppl = var > 0 ? ppl * sqrt(var / (double)(count - 1)) : 0;
 	if (ctx->json)
 		cmd_print_json(json_pack("{s:s, s:f, s:f, s:I, s:i, s:I, s:f}", "model", l.label, "ppl",
-					 ppl, "ppl_error", err_ppl, "tokens_scored", (json_int_t)count,
-					 "ctx", n_ctx, "chunks", (json_int_t)nchunks, "seconds",
-					 owl_now() - t0));
+					 res.ppl, "ppl_error", res.ppl_error, "tokens_scored",
+					 (json_int_t)res.tokens_scored, "ctx", n_ctx, "chunks",
+					 (json_int_t)res.chunks, "seconds", res.seconds));
 	else
-		printf("\nFinal estimate: PPL = %.4f +/- %.5f  (%zu tokens scored in %.1f s)\n", ppl,
-		       err_ppl, count, owl_now() - t0);
+		printf("\nFinal estimate: PPL = %.4f +/- %.5f  (%zu tokens scored in %.1f s)\n", res.ppl,
+		       res.ppl_error, res.tokens_scored, res.seconds);
 	unload(&l);
 	return OWL_OK;
 }

@@ -182,6 +182,29 @@ void engine_detok_init(engine_detok *d, const engine_tokenizer *t);
 /* Writes the text ready after token id into out (NUL-terminated); returns its length. */
 size_t engine_detok_feed(engine_detok *d, int id, char *out, size_t outlen);
 
+/* ---- perplexity (engine/perplexity.c) ------------------------------------------- */
+
+typedef struct engine_ppl_opts {
+	int n_ctx;      /* tokens per chunk (>= 8) */
+	int max_chunks; /* 0 = every whole chunk of the text */
+} engine_ppl_opts;
+
+typedef struct engine_ppl_result {
+	double ppl, ppl_error; /* the estimate and its standard error */
+	size_t tokens_scored, chunks;
+	double seconds;
+} engine_ppl_result;
+
+/* Called after each chunk with the running estimate. */
+typedef void (*engine_ppl_progress)(void *ctx, size_t chunk, size_t nchunks, double ppl);
+
+/* The perplexity of ids as llama-perplexity measures it: chunks of n_ctx
+ * tokens, each started with BOS where the model uses one, the second half
+ * of each scored. */
+int engine_perplexity(engine_model *m, const engine_tokenizer *tok, const int32_t *ids, size_t n,
+		      const engine_ppl_opts *o, engine_ppl_progress progress, void *progress_ctx,
+		      engine_ppl_result *res, owl_err *err);
+
 /* ---- sampling, chat templates, generation (engine/generate.c) ---------------- */
 
 typedef struct engine_sampler_opts {
