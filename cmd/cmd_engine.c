@@ -75,6 +75,23 @@ static int load(owl_ctx *ctx, const char *ref, int tp, int threads, int n_ctx, i
 	return rc;
 }
 
+/* The engine states facts; what the user can do about them is the CLI's
+ * to say. */
+static int engine_fail(owl_err *err)
+{
+	const char *m = err->msg;
+	if (strstr(m, "tokens is full") || strstr(m, "exceeds the model's"))
+		snprintf(err->msg + strlen(err->msg), sizeof err->msg - strlen(err->msg),
+			 "; start over or use another --ctx");
+	else if (strstr(m, "tensor parallelism over"))
+		snprintf(err->msg + strlen(err->msg), sizeof err->msg - strlen(err->msg),
+			 "; use a --tp that divides the model's query heads and feed-forward width");
+	else if (strstr(m, "KV pool is full"))
+		snprintf(err->msg + strlen(err->msg), sizeof err->msg - strlen(err->msg),
+			 "; use a shorter prompt or fewer tokens");
+	return cmd_fail(err);
+}
+
 static void emit_stdout(void *ctx, const char *text, size_t len)
 {
 	fwrite(text, 1, len, stdout);
@@ -361,7 +378,7 @@ static int run_prompts(owl_ctx *ctx, gen_args *a, int argc, char **argv)
 	if (rc) {
 		json_decref(keep);
 		free(reqs);
-		return cmd_fail(&err);
+		return engine_fail(&err);
 	}
 	const engine_model_info *in = engine_model_get_info(l.m);
 	int max_seq = a->ctx > 0 ? a->ctx : in->ctx_train;
@@ -491,10 +508,10 @@ static int run_prompts(owl_ctx *ctx, gen_args *a, int argc, char **argv)
 	engine_kv_free(kv);
 	unload(&l);
 	if (rc)
-		return cmd_fail(&err);
+		return engine_fail(&err);
 	if (failed) {
 		owl_err_set(&err, OWL_EFAIL, "%d of %d prompts failed", failed, n);
-		return cmd_fail(&err);
+		return engine_fail(&err);
 	}
 	return OWL_OK;
 }
@@ -512,7 +529,7 @@ static int run_run(owl_ctx *ctx, int argc, char **argv)
 	owl_err err = {0};
 	loaded l;
 	if (load(ctx, argv[optind], a.tp, a.threads, a.ctx, a.kv_type, &l, &err))
-		return cmd_fail(&err);
+		return engine_fail(&err);
 	const char *prompt = argv[optind + 1];
 	char *text = NULL;
 	if (a.chat) {
@@ -569,7 +586,7 @@ static int run_run(owl_ctx *ctx, int argc, char **argv)
 	free(ids);
 	free(text);
 	unload(&l);
-	return rc ? cmd_fail(&err) : OWL_OK;
+	return rc ? engine_fail(&err) : OWL_OK;
 }
 
 /* ---- chat -------------------------------------------------------------------------- */
@@ -585,7 +602,7 @@ static int run_chat(owl_ctx *ctx, int argc, char **argv)
 	owl_err err = {0};
 	loaded l;
 	if (load(ctx, argv[optind], a.tp, a.threads, a.ctx, a.kv_type, &l, &err))
-		return cmd_fail(&err);
+		return engine_fail(&err);
 	a.g.vocab = engine_model_get_info(l.m)->vocab;
 	engine_chat_family f = engine_chat_detect(engine_tokenizer_chat_template(l.tok));
 	if (f == ENGINE_CHAT_UNKNOWN)
@@ -723,11 +740,11 @@ static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 	char *text = NULL;
 	size_t len = 0;
 	if (owl_read_file(file, 1u << 30, &text, &len, &err))
-		return cmd_fail(&err);
+		return engine_fail(&err);
 	loaded l;
 	if (load(ctx, argv[optind], tp, threads, -1, ENGINE_KV_F32, &l, &err)) {
 		free(text);
-		return cmd_fail(&err);
+		return engine_fail(&err);
 	}
 	int32_t *ids = NULL;
 	size_t n = 0;
@@ -748,7 +765,7 @@ static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 			owl_err_set(&err, OWL_EUSAGE, "'%s' has %zu tokens, fewer than one context of %d "
 				    "(use a smaller --ctx)", file, n, n_ctx);
 		unload(&l);
-		return cmd_fail(&err);
+		return engine_fail(&err);
 	}
 	if (ctx->json)
 		cmd_print_json(json_pack("{s:s, s:f, s:f, s:I, s:i, s:I, s:f}", "model", l.label, "ppl",
@@ -854,7 +871,7 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 	 * registry): peak memory is reported as this plus what the model adds. */
 	long base_kib = status_kib("VmRSS");
 	if (load(ctx, argv[optind], tp, threads, npp > ntg ? npp : ntg, kv_type, &l, &err))
-		return cmd_fail(&err);
+		return engine_fail(&err);
 	const engine_model_info *in = engine_model_get_info(l.m);
 	float *logits = owl_xmalloc((size_t)in->vocab * sizeof *logits);
 	int32_t *toks = owl_xmalloc((size_t)npp * sizeof *toks);
@@ -894,7 +911,7 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 	free(logits);
 	if (rc) {
 		unload(&l);
-		return cmd_fail(&err);
+		return engine_fail(&err);
 	}
 	double ppm, pps, tgm, tgs;
 	mean_sd(pp, reps, &ppm, &pps);

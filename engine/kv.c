@@ -178,7 +178,8 @@ int engine_kv_new(engine_model *m, const engine_kv_opts *o, engine_kv **out, owl
 	if (d.type != ENGINE_KV_F32 && d.type != ENGINE_KV_F16)
 		return owl_err_set(err, OWL_EUSAGE, "unknown KV cache type %d", (int)d.type);
 	if (in->tp < 1 || in->tp > KV_MAX_RANKS)
-		return owl_err_set(err, OWL_EUSAGE, "--tp %d: at most %d ranks", in->tp, KV_MAX_RANKS);
+		return owl_err_set(err, OWL_EUSAGE, "%d tensor-parallel ranks: at most %d", in->tp,
+				   KV_MAX_RANKS);
 	engine_kv *kv = calloc(1, sizeof *kv);
 	if (!kv)
 		return owl_err_set(err, OWL_EFAIL, "cannot allocate a KV pool");
@@ -415,7 +416,7 @@ int kv_seq_reserve(engine_kv *kv, int seq, int n, owl_err *err)
 		return owl_err_set(err, OWL_EUSAGE, "no sequence %d in the KV pool", seq);
 	if (n > kv->max_seq_tokens - q->len)
 		return owl_err_set(err, OWL_EUSAGE, "the context of %d tokens is full (%d used, %d more "
-				   "asked); start over or use a larger --ctx", kv->max_seq_tokens, q->len, n);
+				   "asked)", kv->max_seq_tokens, q->len, n);
 	int need = (q->len + n + KV_BLOCK_TOKENS - 1) / KV_BLOCK_TOKENS - q->nblocks;
 	if (need < 0)
 		need = 0;

@@ -594,11 +594,12 @@ int engine_model_open(const char *path, const engine_model_opts *o, engine_model
 	engine_model_info *in = &m->info;
 	int tp = o && o->tp > 1 ? o->tp : 1;
 	if (!rc && in->n_heads % tp)
-		rc = owl_err_set(err, OWL_EUSAGE, "--tp %d does not divide the model's %d query heads "
-				 "(it has %d key/value heads); use a divisor of %d", tp, in->n_heads,
-				 in->n_kv_heads, in->n_heads);
+		rc = owl_err_set(err, OWL_EUSAGE, "tensor parallelism over %d ranks does not divide the "
+				 "model's %d query heads (it has %d key/value heads)", tp, in->n_heads,
+				 in->n_kv_heads);
 	if (!rc && in->ffn_dim % tp)
-		rc = owl_err_set(err, OWL_EUSAGE, "--tp %d does not divide the feed-forward width %d",
+		rc = owl_err_set(err, OWL_EUSAGE, "tensor parallelism over %d ranks does not divide the "
+				 "feed-forward width %d",
 				 tp, in->ffn_dim);
 	if (rc) {
 		engine_model_close(m);
@@ -609,8 +610,8 @@ int engine_model_open(const char *path, const engine_model_opts *o, engine_model
 		const layer *L = &m->layers[l];
 		int qcols = in->n_heads / tp * in->head_dim, fcols = in->ffn_dim / tp;
 		if (!wtype_row_bytes(L->wo.type, qcols) || !wtype_row_bytes(L->w_down.type, fcols))
-			rc = owl_err_set(err, OWL_EUSAGE, "--tp %d would cut %s blocks of layer %d in "
-					 "the middle (shards of %d and %d columns); use a smaller --tp",
+			rc = owl_err_set(err, OWL_EUSAGE, "tensor parallelism over %d ranks would cut %s "
+					 "blocks of layer %d in the middle (shards of %d and %d columns)",
 					 tp, wtype_name(L->wo.type), l, qcols, fcols);
 	}
 	if (rc) {
