@@ -92,6 +92,10 @@ typedef struct registry_stage {
 int registry_stage_new(registry_store *s, const char *source, registry_stage **out, owl_err *err);
 /* Removes the staging folder and frees the stage (accepts NULL). */
 void registry_stage_free(registry_stage *st);
+/* 1 when p is a relative path that stays inside the checkpoint (no leading
+ * '/', no "." or ".." or empty component, no control character, at most 1024
+ * bytes), else 0. */
+int registry_relpath_check(const char *p);
 /* Records a file already written at files_dir/path with its digest and size. */
 int registry_stage_add(registry_stage *st, const char *path, const char *digest, uint64_t size,
 		       const char *expected, owl_err *err);
