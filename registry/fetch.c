@@ -670,7 +670,8 @@ static int finish_attempt(transfer *t, CURLM *multi, CURLcode code, int *budget,
 		}
 		if (slow && ++t->slow_aborts >= SLOW_ABORTS_MAX) {
 			char rate[32];
-			fmt_rate(min_rate(t->opts), rate, sizeof rate);
+			int64_t r = min_rate(t->opts);
+			fmt_rate(r > 0 ? r : 1, rate, sizeof rate); /* off: the 1 byte/s stall check */
 			rc = owl_err_set(err, OWL_EFAIL, "cannot download '%s' from %s: slower than %s "
 					 "for %ld s, %d times; the server is stalled or too slow "
 					 "(--min-rate RATE accepts a slower one, --min-rate 0 turns the "

@@ -163,6 +163,29 @@ static int included(const char *path, const char *const *include)
 	return 0;
 }
 
+static int cmp_str_ptr(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The same path twice would make two downloads share one partial file. */
+static int listing_unique(const registry_hub_listing *l, const char *repo, owl_err *err)
+{
+	if (l->n < 2)
+		return 0;
+	const char **paths = owl_xcalloc(l->n, sizeof *paths);
+	for (size_t i = 0; i < l->n; i++)
+		paths[i] = l->entries[i].path;
+	qsort(paths, l->n, sizeof *paths, cmp_str_ptr);
+	int rc = 0;
+	for (size_t i = 1; i < l->n && !rc; i++)
+		if (strcmp(paths[i], paths[i - 1]) == 0)
+			rc = owl_err_set(err, OWL_EINTEGRITY, "the hub's listing of %s names '%s' "
+					 "twice; nothing was downloaded", repo, paths[i]);
+	free(paths);
+	return rc;
+}
+
 int registry_stage_from_hub(registry_store *s, const char *source, const registry_source_opts *o,
 			    registry_stage **out, owl_err *err)
 {
@@ -200,14 +223,7 @@ int registry_stage_from_hub(registry_store *s, const char *source, const registr
 	};
 	if ((rc = registry_hub_list(&fo, endpoint, repo, revision, &listing, err)))
 		goto out;
-	/* The same path twice would make two downloads share one file. */
-	for (size_t i = 1; i < listing.n && !rc; i++)
-		for (size_t j = 0; j < i && !rc; j++)
-			if (strcmp(listing.entries[i].path, listing.entries[j].path) == 0)
-				rc = owl_err_set(err, OWL_EINTEGRITY, "the hub's listing of %s names "
-						 "'%s' twice; nothing was downloaded", repo,
-						 listing.entries[i].path);
-	if (rc)
+	if ((rc = listing_unique(&listing, repo, err)))
 		goto out;
 	if ((rc = registry_stage_new(s, source, &st, err)))
 		goto out;

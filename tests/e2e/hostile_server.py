@@ -13,6 +13,8 @@ ROOT/files/NAME          GET /files/NAME: ETag (strong, from the content),
                          the connection; every later request serves
                          files/NAME.new instead (another ETag)
   /noval/NAME            like /change, without ETag or Last-Modified
+  /naive/NAME            like /change, but If-Range is ignored: a Range gets
+                         the new file's bytes (with the new ETag) all the same
 ROOT/hub/ORG/REPO.json   GET /api/models/ORG/REPO/tree/REV: that listing, with
                          X-Repo-Commit; /api/models/ORG/REPO/revision/REV
 ROOT/hub/ORG/REPO/PATH   GET /ORG/REPO/resolve/REV/PATH (at 2 MiB/s when ORG is
@@ -35,7 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 PORT, ROOT, LOG = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 COMMIT = "c0ffee0123456789abcdef0123456789abcdef01"
 lock = threading.Lock()
-first_seen = set()  # /change and /noval names whose first request has been dropped
+first_seen = set()  # /change, /noval and /naive names whose first request has been dropped
 
 
 def log(line):
@@ -77,7 +79,7 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
-    def serve_file(self, path, rate=0, validators=True, drop_half=False):
+    def serve_file(self, path, rate=0, validators=True, drop_half=False, honour_if_range=True):
         data = open(path, "rb").read()
         etag = '"%s"' % hashlib.sha256(data).hexdigest()[:20]
         lm = email.utils.formatdate(os.stat(path).st_mtime, usegmt=True)
@@ -86,7 +88,7 @@ class Handler(BaseHTTPRequestHandler):
             headers += [("ETag", etag), ("Last-Modified", lm)]
         rng = self.headers.get("Range")
         if_range = self.headers.get("If-Range")
-        if rng and if_range is not None and (not validators or if_range not in (etag, lm)):
+        if rng and honour_if_range and if_range is not None and (not validators or if_range not in (etag, lm)):
             rng = None  # the file changed since the client's copy: all of it, as it is now
         if rng and rng.startswith("bytes=") and not drop_half:
             start_s, _, end_s = rng[6:].partition("-")
@@ -106,18 +108,19 @@ class Handler(BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         parts = [urllib.parse.unquote(p) for p in url.path.split("/")[1:]]
         files = os.path.join(ROOT, "files")
-        if len(parts) == 2 and parts[0] in ("files", "slow", "trickle", "change", "noval"):
+        if len(parts) == 2 and parts[0] in ("files", "slow", "trickle", "change", "noval", "naive"):
             kind, name = parts
             path = os.path.join(files, name)
             if "/" in name or not os.path.isfile(path):
                 return self.send_body(b"not found\n", 404)
-            if kind in ("change", "noval"):
+            if kind in ("change", "noval", "naive"):
                 with lock:
                     first = name not in first_seen
                     first_seen.add(name)
                 if not first:
                     path += ".new"
-                return self.serve_file(path, validators=kind == "change", drop_half=first)
+                return self.serve_file(path, validators=kind != "noval", drop_half=first,
+                                       honour_if_range=kind != "naive")
             rate = {"files": 0, "slow": 1 << 20, "trickle": 2}[kind]
             return self.serve_file(path, rate=rate)
         if len(parts) == 6 and parts[:2] == ["api", "models"] and parts[4] in ("tree", "revision"):

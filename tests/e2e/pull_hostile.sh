@@ -145,6 +145,14 @@ expect_rc no_validator_pull 0
 check_blob no_validator nv "$(stat -c %s "$SRV/files/nv.safetensors.new")" "$(sha "$SRV/files/nv.safetensors.new")"
 n=$(grep -c '^GET /noval/nv.safetensors range=bytes' "$SLOG")
 expect_eq no_validator_never_sends_range "$n" "0"
+# A server that ignores If-Range answers with the new file's bytes at our
+# offset: its ETag gives it away, and the pull starts over.
+mk_st "$SRV/files/nai.safetensors" $((1 << 20)) 13
+mk_st "$SRV/files/nai.safetensors.new" $((1 << 20)) 14
+owl pull "$BASE/naive/nai.safetensors" --name nai
+expect_rc naive_server_pull 0
+check_blob naive_server nai "$(stat -c %s "$SRV/files/nai.safetensors.new")" "$(sha "$SRV/files/nai.safetensors.new")"
+expect_eq naive_server_answer_refused "$(grep -c '^GET /naive/nai.safetensors range=- if-range=- 200' "$SLOG")" "2"
 # Across processes: a pull killed mid-file, the file replaced, the next pull.
 mk_st "$SRV/files/x.safetensors" $((3 << 20)) 7
 "$OWL_BIN" pull "$BASE/slow/x.safetensors" --name x >/dev/null 2>&1 &
