@@ -5,6 +5,7 @@
 #include "common/modelcfg.h"
 #include "licenses/licenses.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <stdlib.h>
@@ -159,15 +160,44 @@ static int gate_import(registry_store *s, registry_stage *st, const char *model,
 
 /* ---- pull ---------------------------------------------------------------- */
 
+/* --min-rate: "0" (off), "512", "10k", "10KiB", "1M", "1MiB/s"; bytes/s in
+ * *out (-1 for off). 0 when the value is understood. */
+static int parse_rate(const char *s, int64_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (end == s || errno || s[0] == '-')
+		return -1;
+	uint64_t mult = 1;
+	if (*end == 'k' || *end == 'K')
+		mult = 1024, end++;
+	else if (*end == 'm' || *end == 'M')
+		mult = 1024 * 1024, end++;
+	else if (*end == 'g' || *end == 'G')
+		mult = 1024 * 1024 * 1024, end++;
+	if (mult > 1 && strncmp(end, "iB", 2) == 0)
+		end += 2;
+	else if (*end == 'B')
+		end++;
+	if (strcmp(end, "/s") == 0)
+		end += 2;
+	if (*end || v > (uint64_t)INT64_MAX / mult)
+		return -1;
+	*out = v == 0 ? -1 : (int64_t)(v * mult);
+	return 0;
+}
+
 static int run_pull(owl_ctx *ctx, int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{"name", required_argument, 0, 'n'}, {"tag", required_argument, 0, 't'},
 		{"sha256", required_argument, 0, 's'}, {"ca-cert", required_argument, 0, 'c'},
 		{"include", required_argument, 0, 'i'}, {"base", required_argument, 0, 'b'},
-		{0, 0, 0, 0},
+		{"min-rate", required_argument, 0, 'r'}, {0, 0, 0, 0},
 	};
 	const char *name = NULL, *tag = NULL, *sha = NULL, *ca = NULL, *base = NULL;
+	int64_t min_rate = 0;
 	const char *include[33] = {0};
 	int ninclude = 0, c;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -177,6 +207,11 @@ static int run_pull(owl_ctx *ctx, int argc, char **argv)
 		case 's': sha = optarg; break;
 		case 'c': ca = optarg; break;
 		case 'b': base = optarg; break;
+		case 'r':
+			if (parse_rate(optarg, &min_rate) != 0)
+				return cmd_usage_error("pull", "--min-rate wants bytes per second, e.g. "
+						       "10k, 1M or 0 (no minimum), not '%s'", optarg);
+			break;
 		case 'i':
 			if (ninclude == 32)
 				return cmd_usage_error("pull", "at most 32 --include patterns");
@@ -214,7 +249,7 @@ static int run_pull(owl_ctx *ctx, int argc, char **argv)
 	cmd_progress_init(ctx, &prog);
 	registry_source_opts so = {
 		.expected_sha256 = sha, .ca_cert = ca, .include = ninclude ? include : NULL,
-		.progress = owl_progress_update, .progress_ctx = &prog,
+		.min_rate = min_rate, .progress = owl_progress_update, .progress_ctx = &prog,
 	};
 	if (!ctx->quiet && !ctx->json)
 		fprintf(stderr, "pulling %s\n", source);
@@ -256,6 +291,7 @@ static int run_pull(owl_ctx *ctx, int argc, char **argv)
 		json_object_set_new(o, "bytes", json_integer((json_int_t)st->total_bytes));
 		json_object_set_new(o, "new_bytes", json_integer((json_int_t)res.new_bytes));
 		json_object_set_new(o, "downloaded_bytes", json_integer((json_int_t)st->downloaded_bytes));
+		json_object_set_new(o, "self_checked_files", json_integer((json_int_t)st->self_checked_files));
 		json_object_set_new(o, "config", config_summary(st->config_json));
 		json_object_set_new(o, "license", json_string(license_findings_summary(lf)));
 		if (tag)
@@ -270,6 +306,10 @@ static int run_pull(owl_ctx *ctx, int argc, char **argv)
 			printf("  revision %s\n", st->revision);
 		if (tag)
 			printf("  tagged %s:%s\n", model, tag);
+		if (st->self_checked_files)
+			printf("  checked only against itself: the source published no digest for %zu "
+			       "file%s%s\n", st->self_checked_files, st->self_checked_files == 1 ? "" : "s",
+			       strncmp(source, "hf://", 5) != 0 ? " (--sha256 HEX pins it)" : "");
 	}
 	license_findings_free(lf);
 	registry_stage_free(st);
@@ -555,15 +595,26 @@ static int run_gc(owl_ctx *ctx, int argc, char **argv)
 		return cmd_fail(&err);
 	registry_gc_result r;
 	int rc = registry_gc(s, dry, &r, &err);
+	/* Partial downloads of killed pulls; a running pull's stay (its lock). */
+	uint64_t parts = 0, part_bytes = 0;
+	if (!rc)
+		rc = registry_downloads_reclaim(s, dry, &parts, &part_bytes, &err);
 	registry_store_close(s);
 	if (rc)
 		return cmd_fail(&err);
 	if (ctx->json) {
-		cmd_print_json(json_pack("{s:b, s:I, s:I, s:I}", "dry_run", dry, "blobs_removed",
-					 (json_int_t)r.blobs_removed, "bytes_freed",
-					 (json_int_t)r.bytes_freed, "stale_staging_removed",
-					 (json_int_t)r.stale_tmp_removed));
+		json_t *o = json_pack("{s:b, s:I, s:I, s:I}", "dry_run", dry, "blobs_removed",
+				      (json_int_t)r.blobs_removed, "bytes_freed",
+				      (json_int_t)r.bytes_freed, "stale_staging_removed",
+				      (json_int_t)r.stale_tmp_removed);
+		json_object_set_new(o, "partial_downloads_removed", json_integer((json_int_t)parts));
+		json_object_set_new(o, "partial_bytes_freed", json_integer((json_int_t)part_bytes));
+		cmd_print_json(o);
 	} else {
+		char pb[32];
+		owl_fmt_bytes(part_bytes, pb, sizeof pb);
+		printf("%s %llu partial downloads no running pull owns, %s freed\n",
+		       dry ? "would remove" : "removed", (unsigned long long)parts, pb);
 		char b[32];
 		owl_fmt_bytes(r.bytes_freed, b, sizeof b);
 		printf("%s %llu unreferenced blobs, %s freed; %llu stale staging folders\n",
@@ -758,7 +809,7 @@ const owl_command cmd_registry_commands[] = {
 	{"pull", run_pull, "download or copy a checkpoint, verify it and register a new version",
 	 "USAGE\n"
 	 "  owl pull SOURCE [--name NAME] [--tag TAG] [--sha256 HEX] [--ca-cert FILE]\n"
-	 "           [--include GLOB]... [--base NAME@V]\n"
+	 "           [--include GLOB]... [--base NAME@V] [--min-rate RATE]\n"
 	 "\n"
 	 "Registers SOURCE as the next version of NAME (NAME@1, NAME@2, ...). SOURCE is:\n"
 	 "  https://HOST/PATH/FILE   one file: a .gguf, a .safetensors or an archive\n"
@@ -772,8 +823,12 @@ const owl_command cmd_registry_commands[] = {
 	 "the source promises (hub LFS metadata, --sha256); a mismatch stores nothing and\n"
 	 "exits 4. Pickle files (.bin, .pt, .pth, .ckpt) are refused; safetensors and GGUF\n"
 	 "headers are checked before anything is registered. Downloads run in parallel,\n"
-	 "resume after an interruption and retry transient errors. Identical files are\n"
-	 "stored once. A version is pinned to the commit the hub resolved, not a branch.\n"
+	 "resume after an interruption (only where the server shows, by ETag or\n"
+	 "Last-Modified, that the file is unchanged, or a digest decides) and retry\n"
+	 "transient errors. A file with no published digest is reported as checked only\n"
+	 "against itself. Paths a hub lists are checked before anything is written: one\n"
+	 "that is absolute, has '..' or is too long refuses the pull (exit 4). Identical\n"
+	 "files are stored once. A version is pinned to the commit the hub resolved.\n"
 	 "The license is detected and the policy's import rules are applied before\n"
 	 "anything is registered (exit 3 when denied).\n"
 	 "\n"
@@ -785,6 +840,9 @@ const owl_command cmd_registry_commands[] = {
 	 "  --include GLOB   hub: only files matching GLOB (repeatable), e.g. '*Q4_K_M.gguf'\n"
 	 "  --base NAME@V    the version this one derives from (an adapter or a merge):\n"
 	 "                   it inherits the base's license and its naming rules\n"
+	 "  --min-rate RATE  give up on a server slower than RATE bytes/s over a minute\n"
+	 "                   (twice), e.g. 100k or 1M; default 10k; 0 turns it off\n"
+	 "                   (the window: $OWL_MIN_RATE_WINDOW seconds, default 60)\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl pull hf://HuggingFaceTB/SmolLM2-135M-Instruct@main --name smollm2 --tag stable\n"
@@ -839,7 +897,8 @@ const owl_command cmd_registry_commands[] = {
 	 "  owl gc [--dry-run] [--json]\n"
 	 "\n"
 	 "Frees disk space: blobs no version references (after 'owl rm', or left by an\n"
-	 "interrupted pull) and staging folders of pulls whose process is gone.\n"
+	 "interrupted pull), staging folders of pulls whose process is gone, and partial\n"
+	 "downloads no running pull holds (left by a killed pull or a full disk).\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl gc --dry-run\n"

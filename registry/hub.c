@@ -152,7 +152,64 @@ static int hub_error(const response *r, const char *repo, const char *revision, 
 			   repo, r->status, r->error_msg[0] ? ": " : "", r->error_msg);
 }
 
-/* Appends one page of the tree listing's JSON array to out. */
+/* ---- paths a server names ------------------------------------------------ */
+
+#define REMOTE_PATH_MAX 1024
+#define REMOTE_NAME_MAX 255
+
+int registry_remote_path_check(const char *path, const char **why)
+{
+	const char *reason = NULL;
+	size_t len = strlen(path);
+	if (len == 0)
+		reason = "it is empty";
+	else if (len > REMOTE_PATH_MAX)
+		reason = "it is longer than 1024 bytes";
+	else if (path[0] == '/')
+		reason = "it is absolute";
+	else if (strchr(path, '\\'))
+		reason = "it has a backslash";
+	for (const char *c = path; !reason && *c; c++)
+		if ((unsigned char)*c < 0x20 || *c == 0x7f)
+			reason = "it has a control character";
+	for (const char *c = path; !reason && *c;) {
+		size_t n = strcspn(c, "/");
+		if (n == 0)
+			reason = "it has an empty component ('//' or a trailing '/')";
+		else if (n == 1 && c[0] == '.')
+			reason = "it has a '.' component";
+		else if (n == 2 && c[0] == '.' && c[1] == '.')
+			reason = "it has a '..' component";
+		else if (n > REMOTE_NAME_MAX)
+			reason = "a component is longer than 255 bytes";
+		c += n;
+		if (*c == '/')
+			c++;
+	}
+	/* The staging folder's own rule has the last word, so that the two can
+	 * never disagree about what stays inside. */
+	if (!reason && !registry_relpath_check(path))
+		reason = "it does not stay inside the checkpoint";
+	if (why)
+		*why = reason;
+	return reason == NULL;
+}
+
+/* A copy of a hostile path that is safe to print: control characters become
+ * '?', and it is cut at 96 bytes. */
+static void printable(const char *s, char *out, size_t outlen)
+{
+	size_t i = 0;
+	for (; s[i] && i + 4 < outlen && i < 96; i++)
+		out[i] = ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) ? '?' : s[i];
+	if (s[i] && i + 4 < outlen)
+		out[i++] = '.', out[i++] = '.', out[i++] = '.';
+	out[i] = 0;
+}
+
+/* Appends one page of the tree listing's JSON array to out. Every path is
+ * checked here, before anything is downloaded: a listing is the server's
+ * word, and a hostile one names paths outside the data home. */
 static int parse_tree_page(const char *text, size_t len, registry_hub_listing *out, size_t *cap,
 			   owl_err *err)
 {
@@ -176,7 +233,13 @@ static int parse_tree_page(const char *text, size_t len, registry_hub_listing *o
 		const char *oid = json_string_value(json_object_get(it, "oid"));
 		/* The message is built before json_decref frees `path`. */
 		int rc = 0;
-		if (!json_is_integer(size) || json_integer_value(size) < 0)
+		const char *why = NULL;
+		char shown[128];
+		if (!registry_remote_path_check(path, &why)) {
+			printable(path, shown, sizeof shown);
+			rc = owl_err_set(err, OWL_EINTEGRITY, "the hub's listing names an unsafe file "
+					 "path '%s': %s; nothing was downloaded", shown, why);
+		} else if (!json_is_integer(size) || json_integer_value(size) < 0)
 			rc = owl_err_set(err, OWL_EFAIL, "the hub's listing gives no size for '%s'", path);
 		else if (lfs_oid && !owl_is_hex_digest(lfs_oid, 64))
 			rc = owl_err_set(err, OWL_EFAIL, "the hub's listing gives '%s' an LFS oid that "

@@ -87,11 +87,16 @@ typedef struct registry_stage {
 	char *default_name;/* name derived from the source */
 	uint64_t total_bytes;
 	uint64_t downloaded_bytes; /* bytes that crossed the network (resume makes it < total) */
+	size_t self_checked_files; /* downloaded files no published digest vouches for */
 } registry_stage;
 
 int registry_stage_new(registry_store *s, const char *source, registry_stage **out, owl_err *err);
 /* Removes the staging folder and frees the stage (accepts NULL). */
 void registry_stage_free(registry_stage *st);
+/* 1 when p is a relative path that stays inside the checkpoint (no leading
+ * '/', no "." or ".." or empty component, no control character, at most 1024
+ * bytes), else 0. */
+int registry_relpath_check(const char *p);
 /* Records a file already written at files_dir/path with its digest and size. */
 int registry_stage_add(registry_stage *st, const char *path, const char *digest, uint64_t size,
 		       const char *expected, owl_err *err);
@@ -131,6 +136,7 @@ typedef struct registry_source_opts {
 	const char *expected_sha256; /* --sha256 for a single-file URL or file */
 	const char *ca_cert;         /* --ca-cert */
 	const char *const *include;  /* hub file globs (--include), NULL-terminated or NULL */
+	int64_t min_rate;            /* --min-rate: see registry_fetch_opts */
 	owl_progress_fn progress;
 	void *progress_ctx;
 } registry_source_opts;
@@ -243,13 +249,20 @@ typedef struct registry_fetch_opts {
 	const char *bearer_token; /* sent as "Authorization: Bearer" to token_host only;
 				     never logged, stored or put in an error message */
 	const char *token_host;   /* host the token may be sent to (not to a CDN redirect) */
-	int max_retries;          /* transient errors (5xx, timeouts, resets); 0 = default 5 */
+	int max_retries;          /* per file: transient errors (5xx, timeouts, resets); 0 = default 5 */
+	int retry_budget;         /* retries of all files together; 0 = default 20 */
 	long connect_timeout_s;   /* 0 = default 30 */
-	long stall_timeout_s;     /* abort a transfer that moves < 1 byte/s this long; 0 = 60 */
+	int64_t min_rate;         /* bytes/s a transfer must keep over the window (--min-rate);
+				     0 = default 10 KiB/s, < 0 = none (only a stall below
+				     1 byte/s for the window aborts) */
+	long min_rate_window_s;   /* 0 = $OWL_MIN_RATE_WINDOW, else 60 */
 	int parallel;             /* files fetched at once; 0 = default 4 */
 	owl_progress_fn progress; /* may be NULL */
 	void *progress_ctx;
 } registry_fetch_opts;
+
+#define REGISTRY_MIN_RATE_DEFAULT (10 * 1024)
+#define REGISTRY_MIN_RATE_WINDOW_DEFAULT 60
 
 /* One file to fetch. The caller fills the "in" fields; fetch fills "out". */
 typedef struct registry_fetch_file {
@@ -259,24 +272,48 @@ typedef struct registry_fetch_file {
 	const char *expected_git_oid;/* in: git blob sha1 the hub lists for a small
 					(non-LFS) file, or NULL; needs expected_size */
 	uint64_t expected_size;      /* in: 0 when unknown */
-	const char *tmp_path;        /* in: partial file under tmp/; if it exists the
-					download resumes from its end (HTTP Range) */
+	const char *tmp_path;        /* in: tmp/downloads/<key>.part. The fetch that
+					holds its lock resumes it (HTTP Range, with
+					If-Range where a validator is known); while
+					another process holds it, this fetch writes a
+					private partial file beside it instead. */
+	const char *final_path;      /* in: where the complete file is renamed to,
+					inside the caller's staging folder, while the
+					partial file is still locked (so the bytes moved
+					are the bytes hashed); NULL = stay at tmp_path */
 	char sha256[65];             /* out: digest of the complete file */
 	uint64_t size;               /* out */
 	uint64_t bytes_transferred;  /* out: bytes that crossed the network this call */
+	int resumed;                 /* out: the file was assembled from more than one response */
 	char *repo_commit;           /* out: X-Repo-Commit header, malloc'd, or NULL */
 	owl_err err;                 /* out: this file's failure, if any */
 } registry_fetch_file;
 
 /* Fetches n files, several at once, hashing (SHA-256) while the bytes stream,
- * resuming partial files, retrying transient errors with backoff, TLS
- * verification always on. On success every tmp_path holds its complete file,
- * fsync'd, with sha256/size filled. A digest that differs from
- * expected_sha256 fails with OWL_EINTEGRITY naming the file, the expected and
- * the actual digest, and removes that tmp file. Returns the first failure. */
+ * resuming partial files only where the server proves the file unchanged
+ * (If-Range with its ETag or Last-Modified) or a digest is known, retrying
+ * transient errors with backoff, TLS verification always on. A transfer
+ * slower than min_rate over the window fails with a message naming the
+ * server; a full disk says how much was free and needed. On success every
+ * file is complete at final_path (or tmp_path), fsync'd, with sha256/size
+ * filled. A digest that differs from expected_sha256 fails with
+ * OWL_EINTEGRITY naming the file, the expected and the actual digest, and
+ * removes that partial file. Returns the first failure. */
 int registry_fetch_files(const registry_fetch_opts *opts, registry_fetch_file *files, size_t n,
 			 owl_err *err);
 void registry_fetch_file_release(registry_fetch_file *f); /* frees out fields */
+
+/* 1 when a path a server named (a hub listing entry, a URL's file name) is safe
+ * to create inside a staging folder: registry_relpath_check, and no backslash,
+ * no component over 255 bytes. Else 0 with *why saying what is wrong. */
+int registry_remote_path_check(const char *path, const char **why);
+
+/* Removes the partial downloads under tmp/downloads that no running fetch
+ * holds locked (left by a killed pull or a full disk), with their resume
+ * notes. A partial file of a running pull is never touched. With dry_run
+ * only counts. */
+int registry_downloads_reclaim(registry_store *s, int dry_run, uint64_t *files_removed,
+			       uint64_t *bytes_freed, owl_err *err);
 
 /* A Hugging Face-style hub repository listing (registry/hub.c). */
 typedef struct registry_hub_entry {

@@ -1,7 +1,9 @@
 /* Network sources: one file by URL, or a whole hub repository. Downloads go
  * to tmp/downloads/<key>.part with a key derived from what is fetched (URL,
  * or repository + commit + path), so that a pull interrupted by a kill
- * resumes where it stopped the next time the same thing is pulled. */
+ * resumes where it stopped the next time the same thing is pulled. Every
+ * path a server names is checked before any byte is written, and a finished
+ * file is renamed straight into the staging folder, at a path below it. */
 #define _GNU_SOURCE
 #include "registry.h"
 #include "source_internal.h"
@@ -50,22 +52,26 @@ static char *url_for_record(const char *url)
 			     host_start, (int)path_len, path);
 }
 
-/* Moves a finished download into the stage at `path`. */
-static int stage_download(registry_stage *st, const char *part, const char *path,
-			  const registry_fetch_file *f, owl_err *err)
+/* Where a download of `path` lands in the stage (its folders created);
+ * caller frees. The path was checked already; it is checked again here,
+ * right where it becomes a file name, so that no caller can skip it. */
+static char *stage_target(registry_stage *st, const char *path, owl_err *err)
 {
+	const char *why = NULL;
+	if (!registry_remote_path_check(path, &why)) {
+		owl_err_set(err, OWL_EINTEGRITY, "refusing unsafe file path '%s': %s", path, why);
+		return NULL;
+	}
 	char *dst = owl_path_join(st->files_dir, path);
 	char *parent = owl_xstrdup(dst);
 	*strrchr(parent, '/') = 0;
 	int rc = owl_mkdir_p(parent, err);
 	free(parent);
-	if (!rc && rename(part, dst) != 0)
-		rc = owl_err_set(err, OWL_EFAIL, "cannot move '%s' into the staging folder: %s", part,
-				 strerror(errno));
-	free(dst);
-	if (rc)
-		return rc;
-	return registry_stage_add(st, path, f->sha256, f->size, f->expected_sha256, err);
+	if (rc) {
+		free(dst);
+		return NULL;
+	}
+	return dst;
 }
 
 int registry_stage_from_url(registry_store *s, const char *url, const registry_source_opts *o,
@@ -73,8 +79,17 @@ int registry_stage_from_url(registry_store *s, const char *url, const registry_s
 {
 	*out = NULL;
 	char *shown = url_for_record(url);
+	/* The file name is the URL's own, never one a redirect or a
+	 * Content-Disposition header suggests. */
 	const char *base = strrchr(shown, '/');
 	base = base && base[1] ? base + 1 : "download";
+	const char *why = NULL;
+	if (!registry_remote_path_check(base, &why)) {
+		int code = owl_err_set(err, OWL_EUSAGE, "cannot pull %s: its file name '%s' is an "
+				       "unsafe file name (%s)", shown, base, why);
+		free(shown);
+		return code;
+	}
 	registry_stage *st = NULL;
 	int rc = registry_stage_new(s, shown, &st, err);
 	if (rc) {
@@ -82,29 +97,39 @@ int registry_stage_from_url(registry_store *s, const char *url, const registry_s
 		return rc;
 	}
 	st->default_name = registry_default_name(base);
+	int archive = registry_is_archive_name(base);
 	char *part = partial_path(s, url, err);
-	if (!part) {
+	char *dst = !part ? NULL : archive ? owl_path_join(st->dir, "archive")
+					   : stage_target(st, base, err);
+	if (!part || !dst) {
 		rc = err ? err->code : OWL_EFAIL;
+		free(part);
+		free(dst);
 		goto out;
 	}
 	registry_fetch_opts fo = {
-		.ca_cert = o->ca_cert, .progress = o->progress, .progress_ctx = o->progress_ctx,
+		.ca_cert = o->ca_cert, .min_rate = o->min_rate, .progress = o->progress,
+		.progress_ctx = o->progress_ctx,
 	};
 	registry_fetch_file f = {
 		.url = url, .name = base, .expected_sha256 = o->expected_sha256, .tmp_path = part,
+		.final_path = dst,
 	};
 	rc = registry_fetch_files(&fo, &f, 1, err);
 	st->downloaded_bytes = f.bytes_transferred;
+	if (!o->expected_sha256)
+		st->self_checked_files = 1;
 	if (!rc) {
-		if (registry_is_archive_name(base)) {
-			rc = registry_stage_extract(st, part, base, err);
-			unlink(part);
+		if (archive) {
+			rc = registry_stage_extract(st, dst, base, err);
+			unlink(dst);
 		} else {
-			rc = stage_download(st, part, base, &f, err);
+			rc = registry_stage_add(st, base, f.sha256, f.size, f.expected_sha256, err);
 		}
 	}
 	registry_fetch_file_release(&f);
 	free(part);
+	free(dst);
 	if (!rc)
 		rc = registry_stage_validate(st, err);
 out:
@@ -136,6 +161,29 @@ static int included(const char *path, const char *const *include)
 		if (owl_glob_match(include[i], path) || owl_glob_match(include[i], base))
 			return 1;
 	return 0;
+}
+
+static int cmp_str_ptr(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The same path twice would make two downloads share one partial file. */
+static int listing_unique(const registry_hub_listing *l, const char *repo, owl_err *err)
+{
+	if (l->n < 2)
+		return 0;
+	const char **paths = owl_xcalloc(l->n, sizeof *paths);
+	for (size_t i = 0; i < l->n; i++)
+		paths[i] = l->entries[i].path;
+	qsort(paths, l->n, sizeof *paths, cmp_str_ptr);
+	int rc = 0;
+	for (size_t i = 1; i < l->n && !rc; i++)
+		if (strcmp(paths[i], paths[i - 1]) == 0)
+			rc = owl_err_set(err, OWL_EINTEGRITY, "the hub's listing of %s names '%s' "
+					 "twice; nothing was downloaded", repo, paths[i]);
+	free(paths);
+	return rc;
 }
 
 int registry_stage_from_hub(registry_store *s, const char *source, const registry_source_opts *o,
@@ -171,9 +219,11 @@ int registry_stage_from_hub(registry_store *s, const char *source, const registr
 	}
 	registry_fetch_opts fo = {
 		.ca_cert = o->ca_cert, .bearer_token = token, .token_host = token_host,
-		.progress = o->progress, .progress_ctx = o->progress_ctx,
+		.min_rate = o->min_rate, .progress = o->progress, .progress_ctx = o->progress_ctx,
 	};
 	if ((rc = registry_hub_list(&fo, endpoint, repo, revision, &listing, err)))
+		goto out;
+	if ((rc = listing_unique(&listing, repo, err)))
 		goto out;
 	if ((rc = registry_stage_new(s, source, &st, err)))
 		goto out;
@@ -229,7 +279,9 @@ int registry_stage_from_hub(registry_store *s, const char *source, const registr
 		char *key = owl_xasprintf("hf:%s:%s:%s", repo, pin, e->path);
 		char *part = partial_path(s, key, err);
 		free(key);
-		if (!part) {
+		char *dst = part ? stage_target(st, e->path, err) : NULL;
+		if (!part || !dst) {
+			free(part);
 			rc = err ? err->code : OWL_EFAIL;
 			break;
 		}
@@ -241,6 +293,9 @@ int registry_stage_from_hub(registry_store *s, const char *source, const registr
 		f->expected_git_oid = !e->sha256 && e->oid && owl_is_hex_digest(e->oid, 40) ? e->oid : NULL;
 		f->expected_size = e->size;
 		f->tmp_path = part;
+		f->final_path = dst;
+		if (!f->expected_sha256 && !f->expected_git_oid)
+			st->self_checked_files++;
 		keep_paths[nfiles] = e->path;
 		nfiles++;
 	}
@@ -252,7 +307,8 @@ int registry_stage_from_hub(registry_store *s, const char *source, const registr
 	for (size_t i = 0; i < nfiles; i++)
 		st->downloaded_bytes += files[i].bytes_transferred;
 	for (size_t i = 0; !rc && i < nfiles; i++)
-		rc = stage_download(st, files[i].tmp_path, keep_paths[i], &files[i], err);
+		rc = registry_stage_add(st, keep_paths[i], files[i].sha256, files[i].size,
+					files[i].expected_sha256, err);
 	free(keep_paths);
 	if (!rc)
 		rc = registry_stage_validate(st, err);
@@ -260,6 +316,7 @@ out:
 	for (size_t i = 0; i < nfiles; i++) {
 		free((char *)files[i].url);
 		free((char *)files[i].tmp_path);
+		free((char *)files[i].final_path);
 		registry_fetch_file_release(&files[i]);
 	}
 	free(files);

@@ -58,7 +58,7 @@ void registry_stage_free(registry_stage *st)
 
 /* A relative path that stays inside the checkpoint: no leading '/', no ".."
  * component, no empty component, no control characters. */
-static int safe_relative_path(const char *p)
+int registry_relpath_check(const char *p)
 {
 	if (!*p || *p == '/' || strlen(p) > 1024)
 		return 0;
@@ -81,7 +81,7 @@ static int safe_relative_path(const char *p)
 int registry_stage_add(registry_stage *st, const char *path, const char *digest, uint64_t size,
 		       const char *expected, owl_err *err)
 {
-	if (!safe_relative_path(path))
+	if (!registry_relpath_check(path))
 		return owl_err_set(err, OWL_EINTEGRITY, "refusing file path '%s': it is absolute, "
 				   "contains '..' or is empty", path);
 	for (size_t i = 0; i < st->nfiles; i++)
@@ -122,7 +122,7 @@ static int make_parents(registry_stage *st, const char *path, char **full_out, o
 int registry_stage_copy(registry_stage *st, const char *src, const char *path,
 			owl_progress_fn progress, void *progress_ctx, owl_err *err)
 {
-	if (!safe_relative_path(path))
+	if (!registry_relpath_check(path))
 		return owl_err_set(err, OWL_EINTEGRITY, "refusing file path '%s'", path);
 	char *dst = NULL;
 	int rc = make_parents(st, path, &dst, err);
