@@ -58,7 +58,7 @@ oracle() {
   differs "peft_${name}_changes_the_logits" "$T/base.json" "$T/$name.ref.json"
   local base tp label
   for base in safetensors gguf; do
-    for tp in 1 2; do
+    for tp in 1 2 4; do
       label="peft_${name}_${base}_tp$tp"
       local path="$T/base"
       [ "$base" = gguf ] && path="$T/base/model.gguf"
