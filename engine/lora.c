@@ -140,7 +140,7 @@ static int parse_targets(json_t *tm, int n_layers, unsigned char (*sel)[ENGINE_R
 	return 0;
 }
 
-/* A field that must be absent, null, false, empty or equal to `ok`. */
+/* Whether a field is absent, null, false, [] or {}: what PEFT writes for an unused option. */
 static int empty_json(json_t *v)
 {
 	return !v || json_is_null(v) || json_is_false(v) ||

@@ -3,7 +3,8 @@
  * y. Both are small beside the base projection (r is a few dozen at most),
  * so they run on the calling thread, as the rest of the backend keeps
  * OpenBLAS single-threaded inside OpenMP's threads. */
-#include "engine/internal.h"
+/* Kernels know no models: only the kernel layer's interface. */
+#include "engine/kernels/kernels.h"
 
 #include <cblas.h>
 
