@@ -5,7 +5,8 @@
 # (tests/oracle/ref_peft.py): ranks 4, 8 and 16, rsLoRA, subsets of the
 # target modules (a list and a regular expression) and all seven, f16
 # matrices, a safetensors base and a GGUF base of the same weights (q/k rows
-# permuted), tp 1 and 2, prompt and decode paths. Then what is refused (DoRA,
+# permuted), Qwen2 and Mistral bases, tp 1, 2 and 4, prompt and decode paths.
+# Then what is refused (DoRA,
 # modules_to_save, bias, other modules, shapes that do not fit) and the CLI's
 # --adapter, by folder and through the registry.
 . "$(dirname "$0")/lib.sh"
@@ -48,33 +49,44 @@ EOF
 "$FX" --out "$T/base" --seed 21 --preset tiny --std-scale 2 --gguf F32 >/dev/null
 "$LOGITS" "$T/base" --tokens "$TOKENS" --all >"$T/base.json"
 
-# oracle NAME MAKE-ARGS...: builds the adapter, gets PEFT's logits, and
-# checks owl's on every base, tp and path against them.
+# oracle NAME MAKE-ARGS...: builds the adapter on $BASE (default the llama
+# fixture), gets PEFT's logits, and checks owl's on every base (the GGUF only
+# where the fixture wrote one), tp and path against them.
 oracle() {
-  local name=$1
+  local name=$1 b=${BASE:-$T/base}
   shift
-  "$PY" "$REF" make "$T/base" "$T/$name" "$@" 2>"$T/$name.err" >/dev/null || { fail "peft_$name" "ref_peft.py make: $(tail -3 "$T/$name.err")"; return; }
-  "$PY" "$REF" logits "$T/base" "$T/$name" --tokens "$TOKENS" --all >"$T/$name.ref.json" 2>"$T/$name.err" || { fail "peft_$name" "ref_peft.py logits: $(tail -3 "$T/$name.err")"; return; }
-  differs "peft_${name}_changes_the_logits" "$T/base.json" "$T/$name.ref.json"
-  local base tp label
-  for base in safetensors gguf; do
+  "$PY" "$REF" make "$b" "$T/$name" "$@" 2>"$T/$name.err" >/dev/null || { fail "peft_$name" "ref_peft.py make: $(tail -3 "$T/$name.err")"; return; }
+  "$PY" "$REF" logits "$b" "$T/$name" --tokens "$TOKENS" --all >"$T/$name.ref.json" 2>"$T/$name.err" || { fail "peft_$name" "ref_peft.py logits: $(tail -3 "$T/$name.err")"; return; }
+  "$LOGITS" "$b" --tokens "$TOKENS" --all >"$T/$name.base.json"
+  differs "peft_${name}_changes_the_logits" "$T/$name.base.json" "$T/$name.ref.json"
+  local base tp label bases=safetensors
+  [ -f "$b/model.gguf" ] && bases="safetensors gguf"
+  for base in $bases; do
     for tp in 1 2 4; do
       label="peft_${name}_${base}_tp$tp"
-      local path="$T/base"
-      [ "$base" = gguf ] && path="$T/base/model.gguf"
+      local path="$b"
+      [ "$base" = gguf ] && path="$b/model.gguf"
       "$LOGITS" "$path" --adapter "$T/$name" --tp $tp --tokens "$TOKENS" --all >"$T/$label.json" 2>"$T/$label.err" || { fail "$label" "$(cat "$T/$label.err")"; continue; }
       compare "$label" "$T/$label.json" "$T/$name.ref.json"
     done
   done
   # Decoding (one token at a time) takes the matvec path, then the adapter.
-  "$LOGITS" "$T/base/model.gguf" --adapter "$T/$name" --tokens "$TOKENS" --all --stepwise >"$T/$name.step.json" 2>"$T/$name.err" || { fail "peft_${name}_gguf_decode" "$(cat "$T/$name.err")"; return; }
-  compare "peft_${name}_gguf_decode" "$T/$name.step.json" "$T/$name.ref.json"
+  local last=$b
+  [ -f "$b/model.gguf" ] && last="$b/model.gguf"
+  "$LOGITS" "$last" --adapter "$T/$name" --tokens "$TOKENS" --all --stepwise >"$T/$name.step.json" 2>"$T/$name.err" || { fail "peft_${name}_decode" "$(cat "$T/$name.err")"; return; }
+  compare "peft_${name}_decode" "$T/$name.step.json" "$T/$name.ref.json"
 }
 
 oracle r4_qv --r 4 --alpha 8 --targets q_proj,v_proj --seed 1
 oracle r16_all_rslora --r 16 --alpha 32 --rslora --seed 2
 oracle r8_regex_k_o_down --r 8 --alpha 4 --regex --targets '.*\.(k_proj|o_proj|down_proj)' --seed 3
 oracle r4_gate_up --r 4 --alpha 16 --targets gate_proj,up_proj --seed 4
+# Qwen2 (q/k/v biases beside the adapter) and Mistral (sliding
+# window): safetensors only, as the fixture writes no GGUF for Qwen2.
+"$FX" --out "$T/qwen2" --seed 24 --preset tiny --std-scale 2 --arch qwen2 >/dev/null
+BASE="$T/qwen2" oracle qwen2_r8_all --r 8 --alpha 16 --seed 6
+"$FX" --out "$T/mistral" --seed 25 --preset tiny --std-scale 2 --arch mistral --sliding-window 4 >/dev/null
+BASE="$T/mistral" oracle mistral_r4_qkvo --r 4 --alpha 8 --targets q_proj,k_proj,v_proj,o_proj --seed 7
 grep -q '"target_modules": ".\*' "$T/r8_regex_k_o_down/adapter_config.json" && pass regex_target_modules_saved_as_string || fail regex_target_modules_saved_as_string "$(grep -A2 target_modules "$T/r8_regex_k_o_down/adapter_config.json")"
 
 # The same adapter with f16 and bf16 matrices (what PEFT saves from a
