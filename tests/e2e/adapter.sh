@@ -6,9 +6,8 @@
 # target modules (a list and a regular expression) and all seven, f16
 # matrices, a safetensors base and a GGUF base of the same weights (q/k rows
 # permuted), Qwen2 and Mistral bases, tp 1, 2 and 4, prompt and decode paths.
-# Then what is refused (DoRA,
-# modules_to_save, bias, other modules, shapes that do not fit) and the CLI's
-# --adapter, by folder and through the registry.
+# Then what is refused (DoRA, modules_to_save, bias, other modules, shapes
+# that do not fit) and the CLI's --adapter, by folder and through the registry.
 . "$(dirname "$0")/lib.sh"
 
 FX="$OWL_BUILD/owl-fixture"
@@ -81,8 +80,8 @@ oracle r4_qv --r 4 --alpha 8 --targets q_proj,v_proj --seed 1
 oracle r16_all_rslora --r 16 --alpha 32 --rslora --seed 2
 oracle r8_regex_k_o_down --r 8 --alpha 4 --regex --targets '.*\.(k_proj|o_proj|down_proj)' --seed 3
 oracle r4_gate_up --r 4 --alpha 16 --targets gate_proj,up_proj --seed 4
-# Qwen2 (q/k/v biases beside the adapter) and Mistral (sliding
-# window): safetensors only, as the fixture writes no GGUF for Qwen2.
+# Qwen2 (q/k/v biases beside the adapter) and Mistral (sliding window):
+# safetensors only, as the fixture writes no GGUF for Qwen2.
 "$FX" --out "$T/qwen2" --seed 24 --preset tiny --std-scale 2 --arch qwen2 >/dev/null
 BASE="$T/qwen2" oracle qwen2_r8_all --r 8 --alpha 16 --seed 6
 "$FX" --out "$T/mistral" --seed 25 --preset tiny --std-scale 2 --arch mistral --sliding-window 4 >/dev/null
