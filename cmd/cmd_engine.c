@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include "cmd.h"
 #include "engine/engine.h"
+#include "engine/lora.h" /* engine_adapter_*: to move to engine/engine.h */
 
 #include <getopt.h>
 #include <jansson.h>
@@ -14,9 +15,12 @@
 #include <time.h>
 #include <unistd.h>
 
-/* The folder or file to load for REF; *label says what it is. */
-static int model_path(owl_ctx *ctx, const char *ref, char **path, char **label, owl_err *err)
+/* The folder or file to load for REF; *label says what it is; *version_id
+ * is its registered version, 0 for a path. */
+static int model_path(owl_ctx *ctx, const char *ref, char **path, char **label,
+		      int64_t *version_id, owl_err *err)
 {
+	*version_id = 0;
 	if (owl_path_exists(ref)) {
 		*path = owl_xstrdup(ref);
 		*label = owl_xstrdup(ref);
@@ -31,8 +35,59 @@ static int model_path(owl_ctx *ctx, const char *ref, char **path, char **label, 
 	if (!rc) {
 		rc = registry_version_materialize(s, &v, path, err);
 		*label = owl_xasprintf("%s@%d", v.model, v.number);
+		*version_id = v.id;
 		registry_version_release(&v);
 	}
+	registry_store_close(s);
+	return rc;
+}
+
+/* The adapter folder for REF: a folder as given (the loader checks its
+ * shapes against the model), or a registered adapter, which must derive
+ * from the registered version being run (model_version; 0: the model was
+ * given as a path). */
+static int adapter_path(owl_ctx *ctx, const char *ref, int64_t model_version,
+			const char *model_label, char **path, char **label, owl_err *err)
+{
+	if (owl_is_dir(ref)) {
+		*path = owl_xstrdup(ref);
+		*label = owl_xstrdup(ref);
+		return 0;
+	}
+	registry_store *s = NULL;
+	int rc = cmd_open_store(ctx, &s, err);
+	if (rc)
+		return rc;
+	registry_version v, base = {0};
+	rc = registry_resolve(s, ref, &v, err);
+	if (rc) {
+		registry_store_close(s);
+		return rc;
+	}
+	if (strcmp(v.format, "adapter") != 0) {
+		rc = owl_err_set(err, OWL_EUSAGE, "%s@%d is a %s version, not an adapter", v.model,
+				 v.number, v.format);
+	} else if (!v.parent_id) {
+		rc = owl_err_set(err, OWL_EUSAGE, "the adapter %s@%d names no base (register it with "
+				 "owl pull DIR --base NAME@V)", v.model, v.number);
+	} else if (v.parent_id != model_version) {
+		int known = registry_version_by_id(s, v.parent_id, &base, NULL) == 0;
+		char *bl = known ? owl_xasprintf("%s@%d", base.model, base.number) : owl_xstrdup("?");
+		if (!model_version)
+			rc = owl_err_set(err, OWL_EUSAGE, "the adapter %s@%d derives from %s, and the "
+					 "model '%s' is a path, not a registered version: run %s, or give "
+					 "the adapter as a folder", v.model, v.number, bl, model_label, bl);
+		else
+			rc = owl_err_set(err, OWL_EUSAGE, "the adapter %s@%d derives from %s, not from "
+					 "%s", v.model, v.number, bl, model_label);
+		free(bl);
+		registry_version_release(&base);
+	}
+	if (!rc) {
+		rc = registry_version_materialize(s, &v, path, err);
+		*label = owl_xasprintf("%s@%d", v.model, v.number);
+	}
+	registry_version_release(&v);
 	registry_store_close(s);
 	return rc;
 }
@@ -41,24 +96,30 @@ typedef struct loaded {
 	engine_model *m;
 	engine_tokenizer *tok;
 	engine_session *sess;
+	engine_adapter *adapter; /* or NULL */
 	char *label;
 } loaded;
 
 static void unload(loaded *l)
 {
 	engine_session_free(l->sess);
+	engine_adapter_free(l->adapter);
 	engine_tokenizer_free(l->tok);
 	engine_model_close(l->m);
 	free(l->label);
 	memset(l, 0, sizeof *l);
 }
 
-static int load(owl_ctx *ctx, const char *ref, int tp, int threads, int n_ctx, loaded *l,
-		owl_err *err)
+/* adapter: NULL, or --adapter's NAME[@V] or folder. */
+static int load(owl_ctx *ctx, const char *ref, const char *adapter, int tp, int threads,
+		int n_ctx, loaded *l, owl_err *err)
 {
 	memset(l, 0, sizeof *l);
-	char *path = NULL;
-	int rc = model_path(ctx, ref, &path, &l->label, err);
+	char *path = NULL, *apath = NULL, *alabel = NULL;
+	int64_t version_id;
+	int rc = model_path(ctx, ref, &path, &l->label, &version_id, err);
+	if (!rc && adapter)
+		rc = adapter_path(ctx, adapter, version_id, l->label, &apath, &alabel, err);
 	engine_model_opts o = {.tp = tp, .threads = threads};
 	if (!rc)
 		rc = engine_model_open(path, &o, &l->m, err);
@@ -66,9 +127,21 @@ static int load(owl_ctx *ctx, const char *ref, int tp, int threads, int n_ctx, l
 		rc = engine_tokenizer_for_model(l->m, &l->tok, err);
 	if (!rc)
 		rc = engine_session_new(l->m, n_ctx, &l->sess, err);
+	if (!rc && adapter)
+		rc = engine_adapter_load(l->m, apath, &l->adapter, err);
+	if (!rc && adapter)
+		rc = engine_session_set_adapter(l->sess, l->adapter, err);
+	if (!rc && adapter) {
+		char *both = owl_xasprintf("%s+%s", l->label, alabel);
+		free(l->label);
+		l->label = both;
+	}
 	free(path);
+	free(apath);
+	free(alabel);
 	if (rc) {
-		owl_err_wrap(err, "cannot load %s", ref);
+		owl_err_wrap(err, "cannot load %s%s%s", ref, adapter ? " with the adapter " : "",
+			     adapter ? adapter : "");
 		unload(l);
 	}
 	return rc;
@@ -99,7 +172,7 @@ typedef struct gen_args {
 	engine_gen_opts g;
 	const char *stop[16];
 	int tp, threads, ctx, chat;
-	const char *system;
+	const char *system, *adapter;
 } gen_args;
 
 static const struct option gen_options[] = {
@@ -110,7 +183,7 @@ static const struct option gen_options[] = {
 	{"seed", required_argument, 0, 's'}, {"stop", required_argument, 0, 'S'},
 	{"tp", required_argument, 0, 'T'}, {"threads", required_argument, 0, 'j'},
 	{"ctx", required_argument, 0, 'c'}, {"chat", no_argument, 0, 'C'},
-	{"system", required_argument, 0, 'y'}, {0, 0, 0, 0},
+	{"system", required_argument, 0, 'y'}, {"adapter", required_argument, 0, 'A'}, {0, 0, 0, 0},
 };
 
 static int parse_gen(const char *verb, int argc, char **argv, gen_args *a)
@@ -143,6 +216,7 @@ static int parse_gen(const char *verb, int argc, char **argv, gen_args *a)
 		case 'c': a->ctx = atoi(optarg); break;
 		case 'C': a->chat = 1; break;
 		case 'y': a->system = optarg; break;
+		case 'A': a->adapter = optarg; break;
 		default: return cmd_usage_error(verb, "unknown option");
 		}
 	}
@@ -169,7 +243,7 @@ static int run_run(owl_ctx *ctx, int argc, char **argv)
 		return cmd_usage_error("run", "expected MODEL PROMPT");
 	owl_err err = {0};
 	loaded l;
-	if (load(ctx, argv[optind], a.tp, a.threads, a.ctx, &l, &err))
+	if (load(ctx, argv[optind], a.adapter, a.tp, a.threads, a.ctx, &l, &err))
 		return cmd_fail(&err);
 	const char *prompt = argv[optind + 1];
 	char *text = NULL;
@@ -242,7 +316,7 @@ static int run_chat(owl_ctx *ctx, int argc, char **argv)
 		return cmd_usage_error("chat", "expected MODEL");
 	owl_err err = {0};
 	loaded l;
-	if (load(ctx, argv[optind], a.tp, a.threads, a.ctx, &l, &err))
+	if (load(ctx, argv[optind], a.adapter, a.tp, a.threads, a.ctx, &l, &err))
 		return cmd_fail(&err);
 	a.g.vocab = engine_model_get_info(l.m)->vocab;
 	engine_chat_family f = engine_chat_detect(engine_tokenizer_chat_template(l.tok));
@@ -377,7 +451,7 @@ static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 	if (owl_read_file(file, 1u << 30, &text, &len, &err))
 		return cmd_fail(&err);
 	loaded l;
-	if (load(ctx, argv[optind], tp, threads, n_ctx, &l, &err)) {
+	if (load(ctx, argv[optind], NULL, tp, threads, n_ctx, &l, &err)) {
 		free(text);
 		return cmd_fail(&err);
 	}
@@ -493,9 +567,11 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 	static const struct option opts[] = {
 		{"prompt", required_argument, 0, 'p'}, {"gen", required_argument, 0, 'g'},
 		{"reps", required_argument, 0, 'r'}, {"tp", required_argument, 0, 'T'},
-		{"threads", required_argument, 0, 'j'}, {0, 0, 0, 0},
+		{"threads", required_argument, 0, 'j'}, {"adapter", required_argument, 0, 'A'},
+		{0, 0, 0, 0},
 	};
 	int npp = 512, ntg = 128, reps = 3, tp = 0, threads = 0, c;
+	const char *adapter = NULL;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
 		case 'p': npp = atoi(optarg); break;
@@ -503,6 +579,7 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 		case 'r': reps = atoi(optarg); break;
 		case 'T': tp = atoi(optarg); break;
 		case 'j': threads = atoi(optarg); break;
+		case 'A': adapter = optarg; break;
 		default: return cmd_usage_error("bench", "unknown option");
 		}
 	}
@@ -515,7 +592,7 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 	/* What the process holds before the model (code, libraries, the
 	 * registry): peak memory is reported as this plus what the model adds. */
 	long base_kib = status_kib("VmRSS");
-	if (load(ctx, argv[optind], tp, threads, npp > ntg ? npp : ntg, &l, &err))
+	if (load(ctx, argv[optind], adapter, tp, threads, npp > ntg ? npp : ntg, &l, &err))
 		return cmd_fail(&err);
 	const engine_model_info *in = engine_model_get_info(l.m);
 	float *logits = owl_xmalloc((size_t)in->vocab * sizeof *logits);
@@ -613,20 +690,24 @@ const owl_command cmd_engine_commands[] = {
 	 "  owl run MODEL PROMPT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]\n"
 	 "          [--min-p P] [--repeat-penalty R] [--frequency-penalty F]\n"
 	 "          [--presence-penalty P] [--seed S] [--stop STR]... [--chat [--system TEXT]]\n"
-	 "          [--ctx N] [--tp N] [--threads N]\n"
+	 "          [--ctx N] [--tp N] [--threads N] [--adapter NAME[@V]|DIR]\n"
 	 "\n"
 	 "MODEL is a registry reference (NAME, NAME@V, NAME:TAG) or a path to a\n"
 	 "checkpoint folder or a .gguf file. The text streams to stdout. Temperature 0\n"
 	 "is greedy; the same --seed gives the same text. --chat wraps the prompt in the\n"
 	 "model's own chat template (ChatML, Llama 3, Llama 2/Mistral, Zephyr, Gemma) and\n"
 	 "stops at its end-of-turn token. --tp N splits the model across N ranks.\n"
+	 "--adapter applies a PEFT LoRA adapter unmerged: a folder (adapter_config.json,\n"
+	 "adapter_model.safetensors; its shapes must fit MODEL), or an adapter registered\n"
+	 "with 'owl pull DIR --base NAME@V', whose base must be the MODEL version run.\n"
 	 "Defaults: --max-tokens 128, --temperature 0.8, --top-k 40, --top-p 0.95,\n"
 	 "--min-p 0.05, --ctx the model's training context.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl run smollm2 \"The capital of France is\" --temperature 0 --max-tokens 20\n"
 	 "  owl run smollm2:stable \"Why is the sky blue?\" --chat --seed 7\n"
-	 "  owl run ./model.gguf \"def fib(n):\" --stop \"\\n\\n\"\n"},
+	 "  owl run ./model.gguf \"def fib(n):\" --stop \"\\n\\n\"\n"
+	 "  owl run smollm2@1 \"Hello\" --adapter support-lora\n"},
 	{"chat", run_chat, "chat with a model interactively, with its chat template",
 	 "USAGE\n"
 	 "  owl chat MODEL [--system TEXT] [generation options of 'owl run']\n"
@@ -652,13 +733,15 @@ const owl_command cmd_engine_commands[] = {
 	 "  owl perplexity ./model.Q4_0.gguf --file docs.txt --chunks 20 --json\n"},
 	{"bench", run_bench, "measure prompt processing and generation speed",
 	 "USAGE\n"
-	 "  owl bench MODEL [--prompt 512] [--gen 128] [--reps 3] [--tp N] [--threads N] [--json]\n"
+	 "  owl bench MODEL [--prompt 512] [--gen 128] [--reps 3] [--tp N] [--threads N]\n"
+	 "            [--adapter NAME[@V]|DIR] [--json]\n"
 	 "\n"
 	 "Prints a table like llama-bench: prompt processing (ppN: N tokens in one batch)\n"
 	 "and generation (tgN: N tokens one by one from an empty context) in tokens per\n"
 	 "second, mean ± standard deviation over the repetitions, and the peak memory:\n"
 	 "what the process held before loading the model, plus what the model added\n"
 	 "(weights, KV cache, working buffers), beside the weights and KV cache sizes.\n"
+	 "--adapter measures with a LoRA adapter applied (as in 'owl run').\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl bench smollm2 --threads 2\n"

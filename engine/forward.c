@@ -7,6 +7,7 @@
  * comm interface. On the CPU every rank's shard is a view of the same mapped
  * weights, so sharding costs no memory. */
 #include "internal.h"
+#include "lora.h"
 
 #include <math.h>
 #include <omp.h>
@@ -17,6 +18,7 @@ struct engine_session {
 	engine_model *m;
 	int n_ctx, pos;
 	float *k, *v; /* [layer][n_ctx][n_kv * head_dim] */
+	const engine_adapter *adapter; /* applied to every projection, or NULL */
 };
 
 int engine_session_new(engine_model *m, int n_ctx, engine_session **out, owl_err *err)
@@ -60,6 +62,16 @@ void engine_session_truncate(engine_session *s, int pos)
 		s->pos = pos;
 }
 
+int engine_session_set_adapter(engine_session *s, const engine_adapter *a, owl_err *err)
+{
+	int rc = a ? engine_adapter_check(a, s->m, err) : 0;
+	if (rc)
+		return rc;
+	s->adapter = a;
+	s->pos = 0;
+	return 0;
+}
+
 uint64_t engine_session_kv_bytes(const engine_session *s)
 {
 	const engine_model_info *in = &s->m->info;
@@ -95,6 +107,7 @@ typedef struct step {
 	int n, pos0, l;
 	const float *xn;      /* normalised input, [n, dim] (read by all ranks) */
 	float **q, **kb, **vb, **att, **gate, **up, **part; /* per rank */
+	float **lora_tmp;     /* per rank: [n, rank] scratch of the adapter, if any */
 	int rc[16];           /* per rank */
 	owl_err err[16];
 } step;
@@ -106,6 +119,39 @@ static void rank_heads(const engine_model_info *in, int r, int *h0, int *kv0, in
 	*h0 = r * hpr;
 	*kv0 = *h0 / group;
 	*nkv = (*h0 + hpr - 1) / group + 1 - *kv0;
+}
+
+/* The adapter's part of a projection on rank r's shard w of role `role`:
+ * y += scale * B (A x). A row-split shard (q/k/v, gate/up) starts at output
+ * row `off` and takes that band of B's rows; a column-split one (o, down)
+ * starts at input column `off` and takes that band of A's columns, its
+ * partial summed with the other ranks' by the all-reduce (exact: linear). */
+static int adapt(step *st, int r, engine_role role, float *y, const float *x, const wmat *w,
+		 int off, owl_err *err)
+{
+	const engine_adapter *ad = st->s->adapter;
+	if (!ad)
+		return 0;
+	const engine_lora *lo = &ad->lora[st->l][role];
+	if (!lo->a)
+		return 0;
+	int in_full, rk = ad->rank;
+	engine_role_shape(&st->s->m->info, role, &(int){0}, &in_full);
+	const float *a = lo->a, *b = lo->b;
+	if (engine_roles[role].split_cols)
+		a += off;
+	else
+		b += (size_t)off * rk;
+	return st->s->m->be->lora(y, x, st->n, w->cols, w->rows, rk, a, in_full, b, rk, ad->scale,
+				  st->lora_tmp[r], err);
+}
+
+/* y = x W^T for rank r's shard, then its adapter. */
+static int project(step *st, int r, engine_role role, float *y, const float *x, const wmat *w,
+		   int off, owl_err *err)
+{
+	int rc = st->s->m->be->matmul(y, x, w, st->n, err);
+	return rc ? rc : adapt(st, r, role, y, x, w, off, err);
 }
 
 static int rank_qkv(step *st, int r, owl_err *err)
@@ -124,11 +170,14 @@ static int rank_qkv(step *st, int r, owl_err *err)
 		/* Decode: one pass of the thread pool over all three. */
 		const wmat *ws[3] = {&wq, &wk, &wv};
 		float *ys[3] = {q, kb, vb};
-		if ((rc = be->matvec_multi(ys, ws, 3, st->xn, err)))
+		if ((rc = be->matvec_multi(ys, ws, 3, st->xn, err)) ||
+		    (rc = adapt(st, r, ENGINE_ROLE_Q, q, st->xn, &wq, h0 * hd, err)) ||
+		    (rc = adapt(st, r, ENGINE_ROLE_K, kb, st->xn, &wk, kv0 * hd, err)) ||
+		    (rc = adapt(st, r, ENGINE_ROLE_V, vb, st->xn, &wv, kv0 * hd, err)))
 			return rc;
-	} else if ((rc = be->matmul(q, st->xn, &wq, n, err)) ||
-		   (rc = be->matmul(kb, st->xn, &wk, n, err)) ||
-		   (rc = be->matmul(vb, st->xn, &wv, n, err))) {
+	} else if ((rc = project(st, r, ENGINE_ROLE_Q, q, st->xn, &wq, h0 * hd, err)) ||
+		   (rc = project(st, r, ENGINE_ROLE_K, kb, st->xn, &wk, kv0 * hd, err)) ||
+		   (rc = project(st, r, ENGINE_ROLE_V, vb, st->xn, &wv, kv0 * hd, err))) {
 		return rc;
 	}
 	for (int i = 0; L->bq && i < n; i++) {
@@ -182,7 +231,7 @@ static int rank_attention(step *st, int r, owl_err *err)
 				   in->n_heads / in->n_kv_heads, kvd, hd, in->sliding_window, err)))
 		return rc;
 	wmat wo = cols_of(&st->L->wo, h0 * hd, hpr * hd);
-	return m->be->matmul(st->part[r], st->att[r], &wo, st->n, err);
+	return project(st, r, ENGINE_ROLE_O, st->part[r], st->att[r], &wo, h0 * hd, err);
 }
 
 static int rank_ffn(step *st, int r, owl_err *err)
@@ -194,16 +243,18 @@ static int rank_ffn(step *st, int r, owl_err *err)
 	if (n == 1) {
 		const wmat *ws[2] = {&wg, &wu};
 		float *ys[2] = {st->gate[r], st->up[r]};
-		if ((rc = be->matvec_multi(ys, ws, 2, st->xn, err)))
+		if ((rc = be->matvec_multi(ys, ws, 2, st->xn, err)) ||
+		    (rc = adapt(st, r, ENGINE_ROLE_GATE, st->gate[r], st->xn, &wg, r * fpr, err)) ||
+		    (rc = adapt(st, r, ENGINE_ROLE_UP, st->up[r], st->xn, &wu, r * fpr, err)))
 			return rc;
-	} else if ((rc = be->matmul(st->gate[r], st->xn, &wg, n, err)) ||
-		   (rc = be->matmul(st->up[r], st->xn, &wu, n, err))) {
+	} else if ((rc = project(st, r, ENGINE_ROLE_GATE, st->gate[r], st->xn, &wg, r * fpr, err)) ||
+		   (rc = project(st, r, ENGINE_ROLE_UP, st->up[r], st->xn, &wu, r * fpr, err))) {
 		return rc;
 	}
 	if ((rc = be->swiglu(st->gate[r], st->up[r], (size_t)n * fpr, err)))
 		return rc;
 	wmat wd = cols_of(&st->L->w_down, r * fpr, fpr);
-	return be->matmul(st->part[r], st->gate[r], &wd, n, err);
+	return project(st, r, ENGINE_ROLE_DOWN, st->part[r], st->gate[r], &wd, r * fpr, err);
 }
 
 /* Runs fn for every rank: each rank a thread group of threads/tp threads,
@@ -251,10 +302,11 @@ static int forward_batch(engine_session *s, const int32_t *tokens, int n, float 
 	float *x = owl_xmalloc((size_t)n * dim * sizeof *x);
 	float *xn = owl_xmalloc((size_t)n * dim * sizeof *xn);
 	st.xn = xn;
-	float ***bufs[] = {&st.q, &st.kb, &st.vb, &st.att, &st.gate, &st.up, &st.part};
+	float ***bufs[] = {&st.q, &st.kb, &st.vb, &st.att, &st.gate, &st.up, &st.part, &st.lora_tmp};
 	/* Sizes per rank: kv heads per rank are at most hpr (replication). */
 	size_t sizes[] = {(size_t)n * hpr * hd, (size_t)n * hpr * hd, (size_t)n * hpr * hd,
-			  (size_t)n * hpr * hd, (size_t)n * fpr, (size_t)n * fpr, (size_t)n * dim};
+			  (size_t)n * hpr * hd, (size_t)n * fpr, (size_t)n * fpr, (size_t)n * dim,
+			  (size_t)n * (s->adapter ? s->adapter->rank : 1)};
 	for (size_t b = 0; b < sizeof bufs / sizeof bufs[0]; b++) {
 		*bufs[b] = owl_xcalloc((size_t)tp, sizeof ***bufs);
 		for (int r = 0; r < tp; r++)

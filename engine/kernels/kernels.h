@@ -102,6 +102,12 @@ typedef struct kernels_backend {
 	/* Mean cross-entropy of logits [rows, vocab] against targets (training, perplexity). */
 	int (*cross_entropy)(float *loss, const float *logits, const int32_t *targets, int rows,
 			     int vocab, owl_err *err);
+	/* LoRA, unmerged: y[n, out] += scale * (x[n, in] A^T) B^T, A [r, in] with rows
+	 * lda floats apart (a column band of a wider A: lda is its full width),
+	 * B [out, r] with rows ldb apart (a row band of B is b + row0 * ldb), tmp
+	 * caller-provided scratch of [n, r] floats. x and y rows are contiguous. */
+	int (*lora)(float *y, const float *x, int n, int in, int out, int r, const float *a,
+		    int lda, const float *b, int ldb, float scale, float *tmp, owl_err *err);
 
 	/* backward slots: NULL until training lands (the LoRA issue) */
 	int (*matmul_backward)(float *dx, float *dw, const float *dy, const float *x,

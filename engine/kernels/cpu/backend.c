@@ -275,6 +275,10 @@ static int cpu_cross_entropy(float *loss, const float *logits, const int32_t *ta
 	return 0;
 }
 
+/* engine/kernels/cpu/lora.c */
+int cpu_lora(float *y, const float *x, int n, int in, int out, int r, const float *a, int lda,
+	     const float *b, int ldb, float scale, float *tmp, owl_err *err);
+
 static const kernels_backend cpu = {
 	.name = "cpu",
 	.buffer_alloc = cpu_alloc,
@@ -290,6 +294,7 @@ static const kernels_backend cpu = {
 	.attention = cpu_attention,
 	.swiglu = cpu_swiglu,
 	.cross_entropy = cpu_cross_entropy,
+	.lora = cpu_lora,
 };
 
 const kernels_backend *kernels_cpu_backend(void)
