@@ -14,9 +14,12 @@
 #include <time.h>
 #include <unistd.h>
 
-/* The folder or file to load for REF; *label says what it is. */
-static int model_path(owl_ctx *ctx, const char *ref, char **path, char **label, owl_err *err)
+/* The folder or file to load for REF; *label says what it is; *version_id
+ * is its registered version, 0 for a path. */
+static int model_path(owl_ctx *ctx, const char *ref, char **path, char **label,
+		      int64_t *version_id, owl_err *err)
 {
+	*version_id = 0;
 	if (owl_path_exists(ref)) {
 		*path = owl_xstrdup(ref);
 		*label = owl_xstrdup(ref);
@@ -31,8 +34,59 @@ static int model_path(owl_ctx *ctx, const char *ref, char **path, char **label, 
 	if (!rc) {
 		rc = registry_version_materialize(s, &v, path, err);
 		*label = owl_xasprintf("%s@%d", v.model, v.number);
+		*version_id = v.id;
 		registry_version_release(&v);
 	}
+	registry_store_close(s);
+	return rc;
+}
+
+/* The adapter folder for REF: a folder as given (the loader checks its
+ * shapes against the model), or a registered adapter, which must derive
+ * from the registered version being run (model_version; 0: the model was
+ * given as a path). */
+static int adapter_path(owl_ctx *ctx, const char *ref, int64_t model_version,
+			const char *model_label, char **path, char **label, owl_err *err)
+{
+	if (owl_is_dir(ref)) {
+		*path = owl_xstrdup(ref);
+		*label = owl_xstrdup(ref);
+		return 0;
+	}
+	registry_store *s = NULL;
+	int rc = cmd_open_store(ctx, &s, err);
+	if (rc)
+		return rc;
+	registry_version v, base = {0};
+	rc = registry_resolve(s, ref, &v, err);
+	if (rc) {
+		registry_store_close(s);
+		return rc;
+	}
+	if (strcmp(v.format, "adapter") != 0) {
+		rc = owl_err_set(err, OWL_EUSAGE, "%s@%d is a %s version, not an adapter", v.model,
+				 v.number, v.format);
+	} else if (!v.parent_id) {
+		rc = owl_err_set(err, OWL_EUSAGE, "the adapter %s@%d names no base (register it with "
+				 "owl pull DIR --base NAME@V)", v.model, v.number);
+	} else if (v.parent_id != model_version) {
+		int known = registry_version_by_id(s, v.parent_id, &base, NULL) == 0;
+		char *bl = known ? owl_xasprintf("%s@%d", base.model, base.number) : owl_xstrdup("?");
+		if (!model_version)
+			rc = owl_err_set(err, OWL_EUSAGE, "the adapter %s@%d derives from %s, and the "
+					 "model '%s' is a path, not a registered version: run %s, or give "
+					 "the adapter as a folder", v.model, v.number, bl, model_label, bl);
+		else
+			rc = owl_err_set(err, OWL_EUSAGE, "the adapter %s@%d derives from %s, not from "
+					 "%s", v.model, v.number, bl, model_label);
+		free(bl);
+		registry_version_release(&base);
+	}
+	if (!rc) {
+		rc = registry_version_materialize(s, &v, path, err);
+		*label = owl_xasprintf("%s@%d", v.model, v.number);
+	}
+	registry_version_release(&v);
 	registry_store_close(s);
 	return rc;
 }
@@ -41,25 +95,33 @@ typedef struct loaded {
 	engine_model *m;
 	engine_tokenizer *tok;
 	engine_session *sess;
+	engine_adapter *adapter; /* or NULL */
 	char *label;
+	int64_t version_id;      /* the registered version, 0 for a path */
 } loaded;
 
 static void unload(loaded *l)
 {
 	engine_session_free(l->sess);
+	engine_adapter_free(l->adapter);
 	engine_tokenizer_free(l->tok);
 	engine_model_close(l->m);
 	free(l->label);
 	memset(l, 0, sizeof *l);
 }
 
-/* n_ctx < 0: no session (the caller makes its own KV pool). */
-static int load(owl_ctx *ctx, const char *ref, int tp, int threads, int n_ctx, int kv_type,
-		loaded *l, owl_err *err)
+/* adapter: NULL, or --adapter's NAME[@V] or folder. n_ctx < 0: no session
+ * (the caller makes its own KV pool). */
+static int load(owl_ctx *ctx, const char *ref, const char *adapter, int tp, int threads,
+		int n_ctx, int kv_type, loaded *l, owl_err *err)
 {
 	memset(l, 0, sizeof *l);
-	char *path = NULL;
-	int rc = model_path(ctx, ref, &path, &l->label, err);
+	char *path = NULL, *apath = NULL, *alabel = NULL;
+	int64_t version_id;
+	int rc = model_path(ctx, ref, &path, &l->label, &version_id, err);
+	l->version_id = rc ? 0 : version_id;
+	if (!rc && adapter)
+		rc = adapter_path(ctx, adapter, version_id, l->label, &apath, &alabel, err);
 	engine_model_opts o = {.tp = tp, .threads = threads, .kv_type = kv_type};
 	if (!rc)
 		rc = engine_model_open(path, &o, &l->m, err);
@@ -67,9 +129,21 @@ static int load(owl_ctx *ctx, const char *ref, int tp, int threads, int n_ctx, i
 		rc = engine_tokenizer_for_model(l->m, &l->tok, err);
 	if (!rc && n_ctx >= 0)
 		rc = engine_session_new(l->m, n_ctx, &l->sess, err);
+	if (!rc && adapter)
+		rc = engine_adapter_load(l->m, apath, &l->adapter, err);
+	if (!rc && adapter && l->sess)
+		rc = engine_session_set_adapter(l->sess, l->adapter, err);
+	if (!rc && adapter) {
+		char *both = owl_xasprintf("%s+%s", l->label, alabel);
+		free(l->label);
+		l->label = both;
+	}
 	free(path);
+	free(apath);
+	free(alabel);
 	if (rc) {
-		owl_err_wrap(err, "cannot load %s", ref);
+		owl_err_wrap(err, "cannot load %s%s%s", ref, adapter ? " with the adapter " : "",
+			     adapter ? adapter : "");
 		unload(l);
 	}
 	return rc;
@@ -117,7 +191,7 @@ typedef struct gen_args {
 	engine_gen_opts g;
 	const char *stop[16];
 	int tp, threads, ctx, chat, kv_type;
-	const char *system, *prompts;
+	const char *system, *prompts, *adapter;
 } gen_args;
 
 /* --kv-type f32|f16 */
@@ -141,7 +215,8 @@ static const struct option gen_options[] = {
 	{"tp", required_argument, 0, 'T'}, {"threads", required_argument, 0, 'j'},
 	{"ctx", required_argument, 0, 'c'}, {"chat", no_argument, 0, 'C'},
 	{"system", required_argument, 0, 'y'}, {"kv-type", required_argument, 0, 'K'},
-	{"prompts", required_argument, 0, 'F'}, {0, 0, 0, 0},
+	{"prompts", required_argument, 0, 'F'}, {"adapter", required_argument, 0, 'A'},
+	{0, 0, 0, 0},
 };
 
 static int parse_gen(const char *verb, int argc, char **argv, gen_args *a)
@@ -179,6 +254,7 @@ static int parse_gen(const char *verb, int argc, char **argv, gen_args *a)
 				return OWL_EUSAGE;
 			break;
 		case 'F': a->prompts = optarg; break;
+		case 'A': a->adapter = optarg; break;
 		default: return cmd_usage_error(verb, "unknown option");
 		}
 	}
@@ -213,6 +289,8 @@ typedef struct prompt_req {
 	collector out;
 	int32_t next;
 	int active;
+	const char *adapter_ref; /* its own --adapter, or NULL */
+	const engine_adapter *adapter;
 	char error[512]; /* why this prompt could not run, or "" */
 } prompt_req;
 
@@ -262,6 +340,9 @@ static int prompt_from_json(json_t *o, prompt_req *r, json_t **keep, char *why, 
 		} else if (!strcmp(key, "system")) {
 			if ((ok = json_is_string(v)))
 				r->system = json_string_value(v);
+		} else if (!strcmp(key, "adapter")) {
+			if ((ok = json_is_string(v) && *json_string_value(v)))
+				r->adapter_ref = json_string_value(v);
 		} else if (!strcmp(key, "stop")) {
 			ok = json_is_array(v) && json_array_size(v) <= 16;
 			size_t i;
@@ -276,7 +357,7 @@ static int prompt_from_json(json_t *o, prompt_req *r, json_t **keep, char *why, 
 			}
 		} else {
 			snprintf(why, whylen, "unknown field \"%s\" (prompt, max_tokens, temperature, top_k, "
-				 "top_p, min_p, repeat_penalty, seed, stop, chat, system)", key);
+				 "top_p, min_p, repeat_penalty, seed, stop, chat, system, adapter)", key);
 			return -1;
 		}
 		if (!ok) {
@@ -374,7 +455,7 @@ static int run_prompts(owl_ctx *ctx, gen_args *a, int argc, char **argv)
 	int n = 0, rc = read_prompts(a->prompts, a, &reqs, &n, keep, &err);
 	loaded l = {0};
 	if (!rc)
-		rc = load(ctx, argv[optind], a->tp, a->threads, -1, a->kv_type, &l, &err);
+		rc = load(ctx, argv[optind], a->adapter, a->tp, a->threads, -1, a->kv_type, &l, &err);
 	if (rc) {
 		json_decref(keep);
 		free(reqs);
@@ -382,6 +463,42 @@ static int run_prompts(owl_ctx *ctx, gen_args *a, int argc, char **argv)
 	}
 	const engine_model_info *in = engine_model_get_info(l.m);
 	int max_seq = a->ctx > 0 ? a->ctx : in->ctx_train;
+	/* Each adapter a prompt names is loaded once; one that cannot be fails
+	 * the prompts that name it. */
+	enum { MAX_ADAPTERS = 16 };
+	const char *ad_ref[MAX_ADAPTERS];
+	engine_adapter *ad_loaded[MAX_ADAPTERS];
+	char ad_err[MAX_ADAPTERS][512];
+	int nad = 0;
+	for (int i = 0; i < n; i++) {
+		prompt_req *r = &reqs[i];
+		r->adapter = l.adapter;
+		if (!r->adapter_ref)
+			continue;
+		int k = 0;
+		while (k < nad && strcmp(ad_ref[k], r->adapter_ref) != 0)
+			k++;
+		if (k == nad && nad == MAX_ADAPTERS) {
+			snprintf(r->error, sizeof r->error, "more than %d adapters in one batch",
+				 MAX_ADAPTERS);
+			continue;
+		}
+		if (k == nad) {
+			owl_err e = {0};
+			char *apath = NULL, *alabel = NULL;
+			ad_ref[k] = r->adapter_ref;
+			ad_loaded[k] = NULL;
+			ad_err[k][0] = 0;
+			if (adapter_path(ctx, r->adapter_ref, l.version_id, l.label, &apath, &alabel, &e) ||
+			    engine_adapter_load(l.m, apath, &ad_loaded[k], &e))
+				snprintf(ad_err[k], sizeof ad_err[k], "adapter %s: %s", r->adapter_ref, e.msg);
+			free(apath), free(alabel);
+			nad++;
+		}
+		r->adapter = ad_loaded[k];
+		if (ad_err[k][0])
+			snprintf(r->error, sizeof r->error, "%s", ad_err[k]);
+	}
 	/* Tokenize; a prompt that cannot run fails alone. */
 	size_t pool = 0;
 	for (int i = 0; i < n; i++) {
@@ -432,7 +549,8 @@ static int run_prompts(owl_ctx *ctx, gen_args *a, int argc, char **argv)
 		prompt_req *r = &reqs[i];
 		if (*r->error)
 			continue;
-		if ((rc = engine_kv_seq_new(kv, 0, &r->seq, &err)))
+		if ((rc = engine_kv_seq_new(kv, 0, &r->seq, &err)) ||
+		    (rc = engine_kv_seq_set_adapter(kv, r->seq, r->adapter, &err)))
 			break;
 		for (size_t k = 0; k < r->nids; k++, nb++)
 			tok[nb] = r->ids[k], seq[nb] = r->seq;
@@ -503,6 +621,8 @@ static int run_prompts(owl_ctx *ctx, gen_args *a, int argc, char **argv)
 			failed ? "; some prompts failed" : "");
 	for (int i = 0; i < n; i++)
 		prompt_req_release(&reqs[i]);
+	for (int k = 0; k < nad; k++)
+		engine_adapter_free(ad_loaded[k]);
 	free(reqs), free(tok), free(seq), free(logits), free(row_req);
 	json_decref(keep);
 	engine_kv_free(kv);
@@ -528,7 +648,7 @@ static int run_run(owl_ctx *ctx, int argc, char **argv)
 		return cmd_usage_error("run", "expected MODEL PROMPT (or MODEL --prompts FILE)");
 	owl_err err = {0};
 	loaded l;
-	if (load(ctx, argv[optind], a.tp, a.threads, a.ctx, a.kv_type, &l, &err))
+	if (load(ctx, argv[optind], a.adapter, a.tp, a.threads, a.ctx, a.kv_type, &l, &err))
 		return engine_fail(&err);
 	const char *prompt = argv[optind + 1];
 	char *text = NULL;
@@ -601,7 +721,7 @@ static int run_chat(owl_ctx *ctx, int argc, char **argv)
 		return cmd_usage_error("chat", "expected MODEL");
 	owl_err err = {0};
 	loaded l;
-	if (load(ctx, argv[optind], a.tp, a.threads, a.ctx, a.kv_type, &l, &err))
+	if (load(ctx, argv[optind], a.adapter, a.tp, a.threads, a.ctx, a.kv_type, &l, &err))
 		return engine_fail(&err);
 	a.g.vocab = engine_model_get_info(l.m)->vocab;
 	engine_chat_family f = engine_chat_detect(engine_tokenizer_chat_template(l.tok));
@@ -742,7 +862,7 @@ static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 	if (owl_read_file(file, 1u << 30, &text, &len, &err))
 		return engine_fail(&err);
 	loaded l;
-	if (load(ctx, argv[optind], tp, threads, -1, ENGINE_KV_F32, &l, &err)) {
+	if (load(ctx, argv[optind], NULL, tp, threads, -1, ENGINE_KV_F32, &l, &err)) {
 		free(text);
 		return engine_fail(&err);
 	}
@@ -812,8 +932,8 @@ static void mean_sd(const double *x, int n, double *mean, double *sd)
 /* Aggregate decoding speed of batch sequences stepping together from an
  * empty context: each step is one forward pass over batch tokens, so the
  * weights are read once for all of them. */
-static int bench_batch(engine_model *m, int batch, int ntg, int kv_type, int32_t tok, double *tps,
-		       owl_err *err)
+static int bench_batch(engine_model *m, const engine_adapter *adapter, int batch, int ntg,
+		       int kv_type, int32_t tok, double *tps, owl_err *err)
 {
 	engine_kv *kv = NULL;
 	engine_kv_opts o = {.n_tokens = batch * (ntg + 32), .max_seq_tokens = ntg, .type = kv_type};
@@ -823,6 +943,8 @@ static int bench_batch(engine_model *m, int batch, int ntg, int kv_type, int32_t
 	float *logits = owl_xmalloc((size_t)batch * engine_model_get_info(m)->vocab * sizeof *logits);
 	for (int i = 0; i < batch && !rc; i++) {
 		rc = engine_kv_seq_new(kv, 0, &seq[i], err);
+		if (!rc)
+			rc = engine_kv_seq_set_adapter(kv, seq[i], adapter, err);
 		toks[i] = tok;
 	}
 	double t0 = owl_now();
@@ -842,9 +964,11 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 		{"prompt", required_argument, 0, 'p'}, {"gen", required_argument, 0, 'g'},
 		{"reps", required_argument, 0, 'r'}, {"tp", required_argument, 0, 'T'},
 		{"threads", required_argument, 0, 'j'}, {"batch", required_argument, 0, 'b'},
-		{"kv-type", required_argument, 0, 'K'}, {0, 0, 0, 0},
+		{"kv-type", required_argument, 0, 'K'}, {"adapter", required_argument, 0, 'A'},
+		{0, 0, 0, 0},
 	};
 	int npp = 512, ntg = 128, reps = 3, tp = 0, threads = 0, batch = 1, kv_type = 0, c;
+	const char *adapter = NULL;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
 		case 'p': npp = atoi(optarg); break;
@@ -857,6 +981,7 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 			if (parse_kv_type("bench", optarg, &kv_type))
 				return OWL_EUSAGE;
 			break;
+		case 'A': adapter = optarg; break;
 		default: return cmd_usage_error("bench", "unknown option");
 		}
 	}
@@ -870,7 +995,7 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 	/* What the process holds before the model (code, libraries, the
 	 * registry): peak memory is reported as this plus what the model adds. */
 	long base_kib = status_kib("VmRSS");
-	if (load(ctx, argv[optind], tp, threads, npp > ntg ? npp : ntg, kv_type, &l, &err))
+	if (load(ctx, argv[optind], adapter, tp, threads, npp > ntg ? npp : ntg, kv_type, &l, &err))
 		return engine_fail(&err);
 	const engine_model_info *in = engine_model_get_info(l.m);
 	float *logits = owl_xmalloc((size_t)in->vocab * sizeof *logits);
@@ -897,7 +1022,7 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 		/* As llama-bench: generation is timed from an empty context, so
 		 * pp and tg measure one thing each. */
 		if (batch > 1) {
-			rc = bench_batch(l.m, batch, ntg, kv_type, toks[npp - 1], &tg[r], &err);
+			rc = bench_batch(l.m, l.adapter, batch, ntg, kv_type, toks[npp - 1], &tg[r], &err);
 			continue;
 		}
 		engine_session_truncate(l.sess, 0);
@@ -976,7 +1101,7 @@ const owl_command cmd_engine_commands[] = {
 	 "  owl run MODEL PROMPT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]\n"
 	 "          [--min-p P] [--repeat-penalty R] [--frequency-penalty F]\n"
 	 "          [--presence-penalty P] [--seed S] [--stop STR]... [--chat [--system TEXT]]\n"
-	 "          [--ctx N] [--kv-type f32|f16] [--tp N] [--threads N]\n"
+	 "          [--ctx N] [--kv-type f32|f16] [--tp N] [--threads N] [--adapter NAME[@V]|DIR]\n"
 	 "  owl run MODEL --prompts FILE [the same options] [--json]\n"
 	 "\n"
 	 "MODEL is a registry reference (NAME, NAME@V, NAME:TAG) or a path to a\n"
@@ -984,6 +1109,9 @@ const owl_command cmd_engine_commands[] = {
 	 "is greedy; the same --seed gives the same text. --chat wraps the prompt in the\n"
 	 "model's own chat template (ChatML, Llama 3, Llama 2/Mistral, Zephyr, Gemma) and\n"
 	 "stops at its end-of-turn token. --tp N splits the model across N ranks.\n"
+	 "--adapter applies a PEFT LoRA adapter unmerged: a folder (adapter_config.json,\n"
+	 "adapter_model.safetensors; its shapes must fit MODEL), or an adapter registered\n"
+	 "with 'owl pull DIR --base NAME@V', whose base must be the MODEL version run.\n"
 	 "Defaults: --max-tokens 128, --temperature 0.8, --top-k 40, --top-p 0.95,\n"
 	 "--min-p 0.05, --ctx the model's training context, --kv-type f32 (f16 halves the\n"
 	 "KV cache's memory).\n"
@@ -993,14 +1121,17 @@ const owl_command cmd_engine_commands[] = {
 	 "prints the results in the file's order (=== N, then the text; --json: one\n"
 	 "object with every result). A line is a prompt, or a JSON object with \"prompt\"\n"
 	 "and its own options: max_tokens, temperature, top_k, top_p, min_p,\n"
-	 "repeat_penalty, seed, stop (an array), chat, system. At most 1024 prompts; a\n"
-	 "prompt that cannot run is reported with its error while the others run.\n"
+	 "repeat_penalty, seed, stop (an array), chat, system, adapter (its own\n"
+	 "--adapter: prompts with different adapters share each forward pass). At most\n"
+	 "1024 prompts; a prompt that cannot run is reported with its error while the\n"
+	 "others run.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl run smollm2 \"The capital of France is\" --temperature 0 --max-tokens 20\n"
 	 "  owl run smollm2 --prompts questions.jsonl --chat --max-tokens 64\n"
 	 "  owl run smollm2:stable \"Why is the sky blue?\" --chat --seed 7\n"
-	 "  owl run ./model.gguf \"def fib(n):\" --stop \"\\n\\n\"\n"},
+	 "  owl run ./model.gguf \"def fib(n):\" --stop \"\\n\\n\"\n"
+	 "  owl run smollm2@1 \"Hello\" --adapter support-lora\n"},
 	{"chat", run_chat, "chat with a model interactively, with its chat template",
 	 "USAGE\n"
 	 "  owl chat MODEL [--system TEXT] [generation options of 'owl run']\n"
@@ -1027,7 +1158,7 @@ const owl_command cmd_engine_commands[] = {
 	{"bench", run_bench, "measure prompt processing and generation speed",
 	 "USAGE\n"
 	 "  owl bench MODEL [--prompt 512] [--gen 128] [--reps 3] [--batch N] [--kv-type f32|f16]\n"
-	 "            [--tp N] [--threads N] [--json]\n"
+	 "            [--tp N] [--threads N] [--adapter NAME[@V]|DIR] [--json]\n"
 	 "\n"
 	 "Prints a table like llama-bench: prompt processing (ppN: N tokens in one batch)\n"
 	 "and generation (tgN: N tokens one by one from an empty context) in tokens per\n"
@@ -1036,6 +1167,7 @@ const owl_command cmd_engine_commands[] = {
 	 "(weights, KV cache, working buffers), beside the weights and KV cache sizes.\n"
 	 "--batch N times generation as N sequences decoding together (tgGxN), one\n"
 	 "forward pass of N tokens per step, and reports their aggregate tokens/s.\n"
+	 "--adapter measures with a LoRA adapter applied (as in 'owl run').\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl bench smollm2 --threads 2\n"

@@ -182,6 +182,32 @@ void engine_detok_init(engine_detok *d, const engine_tokenizer *t);
 /* Writes the text ready after token id into out (NUL-terminated); returns its length. */
 size_t engine_detok_feed(engine_detok *d, int id, char *out, size_t outlen);
 
+/* ---- LoRA adapters, applied unmerged (engine/lora.c) ------------------------ */
+
+typedef struct engine_adapter engine_adapter;
+
+/* Loads a PEFT LoRA adapter folder (adapter_config.json and
+ * adapter_model.safetensors) for model m: A and B widened to f32, B's q/k
+ * rows permuted when m is a GGUF. Honours r, lora_alpha, use_rslora and
+ * target_modules (a list, "all-linear" or a regular expression) among
+ * q/k/v/o/gate/up/down_proj. Refused, naming what and why: DoRA,
+ * modules_to_save, a bias other than "none", rank_pattern/alpha_pattern,
+ * layers_to_transform, tensors for other modules, and any tensor whose shape
+ * does not fit m (both shapes are named). */
+int engine_adapter_load(const engine_model *m, const char *dir, engine_adapter **out, owl_err *err);
+void engine_adapter_free(engine_adapter *a); /* accepts NULL */
+/* 0 when a fits m (shapes and GGUF/safetensors layout), else OWL_EUSAGE with what differs. */
+int engine_adapter_check(const engine_adapter *a, const engine_model *m, owl_err *err);
+/* Every forward pass of the session applies a (NULL: none) from now on. The
+ * KV cache was computed without it, so the session starts over at position 0.
+ * The adapter must outlive its use by the session. */
+int engine_session_set_adapter(engine_session *s, const engine_adapter *a, owl_err *err);
+/* The adapter of an empty sequence of a pool (NULL: none): its projections
+ * apply it, tokens of sequences with different adapters share one forward
+ * pass, and prefixes are shared only between sequences of one adapter. At
+ * most rank 512. The adapter must outlive the sequence's use of it. */
+int engine_kv_seq_set_adapter(engine_kv *kv, int seq, const engine_adapter *a, owl_err *err);
+
 /* ---- perplexity (engine/perplexity.c) ------------------------------------------- */
 
 typedef struct engine_ppl_opts {

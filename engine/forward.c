@@ -61,6 +61,12 @@ void engine_session_truncate(engine_session *s, int pos)
 	engine_kv_seq_truncate(s->kv, s->seq, pos);
 }
 
+int engine_session_set_adapter(engine_session *s, const engine_adapter *a, owl_err *err)
+{
+	engine_kv_seq_truncate(s->kv, s->seq, 0);
+	return engine_kv_seq_set_adapter(s->kv, s->seq, a, err);
+}
+
 uint64_t engine_session_kv_bytes(const engine_session *s)
 {
 	engine_kv_stats st;
@@ -102,6 +108,52 @@ typedef struct step {
 
 #define K(be, op, ...) ((be)->iface->op((be), __VA_ARGS__))
 
+/* The adapters' part of one projection on rank r's shard w of role `role`:
+ * y += scale * B (A x) for the rows of every sequence that has an adapter,
+ * consecutive sequences of one adapter in one call. A row-split shard
+ * (q/k/v, gate/up) starts at output row `off` and takes that band of B's
+ * rows; a column-split one (o, down) starts at input column `off` and takes
+ * that band of A's columns, its partial summed with the other ranks' by the
+ * all-reduce (exact: the adapter is linear). */
+static int adapt(step *st, int r, engine_role role, float *y, const float *x, const wmat *w,
+		 int off, owl_err *err)
+{
+	engine_kv *kv = st->kv;
+	kernels_backend *be = kv->m->ranks[r];
+	for (int s = 0; s < st->nseg;) {
+		const engine_adapter *ad = kv->seg_adapter[s];
+		int e = s + 1;
+		while (e < st->nseg && kv->seg_adapter[e] == ad)
+			e++;
+		const engine_lora *lo = ad ? &ad->lora[st->l][role] : NULL;
+		if (lo && lo->a) {
+			int in_full, rk = ad->rank, t0 = kv->segs[s].tok0;
+			int nt = kv->segs[e - 1].tok0 + kv->segs[e - 1].ntok - t0;
+			engine_role_shape(&kv->m->info, role, &(int){0}, &in_full);
+			const float *a = lo->a, *b = lo->b;
+			if (engine_roles[role].split_cols)
+				a += off;
+			else
+				b += (size_t)off * rk;
+			int rc = K(be, lora, y + (size_t)t0 * w->rows, x + (size_t)t0 * w->cols, nt, w->cols,
+				   w->rows, rk, a, in_full, b, rk, ad->scale, kv->ws[r].lora_tmp, err);
+			if (rc)
+				return rc;
+		}
+		s = e;
+	}
+	return 0;
+}
+
+/* y = x W^T for rank r's shard, then the adapters. */
+static int project(step *st, int r, engine_role role, float *y, const float *x, const wmat *w,
+		   int off, owl_err *err)
+{
+	kernels_backend *be = st->kv->m->ranks[r];
+	int rc = K(be, matmul, y, x, w, st->n, err);
+	return rc ? rc : adapt(st, r, role, y, x, w, off, err);
+}
+
 /* Rank r's attention block: (layer 0: the embedding; else the previous MLP's
  * summed output into its residual stream), then norm, q/k/v, RoPE, the new
  * keys and values into its cache shard, attention, and its partial o. */
@@ -127,11 +179,14 @@ static int rank_attention(step *st, int r, owl_err *err)
 		/* Decode: one pass of the thread pool over all three. */
 		const wmat *ws[3] = {wq, wk, wv};
 		float *ys[3] = {w->q, w->kb, w->vb};
-		if ((rc = K(be, matvec_multi, ys, ws, 3, w->xn, err)))
+		if ((rc = K(be, matvec_multi, ys, ws, 3, w->xn, err)) ||
+		    (rc = adapt(st, r, ENGINE_ROLE_Q, w->q, w->xn, wq, h0 * hd, err)) ||
+		    (rc = adapt(st, r, ENGINE_ROLE_K, w->kb, w->xn, wk, kv0 * hd, err)) ||
+		    (rc = adapt(st, r, ENGINE_ROLE_V, w->vb, w->xn, wv, kv0 * hd, err)))
 			return rc;
-	} else if ((rc = K(be, matmul, w->q, w->xn, wq, n, err)) ||
-		   (rc = K(be, matmul, w->kb, w->xn, wk, n, err)) ||
-		   (rc = K(be, matmul, w->vb, w->xn, wv, n, err))) {
+	} else if ((rc = project(st, r, ENGINE_ROLE_Q, w->q, w->xn, wq, h0 * hd, err)) ||
+		   (rc = project(st, r, ENGINE_ROLE_K, w->kb, w->xn, wk, kv0 * hd, err)) ||
+		   (rc = project(st, r, ENGINE_ROLE_V, w->vb, w->xn, wv, kv0 * hd, err))) {
 		return rc;
 	}
 	if (R->bq && ((rc = K(be, add_rows, w->q, R->bq, n, hpr * hd, err)) ||
@@ -146,7 +201,7 @@ static int rank_attention(step *st, int r, owl_err *err)
 	    (rc = K(be, attention, w->att, w->q, kv->segs, st->nseg, &cache, hpr, h0,
 		    in->n_heads / in->n_kv_heads, kv0, hd, in->sliding_window, &w->attn, err)))
 		return rc;
-	return K(be, matmul, w->part, w->att, &R->wo, n, err);
+	return project(st, r, ENGINE_ROLE_O, w->part, w->att, &R->wo, h0 * hd, err);
 }
 
 /* Rank r's MLP block: the attention's summed output into its residual
@@ -166,15 +221,17 @@ static int rank_ffn(step *st, int r, owl_err *err)
 	if (n == 1) {
 		const wmat *ws[2] = {&R->w_gate, &R->w_up};
 		float *ys[2] = {w->gate, w->up};
-		if ((rc = K(be, matvec_multi, ys, ws, 2, w->xn, err)))
+		if ((rc = K(be, matvec_multi, ys, ws, 2, w->xn, err)) ||
+		    (rc = adapt(st, r, ENGINE_ROLE_GATE, w->gate, w->xn, &R->w_gate, r * fpr, err)) ||
+		    (rc = adapt(st, r, ENGINE_ROLE_UP, w->up, w->xn, &R->w_up, r * fpr, err)))
 			return rc;
-	} else if ((rc = K(be, matmul, w->gate, w->xn, &R->w_gate, n, err)) ||
-		   (rc = K(be, matmul, w->up, w->xn, &R->w_up, n, err))) {
+	} else if ((rc = project(st, r, ENGINE_ROLE_GATE, w->gate, w->xn, &R->w_gate, r * fpr, err)) ||
+		   (rc = project(st, r, ENGINE_ROLE_UP, w->up, w->xn, &R->w_up, r * fpr, err))) {
 		return rc;
 	}
 	if ((rc = K(be, swiglu, w->gate, w->up, (size_t)n * fpr, err)))
 		return rc;
-	return K(be, matmul, w->part, w->gate, &R->w_down, n, err);
+	return project(st, r, ENGINE_ROLE_DOWN, w->part, w->gate, &R->w_down, r * fpr, err);
 }
 
 /* Runs fn for every rank: each rank a thread group of its backend's
@@ -231,6 +288,7 @@ static int forward_micro(engine_kv *kv, const engine_batch *b, int t0, int n, co
 		kv->pos[i] = p;
 		kv->slots[i] = q->blocks[p / KV_BLOCK_TOKENS] * KV_BLOCK_TOKENS + p % KV_BLOCK_TOKENS;
 		if (i == 0 || b->seq[t] != b->seq[t - 1]) {
+			kv->seg_adapter[nseg] = q->adapter;
 			kv->segs[nseg++] = (kernels_attn_seg){.tok0 = i, .ntok = 0, .pos0 = p,
 							      .blocks = q->blocks};
 		}

@@ -216,7 +216,8 @@ int engine_kv_new(engine_model *m, const engine_kv_opts *o, engine_kv **out, owl
 						    "prefix cache tokens", err)) ||
 		    !(kv->pos = try_calloc(U, sizeof(int32_t), "positions", err)) ||
 		    !(kv->slots = try_calloc(U, sizeof(int32_t), "KV slots", err)) ||
-		    !(kv->segs = try_calloc(U, sizeof(kernels_attn_seg), "attention segments", err))))
+		    !(kv->segs = try_calloc(U, sizeof(kernels_attn_seg), "attention segments", err)) ||
+		    !(kv->seg_adapter = try_calloc(U, sizeof(*kv->seg_adapter), "segment adapters", err))))
 		rc = OWL_EFAIL;
 	for (int i = 0; !rc && i < kv->table_cap; i++)
 		kv->table[i] = SLOT_EMPTY;
@@ -227,9 +228,9 @@ int engine_kv_new(engine_model *m, const engine_kv_opts *o, engine_kv **out, owl
 		/* x, xn, xl, part: [U][dim]; q, att: [U][hpr*hd]; kb, vb: [U][kvd];
 		 * gate, up: [U][fpr]; then the attention scratch */
 		size_t sizes[] = {U * D, U * D, U * D, U * D, U * hpr * hd, U * hpr * hd, U * kvd,
-				  U * kvd, U * fpr, U * fpr, w->attn.n};
+				  U * kvd, U * fpr, U * fpr, U * KV_MAX_LORA_RANK, w->attn.n};
 		float **dst[] = {&w->x, &w->xn, &w->xl, &w->part, &w->q, &w->att, &w->kb, &w->vb,
-				 &w->gate, &w->up, &w->attn.data};
+				 &w->gate, &w->up, &w->lora_tmp, &w->attn.data};
 		size_t total = 0;
 		for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
 			total += (sizes[i] + 15) / 16 * 16; /* 64-byte aligned pieces */
@@ -268,7 +269,7 @@ void engine_kv_free(engine_kv *kv)
 	}
 	free(kv->seqs);
 	free(kv->blk), free(kv->free_list), free(kv->table), free(kv->block_tokens);
-	free(kv->pos), free(kv->slots), free(kv->segs);
+	free(kv->pos), free(kv->slots), free(kv->segs), free(kv->seg_adapter);
 	free(kv);
 }
 
@@ -326,6 +327,7 @@ int engine_kv_seq_new(engine_kv *kv, uint64_t salt, int *seq_out, owl_err *err)
 	q->used = 1;
 	q->len = q->nblocks = 0;
 	q->salt = salt;
+	q->adapter = NULL;
 	*seq_out = s;
 	return 0;
 }
@@ -374,6 +376,7 @@ int engine_kv_seq_fork(engine_kv *kv, int src, int n_tokens, int *seq_out, owl_e
 		return rc;
 	p = &kv->seqs[src]; /* the array may have moved */
 	kv_seq *q = &kv->seqs[s];
+	q->adapter = p->adapter;
 	q->nblocks = (n_tokens + KV_BLOCK_TOKENS - 1) / KV_BLOCK_TOKENS;
 	for (int i = 0; i < q->nblocks; i++) {
 		q->blocks[i] = p->blocks[i];
@@ -382,6 +385,29 @@ int engine_kv_seq_fork(engine_kv *kv, int src, int n_tokens, int *seq_out, owl_e
 	memcpy(q->tokens, p->tokens, (size_t)n_tokens * sizeof *q->tokens);
 	q->len = n_tokens;
 	*seq_out = s;
+	return 0;
+}
+
+int engine_kv_seq_set_adapter(engine_kv *kv, int seq, const engine_adapter *a, owl_err *err)
+{
+	kv_seq *q = seq_get(kv, seq);
+	if (!q)
+		return owl_err_set(err, OWL_EUSAGE, "no sequence %d in the KV pool", seq);
+	if (q->len)
+		return owl_err_set(err, OWL_EUSAGE, "sequence %d holds %d tokens computed without "
+				   "the adapter", seq, q->len);
+	int rc = a ? engine_adapter_check(a, kv->m, err) : 0;
+	if (rc)
+		return rc;
+	if (a && a->rank > KV_MAX_LORA_RANK)
+		return owl_err_set(err, OWL_EUSAGE, "an adapter of rank %d: at most %d", a->rank,
+				   KV_MAX_LORA_RANK);
+	/* The adapter changes every key and value: its own prefix cache. */
+	if (q->adapter)
+		q->salt ^= mix64((uint64_t)(uintptr_t)q->adapter);
+	q->adapter = a;
+	if (a)
+		q->salt ^= mix64((uint64_t)(uintptr_t)a);
 	return 0;
 }
 

@@ -5,11 +5,13 @@
 #define OWL_ENGINE_KV_IMPL_H
 
 #include "internal.h"
+#include "lora.h"
 
 enum {
 	KV_BLOCK_TOKENS = 32, /* tokens per block */
 	KV_MAX_RANKS = 16,
 	KV_UBATCH = 64,       /* tokens per micro-batch of the forward pass */
+	KV_MAX_LORA_RANK = 512,
 };
 
 /* One sequence: its block table and the tokens its cache holds (the
@@ -21,6 +23,7 @@ typedef struct kv_seq {
 	int32_t *blocks;
 	int32_t *tokens;  /* [cap * KV_BLOCK_TOKENS] */
 	uint64_t salt;    /* what else decides the keys (the adapter): part of the block hashes */
+	const engine_adapter *adapter; /* applied to its projections, or NULL */
 } kv_seq;
 
 /* Per block: how many sequences hold it, and, once full and registered in
@@ -39,6 +42,7 @@ typedef struct kv_block {
 typedef struct kv_rank_ws {
 	kernels_buffer *buf;
 	float *x, *xn, *xl, *q, *kb, *vb, *att, *gate, *up, *part;
+	float *lora_tmp; /* [KV_UBATCH][KV_MAX_LORA_RANK]: an adapter's bottleneck */
 	kernels_scratch attn;
 } kv_rank_ws;
 
@@ -66,6 +70,7 @@ struct engine_kv {
 	 * segments are the batch's layout, read by every rank */
 	int32_t *pos, *slots;
 	kernels_attn_seg *segs;
+	const engine_adapter **seg_adapter; /* per segment: its sequence's adapter */
 	kv_rank_ws ws[KV_MAX_RANKS];
 };
 

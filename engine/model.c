@@ -3,6 +3,7 @@
  * (a few KB) are converted to f32. */
 #define _GNU_SOURCE
 #include "internal.h"
+#include "lora.h"
 
 #include "common/modelcfg.h"
 
@@ -225,13 +226,12 @@ static int open_safetensors(engine_model *m, const char *dir, owl_err *err)
 		layer *L = &m->layers[l];
 		rc = st_vec(m, P("input_layernorm.weight"), in->dim, &L->attn_norm, err);
 		if (!rc) rc = st_vec(m, P("post_attention_layernorm.weight"), in->dim, &L->ffn_norm, err);
-		if (!rc) rc = st_mat(m, P("self_attn.q_proj.weight"), qd, in->dim, &L->wq, err);
-		if (!rc) rc = st_mat(m, P("self_attn.k_proj.weight"), kvd, in->dim, &L->wk, err);
-		if (!rc) rc = st_mat(m, P("self_attn.v_proj.weight"), kvd, in->dim, &L->wv, err);
-		if (!rc) rc = st_mat(m, P("self_attn.o_proj.weight"), in->dim, qd, &L->wo, err);
-		if (!rc) rc = st_mat(m, P("mlp.gate_proj.weight"), in->ffn_dim, in->dim, &L->w_gate, err);
-		if (!rc) rc = st_mat(m, P("mlp.up_proj.weight"), in->ffn_dim, in->dim, &L->w_up, err);
-		if (!rc) rc = st_mat(m, P("mlp.down_proj.weight"), in->dim, in->ffn_dim, &L->w_down, err);
+		for (int r = 0; r < ENGINE_ROLE_COUNT && !rc; r++) {
+			int rows, cols;
+			engine_role_shape(in, (engine_role)r, &rows, &cols);
+			snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, engine_roles[r].hf);
+			rc = st_mat(m, name, rows, cols, engine_layer_weight(L, (engine_role)r), err);
+		}
 		if (!rc && in->qkv_bias) {
 			rc = st_vec(m, P("self_attn.q_proj.bias"), qd, &L->bq, err);
 			if (!rc) rc = st_vec(m, P("self_attn.k_proj.bias"), kvd, &L->bk, err);
@@ -327,7 +327,6 @@ static int open_gguf(engine_model *m, const char *path, owl_err *err)
 		for (int i = 0; i < half; i++)
 			m->inv_freq[i] /= ((const float *)rf->data)[i];
 	m->rope_adjacent = 1;
-	int qd = in->n_heads * in->head_dim, kvd = in->n_kv_heads * in->head_dim;
 	rc = gg_mat(m, "token_embd.weight", in->vocab, in->dim, &m->tok_embd, err);
 	if (!rc && gguf_find_tensor(m->gguf, "output.weight"))
 		rc = gg_mat(m, "output.weight", in->vocab, in->dim, &m->output, err);
@@ -344,13 +343,14 @@ static int open_gguf(engine_model *m, const char *path, owl_err *err)
 		layer *L = &m->layers[l];
 		rc = gg_vec(m, G("attn_norm.weight"), in->dim, &L->attn_norm, err);
 		if (!rc) rc = gg_vec(m, G("ffn_norm.weight"), in->dim, &L->ffn_norm, err);
-		if (!rc) rc = gg_mat(m, G("attn_q.weight"), qd, in->dim, &L->wq, err);
-		if (!rc) rc = gg_mat(m, G("attn_k.weight"), kvd, in->dim, &L->wk, err);
-		if (!rc) rc = gg_mat(m, G("attn_v.weight"), kvd, in->dim, &L->wv, err);
-		if (!rc) rc = gg_mat(m, G("attn_output.weight"), in->dim, qd, &L->wo, err);
-		if (!rc) rc = gg_mat(m, G("ffn_gate.weight"), in->ffn_dim, in->dim, &L->w_gate, err);
-		if (!rc) rc = gg_mat(m, G("ffn_up.weight"), in->ffn_dim, in->dim, &L->w_up, err);
-		if (!rc) rc = gg_mat(m, G("ffn_down.weight"), in->dim, in->ffn_dim, &L->w_down, err);
+		/* q/k rows are stored permuted (engine_roles[].perm); the forward
+		 * pass reads them so, rotating adjacent RoPE pairs. */
+		for (int r = 0; r < ENGINE_ROLE_COUNT && !rc; r++) {
+			int rows, cols;
+			engine_role_shape(in, (engine_role)r, &rows, &cols);
+			snprintf(name, sizeof name, "blk.%d.%s.weight", l, engine_roles[r].gguf);
+			rc = gg_mat(m, name, rows, cols, engine_layer_weight(L, (engine_role)r), err);
+		}
 	}
 #undef G
 	snprintf(in->source, sizeof in->source, "gguf");

@@ -118,6 +118,7 @@ typedef enum kernels_op {
 	KERNELS_OP_ATTENTION,
 	KERNELS_OP_SWIGLU,
 	KERNELS_OP_CROSS_ENTROPY,
+	KERNELS_OP_LORA,
 	KERNELS_OP_COUNT,
 } kernels_op;
 
@@ -191,6 +192,13 @@ typedef struct kernels_backend_iface {
 	/* Mean cross-entropy of logits [rows, vocab] against targets (training, perplexity). */
 	int (*cross_entropy)(kernels_backend *be, float *loss, const float *logits,
 			     const int32_t *targets, int rows, int vocab, owl_err *err);
+	/* LoRA, unmerged: y[n, out] += scale * (x[n, in] A^T) B^T, A [r, in] with rows
+	 * lda floats apart (a column band of a wider A: lda is its full width),
+	 * B [out, r] with rows ldb apart (a row band of B is b + row0 * ldb), tmp
+	 * caller-provided scratch of [n, r] floats. x and y rows are contiguous. */
+	int (*lora)(kernels_backend *be, float *y, const float *x, int n, int in, int out, int r,
+		    const float *a, int lda, const float *b, int ldb, float scale, float *tmp,
+		    owl_err *err);
 
 	/* backward slots (optional): NULL until training lands (the LoRA issue) */
 	int (*matmul_backward)(kernels_backend *be, float *dx, float *dw, const float *dy,

@@ -560,6 +560,7 @@ static int cpu_supports(const kernels_backend *be, kernels_op op, int type)
 	case KERNELS_OP_ADD_ROWS:
 	case KERNELS_OP_SWIGLU:
 	case KERNELS_OP_CROSS_ENTROPY:
+	case KERNELS_OP_LORA:
 		return type == KERNELS_F32;
 	case KERNELS_OP_COUNT:
 		break;
@@ -578,6 +579,10 @@ static void cpu_backend_free(kernels_backend *be)
 	free(be->context);
 	free(be);
 }
+
+/* engine/kernels/cpu/lora.c */
+int cpu_lora(kernels_backend *be, float *y, const float *x, int n, int in, int out, int r,
+	     const float *a, int lda, const float *b, int ldb, float scale, float *tmp, owl_err *err);
 
 static const kernels_backend_iface cpu_iface = {
 	.abi_version = KERNELS_ABI_VERSION,
@@ -602,6 +607,7 @@ static const kernels_backend_iface cpu_iface = {
 	.attention = cpu_attention,
 	.swiglu = cpu_swiglu,
 	.cross_entropy = cpu_cross_entropy,
+	.lora = cpu_lora,
 };
 
 int kernels_cpu_backend_new(int threads, kernels_backend **out, owl_err *err)

@@ -1,27 +1,31 @@
 /* Prints a model's logits for token ids as JSON, for comparison with the
  * PyTorch oracle and between owl's own modes (tp, stepwise vs prefill).
- * Usage: owl-logits PATH --tokens 1,2,3 [--tp N] [--threads N] [--all] [--stepwise] */
+ * Usage: owl-logits PATH --tokens 1,2,3 [--tp N] [--threads N] [--all] [--stepwise]
+ *                   [--adapter DIR] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine/engine.h"
+#include "engine/lora.h" /* engine_adapter_*: to move to engine.h */
 
 int main(int argc, char **argv)
 {
-	const char *path = NULL, *toks = NULL;
+	const char *path = NULL, *toks = NULL, *adapter_dir = NULL;
 	engine_model_opts o = {0};
 	int all = 0, stepwise = 0;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--tokens") && i + 1 < argc) toks = argv[++i];
 		else if (!strcmp(argv[i], "--tp") && i + 1 < argc) o.tp = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--threads") && i + 1 < argc) o.threads = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--adapter") && i + 1 < argc) adapter_dir = argv[++i];
 		else if (!strcmp(argv[i], "--all")) all = 1;
 		else if (!strcmp(argv[i], "--stepwise")) stepwise = 1;
 		else path = argv[i];
 	}
 	if (!path || !toks) {
-		fprintf(stderr, "usage: owl-logits PATH --tokens 1,2,3 [--tp N] [--all] [--stepwise]\n");
+		fprintf(stderr, "usage: owl-logits PATH --tokens 1,2,3 [--tp N] [--all] [--stepwise] "
+				"[--adapter DIR]\n");
 		return 2;
 	}
 	int32_t ids[4096];
@@ -34,8 +38,13 @@ int main(int argc, char **argv)
 	owl_err err = {0};
 	engine_model *m = NULL;
 	engine_session *s = NULL;
-	if (engine_model_open(path, &o, &m, &err) || engine_session_new(m, 0, &s, &err)) {
+	engine_adapter *ad = NULL;
+	if (engine_model_open(path, &o, &m, &err) || engine_session_new(m, 0, &s, &err) ||
+	    (adapter_dir && (engine_adapter_load(m, adapter_dir, &ad, &err) ||
+			     engine_session_set_adapter(s, ad, &err)))) {
 		fprintf(stderr, "owl-logits: %s\n", err.msg);
+		engine_adapter_free(ad);
+		engine_session_free(s);
 		engine_model_close(m);
 		return err.code ? err.code : 1;
 	}
@@ -64,6 +73,7 @@ int main(int argc, char **argv)
 	}
 	free(logits);
 	engine_session_free(s);
+	engine_adapter_free(ad);
 	engine_model_close(m);
 	return rc;
 }
