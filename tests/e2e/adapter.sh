@@ -80,6 +80,17 @@ oracle r4_qv --r 4 --alpha 8 --targets q_proj,v_proj --seed 1
 oracle r16_all_rslora --r 16 --alpha 32 --rslora --seed 2
 oracle r8_regex_k_o_down --r 8 --alpha 4 --regex --targets '.*\.(k_proj|o_proj|down_proj)' --seed 3
 oracle r4_gate_up --r 4 --alpha 16 --targets gate_proj,up_proj --seed 4
+
+# Two adapters and none in one forward pass (tests/tools/owl-batch): each
+# sequence gets what it gets alone with its own adapter, prompts and
+# decoding, on the safetensors and the GGUF base, at tp 1 and 2.
+for base in "$T/base" "$T/base/model.gguf"; do
+  for tp in 1 2; do
+    label="two_adapters_$( [ "$base" = "$T/base" ] && echo st || echo gguf )_tp$tp"
+    "$OWL_BUILD/owl-batch" "$base" --tp $tp --adapter "$T/r4_qv" --adapter "$T/r16_all_rslora" >"$T/$label.out" 2>&1
+    if grep -q '^PASS two_adapters_in_one_batch' "$T/$label.out"; then pass "$label"; else fail "$label" "$(tail -3 "$T/$label.out")"; fi
+  done
+done
 # Qwen2 (q/k/v biases beside the adapter) and Mistral (sliding window):
 # safetensors only, as the fixture writes no GGUF for Qwen2.
 "$FX" --out "$T/qwen2" --seed 24 --preset tiny --std-scale 2 --arch qwen2 >/dev/null

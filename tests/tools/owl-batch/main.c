@@ -4,7 +4,10 @@
  * blocks freed and reused, a full pool that refuses one request while the
  * others go on, and f16 keys and values. Prints "PASS name" / "FAIL name:
  * why" lines for tests/run.sh and exits 1 when anything failed.
- * Usage: owl-batch MODEL [--tp N] [--threads N] [--tol X] [--f16-tol X] */
+ * With two --adapter folders it checks sequences of both adapters and of
+ * none in one batch instead.
+ * Usage: owl-batch MODEL [--tp N] [--threads N] [--tol X] [--f16-tol X]
+ *        [--adapter DIR --adapter DIR] */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -59,13 +62,17 @@ typedef struct seqcase {
 	float *alone; /* [nprompt + ndec][vocab] */
 } seqcase;
 
-static int run_alone(seqcase *c, int kv_type, owl_err *err)
+static engine_adapter *adapters[2];
+
+static int run_alone_with(seqcase *c, int kv_type, const engine_adapter *ad, owl_err *err)
 {
 	engine_kv *kv = NULL;
 	engine_kv_opts o = {.n_tokens = 256, .type = kv_type};
 	int seq, rc = engine_kv_new(model, &o, &kv, err);
 	if (!rc)
 		rc = engine_kv_seq_new(kv, 0, &seq, err);
+	if (!rc)
+		rc = engine_kv_seq_set_adapter(kv, seq, ad, err);
 	c->alone = malloc((size_t)(c->nprompt + c->ndec) * vocab * sizeof(float));
 	int32_t seqs[160];
 	uint8_t want[160];
@@ -81,6 +88,11 @@ static int run_alone(seqcase *c, int kv_type, owl_err *err)
 	}
 	engine_kv_free(kv);
 	return rc;
+}
+
+static int run_alone(seqcase *c, int kv_type, owl_err *err)
+{
+	return run_alone_with(c, kv_type, NULL, err);
 }
 
 static void make_case(seqcase *c, int nprompt, int ndec)
@@ -397,6 +409,68 @@ static void bad_batches(void)
 	engine_kv_free(kv);
 }
 
+/* Sequences with two adapters and none in one batch, not grouped by
+ * adapter: each gets what it gets alone with its adapter, for its prompt
+ * and for decoding steps taken together. */
+static void two_adapters_in_one_batch(void)
+{
+	owl_err err = {0};
+	enum { S = 4 };
+	static const int lens[S] = {20, 37, 10, 5};
+	const engine_adapter *ad[S] = {adapters[0], adapters[1], NULL, adapters[0]};
+	seqcase c[S];
+	for (int s = 0; s < S; s++) {
+		make_case(&c[s], lens[s], 3);
+		if (run_alone_with(&c[s], ENGINE_KV_F32, ad[s], &err))
+			return report("two_adapters_in_one_batch", 0, "alone: %s", err.msg);
+	}
+	engine_kv *kv = NULL;
+	engine_kv_opts o = {.n_tokens = 1024};
+	int seq[S], rc = engine_kv_new(model, &o, &kv, &err);
+	for (int s = 0; s < S && !rc; s++)
+		if (!(rc = engine_kv_seq_new(kv, 0, &seq[s], &err)))
+			rc = engine_kv_seq_set_adapter(kv, seq[s], ad[s], &err);
+	int32_t toks[128], sq[128];
+	uint8_t want[128];
+	float *lg = malloc(128 * (size_t)vocab * sizeof *lg);
+	int n = 0;
+	for (int s = 0; s < S; s++)
+		for (int i = 0; i < c[s].nprompt; i++, n++)
+			toks[n] = c[s].toks[i], sq[n] = seq[s], want[n] = 1;
+	double worst = 0;
+	if (!rc) {
+		engine_batch b = {.n = n, .tokens = toks, .seq = sq, .want = want};
+		rc = engine_decode(kv, &b, lg, &err);
+		for (int s = 0, row = 0; !rc && s < S; row += c[s].nprompt, s++)
+			worst = fmax(worst, max_diff(lg + (size_t)row * vocab, c[s].alone,
+						     (size_t)c[s].nprompt * vocab));
+	}
+	for (int d = 0; !rc && d < 3; d++) {
+		for (int s = 0; s < S; s++)
+			toks[s] = c[s].toks[c[s].nprompt + d], sq[s] = seq[s];
+		engine_batch b = {.n = S, .tokens = toks, .seq = sq};
+		rc = engine_decode(kv, &b, lg, &err);
+		for (int s = 0; !rc && s < S; s++)
+			worst = fmax(worst, max_diff(lg + (size_t)s * vocab,
+						     c[s].alone + (size_t)(c[s].nprompt + d) * vocab, (size_t)vocab));
+	}
+	/* The adapters matter: without them the same tokens give other logits. */
+	seqcase plain = c[1];
+	double moved = 0;
+	if (!rc && !(rc = run_alone(&plain, ENGINE_KV_F32, &err)))
+		moved = max_diff(plain.alone, c[1].alone, (size_t)c[1].nprompt * vocab);
+	if (rc)
+		report("two_adapters_in_one_batch", 0, "%s", err.msg);
+	else
+		report("two_adapters_in_one_batch", worst <= tol && moved > 0.05, "max abs difference "
+		       "%g (tolerance %g); the adapter moves the logits by %g", worst, tol, moved);
+	free(plain.alone);
+	for (int s = 0; s < S; s++)
+		free(c[s].alone);
+	free(lg);
+	engine_kv_free(kv);
+}
+
 /* A pool the address space cannot hold is an error, not an abort (the
  * address space is limited for the check; not under AddressSanitizer,
  * which reserves terabytes of shadow). */
@@ -429,13 +503,15 @@ static void unsatisfiable_pool_is_an_error(void)
 
 int main(int argc, char **argv)
 {
-	const char *path = NULL;
+	const char *path = NULL, *adirs[2] = {0};
+	int nad = 0;
 	engine_model_opts o = {0};
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--tp") && i + 1 < argc) o.tp = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--threads") && i + 1 < argc) o.threads = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--tol") && i + 1 < argc) tol = atof(argv[++i]);
 		else if (!strcmp(argv[i], "--f16-tol") && i + 1 < argc) f16_tol = atof(argv[++i]);
+		else if (!strcmp(argv[i], "--adapter") && i + 1 < argc && nad < 2) adirs[nad++] = argv[++i];
 		else path = argv[i];
 	}
 	if (!path) {
@@ -448,6 +524,18 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	vocab = engine_model_get_info(model)->vocab;
+	for (int i = 0; i < nad; i++)
+		if (engine_adapter_load(model, adirs[i], &adapters[i], &err)) {
+			fprintf(stderr, "owl-batch: %s\n", err.msg);
+			return 1;
+		}
+	if (nad == 2) {
+		/* Only the adapter checks: the rest runs without adapters elsewhere. */
+		two_adapters_in_one_batch();
+		engine_adapter_free(adapters[0]), engine_adapter_free(adapters[1]);
+		engine_model_close(model);
+		return failures ? 1 : 0;
+	}
 	batched_equals_alone();
 	shared_prefixes();
 	blocks_freed_and_reused();
