@@ -211,3 +211,35 @@ owl run tiny "hello" --max-tokens 2 --adapter other
 expect_contains model_is_not_an_adapter "$ERR" "not an adapter"
 owl run tiny "hello" --max-tokens 2 --adapter "$T/wide_a"
 [ "$RC" -eq 1 ] && [[ "$ERR" == *"has shape [192, 4]"* ]] && pass run_adapter_shape_refused || fail run_adapter_shape_refused "rc $RC: $ERR"
+
+# owl run --prompts: each prompt may name its own adapter; all share the
+# forward passes, and each gives what it gives alone with that adapter.
+cat >"$T/ad-prompts.jsonl" <<EOP
+{"prompt": "hello there", "adapter": "$T/r4_qv"}
+{"prompt": "the same words"}
+{"prompt": "hello there", "adapter": "$T/r16_all_rslora"}
+{"prompt": "hello there", "adapter": "$T/no-such-adapter"}
+EOP
+owl run "$T/base" --prompts "$T/ad-prompts.jsonl" --max-tokens 6 --temperature 0 --json
+echo "$OUT" >"$T/adp.json"
+expect_rc prompts_with_a_missing_adapter_fail 1
+adp_alone() { # index prompt [adapter]
+  local i=$1 p=$2
+  shift 2
+  owl run "$T/base" "$p" --max-tokens 6 --temperature 0 --json "$@"
+  python3 - "$T/adp.json" "$i" "$OUT" <<'EOF2' && pass "prompts_adapter_${i}_equals_alone" || fail "prompts_adapter_${i}_equals_alone" "$(cat "$T/.why")"
+import json, sys
+b = json.load(open(sys.argv[1]))["results"][int(sys.argv[2]) - 1]
+a = json.loads(sys.argv[3])
+open(sys.argv[1].rsplit("/", 1)[0] + "/.why", "w").write(f"{b.get('text')!r} vs {a.get('text')!r}")
+sys.exit(0 if b.get("text") == a["text"] else 1)
+EOF2
+}
+adp_alone 1 "hello there" --adapter "$T/r4_qv"
+adp_alone 2 "the same words"
+adp_alone 3 "hello there" --adapter "$T/r16_all_rslora"
+python3 - "$T/adp.json" <<'EOF2' && pass prompts_missing_adapter_named || fail prompts_missing_adapter_named "$(cat "$T/adp.json" | head -c 600)"
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+sys.exit(0 if "no-such-adapter" in r[3].get("error", "") and r[0]["text"] != r[2]["text"] else 1)
+EOF2
