@@ -134,6 +134,7 @@ typedef struct registry_stage {
 	size_t *index;     /* hash of paths -> files[i] + 1 (0: empty slot) */
 	size_t index_cap;  /* slots in index, a power of two */
 	size_t index_n;    /* nfiles when the index was last updated */
+	char *last_parent; /* folder make_parents created last */
 	char *dir;         /* tmp/stage-PID-N, removed by registry_stage_free */
 	char *files_dir;   /* dir/files */
 	registry_stage_file *files;
@@ -155,8 +156,9 @@ void registry_stage_free(registry_stage *st);
  * is an integrity error (OWL_EINTEGRITY) naming it. */
 int registry_stage_add(registry_stage *st, const char *path, const char *digest, uint64_t size,
 		       const char *expected, owl_err *err);
-/* Rebuilds the stage's path index: after changing files[i].path in place
- * (registry_stage_strip_top) or removing entries. */
+/* Rebuilds the stage's path index (and forgets which folders exist): after
+ * changing files[i].path in place or moving folders (registry_stage_strip_top)
+ * or removing entries. */
 void registry_stage_reindex(registry_stage *st);
 /* Creates files_dir/path for writing (its folders too) after checking the
  * path (relative, no "." or ".." component, no control character, at most

@@ -49,6 +49,7 @@ void registry_stage_free(registry_stage *st)
 	}
 	free(st->files);
 	free(st->index);
+	free(st->last_parent);
 	free(st->dir);
 	free(st->files_dir);
 	free(st->source);
@@ -115,6 +116,9 @@ static void index_build(registry_stage *st, size_t cap)
 
 void registry_stage_reindex(registry_stage *st)
 {
+	/* Folders may have moved too (strip_top). */
+	free(st->last_parent);
+	st->last_parent = NULL;
 	size_t cap = 64;
 	while (cap < 2 * (st->nfiles + 1))
 		cap *= 2;
@@ -178,14 +182,22 @@ uint64_t registry_archive_entry_limit(void)
 	return v && *v && end && *end == 0 && n > 0 ? (uint64_t)n : 100000;
 }
 
-/* Creates the parent folders of files_dir/path. */
+/* Creates the parent folders of files_dir/path. Archives list the files of
+ * one folder together: the folder made last is remembered, so that 10,000
+ * entries do not cost 10,000 walks of mkdir over every component. */
 static int make_parents(registry_stage *st, const char *path, char **full_out, owl_err *err)
 {
 	char *full = owl_path_join(st->files_dir, path);
 	char *parent = owl_xstrdup(full);
 	char *slash = strrchr(parent, '/');
 	*slash = 0;
-	int rc = owl_mkdir_p(parent, err);
+	int rc = 0;
+	if (!st->last_parent || strcmp(st->last_parent, parent) != 0) {
+		rc = owl_mkdir_p(parent, err);
+		free(st->last_parent);
+		st->last_parent = rc ? NULL : parent;
+		parent = NULL;
+	}
 	free(parent);
 	if (rc) {
 		free(full);
@@ -201,8 +213,16 @@ int registry_stage_create_file(registry_stage *st, const char *path, int *fd_out
 	int rc = check_new_path(st, path, err);
 	if (rc)
 		return rc;
-	/* An earlier entry may be a file where this one needs a folder. */
-	for (const char *sl = strchr(path, '/'); sl; sl = strchr(sl + 1, '/')) {
+	/* An earlier entry may be a file where this one needs a folder (not
+	 * when the folder is the one made for the previous entry). */
+	const char *last = strrchr(path, '/');
+	int same_folder = 0;
+	if (last && st->last_parent) {
+		char *parent = owl_xasprintf("%s/%.*s", st->files_dir, (int)(last - path), path);
+		same_folder = strcmp(parent, st->last_parent) == 0;
+		free(parent);
+	}
+	for (const char *sl = same_folder ? NULL : strchr(path, '/'); sl; sl = strchr(sl + 1, '/')) {
 		char *prefix = owl_xasprintf("%s/%.*s", st->files_dir, (int)(sl - path), path);
 		struct stat sb;
 		int is_file = lstat(prefix, &sb) == 0 && !S_ISDIR(sb.st_mode);
