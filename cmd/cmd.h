@@ -20,6 +20,8 @@ typedef struct owl_ctx {
 	int json;         /* --json: machine-readable output on stdout */
 	int quiet;        /* --quiet: no progress output */
 	int verbose;      /* --verbose */
+	const char *verb; /* "list", "policy add" ...: for messages */
+	int read_only_ok; /* the verb only reads: a read-only home is opened read-only */
 } owl_ctx;
 
 typedef struct owl_command {
@@ -36,7 +38,8 @@ extern const owl_command cmd_registry_commands[];
 extern const owl_command cmd_license_commands[];
 extern const owl_command cmd_engine_commands[];
 
-/* Opens the data home's store with every module's schema applied. */
+/* Opens the data home's store with every module's schema applied. Writers
+ * that wait for another owl's lock say so on stderr (unless --quiet). */
 struct registry_store;
 int cmd_open_store(owl_ctx *ctx, struct registry_store **out, owl_err *err);
 /* A progress reporter that is silent under --quiet and --json. */

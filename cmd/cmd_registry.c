@@ -603,10 +603,11 @@ static int run_gc(owl_ctx *ctx, int argc, char **argv)
 	if (rc)
 		return cmd_fail(&err);
 	if (ctx->json) {
-		json_t *o = json_pack("{s:b, s:I, s:I, s:I}", "dry_run", dry, "blobs_removed",
+		json_t *o = json_pack("{s:b, s:I, s:I, s:I, s:I}", "dry_run", dry, "blobs_removed",
 				      (json_int_t)r.blobs_removed, "bytes_freed",
 				      (json_int_t)r.bytes_freed, "stale_staging_removed",
-				      (json_int_t)r.stale_tmp_removed);
+				      (json_int_t)r.stale_tmp_removed, "blobs_kept_unknown",
+				      (json_int_t)r.blobs_kept_unknown);
 		json_object_set_new(o, "partial_downloads_removed", json_integer((json_int_t)parts));
 		json_object_set_new(o, "partial_bytes_freed", json_integer((json_int_t)part_bytes));
 		cmd_print_json(o);
@@ -621,6 +622,10 @@ static int run_gc(owl_ctx *ctx, int argc, char **argv)
 		       dry ? "would remove" : "removed", (unsigned long long)r.blobs_removed, b,
 		       (unsigned long long)r.stale_tmp_removed);
 	}
+	if (r.blobs_kept_unknown)
+		fprintf(stderr, "owl: kept %llu blobs that are older than this database and were "
+			"never recorded in it (an earlier database was lost?): 'owl recover' "
+			"registers them again\n", (unsigned long long)r.blobs_kept_unknown);
 	return OWL_OK;
 }
 
@@ -687,6 +692,45 @@ static int run_verify(owl_ctx *ctx, int argc, char **argv)
 	if (rc)
 		return cmd_fail(&err);
 	printf("ok: %llu files verified\n", (unsigned long long)checked);
+	return OWL_OK;
+}
+
+/* ---- recover ------------------------------------------------------------- */
+
+static int run_recover(owl_ctx *ctx, int argc, char **argv)
+{
+	if (argc != 1)
+		return cmd_usage_error("recover", "unexpected argument '%s'", argv[1]);
+	owl_err err = {0};
+	registry_store *s = NULL;
+	if (cmd_open_store(ctx, &s, &err))
+		return cmd_fail(&err);
+	registry_recover_result r;
+	int rc = registry_recover(s, &r, &err);
+	registry_store_close(s);
+	if (rc)
+		return cmd_fail(&err);
+	if (ctx->json) {
+		cmd_print_json(json_pack("{s:s?, s:i, s:I, s:I, s:I, s:I}", "model",
+					 r.versions ? r.model : NULL, "versions", r.versions, "blobs",
+					 (json_int_t)r.blobs, "bytes", (json_int_t)r.bytes, "gguf",
+					 (json_int_t)r.gguf, "corrupt", (json_int_t)r.corrupt));
+	} else if (r.versions == 0) {
+		printf("nothing to recover: every blob belongs to a registered version\n");
+	} else {
+		char b[32];
+		owl_fmt_bytes(r.bytes, b, sizeof b);
+		printf("recovered %llu blobs (%s) as %d version%s of %s", (unsigned long long)r.blobs,
+		       b, r.versions, r.versions == 1 ? "" : "s", r.model);
+		printf(" (%llu GGUF model%s, one version each%s)\n", (unsigned long long)r.gguf,
+		       r.gguf == 1 ? "" : "s", r.versions > (int)r.gguf ? "; the other files in one "
+		       "version of format 'files', named by digest" : "");
+		printf("  original names, tags and license findings were in the lost database and are "
+		       "not invented; 'owl show %s@1' lists the files\n", r.model);
+	}
+	if (r.corrupt)
+		fprintf(stderr, "owl: %llu blobs do not match their digest and were left alone "
+			"(owl gc removes them)\n", (unsigned long long)r.corrupt);
 	return OWL_OK;
 }
 
@@ -830,7 +874,10 @@ const owl_command cmd_registry_commands[] = {
 	 "that is absolute, has '..' or is too long refuses the pull (exit 4). Identical\n"
 	 "files are stored once. A version is pinned to the commit the hub resolved.\n"
 	 "The license is detected and the policy's import rules are applied before\n"
-	 "anything is registered (exit 3 when denied).\n"
+	 "anything is registered (exit 3 when denied). An archive may hold at most\n"
+	 "$OWL_MAX_ARCHIVE_ENTRIES entries (default 100000); a repeated entry exits 4.\n"
+	 "While another owl holds the database's lock, pull (like every writer) waits\n"
+	 "up to $OWL_LOCK_TIMEOUT seconds (default 600) and says so.\n"
 	 "\n"
 	 "OPTIONS\n"
 	 "  --name NAME      model name (default: derived from the source)\n"
@@ -898,11 +945,32 @@ const owl_command cmd_registry_commands[] = {
 	 "\n"
 	 "Frees disk space: blobs no version references (after 'owl rm', or left by an\n"
 	 "interrupted pull), staging folders of pulls whose process is gone, and partial\n"
-	 "downloads no running pull holds (left by a killed pull or a full disk).\n"
+	 "downloads no running pull holds (left by a killed pull or a full disk). A blob\n"
+	 "the database never recorded and that is older than the database is kept (it\n"
+	 "comes from an earlier, lost database: see 'owl recover').\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl gc --dry-run\n"
 	 "  owl gc\n"},
+	{"recover", run_recover, "register blobs again after owl.db was lost or truncated",
+	 "USAGE\n"
+	 "  owl recover [--json]\n"
+	 "\n"
+	 "When owl.db is lost, emptied or unreadable, owl refuses to open the home\n"
+	 "(a new, empty database would make 'owl gc' treat every blob as garbage).\n"
+	 "'owl recover' moves an unreadable owl.db aside (owl.db.broken-TIME), starts a\n"
+	 "new database and registers every blob no version references under a new\n"
+	 "model recovered-YYYYMMDD-HHMMSS: each GGUF file as its own version (format\n"
+	 "gguf, runnable), every other blob in one version of format 'files', named by\n"
+	 "its digest with an extension read from its content. Each blob is re-hashed\n"
+	 "first; one that does not match its digest is left alone. Original model\n"
+	 "names, tags and license findings lived in the lost database and are not\n"
+	 "invented: re-pull or re-import to get them back, then 'owl rm' the recovered\n"
+	 "versions. Restoring owl.db from a backup, when there is one, is better.\n"
+	 "\n"
+	 "EXAMPLES\n"
+	 "  owl recover\n"
+	 "  owl list recovered-20260101-120000\n"},
 	{"verify", run_verify, "re-hash stored files and report corrupt or missing ones (exit 4)",
 	 "USAGE\n"
 	 "  owl verify [NAME[@V]] [--json]\n"

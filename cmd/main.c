@@ -98,6 +98,27 @@ static int suggest(const char *verb)
 	return OWL_EUSAGE;
 }
 
+/* Verbs that only read the data home: on a read-only home (a mounted
+ * store, a service account without write access) they open the database
+ * read-only; every other verb is told that it needs write access. A verb
+ * with a subcommand is listed as "verb sub". */
+static const char *const read_only_verbs[] = {
+	"list", "show", "verify", "run", "license show", NULL,
+};
+
+static int is_read_only_verb(int argc, char **argv)
+{
+	for (const char *const *v = read_only_verbs; *v; v++) {
+		const char *sp = strchr(*v, ' ');
+		if (!sp && strcmp(*v, argv[0]) == 0)
+			return 1;
+		if (sp && argc > 1 && strncmp(*v, argv[0], (size_t)(sp - *v)) == 0 &&
+		    argv[0][sp - *v] == 0 && strcmp(sp + 1, argv[1]) == 0)
+			return 1;
+	}
+	return 0;
+}
+
 static char *default_home(void)
 {
 	const char *h = getenv("OWL_HOME");
@@ -181,8 +202,18 @@ int main(int argc, char **argv)
 			rc = suggest(rest[0]);
 		else if (want_help)
 			rc = (fputs(c->usage, stdout), OWL_OK);
-		else
+		else {
+			char verb[64];
+			/* Groups of subcommands are named with theirs: "policy add". */
+			int sub = nrest > 1 && rest[1][0] != '-' &&
+				  (strcmp(rest[0], "license") == 0 || strcmp(rest[0], "policy") == 0 ||
+				   strcmp(rest[0], "audit") == 0);
+			snprintf(verb, sizeof verb, "%s%s%s", rest[0], sub ? " " : "",
+				 sub ? rest[1] : "");
+			ctx.verb = verb;
+			ctx.read_only_ok = is_read_only_verb(nrest, rest);
 			rc = c->run(&ctx, nrest, rest);
+		}
 	}
 	free(rest);
 	free(home);

@@ -3,10 +3,28 @@
 #include "cmd.h"
 #include "licenses/licenses.h"
 
+#include <string.h>
+
+static void say_waiting(void *c, const char *what, int pid, double waited)
+{
+	owl_ctx *ctx = c;
+	if (ctx->quiet)
+		return;
+	if (pid)
+		fprintf(stderr, "owl: waiting for another owl (pid %d) holding the lock on '%s' "
+			"(%.0f s so far)\n", pid, what, waited);
+	else
+		fprintf(stderr, "owl: waiting for another owl holding the lock on '%s' (%.0f s so far)\n",
+			what, waited);
+}
+
 int cmd_open_store(owl_ctx *ctx, registry_store **out, owl_err *err)
 {
 	registry_store *s = NULL;
-	int rc = registry_store_open(ctx->home, &s, err);
+	registry_open_opts o = {.read_only_ok = ctx->read_only_ok, .verb = ctx->verb,
+				.recover = ctx->verb && strcmp(ctx->verb, "recover") == 0,
+				.wait_fn = say_waiting, .wait_ctx = ctx};
+	int rc = registry_store_open_ex(ctx->home, &o, &s, err);
 	if (!rc)
 		rc = licenses_migrate(s, err);
 	if (rc) {

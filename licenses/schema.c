@@ -102,7 +102,8 @@ static int load_catalog(registry_store *s, owl_err *err)
 	int current = sqlite3_step(q) == SQLITE_ROW &&
 		      strcmp((const char *)sqlite3_column_text(q, 0), want) == 0;
 	sqlite3_finalize(q);
-	if (current) {
+	/* A read-only home keeps the catalog it has. */
+	if (current || s->read_only) {
 		json_decref(root);
 		return 0;
 	}
@@ -110,6 +111,16 @@ static int load_catalog(registry_store *s, owl_err *err)
 	if (rc) {
 		json_decref(root);
 		return rc;
+	}
+	/* Another process may have loaded it while this one waited for the lock. */
+	sqlite3_prepare_v2(s->db, "SELECT value FROM license_meta WHERE key='catalog'", -1, &q, NULL);
+	current = sqlite3_step(q) == SQLITE_ROW &&
+		  strcmp((const char *)sqlite3_column_text(q, 0), want) == 0;
+	sqlite3_finalize(q);
+	if (current) {
+		registry_store_rollback(s);
+		json_decref(root);
+		return 0;
 	}
 	sqlite3_exec(s->db, "DELETE FROM license_catalog", NULL, NULL, NULL);
 	sqlite3_prepare_v2(s->db,
@@ -172,16 +183,27 @@ static int load_catalog(registry_store *s, owl_err *err)
 }
 
 /* On a fresh home (no rule was ever written) the default policy is seeded. */
-static int seed_defaults(registry_store *s, owl_err *err)
+static int defaults_seeded(registry_store *s)
 {
 	sqlite3_stmt *q = NULL;
 	sqlite3_prepare_v2(s->db, "SELECT 1 FROM license_meta WHERE key='defaults_seeded'", -1, &q,
 			   NULL);
 	int seeded = sqlite3_step(q) == SQLITE_ROW;
 	sqlite3_finalize(q);
-	if (seeded)
+	return seeded;
+}
+
+static int seed_defaults(registry_store *s, owl_err *err)
+{
+	if (defaults_seeded(s) || s->read_only)
 		return 0;
 	int rc = registry_store_begin(s, err);
+	/* Checked again under the write lock: several processes may start on a
+	 * fresh home at once, and only the first may seed. */
+	if (!rc && defaults_seeded(s)) {
+		registry_store_rollback(s);
+		return 0;
+	}
 	for (size_t i = 0; !rc && i < sizeof default_rules / sizeof default_rules[0]; i++)
 		rc = license_rule_add(s, &default_rules[i], err);
 	if (!rc)

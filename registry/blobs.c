@@ -9,7 +9,9 @@
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define IO_CHUNK (1u << 20)
@@ -82,8 +84,8 @@ int registry_hash_file(const char *path, char hex[65], uint64_t *size, owl_err *
 	return rc;
 }
 
-int registry_copy_hashing(const char *src, const char *dst, char hex[65], uint64_t *size,
-			  owl_progress_fn progress, void *progress_ctx, owl_err *err)
+static int copy_hashing(const char *src, const char *dst, char hex[65], uint64_t *size,
+			owl_progress_fn progress, void *progress_ctx, int sync, owl_err *err)
 {
 	int in = open(src, O_RDONLY | O_CLOEXEC);
 	if (in < 0)
@@ -98,7 +100,7 @@ int registry_copy_hashing(const char *src, const char *dst, char hex[65], uint64
 	}
 	posix_fadvise(in, 0, 0, POSIX_FADV_SEQUENTIAL);
 	int rc = stream_hash(in, src, out, dst, hex, size, progress, progress_ctx, total, err);
-	if (rc == 0 && fsync(out) != 0)
+	if (rc == 0 && sync && fsync(out) != 0)
 		rc = owl_err_set(err, OWL_EFAIL, "cannot flush '%s': %s", dst, strerror(errno));
 	close(in);
 	if (close(out) != 0 && rc == 0)
@@ -106,6 +108,19 @@ int registry_copy_hashing(const char *src, const char *dst, char hex[65], uint64
 	if (rc)
 		unlink(dst);
 	return rc;
+}
+
+int registry_copy_hashing(const char *src, const char *dst, char hex[65], uint64_t *size,
+			  owl_progress_fn progress, void *progress_ctx, owl_err *err)
+{
+	return copy_hashing(src, dst, hex, size, progress, progress_ctx, 1, err);
+}
+
+int registry_copy_hashing_unsynced(const char *src, const char *dst, char hex[65],
+				   uint64_t *size, owl_progress_fn progress, void *progress_ctx,
+				   owl_err *err)
+{
+	return copy_hashing(src, dst, hex, size, progress, progress_ctx, 0, err);
 }
 
 int registry_blob_ingest(registry_store *s, const char *staged_path, const char *digest,
@@ -145,4 +160,55 @@ out:
 	free(final);
 	free(dir);
 	return rc;
+}
+
+int registry_ingest_lock(registry_store *s, int exclusive, int *fd_out, owl_err *err)
+{
+	*fd_out = -1;
+	char *path = owl_path_join(s->tmp_dir, "ingest.lock");
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		int rc = owl_err_set(err, OWL_EFAIL, "cannot open the lock file '%s': %s", path,
+				     strerror(errno));
+		free(path);
+		return rc;
+	}
+	int op = exclusive ? LOCK_EX : LOCK_SH;
+	double start = owl_now(), told = 0;
+	while (flock(fd, op | LOCK_NB) != 0) {
+		if (errno == EINTR)
+			continue;
+		if (errno != EWOULDBLOCK) {
+			int rc = owl_err_set(err, OWL_EFAIL, "cannot lock '%s': %s", path,
+					     strerror(errno));
+			close(fd);
+			free(path);
+			return rc;
+		}
+		double now = owl_now();
+		if (now - start >= s->lock_timeout_s) {
+			int rc = owl_err_set(err, OWL_EFAIL, "'%s' stayed locked for more than %.0f s: "
+					     "another owl is %s; try again when it is done (or raise "
+					     "OWL_LOCK_TIMEOUT)", path, s->lock_timeout_s,
+					     exclusive ? "registering a version" : "collecting garbage");
+			close(fd);
+			free(path);
+			return rc;
+		}
+		if (s->wait_fn && now - start >= 1.0 && (told == 0 || now - told >= 5.0)) {
+			told = now;
+			s->wait_fn(s->wait_ctx, path, 0, now - start);
+		}
+		struct timespec ts = {.tv_sec = 0, .tv_nsec = 20 * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	free(path);
+	*fd_out = fd;
+	return 0;
+}
+
+void registry_ingest_unlock(int fd)
+{
+	if (fd >= 0)
+		close(fd); /* releases the flock */
 }

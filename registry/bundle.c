@@ -244,49 +244,69 @@ static int check_against_manifest(registry_stage *st, json_t *m, const char *lab
 	json_t *files = json_object_get(m, "files");
 	if (!json_is_array(files))
 		return owl_err_set(err, OWL_EINTEGRITY, "'%s': the manifest has no file list", label);
-	size_t nlisted = json_array_size(files);
+	/* Hash tables (jansson objects) of the staged and the listed paths, so
+	 * that a bundle of many files is checked in linear time. */
+	json_t *staged = json_object(), *listed = json_object();
+	int rc = 0;
+	for (size_t k = 0; k < st->nfiles; k++)
+		json_object_set_new_nocheck(staged, st->files[k].path, json_integer((json_int_t)k));
 	size_t i;
 	json_t *f;
 	json_array_foreach(files, i, f) {
 		const char *path = json_string_value(json_object_get(f, "path"));
 		const char *sha = json_string_value(json_object_get(f, "sha256"));
 		json_int_t size = json_integer_value(json_object_get(f, "size"));
-		if (!path || !sha)
-			return owl_err_set(err, OWL_EINTEGRITY, "'%s': manifest entry %zu lacks a path "
-					   "or sha256", label, i);
+		if (!path || !sha) {
+			rc = owl_err_set(err, OWL_EINTEGRITY, "'%s': manifest entry %zu lacks a path "
+					 "or sha256", label, i);
+			break;
+		}
+		/* A manifest path only ever names a file already unpacked under a
+		 * checked name; one with a NUL inside would compare equal to a
+		 * shorter name, and a repeated one would count twice. */
+		if (json_string_length(json_object_get(f, "path")) != strlen(path) ||
+		    strlen(path) > 1024) {
+			rc = owl_err_set(err, OWL_EINTEGRITY, "'%s': manifest entry %zu has a path with "
+					 "a NUL byte or longer than 1024 bytes; nothing was stored",
+					 label, i);
+			break;
+		}
+		if (json_object_get(listed, path)) {
+			rc = owl_err_set(err, OWL_EINTEGRITY, "'%s': the manifest lists '%s' twice; "
+					 "nothing was stored", label, path);
+			break;
+		}
+		json_object_set_new_nocheck(listed, path, json_true());
 		char *want = owl_xasprintf("files/%s", path);
-		registry_stage_file *got = NULL;
-		for (size_t k = 0; k < st->nfiles; k++)
-			if (strcmp(st->files[k].path, want) == 0)
-				got = &st->files[k];
+		json_t *k = json_object_get(staged, want);
 		free(want);
-		if (!got)
-			return owl_err_set(err, OWL_EINTEGRITY, "'%s' is incomplete: the manifest lists "
-					   "'%s', which the bundle does not hold; nothing was stored",
-					   label, path);
-		if (strcmp(got->digest, sha) != 0 || (json_int_t)got->size != size)
-			return owl_err_set(err, OWL_EINTEGRITY, "'%s': file '%s' does not match its "
-					   "manifest: expected sha256 %s, got %s; nothing was stored",
-					   label, path, sha, got->digest);
+		if (!k) {
+			rc = owl_err_set(err, OWL_EINTEGRITY, "'%s' is incomplete: the manifest lists "
+					 "'%s', which the bundle does not hold; nothing was stored",
+					 label, path);
+			break;
+		}
+		registry_stage_file *got = &st->files[json_integer_value(k)];
+		if (strcmp(got->digest, sha) != 0 || (json_int_t)got->size != size) {
+			rc = owl_err_set(err, OWL_EINTEGRITY, "'%s': file '%s' does not match its "
+					 "manifest: expected sha256 %s, got %s; nothing was stored",
+					 label, path, sha, got->digest);
+			break;
+		}
+		free(got->expected);
 		got->expected = owl_xstrdup(sha);
 	}
 	/* Everything staged must be a listed file. */
-	for (size_t k = 0; k < st->nfiles; k++) {
-		int listed = 0;
-		json_array_foreach(files, i, f) {
-			const char *path = json_string_value(json_object_get(f, "path"));
-			if (strncmp(st->files[k].path, "files/", 6) == 0 &&
-			    strcmp(st->files[k].path + 6, path) == 0)
-				listed = 1;
-		}
-		if (!listed)
-			return owl_err_set(err, OWL_EINTEGRITY, "'%s' holds '%s', which its manifest "
-					   "does not list; nothing was stored", label,
-					   st->files[k].path);
+	for (size_t k = 0; !rc && k < st->nfiles; k++) {
+		const char *p = st->files[k].path;
+		if (strncmp(p, "files/", 6) != 0 || !json_object_get(listed, p + 6))
+			rc = owl_err_set(err, OWL_EINTEGRITY, "'%s' holds '%s', which its manifest "
+					 "does not list; nothing was stored", label, p);
 	}
-	if (st->nfiles != nlisted)
-		return owl_err_set(err, OWL_EINTEGRITY, "'%s': %zu files for %zu manifest entries",
-				   label, st->nfiles, nlisted);
+	json_decref(staged);
+	json_decref(listed);
+	if (rc)
+		return rc;
 	return st->nfiles ? registry_stage_strip_top(st, err) : 0;
 }
 

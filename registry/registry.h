@@ -14,31 +14,72 @@
 
 /* ---- the store ------------------------------------------------------- */
 
+/* Called while a writer waits for the database lock that another process
+ * holds: after about a second, then every few seconds. holder_pid is the
+ * process holding the write lock when the system says (Linux /proc/locks),
+ * else 0. */
+typedef void (*registry_wait_fn)(void *ctx, const char *what, int holder_pid, double waited_s);
+
 typedef struct registry_store {
 	sqlite3 *db;
 	char *home;      /* the data home */
 	char *db_path;   /* home/owl.db */
 	char *blobs_dir; /* home/blobs/sha256 */
 	char *tmp_dir;   /* home/tmp */
+	int read_only;   /* opened through SQLite's read-only or immutable open */
+	registry_wait_fn wait_fn;
+	void *wait_ctx;
+	double lock_timeout_s; /* how long a writer waits for the lock */
+	double wait_started;   /* busy handler: when the current wait began */
+	double wait_notified;  /* busy handler: when wait_fn was last called */
 } registry_store;
+
+/* How registry_store_open_ex opens a home. Zero-initialised means: read and
+ * write, refuse a lost database, wait silently for the lock. */
+typedef struct registry_open_opts {
+	/* The caller only reads. When the home (or owl.db) is not writable the
+	 * database is opened read-only (or, when SQLite cannot create its WAL
+	 * index there, immutable); otherwise such a home is refused, naming
+	 * `verb`. */
+	int read_only_ok;
+	const char *verb;      /* for messages: "tag", "policy add" ... */
+	/* owl recover: open a home whose owl.db is missing, empty or unreadable
+	 * although blobs/ holds blobs (an unreadable owl.db is first moved aside
+	 * to owl.db.broken-TIME). Without it such a home is refused. */
+	int recover;
+	registry_wait_fn wait_fn;
+	void *wait_ctx;
+} registry_open_opts;
 
 /* Opens (creating if needed) the data home and its database, and brings the
  * registry's schema up to date. A database written by a newer owl is refused.
- * The caller closes the store with registry_store_close. */
+ * A missing or empty owl.db in a home whose blobs/ holds blobs is refused
+ * (the database was lost: see registry_recover), so that nothing treats the
+ * blobs as garbage. Writers wait for another process's lock up to
+ * $OWL_LOCK_TIMEOUT seconds (default 600). The caller closes the store with
+ * registry_store_close. */
 int registry_store_open(const char *home, registry_store **out, owl_err *err);
+int registry_store_open_ex(const char *home, const registry_open_opts *o, registry_store **out,
+			   owl_err *err);
 void registry_store_close(registry_store *s);
 
-/* Applies the schema steps a module has not applied yet, each in its own
- * transaction, recording them in the migrations table. steps[i] is the SQL of
- * version i+1. Other modules (licenses, deploy, train) call this with their own
- * module name after registry_store_open. */
+/* Applies the schema steps a module has not applied yet, all in one
+ * transaction under the write lock, re-reading the module's version inside
+ * it (so that concurrent first uses of a home apply each step once),
+ * recording them in the migrations table. steps[i] is the SQL of version i+1.
+ * Other modules (licenses, deploy, train) call this with their own module
+ * name after registry_store_open. On a read-only store a missing step is an
+ * error that says the home needs one run with write access. */
 int registry_store_migrate(registry_store *s, const char *module, const char *const *steps,
 			   int nsteps, owl_err *err);
 /* The number of schema steps applied for module (0 if none). */
 int registry_store_schema_version(registry_store *s, const char *module);
 
 int registry_store_exec(registry_store *s, const char *sql, owl_err *err);
-int registry_store_begin(registry_store *s, owl_err *err); /* BEGIN IMMEDIATE */
+/* BEGIN IMMEDIATE: takes the write lock, waiting (see registry_wait_fn)
+ * while another process holds it. On a read-only store: an error naming the
+ * home. */
+int registry_store_begin(registry_store *s, owl_err *err);
 int registry_store_commit(registry_store *s, owl_err *err);
 void registry_store_rollback(registry_store *s); /* no-op outside a transaction */
 
@@ -61,6 +102,20 @@ int registry_copy_hashing(const char *src, const char *dst, char hex[65], uint64
  * heals when its content is pulled again. Touches no database row. */
 int registry_blob_ingest(registry_store *s, const char *staged_path, const char *digest,
 			 owl_err *err);
+/* As registry_copy_hashing, without the fsync: for a stage's files, which
+ * registry_stage_commit syncs in one batch. */
+int registry_copy_hashing_unsynced(const char *src, const char *dst, char hex[65],
+				   uint64_t *size, owl_progress_fn progress, void *progress_ctx,
+				   owl_err *err);
+
+/* The ingest lock (home/tmp/ingest.lock, flock): a commit holds it shared
+ * from the moment it moves its first blob into blobs/ until its rows are
+ * committed; gc holds it exclusively, so that gc never deletes a blob that
+ * a commit has moved in but not yet recorded. Waits (telling s->wait_fn)
+ * while another process holds it the other way. *fd_out is passed to
+ * registry_ingest_unlock. */
+int registry_ingest_lock(registry_store *s, int exclusive, int *fd_out, owl_err *err);
+void registry_ingest_unlock(int fd);
 
 /* ---- staging and registering versions (registry/stage.c) ------------- */
 
@@ -76,6 +131,10 @@ typedef struct registry_stage_file {
 } registry_stage_file;
 
 typedef struct registry_stage {
+	size_t *index;     /* hash of paths -> files[i] + 1 (0: empty slot) */
+	size_t index_cap;  /* slots in index, a power of two */
+	size_t index_n;    /* nfiles when the index was last updated */
+	char *last_parent; /* folder make_parents created last */
 	char *dir;         /* tmp/stage-PID-N, removed by registry_stage_free */
 	char *files_dir;   /* dir/files */
 	registry_stage_file *files;
@@ -97,9 +156,25 @@ void registry_stage_free(registry_stage *st);
  * '/', no "." or ".." or empty component, no control character, at most 1024
  * bytes), else 0. */
 int registry_relpath_check(const char *p);
-/* Records a file already written at files_dir/path with its digest and size. */
+/* Records a file already written at files_dir/path with its digest and size.
+ * A path that is not a safe relative path, or that the stage holds already,
+ * is an integrity error (OWL_EINTEGRITY) naming it. */
 int registry_stage_add(registry_stage *st, const char *path, const char *digest, uint64_t size,
 		       const char *expected, owl_err *err);
+/* Rebuilds the stage's path index (and forgets which folders exist): after
+ * changing files[i].path in place or moving folders (registry_stage_strip_top)
+ * or removing entries. */
+void registry_stage_reindex(registry_stage *st);
+/* Creates files_dir/path for writing (its folders too) after checking the
+ * path (relative, no "." or ".." component, no control character, at most
+ * 1024 bytes) and that the stage does not hold it yet, so that nothing is
+ * written for a hostile or duplicate name. Returns the open descriptor in
+ * *fd_out; the caller writes, closes and then calls registry_stage_add. The
+ * file is not fsync'd: registry_stage_commit syncs the stage in one batch. */
+int registry_stage_create_file(registry_stage *st, const char *path, int *fd_out, owl_err *err);
+/* The most entries an archive or bundle may hold: $OWL_MAX_ARCHIVE_ENTRIES,
+ * default 100000. Reading past it stops with an error naming the limit. */
+uint64_t registry_archive_entry_limit(void);
 /* Copies a local file into the stage at path, hashing it. */
 int registry_stage_copy(registry_stage *st, const char *src, const char *path,
 			owl_progress_fn progress, void *progress_ctx, owl_err *err);
@@ -123,9 +198,13 @@ typedef struct registry_commit_result {
 	uint64_t new_bytes, shared_bytes; /* blob bytes added vs already stored */
 } registry_commit_result;
 
-/* Registers the stage as version N+1 of model `name` in one transaction:
- * blobs moved in, rows inserted, optional tag set, hook run. On failure the
- * transaction rolls back (blobs already moved are reclaimed by gc). */
+/* Registers the stage as version N+1 of model `name`. The file work comes
+ * first, outside any transaction: the staged files are synced in one batch
+ * (syncfs), moved into blobs/, and the moves synced. Then one short
+ * transaction inserts the rows, sets the optional tag and runs the hook, so
+ * that other writers wait for the rows only, never for the disk. On failure
+ * the transaction rolls back; blobs already moved are unreferenced and gc
+ * reclaims them. The staged files are gone afterwards (moved or not). */
 int registry_stage_commit(registry_store *s, registry_stage *st, const char *name,
 			  int64_t parent_version_id, const char *tag, registry_commit_hook hook,
 			  void *hook_ctx, registry_commit_result *res, owl_err *err);
@@ -203,9 +282,14 @@ int registry_version_remove(registry_store *s, const registry_version *v, owl_er
 
 typedef struct registry_gc_result {
 	uint64_t blobs_removed, bytes_freed, stale_tmp_removed;
+	uint64_t blobs_kept_unknown; /* older than the database, never recorded in it */
 } registry_gc_result;
 /* Removes blobs no version references (rows and files, including files left
- * in blobs/ by an interrupted pull) and staging folders of dead processes. */
+ * in blobs/ by an interrupted pull) and staging folders of dead processes.
+ * A blob file the database never recorded and that is older than the
+ * database itself is kept (counted in blobs_kept_unknown): it can only come
+ * from an earlier database, lost since, and registry_recover can register
+ * it again. */
 int registry_gc(registry_store *s, int dry_run, registry_gc_result *res, owl_err *err);
 
 typedef void (*registry_verify_report)(void *ctx, const char *model, int number,
@@ -215,6 +299,23 @@ typedef void (*registry_verify_report)(void *ctx, const char *model, int number,
  * was found, with a count in err. */
 int registry_verify(registry_store *s, const registry_version *v, registry_verify_report report,
 		    void *report_ctx, uint64_t *files_checked, owl_err *err);
+
+typedef struct registry_recover_result {
+	char model[64];           /* recovered-YYYYMMDD-HHMMSS */
+	int versions;             /* versions registered under model */
+	uint64_t blobs, bytes;    /* blobs registered again */
+	uint64_t gguf;            /* of which GGUF files, one runnable version each */
+	uint64_t corrupt;         /* blobs whose content does not match their name: left alone */
+} registry_recover_result;
+/* Registers every blob that no version references again, under a new model
+ * recovered-<UTC time>: each GGUF blob as its own version (format gguf, so
+ * that it runs), every other blob in one version of format "files" whose
+ * file names are the digests with an extension read from the content
+ * (.safetensors, .gguf, .json, none). Original names, tags and license
+ * findings are not known any more and are not invented. Each blob is
+ * re-hashed first; one that does not match its name is counted as corrupt
+ * and left alone. Registers nothing (versions 0) when no blob is orphaned. */
+int registry_recover(registry_store *s, registry_recover_result *res, owl_err *err);
 
 /* ---- bundles for air-gapped transfer (registry/bundle.c) -------------- */
 

@@ -127,21 +127,11 @@ static int entry_path_is_safe(const char *p)
 static int extract_entry(registry_stage *st, struct archive *a, const char *path,
 			 const char *archive_name, owl_err *err)
 {
+	int fd = -1;
+	int rc = registry_stage_create_file(st, path, &fd, err);
+	if (rc)
+		return rc;
 	char *full = owl_path_join(st->files_dir, path);
-	char *parent = owl_xstrdup(full);
-	*strrchr(parent, '/') = 0;
-	int rc = owl_mkdir_p(parent, err);
-	free(parent);
-	if (rc) {
-		free(full);
-		return rc;
-	}
-	int fd = open(full, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-	if (fd < 0) {
-		rc = owl_err_set(err, OWL_EFAIL, "cannot create '%s': %s", full, strerror(errno));
-		free(full);
-		return rc;
-	}
 	EVP_MD_CTX *md = EVP_MD_CTX_new();
 	EVP_DigestInit_ex(md, EVP_sha256(), NULL);
 	uint64_t size = 0;
@@ -180,9 +170,9 @@ static int extract_entry(registry_stage *st, struct archive *a, const char *path
 		size += len;
 	}
 done:
-	if (!rc && fsync(fd) != 0)
-		rc = owl_err_set(err, OWL_EFAIL, "cannot flush '%s': %s", full, strerror(errno));
-	close(fd);
+	/* Not fsync'd here: registry_stage_commit syncs the whole stage at once. */
+	if (close(fd) != 0 && !rc)
+		rc = owl_err_set(err, OWL_EFAIL, "cannot write '%s': %s", full, strerror(errno));
 	if (!rc) {
 		unsigned char d[EVP_MAX_MD_SIZE];
 		unsigned int dl = 0;
@@ -219,6 +209,7 @@ int registry_stage_strip_top(registry_stage *st, owl_err *err)
 	for (size_t i = 0; !rc && i < st->nfiles; i++)
 		memmove(st->files[i].path, st->files[i].path + plen, strlen(st->files[i].path + plen) + 1);
 	owl_remove_tree(old, NULL);
+	registry_stage_reindex(st);
 	free(top);
 	free(old);
 	free(inner);
@@ -242,7 +233,14 @@ int registry_stage_extract(registry_stage *st, const char *archive_path, const c
 	}
 	struct archive_entry *e;
 	int r;
+	uint64_t nentries = 0, limit = registry_archive_entry_limit();
 	while (!rc && (r = archive_read_next_header(a, &e)) == ARCHIVE_OK) {
+		if (++nentries > limit) {
+			rc = owl_err_set(err, OWL_EFAIL, "refusing archive '%s': it holds more than %llu "
+					 "entries (OWL_MAX_ARCHIVE_ENTRIES); nothing was stored", label,
+					 (unsigned long long)limit);
+			break;
+		}
 		const char *raw = archive_entry_pathname(e);
 		if (!raw) {
 			rc = owl_err_set(err, OWL_EINTEGRITY, "'%s' has an entry without a name", label);

@@ -6,10 +6,12 @@
 #include "registry.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/gguf.h"
@@ -46,6 +48,8 @@ void registry_stage_free(registry_stage *st)
 		free(st->files[i].expected);
 	}
 	free(st->files);
+	free(st->index);
+	free(st->last_parent);
 	free(st->dir);
 	free(st->files_dir);
 	free(st->source);
@@ -57,7 +61,8 @@ void registry_stage_free(registry_stage *st)
 }
 
 /* A relative path that stays inside the checkpoint: no leading '/', no ".."
- * component, no empty component, no control characters. */
+ * or "." component, no empty component, no control characters, at most 1024
+ * bytes with components of at most 255. */
 int registry_relpath_check(const char *p)
 {
 	if (!*p || *p == '/' || strlen(p) > 1024)
@@ -66,7 +71,7 @@ int registry_relpath_check(const char *p)
 	while (*c) {
 		const char *e = strchr(c, '/');
 		size_t n = e ? (size_t)(e - c) : strlen(c);
-		if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
+		if (n == 0 || n > 255 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
 			return 0;
 		for (size_t i = 0; i < n; i++)
 			if ((unsigned char)c[i] < 0x20)
@@ -78,20 +83,86 @@ int registry_relpath_check(const char *p)
 	return 1;
 }
 
+/* FNV-1a: the index only needs an even spread over a stage's paths. */
+static size_t path_hash(const char *p)
+{
+	uint64_t h = 1469598103934665603ull;
+	for (; *p; p++)
+		h = (h ^ (unsigned char)*p) * 1099511628211ull;
+	return (size_t)h;
+}
+
+/* The slot of path in the index: the one holding it, or the empty one where
+ * it would go. Paths are looked up once per file, so a stage of 100,000
+ * archive entries stays linear instead of comparing every pair. */
+static size_t *index_slot(const registry_stage *st, const char *path)
+{
+	size_t mask = st->index_cap - 1;
+	for (size_t i = path_hash(path) & mask;; i = (i + 1) & mask) {
+		size_t v = st->index[i];
+		if (v == 0 || strcmp(st->files[v - 1].path, path) == 0)
+			return &st->index[i];
+	}
+}
+
+static void index_build(registry_stage *st, size_t cap)
+{
+	free(st->index);
+	st->index_cap = cap;
+	st->index = owl_xcalloc(cap, sizeof *st->index);
+	for (size_t i = 0; i < st->nfiles; i++)
+		*index_slot(st, st->files[i].path) = i + 1;
+	st->index_n = st->nfiles;
+}
+
+void registry_stage_reindex(registry_stage *st)
+{
+	/* Folders may have moved too (strip_top). */
+	free(st->last_parent);
+	st->last_parent = NULL;
+	size_t cap = 64;
+	while (cap < 2 * (st->nfiles + 1))
+		cap *= 2;
+	index_build(st, cap);
+}
+
+static const registry_stage_file *stage_find(const registry_stage *st, const char *path)
+{
+	if (st->index && st->index_n == st->nfiles) {
+		size_t v = *index_slot(st, path);
+		return v ? &st->files[v - 1] : NULL;
+	}
+	/* Entries were removed since the index was built. */
+	for (size_t i = 0; i < st->nfiles; i++)
+		if (strcmp(st->files[i].path, path) == 0)
+			return &st->files[i];
+	return NULL;
+}
+
+static int check_new_path(const registry_stage *st, const char *path, owl_err *err)
+{
+	if (!registry_relpath_check(path))
+		return owl_err_set(err, OWL_EINTEGRITY, "refusing file path '%.200s': it is absolute, "
+				   "empty, longer than 1024 bytes, or contains '..', '.', an empty "
+				   "component or a control character; nothing was stored", path);
+	if (stage_find(st, path))
+		return owl_err_set(err, OWL_EINTEGRITY, "file '%s' appears twice in the source; "
+				   "nothing was stored", path);
+	return 0;
+}
+
 int registry_stage_add(registry_stage *st, const char *path, const char *digest, uint64_t size,
 		       const char *expected, owl_err *err)
 {
-	if (!registry_relpath_check(path))
-		return owl_err_set(err, OWL_EINTEGRITY, "refusing file path '%s': it is absolute, "
-				   "contains '..' or is empty", path);
-	for (size_t i = 0; i < st->nfiles; i++)
-		if (strcmp(st->files[i].path, path) == 0)
-			return owl_err_set(err, OWL_EINTEGRITY, "file '%s' appears twice in the source",
-					   path);
+	int rc = check_new_path(st, path, err);
+	if (rc)
+		return rc;
 	if (st->nfiles == st->cap) {
 		st->cap = st->cap ? 2 * st->cap : 16;
 		st->files = owl_xrealloc(st->files, st->cap * sizeof *st->files);
 	}
+	if (!st->index || st->index_n != st->nfiles || 2 * (st->nfiles + 1) > st->index_cap)
+		registry_stage_reindex(st);
 	registry_stage_file *f = &st->files[st->nfiles++];
 	memset(f, 0, sizeof *f);
 	f->path = owl_xstrdup(path);
@@ -99,17 +170,35 @@ int registry_stage_add(registry_stage *st, const char *path, const char *digest,
 	f->size = size;
 	f->expected = expected ? owl_xstrdup(expected) : NULL;
 	st->total_bytes += size;
+	*index_slot(st, f->path) = st->nfiles;
+	st->index_n = st->nfiles;
 	return 0;
 }
 
-/* Creates the parent folders of files_dir/path. */
+uint64_t registry_archive_entry_limit(void)
+{
+	const char *v = getenv("OWL_MAX_ARCHIVE_ENTRIES");
+	char *end = NULL;
+	unsigned long long n = v && *v ? strtoull(v, &end, 10) : 0;
+	return v && *v && end && *end == 0 && n > 0 ? (uint64_t)n : 100000;
+}
+
+/* Creates the parent folders of files_dir/path. Archives list the files of
+ * one folder together: the folder made last is remembered, so that 10,000
+ * entries do not cost 10,000 walks of mkdir over every component. */
 static int make_parents(registry_stage *st, const char *path, char **full_out, owl_err *err)
 {
 	char *full = owl_path_join(st->files_dir, path);
 	char *parent = owl_xstrdup(full);
 	char *slash = strrchr(parent, '/');
 	*slash = 0;
-	int rc = owl_mkdir_p(parent, err);
+	int rc = 0;
+	if (!st->last_parent || strcmp(st->last_parent, parent) != 0) {
+		rc = owl_mkdir_p(parent, err);
+		free(st->last_parent);
+		st->last_parent = rc ? NULL : parent;
+		parent = NULL;
+	}
 	free(parent);
 	if (rc) {
 		free(full);
@@ -119,18 +208,64 @@ static int make_parents(registry_stage *st, const char *path, char **full_out, o
 	return 0;
 }
 
+int registry_stage_create_file(registry_stage *st, const char *path, int *fd_out, owl_err *err)
+{
+	*fd_out = -1;
+	int rc = check_new_path(st, path, err);
+	if (rc)
+		return rc;
+	/* An earlier entry may be a file where this one needs a folder (not
+	 * when the folder is the one made for the previous entry). */
+	const char *last = strrchr(path, '/');
+	int same_folder = 0;
+	if (last && st->last_parent) {
+		char *parent = owl_xasprintf("%s/%.*s", st->files_dir, (int)(last - path), path);
+		same_folder = strcmp(parent, st->last_parent) == 0;
+		free(parent);
+	}
+	for (const char *sl = same_folder ? NULL : strchr(path, '/'); sl; sl = strchr(sl + 1, '/')) {
+		char *prefix = owl_xasprintf("%s/%.*s", st->files_dir, (int)(sl - path), path);
+		struct stat sb;
+		int is_file = lstat(prefix, &sb) == 0 && !S_ISDIR(sb.st_mode);
+		free(prefix);
+		if (is_file)
+			return owl_err_set(err, OWL_EINTEGRITY, "file '%s' collides with a file named "
+					   "like one of its folders in the source; nothing was stored",
+					   path);
+	}
+	char *full = NULL;
+	if ((rc = make_parents(st, path, &full, err)))
+		return rc;
+	int fd = open(full, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		/* Not a duplicate (checked above), so the name collides with a
+		 * folder another entry needs, or the other way round. */
+		if (errno == EEXIST || errno == EISDIR || errno == ENOTDIR)
+			rc = owl_err_set(err, OWL_EINTEGRITY, "file '%s' collides with a folder of the "
+					 "same name in the source; nothing was stored", path);
+		else
+			rc = owl_err_set(err, OWL_EFAIL, "cannot create '%s': %s", full, strerror(errno));
+		free(full);
+		return rc;
+	}
+	free(full);
+	*fd_out = fd;
+	return 0;
+}
+
 int registry_stage_copy(registry_stage *st, const char *src, const char *path,
 			owl_progress_fn progress, void *progress_ctx, owl_err *err)
 {
-	if (!registry_relpath_check(path))
-		return owl_err_set(err, OWL_EINTEGRITY, "refusing file path '%s'", path);
+	int rc = check_new_path(st, path, err);
+	if (rc)
+		return rc;
 	char *dst = NULL;
-	int rc = make_parents(st, path, &dst, err);
+	rc = make_parents(st, path, &dst, err);
 	if (rc)
 		return rc;
 	char hex[65];
 	uint64_t size = 0;
-	rc = registry_copy_hashing(src, dst, hex, &size, progress, progress_ctx, err);
+	rc = registry_copy_hashing_unsynced(src, dst, hex, &size, progress, progress_ctx, err);
 	free(dst);
 	if (rc)
 		return rc;
@@ -153,14 +288,6 @@ static int is_pickle(const char *path)
 		if (has_suffix(path, ext[i]))
 			return 1;
 	return 0;
-}
-
-static const registry_stage_file *stage_find(const registry_stage *st, const char *path)
-{
-	for (size_t i = 0; i < st->nfiles; i++)
-		if (strcmp(st->files[i].path, path) == 0)
-			return &st->files[i];
-	return NULL;
 }
 
 /* A GGUF file is parsed in full (every count, length and offset checked
@@ -457,10 +584,88 @@ int registry_valid_name(const char *name)
 static int step_done(registry_store *s, sqlite3_stmt *q, const char *what, owl_err *err)
 {
 	int rc = sqlite3_step(q);
-	sqlite3_finalize(q);
+	sqlite3_reset(q);
 	if (rc != SQLITE_DONE)
 		return owl_err_set(err, OWL_EFAIL, "cannot %s: %s", what, sqlite3_errmsg(s->db));
 	return 0;
+}
+
+/* Makes everything written under dir durable. syncfs flushes the file system
+ * in one pass, which costs about one fsync however many files a stage holds
+ * (an archive of 10,000 entries would otherwise pay 10,000 journal commits);
+ * where it is missing each file is fsync'd. */
+static int sync_tree(const char *dir, const registry_stage *st, owl_err *err)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return owl_err_set(err, OWL_EFAIL, "cannot open '%s': %s", dir, strerror(errno));
+	int rc = syncfs(fd);
+	int e = errno;
+	close(fd);
+	if (rc == 0)
+		return 0;
+	if (e != ENOSYS || !st)
+		return owl_err_set(err, OWL_EFAIL, "cannot flush '%s' to disk: %s", dir, strerror(e));
+	for (size_t i = 0; i < st->nfiles; i++) {
+		char *p = owl_path_join(st->files_dir, st->files[i].path);
+		int f = open(p, O_RDONLY | O_CLOEXEC);
+		int bad = f < 0 || fsync(f) != 0;
+		e = errno;
+		if (f >= 0)
+			close(f);
+		if (bad) {
+			rc = owl_err_set(err, OWL_EFAIL, "cannot flush '%s': %s", p, strerror(e));
+			free(p);
+			return rc;
+		}
+		free(p);
+	}
+	return 0;
+}
+
+/* Moves every staged file into blobs/ under its digest: the staged bytes
+ * are made durable first, then renamed, then the renames are made durable.
+ * Runs outside any transaction, under the shared ingest lock. */
+static int move_into_blobs(registry_store *s, registry_stage *st, registry_commit_result *res,
+			   owl_err *err)
+{
+	int rc = sync_tree(st->files_dir, st, err);
+	unsigned char made[256] = {0}; /* blobs/<2 hex>/ known to exist */
+	for (size_t i = 0; !rc && i < st->nfiles; i++) {
+		registry_stage_file *f = &st->files[i];
+		if (!owl_is_hex_digest(f->digest, 64))
+			return owl_err_set(err, OWL_EFAIL, "not a sha256 digest: '%s'", f->digest);
+		unsigned hi = 0;
+		sscanf(f->digest, "%2x", &hi);
+		if (!made[hi]) {
+			char *dir = owl_xasprintf("%s/%.2s", s->blobs_dir, f->digest);
+			rc = owl_mkdir_p(dir, err);
+			free(dir);
+			if (rc)
+				return rc;
+			made[hi] = 1;
+		}
+		char *blob = registry_blob_path(s, f->digest);
+		char *staged = owl_path_join(st->files_dir, f->path);
+		if (owl_path_exists(blob))
+			res->shared_bytes += f->size;
+		else
+			res->new_bytes += f->size;
+		/* Blobs are immutable: read-only for everyone, so that a stray
+		 * write through a snapshot link fails instead of corrupting a
+		 * version. Renaming over an existing blob of the same digest keeps
+		 * one copy and heals a blob damaged since it was stored: the
+		 * staged bytes were just hashed. */
+		chmod(staged, 0444);
+		if (rename(staged, blob) != 0)
+			rc = owl_err_set(err, OWL_EFAIL, "cannot move '%s' into the blob store: %s",
+					 staged, strerror(errno));
+		free(blob);
+		free(staged);
+	}
+	if (!rc)
+		rc = sync_tree(s->blobs_dir, NULL, err);
+	return rc;
 }
 
 int registry_stage_commit(registry_store *s, registry_stage *st, const char *name,
@@ -473,15 +678,28 @@ int registry_stage_commit(registry_store *s, registry_stage *st, const char *nam
 				   "'-', '_', '.' and '/' (e.g. smollm2-135m or acme/support-bot)", name);
 	if (!st->format)
 		return owl_err_set(err, OWL_EFAIL, "internal: stage committed before validation");
-	int rc = registry_store_begin(s, err);
+	if (s->read_only)
+		return registry_store_begin(s, err); /* says the home is read-only */
+	/* gc must not run between moving the blobs in and recording them. */
+	int lock = -1;
+	int rc = registry_ingest_lock(s, 0, &lock, err);
 	if (rc)
 		return rc;
+	uint64_t new_bytes = 0, shared_bytes = 0;
+	if ((rc = move_into_blobs(s, st, res, err)))
+		goto out;
+	new_bytes = res->new_bytes;
+	shared_bytes = res->shared_bytes;
+
+	/* The transaction holds rows only. */
+	sqlite3_stmt *q = NULL, *qb = NULL, *qf = NULL;
+	if ((rc = registry_store_begin(s, err)))
+		goto out;
 	int64_t mid = model_id_for(s, name, 1, err);
 	if (!mid) {
 		rc = err && err->code ? err->code : OWL_EFAIL;
 		goto fail;
 	}
-	sqlite3_stmt *q = NULL;
 	int number = 1;
 	sqlite3_prepare_v2(s->db, "SELECT COALESCE(MAX(version),0)+1 FROM versions WHERE model_id=?",
 			   -1, &q, NULL);
@@ -504,45 +722,38 @@ int registry_stage_commit(registry_store *s, registry_stage *st, const char *nam
 	sqlite3_bind_text(q, 7, st->config_json, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(q, 8, (sqlite3_int64)st->total_bytes);
 	sqlite3_bind_int64(q, 9, owl_unix_time());
-	if ((rc = step_done(s, q, "add the version", err)))
+	rc = step_done(s, q, "add the version", err);
+	sqlite3_finalize(q);
+	if (rc)
 		goto fail;
 	int64_t vid = sqlite3_last_insert_rowid(s->db);
 
-	for (size_t i = 0; i < st->nfiles; i++) {
+	sqlite3_prepare_v2(s->db, "INSERT OR IGNORE INTO blobs(digest, size, created_at)"
+			   " VALUES (?,?,?)", -1, &qb, NULL);
+	sqlite3_prepare_v2(s->db, "INSERT INTO version_files(version_id, path, digest, size,"
+			   " expected_digest) VALUES (?,?,?,?,?)", -1, &qf, NULL);
+	int64_t now = owl_unix_time();
+	for (size_t i = 0; !rc && i < st->nfiles; i++) {
 		registry_stage_file *f = &st->files[i];
-		char *blob = registry_blob_path(s, f->digest);
-		int existed = owl_path_exists(blob);
-		free(blob);
-		if (existed)
-			res->shared_bytes += f->size;
-		else
-			res->new_bytes += f->size;
-		char *staged = owl_path_join(st->files_dir, f->path);
-		rc = registry_blob_ingest(s, staged, f->digest, err);
-		free(staged);
+		sqlite3_bind_text(qb, 1, f->digest, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(qb, 2, (sqlite3_int64)f->size);
+		sqlite3_bind_int64(qb, 3, now);
+		rc = step_done(s, qb, "record a blob", err);
 		if (rc)
-			goto fail;
-		sqlite3_prepare_v2(s->db, "INSERT OR IGNORE INTO blobs(digest, size, created_at)"
-				   " VALUES (?,?,?)", -1, &q, NULL);
-		sqlite3_bind_text(q, 1, f->digest, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(q, 2, (sqlite3_int64)f->size);
-		sqlite3_bind_int64(q, 3, owl_unix_time());
-		if ((rc = step_done(s, q, "record a blob", err)))
-			goto fail;
-		sqlite3_prepare_v2(s->db, "INSERT INTO version_files(version_id, path, digest, size,"
-				   " expected_digest) VALUES (?,?,?,?,?)", -1, &q, NULL);
-		sqlite3_bind_int64(q, 1, vid);
-		sqlite3_bind_text(q, 2, f->path, -1, SQLITE_STATIC);
-		sqlite3_bind_text(q, 3, f->digest, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(q, 4, (sqlite3_int64)f->size);
-		sqlite3_bind_text(q, 5, f->expected, -1, SQLITE_STATIC);
-		if ((rc = step_done(s, q, "record a file", err)))
-			goto fail;
+			break;
+		sqlite3_bind_int64(qf, 1, vid);
+		sqlite3_bind_text(qf, 2, f->path, -1, SQLITE_STATIC);
+		sqlite3_bind_text(qf, 3, f->digest, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(qf, 4, (sqlite3_int64)f->size);
+		sqlite3_bind_text(qf, 5, f->expected, -1, SQLITE_STATIC);
+		rc = step_done(s, qf, "record a file", err);
 	}
+	sqlite3_finalize(qb);
+	sqlite3_finalize(qf);
+	if (rc)
+		goto fail;
 	if (hook && (rc = hook(hook_ctx, s, vid, err)))
 		goto fail;
-	res->version_id = vid;
-	res->number = number;
 	if (tag) {
 		registry_version v = {.id = vid, .model_id = mid, .model = (char *)name,
 				      .number = number};
@@ -551,9 +762,16 @@ int registry_stage_commit(registry_store *s, registry_stage *st, const char *nam
 	}
 	if ((rc = registry_store_commit(s, err)))
 		goto fail;
+	res->version_id = vid;
+	res->number = number;
+	res->new_bytes = new_bytes;
+	res->shared_bytes = shared_bytes;
+	registry_ingest_unlock(lock);
 	return 0;
 fail:
 	registry_store_rollback(s);
+out:
+	registry_ingest_unlock(lock);
 	memset(res, 0, sizeof *res);
 	return rc ? rc : OWL_EFAIL;
 }

@@ -8,7 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+
+#include "common/safetensors.h"
 
 static char *col_dup(sqlite3_stmt *q, int i)
 {
@@ -195,28 +198,55 @@ const registry_file *registry_version_file(const registry_version *v, const char
 	return NULL;
 }
 
+/* Makes dir hold one link per file of v, to its blob. With check_only,
+ * changes nothing and fails unless every link is already right. */
+static int link_snapshot(const registry_version *v, const char *dir, int check_only,
+			 owl_err *err)
+{
+	int rc = check_only ? 0 : owl_mkdir_p(dir, err);
+	for (size_t i = 0; rc == 0 && i < v->nfiles; i++) {
+		char *link_path = owl_path_join(dir, v->files[i].path);
+		char target[4096];
+		ssize_t n = readlink(link_path, target, sizeof target - 1);
+		int right = n > 0 && (size_t)n == strlen(v->files[i].blob_path) &&
+			    memcmp(target, v->files[i].blob_path, (size_t)n) == 0;
+		if (!right && check_only) {
+			rc = OWL_EFAIL;
+		} else if (!right) {
+			char *parent = owl_xstrdup(link_path);
+			*strrchr(parent, '/') = 0;
+			rc = owl_mkdir_p(parent, err);
+			free(parent);
+			unlink(link_path);
+			if (!rc && symlink(v->files[i].blob_path, link_path) != 0)
+				rc = owl_err_set(err, OWL_EFAIL, "cannot link '%s': %s", link_path,
+						 strerror(errno));
+		}
+		free(link_path);
+	}
+	return rc;
+}
+
 int registry_version_materialize(registry_store *s, const registry_version *v, char **dir_out,
 				 owl_err *err)
 {
 	*dir_out = NULL;
 	char *dir = owl_xasprintf("%s/snapshots/%s/%d", s->home, v->model, v->number);
-	int rc = owl_mkdir_p(dir, err);
-	for (size_t i = 0; rc == 0 && i < v->nfiles; i++) {
-		char *link_path = owl_path_join(dir, v->files[i].path);
-		char *parent = owl_xstrdup(link_path);
-		*strrchr(parent, '/') = 0;
-		rc = owl_mkdir_p(parent, err);
-		free(parent);
-		char target[4096];
-		ssize_t n = rc ? -1 : readlink(link_path, target, sizeof target - 1);
-		if (rc == 0 && !(n > 0 && (size_t)n == strlen(v->files[i].blob_path) &&
-				 memcmp(target, v->files[i].blob_path, (size_t)n) == 0)) {
-			unlink(link_path);
-			if (symlink(v->files[i].blob_path, link_path) != 0)
-				rc = owl_err_set(err, OWL_EFAIL, "cannot link '%s': %s", link_path,
-						 strerror(errno));
-		}
-		free(link_path);
+	int rc;
+	if (s->read_only && link_snapshot(v, dir, 1, NULL) != 0) {
+		/* A read-only home cannot hold a new snapshot: build it in the
+		 * temporary folder, keyed by the home so that two homes never
+		 * share one. It holds links only. */
+		uint64_t h = 1469598103934665603ull;
+		for (const char *c = s->home; *c; c++)
+			h = (h ^ (unsigned char)*c) * 1099511628211ull;
+		const char *tmp = getenv("TMPDIR");
+		free(dir);
+		dir = owl_xasprintf("%s/owl-snapshots-%d/%016llx/%s/%d", tmp && *tmp ? tmp : "/tmp",
+				    (int)getuid(), (unsigned long long)h, v->model, v->number);
+		rc = link_snapshot(v, dir, 0, err);
+	} else {
+		rc = s->read_only ? 0 : link_snapshot(v, dir, 0, err);
 	}
 	if (rc) {
 		free(dir);
@@ -405,14 +435,48 @@ static int stale_stage(const char *name)
 	return kill(pid, 0) != 0 && errno == ESRCH;
 }
 
+static int blob_recorded(registry_store *s, const char *digest)
+{
+	sqlite3_stmt *q = NULL;
+	sqlite3_prepare_v2(s->db, "SELECT 1 FROM blobs WHERE digest=?", -1, &q, NULL);
+	sqlite3_bind_text(q, 1, digest, -1, SQLITE_STATIC);
+	int yes = sqlite3_step(q) == SQLITE_ROW;
+	sqlite3_finalize(q);
+	return yes;
+}
+
+/* When this database was created: its first registry schema step. */
+static int64_t db_created_at(registry_store *s)
+{
+	sqlite3_stmt *q = NULL;
+	int64_t t = 0;
+	sqlite3_prepare_v2(s->db, "SELECT COALESCE(MIN(applied_at),0) FROM migrations"
+			   " WHERE module='" REGISTRY_SCHEMA_MODULE "'", -1, &q, NULL);
+	if (sqlite3_step(q) == SQLITE_ROW)
+		t = sqlite3_column_int64(q, 0);
+	sqlite3_finalize(q);
+	return t;
+}
+
 int registry_gc(registry_store *s, int dry_run, registry_gc_result *res, owl_err *err)
 {
 	memset(res, 0, sizeof *res);
-	/* Holding the write lock keeps a concurrent pull from registering a
-	 * version whose blob we are about to delete. */
-	int rc = registry_store_begin(s, err);
+	/* The exclusive ingest lock waits for commits that have moved blobs in
+	 * but not yet recorded them; the write lock keeps rows from changing
+	 * while blobs are judged. */
+	int lock = -1;
+	int rc = registry_ingest_lock(s, 1, &lock, err);
 	if (rc)
 		return rc;
+	if ((rc = registry_store_begin(s, err))) {
+		registry_ingest_unlock(lock);
+		return rc;
+	}
+	/* A blob file this database never recorded (no blobs row) was either
+	 * moved in by a commit that failed (after the database was created:
+	 * garbage) or comes from an earlier database that was lost (before it:
+	 * keep it for owl recover). A ctime is set by the rename into blobs/. */
+	int64_t created = db_created_at(s);
 	DIR *top = opendir(s->blobs_dir);
 	struct dirent *de;
 	while (top && (de = readdir(top))) {
@@ -427,10 +491,14 @@ int registry_gc(registry_store *s, int dry_run, registry_gc_result *res, owl_err
 			char *p = owl_path_join(sub, be->d_name);
 			struct stat sb;
 			if (stat(p, &sb) == 0) {
-				res->blobs_removed++;
-				res->bytes_freed += (uint64_t)sb.st_size;
-				if (!dry_run)
-					unlink(p);
+				if ((int64_t)sb.st_ctime < created && !blob_recorded(s, be->d_name)) {
+					res->blobs_kept_unknown++;
+				} else {
+					res->blobs_removed++;
+					res->bytes_freed += (uint64_t)sb.st_size;
+					if (!dry_run)
+						unlink(p);
+				}
 			}
 			free(p);
 		}
@@ -447,10 +515,12 @@ int registry_gc(registry_store *s, int dry_run, registry_gc_result *res, owl_err
 					    " (SELECT digest FROM version_files)", err);
 		if (rc) {
 			registry_store_rollback(s);
+			registry_ingest_unlock(lock);
 			return rc;
 		}
 	}
 	rc = registry_store_commit(s, err);
+	registry_ingest_unlock(lock);
 	if (rc)
 		return rc;
 	DIR *tmp = opendir(s->tmp_dir);
@@ -467,6 +537,155 @@ int registry_gc(registry_store *s, int dry_run, registry_gc_result *res, owl_err
 	if (tmp)
 		closedir(tmp);
 	return 0;
+}
+
+/* ---- recover ----------------------------------------------------------- */
+
+/* An extension for a recovered blob, read from its content. */
+static const char *sniff_extension(const char *path)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return "";
+	unsigned char head[16] = {0};
+	size_t n = fread(head, 1, sizeof head, f);
+	fclose(f);
+	if (n >= 4 && memcmp(head, "GGUF", 4) == 0)
+		return ".gguf";
+	owl_err e = {0};
+	if (n >= 9 && head[8] == '{' && st_validate_file(path, &e) == 0)
+		return ".safetensors";
+	size_t i = 0;
+	while (i < n && (head[i] == ' ' || head[i] == '\n' || head[i] == '\t' || head[i] == '\r'))
+		i++;
+	if (i < n && (head[i] == '{' || head[i] == '['))
+		return ".json";
+	return "";
+}
+
+/* One recovered version: the given blobs, linked into a stage under their
+ * new names (a link, so that committing renames a blob onto itself). */
+static int recover_version(registry_store *s, const char *model, char (*digests)[65],
+			   const char **exts, size_t n, const char *format, int *number,
+			   owl_err *err)
+{
+	registry_stage *st = NULL;
+	char *source = owl_xasprintf("recovered from the blobs of %s", s->home);
+	int rc = registry_stage_new(s, source, &st, err);
+	free(source);
+	if (rc)
+		return rc;
+	for (size_t i = 0; !rc && i < n; i++) {
+		char *name = owl_xasprintf("%s%s", digests[i], exts[i]);
+		char *blob = registry_blob_path(s, digests[i]);
+		char *dst = owl_path_join(st->files_dir, name);
+		struct stat sb;
+		if (stat(blob, &sb) != 0 || link(blob, dst) != 0)
+			rc = owl_err_set(err, OWL_EFAIL, "cannot stage blob '%s': %s", blob,
+					 strerror(errno));
+		else
+			rc = registry_stage_add(st, name, digests[i], (uint64_t)sb.st_size, NULL, err);
+		free(name);
+		free(blob);
+		free(dst);
+	}
+	if (!rc && strcmp(format, "gguf") == 0) {
+		rc = registry_stage_validate(st, err);
+	} else if (!rc) {
+		st->format = owl_xstrdup(format);
+		st->config_json = owl_xstrdup("{}");
+	}
+	registry_commit_result r;
+	if (!rc)
+		rc = registry_stage_commit(s, st, model, 0, NULL, NULL, NULL, &r, err);
+	if (!rc)
+		*number = r.number;
+	registry_stage_free(st);
+	return rc;
+}
+
+int registry_recover(registry_store *s, registry_recover_result *res, owl_err *err)
+{
+	memset(res, 0, sizeof *res);
+	time_t now = time(NULL);
+	struct tm tm;
+	gmtime_r(&now, &tm);
+	strftime(res->model, sizeof res->model, "recovered-%Y%m%d-%H%M%S", &tm);
+	char (*digests)[65] = NULL;
+	const char **exts = NULL;
+	size_t n = 0, cap = 0;
+	int rc = 0;
+	DIR *top = opendir(s->blobs_dir);
+	struct dirent *de;
+	while (!rc && top && (de = readdir(top))) {
+		if (de->d_name[0] == '.')
+			continue;
+		char *sub = owl_path_join(s->blobs_dir, de->d_name);
+		DIR *d = opendir(sub);
+		struct dirent *be;
+		while (!rc && d && (be = readdir(d))) {
+			if (be->d_name[0] == '.' || !owl_is_hex_digest(be->d_name, 64) ||
+			    blob_referenced(s, be->d_name))
+				continue;
+			char *p = owl_path_join(sub, be->d_name);
+			char hex[65];
+			uint64_t size = 0;
+			owl_err herr = {0};
+			if (registry_hash_file(p, hex, &size, &herr) != 0 ||
+			    strcmp(hex, be->d_name) != 0) {
+				res->corrupt++;
+			} else {
+				if (n == cap) {
+					cap = cap ? 2 * cap : 64;
+					digests = owl_xrealloc(digests, cap * sizeof *digests);
+					exts = owl_xrealloc(exts, cap * sizeof *exts);
+				}
+				snprintf(digests[n], 65, "%s", hex);
+				exts[n++] = sniff_extension(p);
+				res->blobs++;
+				res->bytes += size;
+			}
+			free(p);
+		}
+		if (d)
+			closedir(d);
+		free(sub);
+	}
+	if (top)
+		closedir(top);
+	/* Each GGUF is a whole model: its own version, which runs. The rest
+	 * (safetensors shards, configs, tokenizers of unknown grouping) goes
+	 * into one version of plain files. */
+	size_t nrest = 0;
+	for (size_t i = 0; !rc && i < n; i++) {
+		if (strcmp(exts[i], ".gguf") != 0) {
+			memmove(digests[nrest], digests[i], 65);
+			exts[nrest++] = exts[i];
+			continue;
+		}
+		int number = 0;
+		char one[1][65];
+		memcpy(one[0], digests[i], 65);
+		const char *ext1[1] = {".gguf"};
+		owl_err verr = {0};
+		if (recover_version(s, res->model, one, ext1, 1, "gguf", &number, &verr) == 0) {
+			res->versions++;
+			res->gguf++;
+		} else {
+			/* A GGUF the parser refuses still belongs to the user. */
+			memmove(digests[nrest], one[0], 65);
+			exts[nrest++] = "";
+		}
+	}
+	if (!rc && nrest) {
+		int number = 0;
+		rc = recover_version(s, res->model, digests, exts, nrest, "files", &number, err);
+		if (!rc)
+			res->versions++;
+	}
+	free(digests);
+	free(exts);
+	return rc;
 }
 
 /* ---- verify ------------------------------------------------------------ */

@@ -3,9 +3,13 @@
  * resolve or explain themselves, names are checked. */
 #include "test.h"
 
+#include <dirent.h>
+#include <pthread.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include "licenses/licenses.h"
 #include "registry/registry.h"
 
 static void write_text(const char *path, const char *text)
@@ -180,6 +184,253 @@ static void hub_urls_escape_revisions_whole_and_paths_by_segment(void)
 	free(u);
 }
 
+/* Files under blobs/sha256/<2 hex>/. */
+static long count_blobs(const char *home)
+{
+	char *top = owl_path_join(home, "blobs/sha256");
+	long n = 0;
+	DIR *d = opendir(top);
+	struct dirent *de;
+	while (d && (de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		char *sub = owl_path_join(top, de->d_name);
+		DIR *e = opendir(sub);
+		struct dirent *be;
+		while (e && (be = readdir(e)))
+			if (be->d_name[0] != '.')
+				n++;
+		if (e)
+			closedir(e);
+		free(sub);
+	}
+	if (d)
+		closedir(d);
+	free(top);
+	return n;
+}
+
+typedef struct commit_job {
+	registry_store *s;
+	registry_stage *st;
+	int rc;
+	owl_err err;
+} commit_job;
+
+static void *commit_thread(void *p)
+{
+	commit_job *j = p;
+	registry_commit_result res;
+	j->rc = registry_stage_commit(j->s, j->st, "many", 0, NULL, NULL, NULL, &res, &j->err);
+	return NULL;
+}
+
+/* The file work of a commit (sync, rename into blobs/) happens before its
+ * transaction: while another connection holds the write lock, every blob of
+ * a many-file stage still arrives in blobs/, and the commit then waits for
+ * the lock (rather than failing) and registers the version. */
+static void commit_moves_blobs_before_taking_the_write_lock(void)
+{
+	char *dir = test_tmpdir("reg");
+	char *home = owl_path_join(dir, "home");
+	registry_store *s = NULL;
+	owl_err err = {0};
+	CHECK_INT(registry_store_open(home, &s, &err), 0);
+	registry_stage *st = make_stage(s, dir);
+	enum { NEXTRA = 300 };
+	for (int i = 0; i < NEXTRA; i++) {
+		char src[64], rel[64];
+		snprintf(src, sizeof src, "%s/x.txt", dir);
+		snprintf(rel, sizeof rel, "extra/f%04d.txt", i);
+		char text[32];
+		snprintf(text, sizeof text, "file %d\n", i);
+		write_text(src, text);
+		CHECK_INT(registry_stage_copy(st, src, rel, NULL, NULL, &err), 0);
+	}
+	long want = (long)st->nfiles;
+	sqlite3 *holder = NULL;
+	sqlite3_open(s->db_path, &holder);
+	CHECK_INT(sqlite3_exec(holder, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+	commit_job job = {.s = s, .st = st};
+	pthread_t t;
+	pthread_create(&t, NULL, commit_thread, &job);
+	double start = owl_now();
+	long n = 0;
+	while ((n = count_blobs(home)) < want && owl_now() - start < 15)
+		usleep(20000);
+	CHECK(n == want, "all %ld blobs moved in while another connection held the write lock "
+	      "(got %ld after %.1f s)", want, n, owl_now() - start);
+	sleep(1); /* the commit now waits on the lock; it must not give up */
+	sqlite3_exec(holder, "COMMIT", NULL, NULL, NULL);
+	sqlite3_close(holder);
+	pthread_join(t, NULL);
+	CHECK(job.rc == 0, "the commit waited for the lock and succeeded: %s", job.err.msg);
+	CHECK_INT(count(s, "SELECT COUNT(*) FROM version_files"), want);
+	registry_stage_free(st);
+	registry_store_close(s);
+	owl_remove_tree(dir, NULL);
+	free(home);
+	free(dir);
+}
+
+/* Several processes opening a fresh home at once: every schema step and the
+ * default policy are applied once, and no process fails. */
+static void concurrent_first_use_of_a_home_never_fails(void)
+{
+	char *dir = test_tmpdir("reg");
+	enum { ROUNDS = 30, PROCS = 6 };
+	int failures = 0;
+	char first_error[512] = "";
+	for (int r = 0; r < ROUNDS; r++) {
+		char *home = owl_xasprintf("%s/home%d", dir, r);
+		int fds[PROCS][2];
+		pid_t pids[PROCS];
+		for (int p = 0; p < PROCS; p++) {
+			if (pipe(fds[p]) != 0)
+				return;
+			pids[p] = fork();
+			if (pids[p] == 0) {
+				close(fds[p][0]);
+				registry_store *s = NULL;
+				owl_err err = {0};
+				int rc = registry_store_open(home, &s, &err);
+				if (!rc)
+					rc = licenses_migrate(s, &err);
+				registry_store_close(s);
+				if (rc && write(fds[p][1], err.msg, strlen(err.msg)) < 0)
+					_exit(3);
+				_exit(rc ? 1 : 0);
+			}
+			close(fds[p][1]);
+		}
+		for (int p = 0; p < PROCS; p++) {
+			int status = 0;
+			char msg[512] = "";
+			ssize_t k = read(fds[p][0], msg, sizeof msg - 1);
+			msg[k > 0 ? k : 0] = 0;
+			close(fds[p][0]);
+			waitpid(pids[p], &status, 0);
+			if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+				failures++;
+				if (!first_error[0])
+					snprintf(first_error, sizeof first_error, "%s", msg);
+			}
+		}
+		/* Each default rule exists once, each schema step is recorded once. */
+		registry_store *s = NULL;
+		owl_err err = {0};
+		if (registry_store_open(home, &s, &err) == 0) {
+			CHECK_INT(count(s, "SELECT COUNT(*) FROM policy_rules WHERE name='deny-pickle'"), 1);
+			CHECK_INT(count(s, "SELECT COUNT(*) FROM migrations WHERE module='registry'"), 1);
+			registry_store_close(s);
+		}
+		free(home);
+	}
+	CHECK(failures == 0, "%d of %d processes failed; first: %s", failures, ROUNDS * PROCS,
+	      first_error);
+	owl_remove_tree(dir, NULL);
+	free(dir);
+}
+
+/* A lost owl.db: the home is refused, gc on a recovery-opened store keeps
+ * the blobs the new database never recorded, and recover registers them. */
+static void lost_database_is_refused_and_recovered(void)
+{
+	char *dir = test_tmpdir("reg");
+	char *home = owl_path_join(dir, "home");
+	registry_store *s = NULL;
+	owl_err err = {0};
+	CHECK_INT(registry_store_open(home, &s, &err), 0);
+	registry_stage *st = make_stage(s, dir);
+	registry_commit_result res;
+	CHECK_INT(registry_stage_commit(s, st, "m", 0, NULL, NULL, NULL, &res, &err), 0);
+	registry_stage_free(st);
+	char *db = owl_xstrdup(s->db_path);
+	registry_store_close(s);
+	sleep(1); /* the new database must be younger than the blobs */
+	char *wal = owl_xasprintf("%s-wal", db), *shm = owl_xasprintf("%s-shm", db);
+	unlink(db);
+	unlink(wal);
+	unlink(shm);
+	CHECK_INT(registry_store_open(home, &s, &err), OWL_EFAIL);
+	CHECK(strstr(err.msg, "2 blobs") && strstr(err.msg, "missing") &&
+	      strstr(err.msg, "owl recover"), "says what happened and what to do: %s", err.msg);
+	CHECK(!owl_path_exists(db), "refusing creates no database");
+	CHECK_INT(count_blobs(home), 2);
+
+	registry_open_opts o = {.recover = 1};
+	CHECK_INT(registry_store_open_ex(home, &o, &s, &err), 0);
+	registry_gc_result g;
+	CHECK_INT(registry_gc(s, 0, &g, &err), 0);
+	CHECK_INT((long long)g.blobs_removed, 0);
+	CHECK_INT((long long)g.blobs_kept_unknown, 2);
+	CHECK_INT(count_blobs(home), 2);
+	registry_recover_result r;
+	CHECK_INT(registry_recover(s, &r, &err), 0);
+	CHECK_INT(r.versions, 1);
+	CHECK_INT((long long)r.blobs, 2);
+	CHECK_INT((long long)r.corrupt, 0);
+	registry_version v;
+	CHECK_INT(registry_resolve(s, r.model, &v, &err), 0);
+	CHECK_INT((long long)v.nfiles, 2);
+	int have_st = 0;
+	for (size_t i = 0; i < v.nfiles; i++)
+		have_st |= strstr(v.files[i].path, ".safetensors") != NULL;
+	CHECK(have_st, "the safetensors blob is named by its content");
+	registry_version_release(&v);
+	CHECK_INT(registry_gc(s, 0, &g, &err), 0);
+	CHECK_INT(count_blobs(home), 2);
+	registry_store_close(s);
+	free(db);
+	free(wal);
+	free(shm);
+	owl_remove_tree(dir, NULL);
+	free(home);
+	free(dir);
+}
+
+/* Names are checked, and duplicates refused on purpose, before a byte is
+ * written. */
+static void stage_refuses_bad_and_duplicate_paths_before_writing(void)
+{
+	char *dir = test_tmpdir("reg");
+	char *home = owl_path_join(dir, "home");
+	registry_store *s = NULL;
+	owl_err err = {0};
+	CHECK_INT(registry_store_open(home, &s, &err), 0);
+	registry_stage *st = NULL;
+	CHECK_INT(registry_stage_new(s, "test", &st, &err), 0);
+	int fd = -1;
+	CHECK_INT(registry_stage_create_file(st, "a/config.json", &fd, &err), 0);
+	if (fd >= 0)
+		close(fd);
+	CHECK_INT(registry_stage_add(st, "a/config.json", "00", 0, NULL, &err), 0);
+	CHECK_INT(registry_stage_create_file(st, "a/config.json", &fd, &err), OWL_EINTEGRITY);
+	CHECK(strstr(err.msg, "'a/config.json' appears twice"), "names the duplicate: %s", err.msg);
+	static const char *const bad[] = {"/etc/x", "../x", "a/../../x", "a//b", "./a", "a/./b",
+					  "", "a\nb", "a\x01b"};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		CHECK_INT(registry_stage_create_file(st, bad[i], &fd, &err), OWL_EINTEGRITY);
+		CHECK(fd < 0, "no file for '%s'", bad[i]);
+	}
+	char longp[1100];
+	memset(longp, 'a', sizeof longp - 1);
+	longp[sizeof longp - 1] = 0;
+	CHECK_INT(registry_stage_create_file(st, longp, &fd, &err), OWL_EINTEGRITY);
+	char **names = NULL;
+	size_t n = 0;
+	CHECK_INT(owl_list_dir(st->files_dir, &names, &n, &err), 0);
+	CHECK_INT((long long)n, 1); /* only a/ */
+	owl_free_names(names, n);
+	/* A file where a folder is needed, or the other way round. */
+	CHECK_INT(registry_stage_create_file(st, "a/config.json/x", &fd, &err), OWL_EINTEGRITY);
+	registry_stage_free(st);
+	registry_store_close(s);
+	owl_remove_tree(dir, NULL);
+	free(home);
+	free(dir);
+}
+
 int main(void)
 {
 	RUN_TEST(hub_listing_errors_name_the_file);
@@ -187,5 +438,9 @@ int main(void)
 	RUN_TEST(failed_commit_leaves_nothing_visible_and_gc_reclaims);
 	RUN_TEST(resolve_explains_missing_versions_and_tags);
 	RUN_TEST(names_are_checked);
+	RUN_TEST(commit_moves_blobs_before_taking_the_write_lock);
+	RUN_TEST(concurrent_first_use_of_a_home_never_fails);
+	RUN_TEST(lost_database_is_refused_and_recovered);
+	RUN_TEST(stage_refuses_bad_and_duplicate_paths_before_writing);
 	TEST_MAIN_END();
 }
