@@ -9,7 +9,9 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <unistd.h>
 #include <strings.h>
 
 /* ---- shared output helpers --------------------------------------------- */
@@ -188,6 +190,19 @@ static int parse_rate(const char *s, int64_t *out)
 	return 0;
 }
 
+/* Ctrl-C (or SIGTERM) during a pull asks the library to stop at its next
+ * check; a second one ends the process at once. */
+static volatile sig_atomic_t pull_interrupted;
+
+static void on_pull_signal(int sig)
+{
+	if (pull_interrupted)
+		_exit(130);
+	pull_interrupted = 1;
+}
+
+static int pull_cancelled(void *ctx) { return pull_interrupted != 0; }
+
 static int run_pull(owl_ctx *ctx, int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -250,12 +265,20 @@ static int run_pull(owl_ctx *ctx, int argc, char **argv)
 	registry_source_opts so = {
 		.expected_sha256 = sha, .ca_cert = ca, .include = ninclude ? include : NULL,
 		.min_rate = min_rate, .progress = owl_progress_update, .progress_ctx = &prog,
+		.cancelled = pull_cancelled,
 	};
+	struct sigaction sa = {.sa_handler = on_pull_signal}, old_int, old_term;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, &old_int);
+	sigaction(SIGTERM, &sa, &old_term);
 	if (!ctx->quiet && !ctx->json)
 		fprintf(stderr, "pulling %s\n", source);
 	registry_stage *st = NULL;
 	int rc = registry_stage_from_source(s, source, &so, &st, &err);
 	owl_progress_finish(&prog);
+	/* Past the download, the commit is quick and all or nothing. */
+	sigaction(SIGINT, &old_int, NULL);
+	sigaction(SIGTERM, &old_term, NULL);
 	if (rc) {
 		registry_store_close(s);
 		return cmd_fail(&err);

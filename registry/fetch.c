@@ -784,6 +784,11 @@ int registry_fetch_files(const registry_fetch_opts *opts, registry_fetch_file *f
 	size_t ndone = 0;
 	double last_progress = 0;
 	while (ndone < n && rc == 0) {
+		if (opts->cancelled && opts->cancelled(opts->cancel_ctx)) {
+			rc = owl_err_set(err, OWL_EFAIL, "the download was cancelled (%zu of %zu files "
+					 "done; partial files stay for a resume)", ndone, n);
+			break;
+		}
 		/* Start attempts while there is room and nothing is waiting on backoff. */
 		double now = owl_now();
 		int active = 0;

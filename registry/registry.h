@@ -211,6 +211,11 @@ int registry_stage_commit(registry_store *s, registry_stage *st, const char *nam
 
 /* ---- sources (registry/source.c) -------------------------------------- */
 
+/* Asked between steps of a long operation (every 0.1 s during downloads,
+ * between files otherwise): non-zero stops it with an error saying it was
+ * cancelled. Partial downloads stay for a resume. */
+typedef int (*registry_cancel_fn)(void *ctx);
+
 typedef struct registry_source_opts {
 	const char *expected_sha256; /* --sha256 for a single-file URL or file */
 	const char *ca_cert;         /* --ca-cert */
@@ -218,6 +223,8 @@ typedef struct registry_source_opts {
 	int64_t min_rate;            /* --min-rate: see registry_fetch_opts */
 	owl_progress_fn progress;
 	void *progress_ctx;
+	registry_cancel_fn cancelled; /* may be NULL; see registry_fetch_opts */
+	void *cancel_ctx;
 } registry_source_opts;
 
 /* Fills a new stage from SOURCE: an http(s) URL of one file (GGUF,
@@ -360,6 +367,8 @@ typedef struct registry_fetch_opts {
 	int parallel;             /* files fetched at once; 0 = default 4 */
 	owl_progress_fn progress; /* may be NULL */
 	void *progress_ctx;
+	registry_cancel_fn cancelled; /* may be NULL */
+	void *cancel_ctx;
 } registry_fetch_opts;
 
 #define REGISTRY_MIN_RATE_DEFAULT (10 * 1024)

@@ -75,6 +75,10 @@ static int add_tree(registry_stage *st, const char *root, const char *rel,
 	size_t n = 0;
 	int rc = owl_list_dir(dir, &names, &n, err);
 	for (size_t i = 0; i < n && !rc; i++) {
+		if (o && o->cancelled && o->cancelled(o->cancel_ctx)) {
+			rc = owl_err_set(err, OWL_EFAIL, "the copy of '%s' was cancelled", root);
+			break;
+		}
 		char *child_rel = rel[0] ? owl_xasprintf("%s/%s", rel, names[i]) : owl_xstrdup(names[i]);
 		char *child = owl_path_join(root, child_rel);
 		struct stat sb;

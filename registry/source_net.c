@@ -109,7 +109,7 @@ int registry_stage_from_url(registry_store *s, const char *url, const registry_s
 	}
 	registry_fetch_opts fo = {
 		.ca_cert = o->ca_cert, .min_rate = o->min_rate, .progress = o->progress,
-		.progress_ctx = o->progress_ctx,
+		.progress_ctx = o->progress_ctx, .cancelled = o->cancelled, .cancel_ctx = o->cancel_ctx,
 	};
 	registry_fetch_file f = {
 		.url = url, .name = base, .expected_sha256 = o->expected_sha256, .tmp_path = part,
@@ -220,6 +220,7 @@ int registry_stage_from_hub(registry_store *s, const char *source, const registr
 	registry_fetch_opts fo = {
 		.ca_cert = o->ca_cert, .bearer_token = token, .token_host = token_host,
 		.min_rate = o->min_rate, .progress = o->progress, .progress_ctx = o->progress_ctx,
+		.cancelled = o->cancelled, .cancel_ctx = o->cancel_ctx,
 	};
 	if ((rc = registry_hub_list(&fo, endpoint, repo, revision, &listing, err)))
 		goto out;

@@ -164,6 +164,21 @@ touch -d '+1 minute' "$SRV/files/x.safetensors"
 owl pull "$BASE/slow/x.safetensors" --name x
 expect_rc changed_after_kill_pull 0
 check_blob changed_after_kill x "$(stat -c %s "$SRV/files/x.safetensors")" "$(sha "$SRV/files/x.safetensors")"
+# Ctrl-C (SIGINT) stops a pull at its next check: a clear message, nothing
+# registered, the partial file kept, and the next pull resumes it.
+mk_st "$SRV/files/c.safetensors" $((3 << 20)) 15
+"$OWL_BIN" pull "$BASE/slow/c.safetensors" --name c >"$T/c.out" 2>"$T/c.err" &
+cp=$!
+sleep 1
+kill -INT "$cp"; wait "$cp"; crc=$?
+[ "$crc" -eq 1 ] && grep -q "cancelled" "$T/c.err" && pass interrupted_pull_cancelled || fail interrupted_pull_cancelled "exit $crc: $(tail -2 "$T/c.err")"
+owl list
+expect_not_contains interrupted_pull_registers_nothing "$OUT" "c@"
+ls "$OWL_HOME"/tmp/downloads/*.part >/dev/null 2>&1 && pass interrupted_pull_keeps_partial || fail interrupted_pull_keeps_partial "no partial download left"
+owl pull "$BASE/slow/c.safetensors" --name c
+expect_rc interrupted_pull_resumes 0
+check_blob interrupted_resumed c "$(stat -c %s "$SRV/files/c.safetensors")" "$(sha "$SRV/files/c.safetensors")"
+grep -q '^GET /slow/c.safetensors range=bytes=[1-9]' "$SLOG" && pass interrupted_pull_resumed_with_range || fail interrupted_pull_resumed_with_range "$(grep c.safetensors "$SLOG")"
 # With --sha256 the digest pins the file: no "checked only against itself".
 owl pull "$BASE/files/x.safetensors" --name x2 --sha256 "$(sha "$SRV/files/x.safetensors")"
 expect_rc pinned_pull 0
