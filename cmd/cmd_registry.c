@@ -58,108 +58,6 @@ static void describe_config(const char *config_json, char *out, size_t len)
 	json_decref(c);
 }
 
-/* ---- the checks `owl run` makes, made before registering ------------------- */
-
-static int check_config_file(const char *full, owl_err *err)
-{
-	char *text = NULL;
-	int rc = owl_read_file(full, 4u << 20, &text, NULL, err);
-	if (rc)
-		return rc;
-	json_t *c = json_loads(text, 0, NULL);
-	free(text);
-	owl_model_config mc;
-	rc = owl_model_config_from_json(c, &mc, err);
-	json_decref(c);
-	return rc;
-}
-
-static int check_tokenizer_file(const char *full, owl_err *err)
-{
-	char *text = NULL;
-	size_t len = 0;
-	int rc = owl_read_file(full, 64u << 20, &text, &len, err);
-	if (rc)
-		return rc;
-	rc = owl_tokenizer_json_check(text, len, err);
-	free(text);
-	return rc;
-}
-
-static int check_gguf_file(const char *full, owl_err *err)
-{
-	gguf_file *g = NULL;
-	int rc = gguf_open(full, &g, err);
-	owl_model_config mc;
-	if (!rc)
-		rc = owl_model_config_from_gguf(g, &mc, err);
-	gguf_close(g);
-	return rc;
-}
-
-/* The model's config (config.json or a GGUF's llama.* keys) and its
- * tokenizer.json get the checks the engine makes when it loads them
- * (common/modelcfg.h), so that an absurd or truncated one is refused now,
- * as an integrity failure naming the file, the field and the value, rather
- * than registered and refused at `owl run`. */
-static int check_model_files(const registry_stage *st, owl_err *err)
-{
-	for (size_t i = 0; i < st->nfiles; i++) {
-		const char *p = st->files[i].path;
-		size_t n = strlen(p);
-		int (*check)(const char *, owl_err *) =
-			strcmp(p, "config.json") == 0	  ? check_config_file
-			: strcmp(p, "tokenizer.json") == 0 ? check_tokenizer_file
-			: n > 5 && strcasecmp(p + n - 5, ".gguf") == 0 ? check_gguf_file
-								       : NULL;
-		if (!check)
-			continue;
-		char *full = owl_path_join(st->files_dir, p);
-		int rc = check(full, err);
-		free(full);
-		if (rc) {
-			owl_err_wrap(err, "cannot accept '%s'", p);
-			return rc;
-		}
-	}
-	return 0;
-}
-
-/* ---- the license gate at import ---------------------------------------- */
-
-static int store_findings_hook(void *ctx, registry_store *s, int64_t version_id, owl_err *err)
-{
-	return license_findings_store(s, version_id, ctx, err);
-}
-
-/* Detects the stage's license and asks the policy whether it may be
- * imported as `model`. On success *findings_out is the caller's to store
- * (through the commit hook) and free. */
-static int gate_import(registry_store *s, registry_stage *st, const char *model,
-		       int64_t parent_id, license_findings **findings_out, owl_err *err)
-{
-	*findings_out = NULL;
-	license_findings *lf = NULL;
-	int rc = license_detect_dir(s, st->files_dir, &lf, err);
-	if (rc)
-		return rc;
-	license_request rq = {.model = model, .findings = lf, .action = "import",
-			      .parent_version_id = parent_id,
-			      .derived = parent_id || strcmp(st->format, "adapter") == 0};
-	license_decision d;
-	rc = license_gate(s, &rq, &d, err);
-	if (rc) {
-		if (rc == OWL_EDENIED && err) {
-			size_t l = strlen(err->msg);
-			snprintf(err->msg + l, sizeof err->msg - l, " Nothing was stored.");
-		}
-		license_findings_free(lf);
-		return rc;
-	}
-	*findings_out = lf;
-	return 0;
-}
-
 /* ---- pull ---------------------------------------------------------------- */
 
 /* --min-rate: "0" (off), "512", "10k", "10KiB", "1M", "1MiB/s"; bytes/s in
@@ -284,20 +182,15 @@ static int run_pull(owl_ctx *ctx, int argc, char **argv)
 		return cmd_fail(&err);
 	}
 	const char *model = name ? name : st->default_name;
-	license_findings *lf = NULL;
-	registry_commit_result res;
-	rc = check_model_files(st, &err);
-	if (!rc)
-		rc = gate_import(s, st, model, parent_id, &lf, &err);
-	if (!rc)
-		rc = registry_stage_commit(s, st, model, parent_id, tag, store_findings_hook, lf, &res,
-					   &err);
+	license_admit_result adm;
+	rc = license_admit_stage(s, st, model, parent_id, tag, &adm, &err);
 	if (rc) {
-		license_findings_free(lf);
 		registry_stage_free(st);
 		registry_store_close(s);
 		return cmd_fail(&err);
 	}
+	const license_findings *lf = adm.findings;
+	const registry_commit_result res = adm.commit;
 	char desc[256], total[32], fresh[32];
 	describe_config(st->config_json, desc, sizeof desc);
 	owl_fmt_bytes(st->total_bytes, total, sizeof total);
@@ -334,7 +227,7 @@ static int run_pull(owl_ctx *ctx, int argc, char **argv)
 			       "file%s%s\n", st->self_checked_files, st->self_checked_files == 1 ? "" : "s",
 			       strncmp(source, "hf://", 5) != 0 ? " (--sha256 HEX pins it)" : "");
 	}
-	license_findings_free(lf);
+	license_admit_result_release(&adm);
 	registry_stage_free(st);
 	registry_store_close(s);
 	return OWL_OK;
@@ -838,18 +731,14 @@ static int run_import(owl_ctx *ctx, int argc, char **argv)
 	char *manifest = NULL;
 	registry_bundle_trust trust;
 	int rc = registry_import_stage(s, argv[optind], trust_key, &st, &manifest, &trust, &err);
-	registry_commit_result res = {0};
 	const char *model = NULL;
-	license_findings *lf = NULL;
-	if (!rc)
-		rc = check_model_files(st, &err);
+	license_admit_result adm = {0};
 	if (!rc) {
 		model = name ? name : st->default_name;
-		rc = gate_import(s, st, model, 0, &lf, &err);
+		rc = license_admit_stage(s, st, model, 0, tag, &adm, &err);
 	}
-	if (!rc)
-		rc = registry_stage_commit(s, st, model, 0, tag, store_findings_hook, lf, &res, &err);
-	license_findings_free(lf);
+	const registry_commit_result res = adm.commit;
+	license_admit_result_release(&adm);
 	if (!rc) {
 		if (ctx->json)
 			cmd_print_json(json_pack("{s:s, s:i, s:o, s:I, s:s}", "model", model, "version",

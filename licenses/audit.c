@@ -121,6 +121,17 @@ static int anchor_append(registry_store *s, int64_t id, const char *hash, int64_
 	return rc;
 }
 
+typedef struct anchor_job {
+	int64_t id, at;
+	char hash[65];
+} anchor_job;
+
+static int anchor_run(registry_store *s, void *ctx, owl_err *err)
+{
+	const anchor_job *j = ctx;
+	return anchor_append(s, j->id, j->hash, j->at, err);
+}
+
 /* The hash the database holds for row id, or "" when there is no such row. */
 static void row_hash_of(registry_store *s, int64_t id, char out[65])
 {
@@ -410,13 +421,19 @@ int license_audit_append(registry_store *s, const license_audit_entry *e, owl_er
 	}
 	char head[128];
 	snprintf(head, sizeof head, "%lld:%s", (long long)id, hash);
-	if ((rc = meta_set(s, "audit_head", head, err)) || (rc = registry_store_commit(s, err))) {
+	/* Only a committed row is anchored: when the caller's transaction (the
+	 * change this decision allows) commits, or at once when there is none.
+	 * A crash in between leaves the anchor one row behind the database,
+	 * which verify accepts; a rolled-back decision is never anchored. */
+	anchor_job job = {.id = id, .at = e->at};
+	memcpy(job.hash, hash, sizeof job.hash);
+	if ((rc = meta_set(s, "audit_head", head, err)) ||
+	    (rc = registry_store_after_commit(s, anchor_run, &job, sizeof job, err)) ||
+	    (rc = registry_store_commit(s, err))) {
 		registry_store_rollback(s);
 		return rc;
 	}
-	/* Only a committed row is anchored: a crash here leaves the anchor one
-	 * row behind the database, which verify accepts. */
-	return anchor_append(s, id, hash, e->at, err);
+	return 0;
 }
 
 /* The hash chain and the head kept beside it. */

@@ -151,11 +151,35 @@ typedef struct license_decision {
 /* Evaluates the policy without recording anything (owl policy test). */
 int license_evaluate(registry_store *s, const license_request *req, license_decision *out,
 		     owl_err *err);
-/* Evaluates and records the decision in the audit log (its own transaction:
- * the caller must not hold one). Returns 0 when allowed; OWL_EDENIED with a
- * message naming the rule, the license and what would allow it otherwise. */
+/* Evaluates and records the decision in the audit log, in the caller's
+ * transaction when it holds one (a SAVEPOINT: the decision commits or rolls
+ * back with the change it allows), else in its own. Returns 0 when allowed;
+ * OWL_EDENIED with a message naming the rule, the license and what would
+ * allow it otherwise. */
 int license_gate(registry_store *s, const license_request *req, license_decision *out,
 		 owl_err *err);
+
+/* ---- admitting a checkpoint (licenses/admit.c) --------------------------- */
+
+/* The checks the engine makes when it loads a model, made on a stage's
+ * config.json, tokenizer.json and GGUF files: an integrity error (exit 4)
+ * naming the file, the field and the value. */
+int license_check_model_files(const registry_stage *st, owl_err *err);
+
+typedef struct license_admit_result {
+	registry_commit_result commit;
+	license_findings *findings; /* what was detected and stored, owned */
+} license_admit_result;
+
+/* Registers the stage as the next version of model, the flow of every
+ * import: the model-file checks, license detection, the policy (action
+ * import), and the commit, the "allow" decision written in the commit's
+ * transaction. OWL_EDENIED (recorded, nothing stored) when the policy says
+ * no. */
+int license_admit_stage(registry_store *s, registry_stage *st, const char *model,
+			int64_t parent_version_id, const char *tag, license_admit_result *out,
+			owl_err *err);
+void license_admit_result_release(license_admit_result *r);
 
 /* Approves an action on a version; expires_at 0 = never. */
 int license_approve(registry_store *s, int64_t version_id, const char *action, const char *use,

@@ -32,6 +32,9 @@ typedef struct registry_store {
 	double lock_timeout_s; /* how long a writer waits for the lock */
 	double wait_started;   /* busy handler: when the current wait began */
 	double wait_notified;  /* busy handler: when wait_fn was last called */
+	int tx_depth;          /* 0 outside a transaction, > 1 inside SAVEPOINTs */
+	struct registry_after_commit *after; /* run once the outermost transaction commits */
+	int nafter, after_cap;
 } registry_store;
 
 /* How registry_store_open_ex opens a home. Zero-initialised means: read and
@@ -78,10 +81,22 @@ int registry_store_schema_version(registry_store *s, const char *module);
 int registry_store_exec(registry_store *s, const char *sql, owl_err *err);
 /* BEGIN IMMEDIATE: takes the write lock, waiting (see registry_wait_fn)
  * while another process holds it. On a read-only store: an error naming the
- * home. */
+ * home. Transactions nest: inside one, begin is a SAVEPOINT, so a module's change
+ * (the license gate's decision, say) joins its caller's transaction and
+ * commits or rolls back with it. */
 int registry_store_begin(registry_store *s, owl_err *err);
+/* The outermost commit runs the actions queued by registry_store_after_commit
+ * and returns the first one's error, if any (the rows are committed). */
 int registry_store_commit(registry_store *s, owl_err *err);
-void registry_store_rollback(registry_store *s); /* no-op outside a transaction */
+/* Undoes the innermost transaction (and the after-commit actions it queued);
+ * a no-op outside a transaction. */
+void registry_store_rollback(registry_store *s);
+/* Queues fn(s, ctx) for when the outermost transaction has committed (what
+ * must only follow durable rows: the audit anchor); ctx_size bytes of ctx
+ * are copied. Outside a transaction fn runs at once. */
+typedef int (*registry_after_commit_fn)(registry_store *s, void *ctx, owl_err *err);
+int registry_store_after_commit(registry_store *s, registry_after_commit_fn fn, const void *ctx,
+				size_t ctx_size, owl_err *err);
 
 /* The registry's own schema (registry/schema.c). */
 int registry_schema_migrate(registry_store *s, owl_err *err);

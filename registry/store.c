@@ -121,23 +121,118 @@ int registry_store_exec(registry_store *s, const char *sql, owl_err *err)
 	return exec_sql_store(s, s->db, sql, err);
 }
 
+struct registry_after_commit {
+	registry_after_commit_fn fn;
+	void *ctx;  /* owned copy */
+	int depth;  /* the transaction depth that queued it */
+};
+
+static void drop_after(registry_store *s, int from_depth)
+{
+	int keep = 0;
+	for (int i = 0; i < s->nafter; i++) {
+		if (s->after[i].depth >= from_depth)
+			free(s->after[i].ctx);
+		else
+			s->after[keep++] = s->after[i];
+	}
+	s->nafter = keep;
+}
+
 int registry_store_begin(registry_store *s, owl_err *err)
 {
 	if (s->read_only)
 		return owl_err_set(err, OWL_EFAIL, "the data home '%s' is read-only: this needs write "
 				   "access", s->home);
-	return exec_sql_store(s, s->db, "BEGIN IMMEDIATE", err);
+	if (s->tx_depth == 0 && !sqlite3_get_autocommit(s->db))
+		s->tx_depth = 1; /* a transaction begun with plain SQL */
+	int rc;
+	if (s->tx_depth == 0) {
+		rc = exec_sql_store(s, s->db, "BEGIN IMMEDIATE", err);
+	} else {
+		char sql[48];
+		snprintf(sql, sizeof sql, "SAVEPOINT owl_sp%d", s->tx_depth);
+		rc = exec_sql_store(s, s->db, sql, err);
+	}
+	if (!rc)
+		s->tx_depth++;
+	return rc;
 }
 
 int registry_store_commit(registry_store *s, owl_err *err)
 {
-	return exec_sql_store(s, s->db, "COMMIT", err);
+	if (s->tx_depth > 1) {
+		char sql[48];
+		snprintf(sql, sizeof sql, "RELEASE owl_sp%d", s->tx_depth - 1);
+		int rc = exec_sql_store(s, s->db, sql, err);
+		if (!rc) {
+			/* the inner transaction's actions now wait for the outer one */
+			for (int i = 0; i < s->nafter; i++)
+				if (s->after[i].depth == s->tx_depth)
+					s->after[i].depth = s->tx_depth - 1;
+			s->tx_depth--;
+		}
+		return rc;
+	}
+	int rc = exec_sql_store(s, s->db, "COMMIT", err);
+	if (rc)
+		return rc;
+	s->tx_depth = 0;
+	/* The rows are durable: now what must follow them. */
+	int n = s->nafter;
+	struct registry_after_commit *a = s->after;
+	s->after = NULL;
+	s->nafter = s->after_cap = 0;
+	for (int i = 0; i < n; i++) {
+		owl_err e = {0};
+		int r = a[i].fn(s, a[i].ctx, &e);
+		if (r && !rc) {
+			rc = r;
+			if (err)
+				*err = e;
+		}
+		free(a[i].ctx);
+	}
+	free(a);
+	return rc;
 }
 
 void registry_store_rollback(registry_store *s)
 {
+	if (s->tx_depth > 1) {
+		char sql[96];
+		snprintf(sql, sizeof sql, "ROLLBACK TO owl_sp%d; RELEASE owl_sp%d", s->tx_depth - 1,
+			 s->tx_depth - 1);
+		sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+		drop_after(s, s->tx_depth);
+		s->tx_depth--;
+		return;
+	}
 	if (!sqlite3_get_autocommit(s->db))
 		sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+	drop_after(s, 0);
+	s->tx_depth = 0;
+}
+
+int registry_store_after_commit(registry_store *s, registry_after_commit_fn fn, const void *ctx,
+				size_t ctx_size, owl_err *err)
+{
+	if (s->tx_depth == 0 && sqlite3_get_autocommit(s->db))
+		return fn(s, (void *)ctx, err);
+	if (s->nafter == s->after_cap) {
+		int cap = s->after_cap ? 2 * s->after_cap : 4;
+		struct registry_after_commit *a = realloc(s->after, (size_t)cap * sizeof *a);
+		if (!a)
+			return owl_err_set(err, OWL_EFAIL, "cannot queue an action after the commit");
+		s->after = a;
+		s->after_cap = cap;
+	}
+	void *copy = malloc(ctx_size ? ctx_size : 1);
+	if (!copy)
+		return owl_err_set(err, OWL_EFAIL, "cannot queue an action after the commit");
+	memcpy(copy, ctx, ctx_size);
+	s->after[s->nafter++] = (struct registry_after_commit){fn, copy, s->tx_depth};
+	return 0;
 }
 
 int registry_store_schema_version(registry_store *s, const char *module)
@@ -451,6 +546,8 @@ void registry_store_close(registry_store *s)
 {
 	if (!s)
 		return;
+	drop_after(s, 0);
+	free(s->after);
 	if (s->db)
 		sqlite3_close_v2(s->db);
 	free(s->home);
