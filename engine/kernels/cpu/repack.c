@@ -414,20 +414,13 @@ H2_INLINE void h_row2(const wmat *w, int kind, int g, const float *x, float *y)
 	const uint8_t *gp = w->data + (size_t)g * GROUP * w->row_bytes;
 	const size_t cb = kind == 2 ? 64 : 32, half = cb / 2;
 	__m256 l0 = _mm256_setzero_ps(), l1 = l0, h0 = l0, h1 = l0;
-	int k = 0;
-	for (; k + 2 <= w->cols; k += 2) {
+	for (int k = 0; k < w->cols; k += 2) { /* cols is a multiple of 16 (w_repack_supported) */
 		const uint8_t *p = gp + (size_t)k * cb;
 		__m256 x0 = _mm256_broadcast_ss(x + k), x1 = _mm256_broadcast_ss(x + k + 1);
 		l0 = _mm256_fmadd_ps(ld_h8(p, kind), x0, l0);
 		h0 = _mm256_fmadd_ps(ld_h8(p + half, kind), x0, h0);
 		l1 = _mm256_fmadd_ps(ld_h8(p + cb, kind), x1, l1);
 		h1 = _mm256_fmadd_ps(ld_h8(p + cb + half, kind), x1, h1);
-	}
-	for (; k < w->cols; k++) {
-		const uint8_t *p = gp + (size_t)k * cb;
-		__m256 x0 = _mm256_broadcast_ss(x + k);
-		l0 = _mm256_fmadd_ps(ld_h8(p, kind), x0, l0);
-		h0 = _mm256_fmadd_ps(ld_h8(p + half, kind), x0, h0);
 	}
 	_mm256_storeu_ps(y + (size_t)g * GROUP, _mm256_add_ps(l0, l1));
 	_mm256_storeu_ps(y + (size_t)g * GROUP + 8, _mm256_add_ps(h0, h1));
