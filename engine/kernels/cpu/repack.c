@@ -1,4 +1,5 @@
-/* Row-interleaved Q8_0 and Q4_0 for the integer kernels.
+/* Row-interleaved Q8_0, Q4_0 and Q4_1 for the integer kernels, and f16,
+ * bf16 and f32 for the float ones.
  *
  * In the file's layout a block of 32 weights belongs to one row, so an
  * integer product of a weight block with an activation block ends in one
@@ -19,7 +20,11 @@
  * That is 544, 288 and 320 bytes per group and block: 16 rows of 34, 18 and
  * 20 bytes, the same size as the file's layout. The corrections for the
  * unsigned operand depend only on the activations (sum(q) of the block):
- *   Q8_0: sum((w+128) x) - 128 sum(x);  Q4_0: sum(q x) - 8 sum(x). */
+ *   Q8_0: sum((w+128) x) - 128 sum(x);  Q4_0: sum(q x) - 8 sum(x).
+ *
+ * This file holds the AVX-512 kernels. On the 256-bit paths (cpupath.c) a
+ * group is two ymm of 8 rows: int256.c multiplies the same layout with
+ * AVX-VNNI or AVX2, and the float groups below have AVX2/FMA twins. */
 #include "engine/internal.h"
 
 #include <immintrin.h>
