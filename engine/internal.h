@@ -71,16 +71,34 @@ void w_matvec(const wmat *w, const float *x, float *y);
 /* The same for k matrices sharing x (q/k/v, gate/up): one pass of the pool. */
 void w_matvec_multi(const wmat *const *ws, float *const *ys, int k, const float *x);
 /* Y[n, rows] = X[n, cols] W^T: repacked weights through their 16-row
- * kernels, Q8_0/Q4_0/Q4_1 in integers where VNNI is there (qgemm), the rest
- * through OpenBLAS sgemm, non-f32 weights widened a band of rows at a time. */
+ * kernels, Q8_0/Q4_0/Q4_1 in integers (qgemm), the rest through OpenBLAS
+ * sgemm, non-f32 weights widened a band of rows at a time. */
 void w_matmul(const wmat *w, const float *x, float *y, int n);
-/* The same in integers for Q8_0/Q4_0/Q4_1 with AVX-512 VNNI (qgemm.c);
- * qgemm_supported says whether this machine and weight can take it. */
+/* The same in integers for Q8_0/Q4_0/Q4_1 (qgemm.c, int256.c);
+ * qgemm_supported says whether this weight and token count can take it. */
 int qgemm_supported(const wmat *w, int n);
 void qgemm(const wmat *w, const float *x, float *y, int n);
-/* Whether this CPU has AVX-512 VNNI and OWL_NO_QGEMM is not set. */
+/* Kernel paths of the CPU backend (cpupath.c), in order of preference. */
+typedef enum cpu_path {
+	CPU_PATH_AVX2 = 0,   /* integer: maddubs; float: AVX2/FMA/F16C (the baseline) */
+	CPU_PATH_AVXVNNI,    /* integer: 256-bit vpdpbusd (AVX-VNNI); float: AVX2 */
+	CPU_PATH_AVX512,     /* integer: maddubs; float: AVX-512 */
+	CPU_PATH_AVX512VNNI, /* integer: AVX-512 VNNI; float: AVX-512 */
+	CPU_PATH_COUNT
+} cpu_path;
+/* The path this process runs: OWL_CPU_PATH if this CPU supports it, else the
+ * best it supports (without AVX-512 under OWL_NO_AVX512=1). Chosen once. */
+cpu_path cpu_path_get(void);
+const char *cpu_path_name(cpu_path p);
+int cpu_path_supported(cpu_path p);
+/* OWL_EUSAGE naming the OWL_CPU_PATH that cannot be honoured, else 0. */
+int cpu_path_check(owl_err *err);
+/* 0 under OWL_NO_QGEMM=1: quantised prompts take the exact f32 path and
+ * Q8_0/Q4_0/Q4_1 are not repacked. */
+int cpu_int_kernels(void);
+/* The running path is avx512vnni and integer kernels are on. */
 int cpu_has_vnni(void);
-/* Whether this CPU has AVX-512 (F and BW) and OWL_NO_AVX512 is not set. */
+/* The running path uses AVX-512 (avx512 or avx512vnni). */
 int cpu_has_avx512(void);
 /* Activations of n tokens rounded to Q8 blocks: q [n][cols] int8, and per
  * block d (scale) and s (sum of q). Owned: qact_release frees them. */
@@ -109,6 +127,13 @@ void r16_gemv_groups(const wmat *w, const qact *a, int g0, int g1, float *y); /*
 /* The same for f16/bf16/f32 groups, against f32 activations x [n][cols]. */
 void h16_gemm(const wmat *w, const float *x, int n, float *y);    /* OpenMP inside */
 void h16_gemv_groups(const wmat *w, const float *x, int g0, int g1, float *y); /* one thread */
+/* 256-bit integer kernels (int256.c), _avx2 with maddubs, _avxvnni with
+ * AVX-VNNI: file-layout tiles of rows [r0, r1) against all n tokens, and
+ * 16-row groups [g0, g1) against tokens [j0, j1); one thread each. */
+void qgemm_rows_avx2(const wmat *w, const qact *a, int n, float *y, int r0, int r1);
+void qgemm_rows_avxvnni(const wmat *w, const qact *a, int n, float *y, int r0, int r1);
+void r16_groups_avx2(const wmat *w, const qact *a, int j0, int j1, int g0, int g1, float *y);
+void r16_groups_avxvnni(const wmat *w, const qact *a, int j0, int j1, int g0, int g1, float *y);
 /* AVX2 dot product and y += a*x (the compiler keeps float sums in order). */
 float vec_dot(const float *a, const float *b, int n);
 void vec_axpy(float *y, float a, const float *x, int n);

@@ -55,11 +55,24 @@ for bin in "$BUILD"/tests/test_*; do
   [[ -z "$FILTER" || "$name" == *"$FILTER"* ]] || continue
   run_one "$name" "$bin"
 done
-# The kernels again as a CPU without AVX-512 runs them: the f32 path for
-# quantised prompts and the AVX2 f16 dot products.
-if [ -x "$BUILD/tests/test_kernels" ] && [[ -z "$FILTER" || test_kernels_avx2 == *"$FILTER"* ]]; then
-  run_one test_kernels_avx2 env OWL_NO_QGEMM=1 OWL_NO_AVX512=1 "$BUILD/tests/test_kernels"
+# The kernels again on every kernel path this CPU runs (OWL_CPU_PATH, the
+# list from test_kernels --cpu-paths, best first), and on the exact f32 path
+# that OWL_NO_QGEMM=1 forces for quantised prompts, as a CPU without AVX-512
+# runs it. The engine's end-to-end checks run again on the 256-bit integer
+# paths below the default (avxvnni, avx2): the avx512 path's kernels are
+# theirs and the default's.
+cpu_paths=
+if [ -x "$BUILD/tests/test_kernels" ]; then
+  cpu_paths=$("$BUILD/tests/test_kernels" --cpu-paths)
+  for p in $cpu_paths; do
+    [[ -z "$FILTER" || test_kernels_$p == *"$FILTER"* ]] || continue
+    run_one "test_kernels_$p" env OWL_CPU_PATH="$p" "$BUILD/tests/test_kernels"
+  done
+  if [[ -z "$FILTER" || test_kernels_no_qgemm == *"$FILTER"* ]]; then
+    run_one test_kernels_no_qgemm env OWL_NO_QGEMM=1 OWL_NO_AVX512=1 "$BUILD/tests/test_kernels"
+  fi
 fi
+default_path=$(echo "$cpu_paths" | head -n 1)
 # Code that threads share, under ThreadSanitizer (built by the plain `make test`).
 if [ "${SANITIZE:-0}" != 1 ]; then
   for bin in build-tsan/tests/test_*; do
@@ -75,6 +88,12 @@ for script in tests/e2e/*.sh; do
   [[ "$name" == lib || "$name" == lib-* ]] && continue  # sourced helpers, not tests
   [[ -z "$FILTER" || "$name" == *"$FILTER"* ]] || continue
   run_one "$name" bash "$script"
+  if [ "$name" = engine ]; then
+    for p in $cpu_paths; do
+      [[ "$p" == avxvnni || "$p" == avx2 ]] && [ "$p" != "$default_path" ] || continue
+      run_one "engine_$p" env OWL_CPU_PATH="$p" bash "$script"
+    done
+  fi
 done
 
 rm -rf "$logdir"

@@ -104,8 +104,9 @@ for type in Q8_0 Q4_0 Q4_1; do
   close "gguf_${type}_decode_path_close" "$T/g-$type.json" "$T/g-$type.step.json"
   # Prompt and decode paths round activations alike: they agree closely.
   compare "gguf_${type}_prefill_equals_decode" "$T/g-$type.int.json" "$T/g-$type.step.json" 2e-3
-  # Q8_0/Q4_0 are repacked into 16-row groups at load where the CPU has
-  # AVX-512 VNNI; the file's own layout gives the same logits.
+  # Q8_0/Q4_0/Q4_1 are repacked into 16-row groups at load on every kernel
+  # path (tests/run.sh runs this script again under OWL_CPU_PATH=avx2 and
+  # avxvnni); the file's own layout gives the same logits.
   OWL_NO_REPACK=1 "$LOGITS" "$T/g-$type/model.gguf" --tokens "$TOKENS" --all >"$T/g-$type.norepack.json"
   compare "gguf_${type}_repacked_equals_file_layout" "$T/g-$type.int.json" "$T/g-$type.norepack.json" 1e-3
 done
@@ -119,6 +120,16 @@ for type in Q8_0 Q4_0; do
 done
 "$LOGITS" "$T/g-Q8_0/model.gguf" --tokens "$TOKENS" --all --tp 2 >"$T/gq8tp2.json"
 compare gguf_q8_tp2_equals_tp1 "$T/g-Q8_0.int.json" "$T/gq8tp2.json" 1e-3
+
+# A kernel path that cannot run is refused at the first product, naming it
+# and the paths this CPU runs: an unknown name, and each path this CPU lacks.
+paths=$("$OWL_BUILD/tests/test_kernels" --cpu-paths)
+for p in bogus avx512vnni avx512 avxvnni; do
+  [ "$p" != bogus ] && grep -qx "$p" <<<"$paths" && continue
+  OWL_CPU_PATH=$p "$LOGITS" "$T/g-Q8_0/model.gguf" --tokens 1,2 >/dev/null 2>"$T/path.err"; rc=$?
+  [ $rc -eq 2 ] && grep -q "OWL_CPU_PATH=$p" "$T/path.err" && grep -q "this CPU runs: $(head -n 1 <<<"$paths")" "$T/path.err" \
+    && pass "cpu_path_${p}_refused" || fail "cpu_path_${p}_refused" "rc $rc: $(cat "$T/path.err")"
+done
 
 # Bad input: clear errors, never a crash.
 cp -r "$T/self" "$T/trunc"

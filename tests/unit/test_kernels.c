@@ -40,6 +40,9 @@ static uint16_t to_f16(float f)
 }
 
 /* Builds rows x cols weights of a type, and their exact f32 values. */
+/* The backends this build can run; each passes the same tests. */
+static kernels_backend *backends[2];
+
 static void make_weight(kernels_dtype t, int rows, int cols, uint8_t **data, float **ref,
 			kernels_weight *w)
 {
@@ -253,6 +256,22 @@ static void repacked_match_file_layout(kernels_backend *be)
 			CHECK(e <= tol * sc, "type %d token %d: repacked matmul off the exact product "
 			      "by %g (scale %g)", (int)types[ti], i, e, sc);
 		}
+		/* Prompt and decode kernels of the groups round x alike: each
+		 * token decoded alone gives its row of the prompt's product. */
+		for (int i = 0; i < n; i += n > 20 ? 13 : 1) {
+			float *yd = malloc((size_t)rows * sizeof *yd);
+			const kernels_weight *one[1] = {&r};
+			float *yo[1] = {yd};
+			CHECK_INT(be->iface->matvec_multi(be, yo, one, 1, x + (size_t)i * cols, &err), 0);
+			double dd = 0, sd = 1e-6;
+			for (int rr = 0; rr < rows; rr++) {
+				dd = fmax(dd, fabs((double)yd[rr] - y1[(size_t)i * rows + rr]));
+				sd = fmax(sd, fabs((double)y1[(size_t)i * rows + rr]));
+			}
+			CHECK(dd <= 1e-5 * sd, "type %d %dx%d token %d of %d: repacked decode differs from "
+			      "the repacked prompt by %g (scale %g)", (int)types[ti], rows, cols, i, n, dd, sd);
+			free(yd);
+		}
 		/* Decode: one token through three matrices at once. */
 		uint8_t *d2, *d3, *p2, *p3;
 		float *r2, *r3;
@@ -328,6 +347,122 @@ static double attention_ref_worst(const float *q, const float *k, const float *v
  * in f32 and f16: one prompt, a prompt continued after earlier tokens
  * (pos0 > 0, as chat turns do), one token at a time, and several
  * sequences' segments in one call, each against the reference. */
+/* x rounded to Q8 blocks as the integer kernels round it: d = amax/127,
+ * q = x*127/amax to nearest (ties to even), each value then d*q. */
+static void q8_round(const float *x, int cols, double *out)
+{
+	for (int b = 0; b < cols / 32; b++) {
+		float amax = 0;
+		for (int i = 0; i < 32; i++)
+			amax = fmaxf(amax, fabsf(x[32 * b + i]));
+		float d = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+		for (int i = 0; i < 32; i++)
+			out[32 * b + i] = (double)d * nearbyintf(x[32 * b + i] * inv);
+	}
+}
+
+/* The integer kernels of the running path (OWL_CPU_PATH: tests/run.sh runs
+ * this binary once per path the CPU has) against a scalar product of the
+ * exact weights with the same Q8-rounded activations, for Q8_0, Q4_0 and
+ * Q4_1 in the file's layout and repacked, prompts and decoding: equal to
+ * float summation order, so a wrong offset, scale or lane shows. Shapes: odd
+ * block counts, rows and tokens that leave partial tiles (2 or 4 rows, 4 or
+ * 8 tokens, 16-row groups) and more than one 128-token chunk. */
+static void integer_kernels_match_q8_reference(kernels_backend *be)
+{
+	static const kernels_dtype types[] = {KERNELS_Q8_0, KERNELS_Q4_0, KERNELS_Q4_1};
+	static const int shapes[][3] = {{7, 96, 5}, {48, 160, 131}, {33, 32, 3}, {16, 224, 9},
+					{32, 64, 2}};
+	owl_err err = {0};
+	kernels_weight probe = {.type = KERNELS_Q8_0, .rows = 16, .cols = 32, .row_bytes = 34};
+	if (!qgemm_supported(&probe, 2))
+		return; /* OWL_NO_QGEMM: quantised prompts take the exact f32 path */
+	for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
+	for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+		const int rows = shapes[si][0], cols = shapes[si][1], n = shapes[si][2];
+		uint8_t *data, *packed = NULL;
+		float *ref;
+		kernels_weight w, r;
+		make_weight(types[ti], rows, cols, &data, &ref, &w);
+		float *x = malloc((size_t)n * cols * sizeof *x), *y = malloc((size_t)n * rows * sizeof *y);
+		float *y1 = malloc((size_t)rows * sizeof *y1);
+		double *xr = malloc((size_t)cols * sizeof *xr), *want = malloc((size_t)n * rows * sizeof *want);
+		for (int i = 0; i < n * cols; i++)
+			x[i] = frand() * (i % 7 == 0 ? 3.0f : 1.0f);
+		for (int i = 0; i < n; i++) {
+			q8_round(x + (size_t)i * cols, cols, xr);
+			for (int rr = 0; rr < rows; rr++) {
+				double sum = 0;
+				for (int c = 0; c < cols; c++)
+					sum += (double)ref[(size_t)rr * cols + c] * xr[c];
+				want[(size_t)i * rows + rr] = sum;
+			}
+		}
+		const int can_pack = w_repack_supported(&w);
+		if (can_pack)
+			CHECK_INT(w_repack(&w, 0, &r, &packed, &err), 0);
+		for (int layout = 0; layout < 1 + can_pack; layout++) {
+			const kernels_weight *wl = layout ? &r : &w;
+			const char *lname = layout ? "repacked" : "file layout";
+			CHECK_INT(be->iface->matmul(be, y, x, wl, n, &err), 0);
+			for (int i = 0; i < n; i++) {
+				double e = max_rel_err(y + (size_t)i * rows, want + (size_t)i * rows, (size_t)rows);
+				CHECK(e < 1e-5, "%s %s type %d %dx%d n=%d token %d: prompt off the Q8 reference "
+				      "by %g", cpu_path_name(cpu_path_get()), lname, (int)types[ti], rows, cols, n,
+				      i, e);
+			}
+			/* Decoding: the groups round x as the prompt does; the file's
+			 * layout rounds with 1/d for 127/amax, an ulp apart. */
+			const kernels_weight *ws[1] = {wl};
+			float *ys[1] = {y1};
+			for (int i = 0; i < n; i += n > 8 ? 13 : 1) {
+				CHECK_INT(be->iface->matvec_multi(be, ys, ws, 1, x + (size_t)i * cols, &err), 0);
+				double e = max_rel_err(y1, want + (size_t)i * rows, (size_t)rows);
+				CHECK(e < (layout ? 1e-5 : 2e-3), "%s %s type %d %dx%d token %d: decode off the "
+				      "Q8 reference by %g", cpu_path_name(cpu_path_get()), lname, (int)types[ti],
+				      rows, cols, i, e);
+			}
+		}
+		CHECK(can_pack == (rows % 16 == 0), "type %d %dx%d: repacked %d", (int)types[ti], rows,
+		      cols, can_pack);
+		free(packed), free(data), free(ref), free(x), free(y), free(y1), free(xr), free(want);
+	}
+}
+
+/* OWL_CPU_PATH, when set, is the path that runs (tests/run.sh relies on it
+ * to test each one), and the unsupported or unknown one is refused at the
+ * first product with what was asked and what this CPU runs. */
+static void forced_path_runs_or_is_refused(void)
+{
+	const char *want = getenv("OWL_CPU_PATH");
+	if (!want || !*want) {
+		CHECK_INT(cpu_path_check(NULL), 0);
+		return;
+	}
+	int known = 0, supported = 0;
+	for (int p = 0; p < CPU_PATH_COUNT; p++)
+		if (strcmp(want, cpu_path_name((cpu_path)p)) == 0) {
+			known = 1;
+			supported = cpu_path_supported((cpu_path)p);
+		}
+	owl_err err = {0};
+	float x[32] = {1}, y[16];
+	uint8_t *data;
+	float *ref;
+	kernels_weight w;
+	make_weight(KERNELS_Q8_0, 16, 32, &data, &ref, &w);
+	int rc = backends[0]->iface->matmul(backends[0], y, x, &w, 1, &err);
+	if (known && supported) {
+		CHECK_STR(cpu_path_name(cpu_path_get()), want);
+		CHECK_INT(rc, 0);
+	} else {
+		CHECK_INT(rc, OWL_EUSAGE);
+		CHECK(strstr(err.msg, want) && strstr(err.msg, "this CPU runs: "),
+		      "refusal names the path and the supported ones: %s", err.msg);
+	}
+	free(data), free(ref);
+}
+
 static void attention_paged(kernels_backend *be)
 {
 	owl_err err = {0};
@@ -522,8 +657,6 @@ static void backend_instance(kernels_backend *be)
 	CHECK_INT(c.barrier(&c, &err), 0);
 }
 
-/* The backends this build can run; each passes the same tests. */
-static kernels_backend *backends[2];
 
 static void matmul_every_backend(void)
 {
@@ -549,13 +682,30 @@ static void other_ops_every_backend(void)
 		attention_rope_norm_swiglu(backends[i]);
 }
 
-int main(void)
+static void integer_every_backend(void)
 {
+	for (size_t i = 0; backends[i]; i++)
+		integer_kernels_match_q8_reference(backends[i]);
+}
+
+int main(int argc, char **argv)
+{
+	/* --cpu-paths: the kernel paths this CPU runs, one per line (tests/run.sh). */
+	if (argc > 1 && strcmp(argv[1], "--cpu-paths") == 0) {
+		for (int p = CPU_PATH_COUNT - 1; p >= 0; p--)
+			if (cpu_path_supported((cpu_path)p))
+				printf("%s\n", cpu_path_name((cpu_path)p));
+		return 0;
+	}
 	owl_err err = {0};
 	if (kernels_cpu_backend_new(0, &backends[0], &err)) {
 		printf("FAIL cpu_backend: %s\n", err.msg);
 		return 1;
 	}
+	RUN_TEST(forced_path_runs_or_is_refused);
+	if (cpu_path_check(NULL))
+		TEST_MAIN_END(); /* a refused path runs no kernels */
+	RUN_TEST(integer_every_backend);
 	RUN_TEST(matmul_every_backend);
 	RUN_TEST(backend_instance_every_backend);
 	RUN_TEST(other_ops_every_backend);

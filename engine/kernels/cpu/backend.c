@@ -1,5 +1,6 @@
 /* The CPU backend: the kernels_backend table filled with OpenMP loops,
- * OpenBLAS GEMM and AVX2 dot products (ops.c), and the shared-memory comm
+ * OpenBLAS GEMM and the products of ops.c, qgemm.c, int256.c and repack.c
+ * on the kernel path cpupath.c chooses, and the shared-memory comm
  * that tensor-parallel ranks on one machine use. */
 #include "engine/internal.h"
 
@@ -190,8 +191,14 @@ static int cpu_weight_prepare(kernels_backend *be, const kernels_weight *w, int 
 	return 0;
 }
 
-static int cpu_matmul(kernels_backend *be, float *y, const float *x, const kernels_weight *w, int n, owl_err *err)
+/* A forced kernel path this CPU cannot run (OWL_CPU_PATH) fails every
+ * product, so the caller learns it at first use; nothing ran on it. */
+static int cpu_matmul(kernels_backend *be, float *y, const float *x, const kernels_weight *w, int n,
+		      owl_err *err)
 {
+	int rc = cpu_path_check(err);
+	if (rc)
+		return rc;
 	w_matmul(w, x, y, n);
 	return 0;
 }
@@ -199,6 +206,9 @@ static int cpu_matmul(kernels_backend *be, float *y, const float *x, const kerne
 static int cpu_matvec_multi(kernels_backend *be, float *const *ys, const kernels_weight *const *ws, int k,
 			    const float *x, owl_err *err)
 {
+	int rc = cpu_path_check(err);
+	if (rc)
+		return rc;
 	w_matvec_multi(ws, ys, k, x);
 	return 0;
 }

@@ -2,8 +2,9 @@
  * quantised weights in place (decode), and GEMM through OpenBLAS with
  * weights widened to f32 a block of rows at a time (prompt processing), so
  * no full f32 copy of a quantised model ever exists. Weights repacked into
- * 16-row groups (repack.c) and Q8_0/Q4_0/Q4_1 prompts on VNNI CPUs
- * (qgemm.c) are dispatched to their own kernels from here. */
+ * 16-row groups (repack.c, int256.c) and Q8_0/Q4_0/Q4_1 prompts (qgemm.c,
+ * int256.c) are dispatched to their own kernels from here, on the kernel
+ * path cpupath.c chose. */
 #include "engine/internal.h"
 
 #include <cblas.h>

@@ -14,8 +14,9 @@
  *   Q8_0  signed weights: x+128 is unsigned, sum((x+128)w) - 128 sum(w)
  *   Q4_1  d q + m: the m part is m sum(x), added in f32.
  *
- * Machines without AVX-512 VNNI use the f32 path (ops.c); qgemm_supported
- * says which. */
+ * This file holds the AVX-512 VNNI kernels; CPUs without them run the same
+ * products on 256-bit vectors (int256.c), chosen by cpupath.c. OWL_NO_QGEMM=1
+ * sends quantised prompts to the exact f32 path (ops.c) instead. */
 #include "engine/internal.h"
 
 #include <immintrin.h>
@@ -28,45 +29,43 @@
 
 enum { RM = 4, RN = 4, CHUNK = 128 };
 
-int cpu_has_avx512(void)
-{
-	static int have = -1;
-	if (have < 0)
-		have = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-	return have && !getenv("OWL_NO_AVX512");
-}
-
-int cpu_has_vnni(void)
-{
-	static int vnni = -1;
-	if (vnni < 0)
-		vnni = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
-		       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-	return vnni && !getenv("OWL_NO_QGEMM");
-}
-
 int qgemm_supported(const wmat *w, int n)
 {
-	if (!cpu_has_vnni())
-		return 0;
-	return (w->type == W_Q8_0 || w->type == W_Q4_0 || w->type == W_Q4_1) && w->cols % 32 == 0 &&
-	       n >= 2;
+	return cpu_int_kernels() && (w->type == W_Q8_0 || w->type == W_Q4_0 || w->type == W_Q4_1) &&
+	       w->cols % 32 == 0 && n >= 2;
 }
 
-/* One token's row of floats to blocks of 32 int8, a scale and a sum of q each. */
-QG_TARGET static void quantize_row(const float *x, int cols, int8_t *q, float *d, int32_t *qs)
+/* One token's row of floats to blocks of 32 int8, a scale and a sum of q
+ * each: AVX2, for every path, so that all paths round alike. */
+static void quantize_row(const float *x, int cols, int8_t *q, float *d, int32_t *qs)
 {
+	const __m256 sign = _mm256_set1_ps(-0.0f);
+	const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
 	for (int b = 0; b < cols / 32; b++) {
-		__m512 v0 = _mm512_loadu_ps(x + 32 * b), v1 = _mm512_loadu_ps(x + 32 * b + 16);
-		float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+		__m256 v[4];
+		for (int k = 0; k < 4; k++)
+			v[k] = _mm256_loadu_ps(x + 32 * b + 8 * k);
+		__m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+					 _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+		__m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+		m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+		m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+		float amax = _mm_cvtss_f32(m4);
 		float s = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
 		d[b] = s;
-		__m512 vi = _mm512_set1_ps(inv);
-		__m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, vi));
-		__m512i i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, vi));
-		_mm_storeu_si128((__m128i *)(q + 32 * b), _mm512_cvtsepi32_epi8(i0));
-		_mm_storeu_si128((__m128i *)(q + 32 * b + 16), _mm512_cvtsepi32_epi8(i1));
-		qs[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+		__m256 vi = _mm256_set1_ps(inv);
+		__m256i i[4];
+		for (int k = 0; k < 4; k++)
+			i[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], vi));
+		/* packs works within 128-bit lanes: the permute puts the 4-byte
+		 * groups back in element order. */
+		__m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+		_mm256_storeu_si256((__m256i *)(q + 32 * b), _mm256_permutevar8x32_epi32(p, order));
+		__m256i sum = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+		__m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+		s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+		s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+		qs[b] = _mm_cvtsi128_si32(s4);
 	}
 }
 
@@ -298,12 +297,20 @@ void qgemm(const wmat *w, const float *x, float *y, int n)
 {
 	qact a;
 	qact_init(&a, x, n, w->cols);
-	int ntiles = (w->rows + RM - 1) / RM;
+	const cpu_path path = cpu_path_get();
+	/* Threads take whole tiles: 4 rows on AVX-512, 2 on the 256-bit paths. */
+	const int rm = path == CPU_PATH_AVX512VNNI ? RM : 2, ntiles = (w->rows + rm - 1) / rm;
 #pragma omp parallel
 	{
 		int nt = omp_get_num_threads(), t = omp_get_thread_num();
-		run_band(w, &a, n, y, (int)((long long)ntiles * t / nt),
-			 (int)((long long)ntiles * (t + 1) / nt));
+		int t0 = (int)((long long)ntiles * t / nt), t1 = (int)((long long)ntiles * (t + 1) / nt);
+		int r0 = t0 * rm, r1 = t1 * rm < w->rows ? t1 * rm : w->rows;
+		if (path == CPU_PATH_AVX512VNNI)
+			run_band(w, &a, n, y, t0, t1);
+		else if (path == CPU_PATH_AVXVNNI)
+			qgemm_rows_avxvnni(w, &a, n, y, r0, r1);
+		else
+			qgemm_rows_avx2(w, &a, n, y, r0, r1);
 	}
 	qact_release(&a);
 }

@@ -1,4 +1,5 @@
-/* Row-interleaved Q8_0 and Q4_0 for the integer kernels.
+/* Row-interleaved Q8_0, Q4_0 and Q4_1 for the integer kernels, and f16,
+ * bf16 and f32 for the float ones.
  *
  * In the file's layout a block of 32 weights belongs to one row, so an
  * integer product of a weight block with an activation block ends in one
@@ -19,7 +20,11 @@
  * That is 544, 288 and 320 bytes per group and block: 16 rows of 34, 18 and
  * 20 bytes, the same size as the file's layout. The corrections for the
  * unsigned operand depend only on the activations (sum(q) of the block):
- *   Q8_0: sum((w+128) x) - 128 sum(x);  Q4_0: sum(q x) - 8 sum(x). */
+ *   Q8_0: sum((w+128) x) - 128 sum(x);  Q4_0: sum(q x) - 8 sum(x).
+ *
+ * This file holds the AVX-512 kernels. On the 256-bit paths (cpupath.c) a
+ * group is two ymm of 8 rows: int256.c multiplies the same layout with
+ * AVX-VNNI or AVX2, and the float groups below have AVX2/FMA twins. */
 #include "engine/internal.h"
 
 #include <immintrin.h>
@@ -50,9 +55,10 @@ int w_repack_supported(const wmat *w)
 	if (getenv("OWL_NO_REPACK") || w->rows % GROUP ||
 	    w->row_bytes != wtype_row_bytes(w->type, w->cols))
 		return 0;
+	/* Every kernel path has 16-row kernels (AVX-512, or two ymm of 8 rows). */
 	if (w->type == W_F16 || w->type == W_BF16 || w->type == W_F32)
-		return cpu_has_avx512() && w->cols % 16 == 0;
-	return cpu_has_vnni() && (w->type == W_Q8_0 || w->type == W_Q4_0 || w->type == W_Q4_1) &&
+		return w->cols % 16 == 0;
+	return cpu_int_kernels() && (w->type == W_Q8_0 || w->type == W_Q4_0 || w->type == W_Q4_1) &&
 	       w->cols % 32 == 0;
 }
 
@@ -236,6 +242,15 @@ DEF_GTILE(q41_tile_1, K_Q4_1, 1)
 
 void r16_gemv_groups(const wmat *w, const qact *a, int g0, int g1, float *y)
 {
+	const cpu_path path = cpu_path_get();
+	if (path == CPU_PATH_AVXVNNI) {
+		r16_groups_avxvnni(w, a, 0, 1, g0, g1, y);
+		return;
+	}
+	if (path != CPU_PATH_AVX512VNNI) {
+		r16_groups_avx2(w, a, 0, 1, g0, g1, y);
+		return;
+	}
 	gtile_fn f = w->type == W_Q8_0_R16 ? q8_tile_1 : w->type == W_Q4_1_R16 ? q41_tile_1 : q4_tile_1;
 	for (int g = g0; g < g1; g++)
 		f(w, g, a, 0, y, w->rows);
@@ -244,6 +259,7 @@ void r16_gemv_groups(const wmat *w, const qact *a, int g0, int g1, float *y)
 void r16_gemm(const wmat *w, const qact *a, int n, float *y)
 {
 	const int ngroups = w->rows / GROUP;
+	const cpu_path path = cpu_path_get();
 	gtile_fn fn = w->type == W_Q8_0_R16 ? q8_tile_n : w->type == W_Q4_1_R16 ? q41_tile_n : q4_tile_n;
 	gtile_fn f1 = w->type == W_Q8_0_R16 ? q8_tile_1 : w->type == W_Q4_1_R16 ? q41_tile_1 : q4_tile_1;
 #pragma omp parallel
@@ -254,6 +270,14 @@ void r16_gemm(const wmat *w, const qact *a, int n, float *y)
 		 * groups stream past them. */
 		for (int c0 = 0; c0 < n; c0 += CHUNK) {
 			int c1 = c0 + CHUNK < n ? c0 + CHUNK : n;
+			if (path == CPU_PATH_AVXVNNI) {
+				r16_groups_avxvnni(w, a, c0, c1, g0, g1, y);
+				continue;
+			}
+			if (path != CPU_PATH_AVX512VNNI) {
+				r16_groups_avx2(w, a, c0, c1, g0, g1, y);
+				continue;
+			}
 			for (int g = g0; g < g1; g++) {
 				int j = c0;
 				for (; j + TN <= c1; j += TN)
@@ -349,37 +373,118 @@ H_TARGET static void f16_row(const wmat *w, int g, const float *x, float *y) { h
 H_TARGET static void bf16_row(const wmat *w, int g, const float *x, float *y) { h_row(w, 1, g, x, y); }
 H_TARGET static void f32_row(const wmat *w, int g, const float *x, float *y) { h_row(w, 2, g, x, y); }
 
+/* The same on AVX2/FMA/F16C: a group's column is two ymm of 8 rows, and a
+ * tile takes 6 tokens (12 sums, 2 weights and a broadcast in 16 registers). */
+enum { HN2 = 6 };
+#define H2_INLINE static inline __attribute__((always_inline))
+
+H2_INLINE __m256 ld_h8(const uint8_t *p, int kind)
+{
+	if (kind == 2)
+		return _mm256_loadu_ps((const float *)p);
+	__m128i h = _mm_loadu_si128((const __m128i *)p);
+	if (kind == 1)
+		return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+	return _mm256_cvtph_ps(h);
+}
+
+H2_INLINE void h_tile2(const wmat *w, int kind, int g, const float *xt, int j0, int tn, float *y)
+{
+	const uint8_t *gp = w->data + (size_t)g * GROUP * w->row_bytes;
+	const size_t cb = kind == 2 ? 64 : 32, half = cb / 2;
+	__m256 lo[HN2], hi[HN2];
+#pragma GCC unroll 6
+	for (int j = 0; j < HN2; j++)
+		lo[j] = hi[j] = _mm256_setzero_ps();
+	for (int k = 0; k < w->cols; k++) {
+		__m256 wl = ld_h8(gp + (size_t)k * cb, kind), wh = ld_h8(gp + (size_t)k * cb + half, kind);
+		const float *xk = xt + (size_t)k * HN2;
+#pragma GCC unroll 6
+		for (int j = 0; j < HN2; j++) {
+			__m256 xb = _mm256_broadcast_ss(xk + j);
+			lo[j] = _mm256_fmadd_ps(wl, xb, lo[j]);
+			hi[j] = _mm256_fmadd_ps(wh, xb, hi[j]);
+		}
+	}
+	for (int j = 0; j < tn; j++) {
+		float *o = y + (size_t)(j0 + j) * w->rows + (size_t)g * GROUP;
+		_mm256_storeu_ps(o, lo[j]);
+		_mm256_storeu_ps(o + 8, hi[j]);
+	}
+}
+
+/* One token: two chains per half over k, so the FMA latency does not bound it. */
+H2_INLINE void h_row2(const wmat *w, int kind, int g, const float *x, float *y)
+{
+	const uint8_t *gp = w->data + (size_t)g * GROUP * w->row_bytes;
+	const size_t cb = kind == 2 ? 64 : 32, half = cb / 2;
+	__m256 l0 = _mm256_setzero_ps(), l1 = l0, h0 = l0, h1 = l0;
+	for (int k = 0; k < w->cols; k += 2) { /* cols is a multiple of 16 (w_repack_supported) */
+		const uint8_t *p = gp + (size_t)k * cb;
+		__m256 x0 = _mm256_broadcast_ss(x + k), x1 = _mm256_broadcast_ss(x + k + 1);
+		l0 = _mm256_fmadd_ps(ld_h8(p, kind), x0, l0);
+		h0 = _mm256_fmadd_ps(ld_h8(p + half, kind), x0, h0);
+		l1 = _mm256_fmadd_ps(ld_h8(p + cb, kind), x1, l1);
+		h1 = _mm256_fmadd_ps(ld_h8(p + cb + half, kind), x1, h1);
+	}
+	_mm256_storeu_ps(y + (size_t)g * GROUP, _mm256_add_ps(l0, l1));
+	_mm256_storeu_ps(y + (size_t)g * GROUP + 8, _mm256_add_ps(h0, h1));
+}
+
+static void f16_tile2(const wmat *w, int g, const float *xt, int j0, int tn, float *y)
+{
+	h_tile2(w, 0, g, xt, j0, tn, y);
+}
+static void bf16_tile2(const wmat *w, int g, const float *xt, int j0, int tn, float *y)
+{
+	h_tile2(w, 1, g, xt, j0, tn, y);
+}
+static void f32_tile2(const wmat *w, int g, const float *xt, int j0, int tn, float *y)
+{
+	h_tile2(w, 2, g, xt, j0, tn, y);
+}
+static void f16_row2(const wmat *w, int g, const float *x, float *y) { h_row2(w, 0, g, x, y); }
+static void bf16_row2(const wmat *w, int g, const float *x, float *y) { h_row2(w, 1, g, x, y); }
+static void f32_row2(const wmat *w, int g, const float *x, float *y) { h_row2(w, 2, g, x, y); }
+
 void h16_gemv_groups(const wmat *w, const float *x, int g0, int g1, float *y)
 {
-	void (*f)(const wmat *, int, const float *, float *) =
-		w->type == W_BF16_R16 ? bf16_row : w->type == W_F32_R16 ? f32_row : f16_row;
+	void (*f)(const wmat *, int, const float *, float *);
+	if (cpu_has_avx512())
+		f = w->type == W_BF16_R16 ? bf16_row : w->type == W_F32_R16 ? f32_row : f16_row;
+	else
+		f = w->type == W_BF16_R16 ? bf16_row2 : w->type == W_F32_R16 ? f32_row2 : f16_row2;
 	for (int g = g0; g < g1; g++)
 		f(w, g, x, y);
 }
 
 void h16_gemm(const wmat *w, const float *x, int n, float *y)
 {
-	const int ngroups = w->rows / GROUP, cols = w->cols, ntiles = (n + HN - 1) / HN;
-	void (*f)(const wmat *, int, const float *, int, int, float *) =
-		w->type == W_BF16_R16 ? bf16_tile : w->type == W_F32_R16 ? f32_tile : f16_tile;
-	/* Tokens interleaved HN at a time, the last tile padded with zeros. */
-	float *xt = owl_xmalloc((size_t)ntiles * cols * HN * sizeof *xt);
+	const int avx512 = cpu_has_avx512(), hn = avx512 ? HN : HN2;
+	const int ngroups = w->rows / GROUP, cols = w->cols, ntiles = (n + hn - 1) / hn;
+	void (*f)(const wmat *, int, const float *, int, int, float *);
+	if (avx512)
+		f = w->type == W_BF16_R16 ? bf16_tile : w->type == W_F32_R16 ? f32_tile : f16_tile;
+	else
+		f = w->type == W_BF16_R16 ? bf16_tile2 : w->type == W_F32_R16 ? f32_tile2 : f16_tile2;
+	/* Tokens interleaved hn at a time, the last tile padded with zeros. */
+	float *xt = owl_xmalloc((size_t)ntiles * cols * hn * sizeof *xt);
 #pragma omp parallel
 	{
 #pragma omp for schedule(static)
 		for (int t = 0; t < ntiles; t++) {
-			float *o = xt + (size_t)t * cols * HN;
-			for (int j = 0; j < HN; j++) {
-				int tok = t * HN + j;
+			float *o = xt + (size_t)t * cols * hn;
+			for (int j = 0; j < hn; j++) {
+				int tok = t * hn + j;
 				for (int k = 0; k < cols; k++)
-					o[(size_t)k * HN + j] = tok < n ? x[(size_t)tok * cols + k] : 0.0f;
+					o[(size_t)k * hn + j] = tok < n ? x[(size_t)tok * cols + k] : 0.0f;
 			}
 		}
 		int nt = omp_get_num_threads(), th = omp_get_thread_num();
 		int g0 = (int)((long long)ngroups * th / nt), g1 = (int)((long long)ngroups * (th + 1) / nt);
 		for (int g = g0; g < g1; g++)
 			for (int t = 0; t < ntiles; t++)
-				f(w, g, xt + (size_t)t * cols * HN, t * HN, n - t * HN < HN ? n - t * HN : HN, y);
+				f(w, g, xt + (size_t)t * cols * hn, t * hn, n - t * hn < hn ? n - t * hn : hn, y);
 	}
 	free(xt);
 }
