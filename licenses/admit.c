@@ -116,7 +116,7 @@ int license_admit_stage(registry_store *s, registry_stage *st, const char *model
 	admit_ctx a = {.lf = lf,
 		       .rq = {.model = model, .findings = lf, .action = "import",
 			      .parent_version_id = parent_version_id,
-			      .derived = parent_version_id || strcmp(st->format, "adapter") == 0}};
+			      .derived = parent_version_id || (st->format && strcmp(st->format, "adapter") == 0)}};
 	/* Asked first without writing: a denial stores nothing, and is recorded
 	 * in its own transaction. */
 	license_decision d;

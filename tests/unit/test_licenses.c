@@ -390,6 +390,104 @@ static void audit_anchor_catches_removed_newest_rows(void)
 	fixture_close(&f);
 }
 
+static int count_rows(fixture *f, const char *sql)
+{
+	sqlite3_stmt *q = NULL;
+	int n = -1;
+	if (sqlite3_prepare_v2(f->s->db, sql, -1, &q, NULL) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW)
+		n = sqlite3_column_int(q, 0);
+	sqlite3_finalize(q);
+	return n;
+}
+
+static int anchor_lines(fixture *f)
+{
+	char *anchor = owl_path_join(f->s->home, "logs/audit-head"), *text = NULL;
+	size_t len = 0;
+	int lines = 0;
+	if (owl_read_file(anchor, 1 << 20, &text, &len, NULL) == 0)
+		for (size_t i = 0; i < len; i++)
+			lines += text[i] == '\n';
+	free(text);
+	free(anchor);
+	return lines;
+}
+
+/* A hook that lets the gate decide inside the commit, then fails. */
+static int gate_then_fail(void *ctx, registry_store *s, int64_t version_id, owl_err *err)
+{
+	license_request rq = {.model = "m", .version_id = version_id, .action = "import"};
+	license_decision d;
+	int rc = license_gate(s, &rq, &d, err);
+	return rc ? rc : owl_err_set(err, OWL_EFAIL, "the commit fails after its gate");
+}
+
+/* A validated stage of one tiny safetensors file and an MIT LICENSE. */
+static registry_stage *license_stage(fixture *f)
+{
+	owl_err err = {0};
+	char *src = owl_path_join(f->dir, "src2");
+	owl_mkdir_p(src, &err);
+	char *path = owl_path_join(src, "model.safetensors"), *lic = owl_path_join(src, "LICENSE");
+	const char *hdr = "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}";
+	FILE *fp = fopen(path, "wb");
+	uint64_t n = strlen(hdr);
+	fwrite(&n, 8, 1, fp);
+	fputs(hdr, fp);
+	float one = 1;
+	fwrite(&one, 4, 1, fp);
+	fclose(fp);
+	owl_write_file_atomic(lic, "MIT License\n", 12, &err);
+	registry_stage *st = NULL;
+	CHECK_INT(registry_stage_new(f->s, src, &st, &err), 0);
+	CHECK_INT(registry_stage_copy(st, path, "model.safetensors", NULL, NULL, &err), 0);
+	CHECK_INT(registry_stage_copy(st, lic, "LICENSE", NULL, NULL, &err), 0);
+	CHECK_INT(registry_stage_validate(st, &err), 0);
+	free(path), free(lic), free(src);
+	return st;
+}
+
+/* The gate joins its caller's transaction: a commit that fails after the
+ * decision leaves no decision row and no anchor line; one that succeeds
+ * leaves both, naming the version it admitted. */
+static void gate_decision_commits_with_its_change(void)
+{
+	fixture f;
+	fixture_open(&f);
+	owl_err err = {0};
+	int rows0 = count_rows(&f, "SELECT COUNT(*) FROM audit_log"), lines0 = anchor_lines(&f);
+	registry_stage *st = license_stage(&f);
+	registry_commit_result res = {0};
+	int rc = registry_stage_commit(f.s, st, "m", 0, NULL, gate_then_fail, NULL, &res, &err);
+	CHECK(rc == OWL_EFAIL && strstr(err.msg, "fails after its gate"), "commit: %d %s", rc, err.msg);
+	CHECK_INT(count_rows(&f, "SELECT COUNT(*) FROM audit_log"), rows0);
+	CHECK_INT(count_rows(&f, "SELECT COUNT(*) FROM versions"), 0);
+	CHECK_INT(anchor_lines(&f), lines0);
+	registry_stage_free(st);
+	/* Through the import flow: the allow row names the version it admitted. */
+	st = license_stage(&f);
+	license_admit_result adm;
+	rc = license_admit_stage(f.s, st, "m", 0, NULL, &adm, &err);
+	CHECK(rc == 0, "admit: %d %s", rc, err.msg);
+	CHECK_INT(count_rows(&f, "SELECT COUNT(*) FROM audit_log WHERE action = 'import' AND "
+			     "version_id > 0 AND subject = 'm@1'"), 1);
+	CHECK_INT(anchor_lines(&f), lines0 + 1);
+	int64_t rows = 0;
+	CHECK_INT(license_audit_verify(f.s, &rows, &err), 0);
+	if (rc == 0)
+		license_admit_result_release(&adm);
+	registry_stage_free(st);
+	/* Nested transactions: an inner rollback keeps the outer one's rows. */
+	CHECK_INT(registry_store_begin(f.s, &err), 0);
+	registry_store_exec(f.s, "INSERT INTO license_meta(key, value) VALUES ('outer', '1')", &err);
+	CHECK_INT(registry_store_begin(f.s, &err), 0);
+	registry_store_exec(f.s, "INSERT INTO license_meta(key, value) VALUES ('inner', '1')", &err);
+	registry_store_rollback(f.s);
+	CHECK_INT(registry_store_commit(f.s, &err), 0);
+	CHECK_INT(count_rows(&f, "SELECT COUNT(*) FROM license_meta WHERE key IN ('outer', 'inner')"), 1);
+	fixture_close(&f);
+}
+
 int main(void)
 {
 	RUN_TEST(every_reference_text_is_recognised);
@@ -399,5 +497,6 @@ int main(void)
 	RUN_TEST(precedence_thresholds_and_approvals);
 	RUN_TEST(audit_tampering_is_detected);
 	RUN_TEST(audit_anchor_catches_removed_newest_rows);
+	RUN_TEST(gate_decision_commits_with_its_change);
 	TEST_MAIN_END();
 }
