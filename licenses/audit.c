@@ -389,8 +389,12 @@ int license_audit_append(registry_store *s, const license_audit_entry *e, owl_er
 	char prev[65] = GENESIS;
 	int64_t id = 1;
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1", -1, &q,
-			   NULL);
+	if (sqlite3_prepare_v2(s->db, "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1", -1,
+			       &q, NULL) != SQLITE_OK) {
+		rc = owl_err_set(err, OWL_EFAIL, "cannot read the audit log: %s", sqlite3_errmsg(s->db));
+		registry_store_rollback(s);
+		return rc;
+	}
 	if (sqlite3_step(q) == SQLITE_ROW) {
 		id = sqlite3_column_int64(q, 0) + 1;
 		snprintf(prev, sizeof prev, "%s", (const char *)sqlite3_column_text(q, 1));
@@ -400,9 +404,13 @@ int license_audit_append(registry_store *s, const license_audit_entry *e, owl_er
 				 e->license, e->evidence, ""};
 	char hash[65];
 	row_hash(prev, id, e->at, fields, e->version_id, hash);
-	sqlite3_prepare_v2(s->db, "INSERT INTO audit_log(id, at, actor, action, subject, version_id,"
-			   " use, effect, rule, license, evidence, prev_hash, hash)"
-			   " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", -1, &q, NULL);
+	if (sqlite3_prepare_v2(s->db, "INSERT INTO audit_log(id, at, actor, action, subject,"
+			       " version_id, use, effect, rule, license, evidence, prev_hash, hash)"
+			       " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", -1, &q, NULL) != SQLITE_OK) {
+		rc = owl_err_set(err, OWL_EFAIL, "cannot write the audit log: %s", sqlite3_errmsg(s->db));
+		registry_store_rollback(s);
+		return rc;
+	}
 	sqlite3_bind_int64(q, 1, id);
 	sqlite3_bind_int64(q, 2, e->at);
 	for (int i = 0; i < 3; i++)

@@ -27,6 +27,17 @@ const char *license_effect_name(license_effect e)
 									   : "allow";
 }
 
+/* A statement of the gate's, or an error: a query that cannot be prepared
+ * must refuse, never read as "no row" (no pickle, no conclusion ...). */
+static int prep(registry_store *s, const char *sql, sqlite3_stmt **q, owl_err *err)
+{
+	*q = NULL;
+	if (sqlite3_prepare_v2(s->db, sql, -1, q, NULL) != SQLITE_OK)
+		return owl_err_set(err, OWL_EFAIL, "the license database cannot be read (%s): refusing",
+				   sqlite3_errmsg(s->db));
+	return 0;
+}
+
 static license_effect effect_from(const char *s)
 {
 	if (strcmp(s, "deny") == 0)
@@ -239,8 +250,10 @@ int license_status_for(registry_store *s, int64_t version_id, const license_find
 	int64_t vid = version_id;
 	for (int depth = 0; vid && depth < 64; depth++) {
 		sqlite3_stmt *q = NULL;
-		sqlite3_prepare_v2(s->db, "SELECT license_id, reason, by FROM license_conclusions"
-				   " WHERE version_id=? ORDER BY id DESC LIMIT 1", -1, &q, NULL);
+		int prc = prep(s, "SELECT license_id, reason, by FROM license_conclusions"
+			       " WHERE version_id=? ORDER BY id DESC LIMIT 1", &q, err);
+		if (prc)
+			return prc;
 		sqlite3_bind_int64(q, 1, vid);
 		if (sqlite3_step(q) == SQLITE_ROW) {
 			snprintf(out->license_id, sizeof out->license_id, "%s",
@@ -256,8 +269,9 @@ int license_status_for(registry_store *s, int64_t version_id, const license_find
 		sqlite3_finalize(q);
 		license_finding *items = NULL;
 		size_t n = 0, cap = 0;
-		sqlite3_prepare_v2(s->db, "SELECT license_id, source, evidence, confidence FROM"
-				   " license_findings WHERE version_id=? ORDER BY id", -1, &q, NULL);
+		if ((prc = prep(s, "SELECT license_id, source, evidence, confidence FROM"
+				" license_findings WHERE version_id=? ORDER BY id", &q, err)))
+			return prc;
 		sqlite3_bind_int64(q, 1, vid);
 		while (sqlite3_step(q) == SQLITE_ROW) {
 			if (n == cap) {
@@ -273,8 +287,11 @@ int license_status_for(registry_store *s, int64_t version_id, const license_find
 		}
 		sqlite3_finalize(q);
 		int64_t parent = 0;
-		sqlite3_prepare_v2(s->db, "SELECT COALESCE(parent_version_id,0) FROM versions WHERE id=?",
-				   -1, &q, NULL);
+		if ((prc = prep(s, "SELECT COALESCE(parent_version_id,0) FROM versions WHERE id=?", &q,
+				err))) {
+			free(items);
+			return prc;
+		}
 		sqlite3_bind_int64(q, 1, vid);
 		if (sqlite3_step(q) == SQLITE_ROW)
 			parent = sqlite3_column_int64(q, 0);
@@ -292,7 +309,6 @@ int license_status_for(registry_store *s, int64_t version_id, const license_find
 		vid = parent;
 	}
 	status_from_findings(NULL, 0, out);
-	(void)err;
 	return 0;
 }
 
@@ -470,30 +486,36 @@ static int rule_matches(const eval_ctx *e, const license_rule *r, char *why, siz
 	return 1;
 }
 
-static int version_has_pickle(registry_store *s, int64_t vid)
+static int version_has_pickle(registry_store *s, int64_t vid, int *yes, owl_err *err)
 {
+	*yes = 0;
 	if (!vid)
 		return 0;
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "SELECT 1 FROM version_files WHERE version_id=? AND ("
-			   " path LIKE '%.bin' OR path LIKE '%.pt' OR path LIKE '%.pth' OR"
-			   " path LIKE '%.ckpt' OR path LIKE '%.pkl') LIMIT 1", -1, &q, NULL);
+	int rc = prep(s, "SELECT 1 FROM version_files WHERE version_id=? AND ("
+		      " path LIKE '%.bin' OR path LIKE '%.pt' OR path LIKE '%.pth' OR"
+		      " path LIKE '%.ckpt' OR path LIKE '%.pkl') LIMIT 1", &q, err);
+	if (rc)
+		return rc;
 	sqlite3_bind_int64(q, 1, vid);
-	int yes = sqlite3_step(q) == SQLITE_ROW;
+	*yes = sqlite3_step(q) == SQLITE_ROW;
 	sqlite3_finalize(q);
-	return yes;
+	return 0;
 }
 
-/* A valid approval for the action, or 0. */
+/* A valid approval for the action (*found), described in desc. */
 static int find_approval(registry_store *s, int64_t vid, const char *action, const char *use,
-			 char *desc, size_t dn)
+			 char *desc, size_t dn, int *found_out, owl_err *err)
 {
+	*found_out = 0;
 	if (!vid)
 		return 0;
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "SELECT by, reason, expires_at FROM approvals WHERE version_id=?"
-			   " AND action=? AND (use=? OR use='*') AND (expires_at=0 OR expires_at>?)"
-			   " ORDER BY id DESC LIMIT 1", -1, &q, NULL);
+	int rc = prep(s, "SELECT by, reason, expires_at FROM approvals WHERE version_id=?"
+		      " AND action=? AND (use=? OR use='*') AND (expires_at=0 OR expires_at>?)"
+		      " ORDER BY id DESC LIMIT 1", &q, err);
+	if (rc)
+		return rc;
 	sqlite3_bind_int64(q, 1, vid);
 	sqlite3_bind_text(q, 2, action, -1, SQLITE_STATIC);
 	sqlite3_bind_text(q, 3, use, -1, SQLITE_STATIC);
@@ -509,7 +531,8 @@ static int find_approval(registry_store *s, int64_t vid, const char *action, con
 			 (const char *)sqlite3_column_text(q, 1));
 	}
 	sqlite3_finalize(q);
-	return found;
+	*found_out = found;
+	return 0;
 }
 
 int license_evaluate(registry_store *s, const license_request *req, license_decision *out,
@@ -532,16 +555,19 @@ int license_evaluate(registry_store *s, const license_request *req, license_deci
 	int derived = req->derived || req->parent_version_id;
 	if (req->version_id && !derived) {
 		sqlite3_stmt *q = NULL;
-		sqlite3_prepare_v2(s->db, "SELECT parent_version_id IS NOT NULL FROM versions WHERE id=?",
-				   -1, &q, NULL);
+		if ((rc = prep(s, "SELECT parent_version_id IS NOT NULL FROM versions WHERE id=?", &q,
+			       err)))
+			return rc;
 		sqlite3_bind_int64(q, 1, req->version_id);
 		if (sqlite3_step(q) == SQLITE_ROW)
 			derived = sqlite3_column_int(q, 0);
 		sqlite3_finalize(q);
 	}
+	int has_pickle;
+	if ((rc = version_has_pickle(s, req->version_id, &has_pickle, err)))
+		return rc;
 	eval_ctx e = {.req = req, .facts = &facts, .license_id = st.license_id,
-		      .mau = org_int(s, "mau"), .derived = derived,
-		      .has_pickle = version_has_pickle(s, req->version_id)};
+		      .mau = org_int(s, "mau"), .derived = derived, .has_pickle = has_pickle};
 	snprintf(out->license_id, sizeof out->license_id, "%s", st.license_id);
 	snprintf(out->license_status, sizeof out->license_status, "%s", st.status);
 
@@ -578,9 +604,16 @@ int license_evaluate(registry_store *s, const license_request *req, license_deci
 			 "required");
 	}
 	out->allowed = out->effect == LICENSE_ALLOW;
+	int approved = 0;
 	if (out->effect == LICENSE_REQUIRE_APPROVAL &&
-	    find_approval(s, req->version_id, req->action, req->use ? req->use : "internal",
-			  out->approval, sizeof out->approval)) {
+	    (rc = find_approval(s, req->version_id, req->action, req->use ? req->use : "internal",
+				out->approval, sizeof out->approval, &approved, err))) {
+		out->allowed = 0;
+		owl_buf_release(&ex);
+		free(rules);
+		return rc;
+	}
+	if (approved) {
 		out->allowed = 1;
 		owl_buf_printf(&ex, "  approval: %s\n", out->approval);
 	}

@@ -488,6 +488,26 @@ static void gate_decision_commits_with_its_change(void)
 	fixture_close(&f);
 }
 
+/* A table the gate reads that cannot be read refuses; it never reads as
+ * "no row" (no pickle file, no approval needed). */
+static void gate_fails_closed(void)
+{
+	fixture f;
+	fixture_open(&f);
+	owl_err err = {0};
+	int64_t v = add_version(&f, "fc", 0, "mit");
+	license_request rq = {.model = "fc", .version_id = v, .action = "deploy"};
+	license_decision d;
+	CHECK_INT(license_evaluate(f.s, &rq, &d, &err), 0);
+	registry_store_exec(f.s, "PRAGMA foreign_keys=OFF; ALTER TABLE version_files RENAME TO vf_gone",
+			    &err);
+	owl_err e2 = {0};
+	int rc = license_gate(f.s, &rq, &d, &e2);
+	CHECK(rc != 0 && !d.allowed && strstr(e2.msg, "refusing"), "gate with an unreadable table: "
+	      "%d allowed %d (%s)", rc, d.allowed, e2.msg);
+	fixture_close(&f);
+}
+
 int main(void)
 {
 	RUN_TEST(every_reference_text_is_recognised);
@@ -498,5 +518,6 @@ int main(void)
 	RUN_TEST(audit_tampering_is_detected);
 	RUN_TEST(audit_anchor_catches_removed_newest_rows);
 	RUN_TEST(gate_decision_commits_with_its_change);
+	RUN_TEST(gate_fails_closed);
 	TEST_MAIN_END();
 }
