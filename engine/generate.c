@@ -335,7 +335,8 @@ int engine_gen_new(const engine_tokenizer *tok, const engine_gen_opts *o, const 
 		g->hold = len > g->hold ? len : g->hold;
 	}
 	g->o.stop = (const char *const *)g->stop;
-	memcpy(g->hist, prompt, nprompt * sizeof *g->hist);
+	if (nprompt)
+		memcpy(g->hist, prompt, nprompt * sizeof *g->hist);
 	g->nh = g->nprompt = nprompt;
 	engine_detok_init(&g->d, tok);
 	owl_buf_init(&g->text, 64u << 20);
