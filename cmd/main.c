@@ -150,6 +150,8 @@ int main(int argc, char **argv)
 		} else if (strcmp(a, "--home") == 0) {
 			if (i + 1 >= argc) {
 				fprintf(stderr, "owl: error: --home needs a directory\n");
+				free(rest);
+				free(home);
 				return OWL_EUSAGE;
 			}
 			free(home);
@@ -167,6 +169,8 @@ int main(int argc, char **argv)
 			want_help = 1;
 		} else if (strcmp(a, "--version") == 0 && nrest == 0) {
 			printf("owl %s\n", OWL_VERSION);
+			free(rest);
+			free(home);
 			return OWL_OK;
 		} else {
 			rest[nrest++] = argv[i];
