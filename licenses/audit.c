@@ -14,11 +14,11 @@
  * may lag the database (a crash between commit and anchor), never lead it. */
 #define _GNU_SOURCE
 #include "internal.h"
+#include "common/ed25519.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
-#include <openssl/pem.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -231,34 +231,7 @@ out:
 
 /* ---- signed checkpoints (Ed25519, the key format of signed bundles) ------- */
 
-static int sign_text(const char *key_path, const char *msg, size_t n, char hex[129],
-		     owl_err *err)
-{
-	FILE *f = fopen(key_path, "r");
-	if (!f)
-		return owl_err_set(err, OWL_EUSAGE, "cannot open signing key '%s': %s", key_path,
-				   strerror(errno));
-	EVP_PKEY *pk = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-	fclose(f);
-	if (!pk || EVP_PKEY_id(pk) != EVP_PKEY_ED25519) {
-		EVP_PKEY_free(pk);
-		return owl_err_set(err, OWL_EUSAGE, "'%s' is not an Ed25519 private key in PEM "
-				   "(make one with: openssl genpkey -algorithm ed25519 -out KEY.pem)",
-				   key_path);
-	}
-	unsigned char sig[64];
-	size_t sl = sizeof sig;
-	EVP_MD_CTX *c = EVP_MD_CTX_new();
-	int ok = EVP_DigestSignInit(c, NULL, NULL, NULL, pk) == 1 &&
-		 EVP_DigestSign(c, sig, &sl, (const unsigned char *)msg, n) == 1 && sl == 64;
-	EVP_MD_CTX_free(c);
-	EVP_PKEY_free(pk);
-	if (!ok)
-		return owl_err_set(err, OWL_EFAIL, "cannot sign the checkpoint with '%s'", key_path);
-	owl_hex(sig, 64, hex);
-	return 0;
-}
-
+/* sig_hex (128 hex digits) over msg, under the public key at pub_path. */
 static int verify_text(const char *pub_path, const char *msg, size_t n, const char *sig_hex,
 		       const char *label, owl_err *err)
 {
@@ -271,27 +244,11 @@ static int verify_text(const char *pub_path, const char *msg, size_t n, const ch
 		sscanf(sig_hex + 2 * i, "%2x", &b);
 		sig[i] = (unsigned char)b;
 	}
-	FILE *f = fopen(pub_path, "r");
-	if (!f)
-		return owl_err_set(err, OWL_EUSAGE, "cannot open public key '%s': %s", pub_path,
-				   strerror(errno));
-	EVP_PKEY *pk = PEM_read_PUBKEY(f, NULL, NULL, NULL);
-	fclose(f);
-	if (!pk || EVP_PKEY_id(pk) != EVP_PKEY_ED25519) {
-		EVP_PKEY_free(pk);
-		return owl_err_set(err, OWL_EUSAGE, "'%s' is not an Ed25519 public key in PEM "
-				   "(derive it with: openssl pkey -in KEY.pem -pubout -out KEY.pub)",
-				   pub_path);
-	}
-	EVP_MD_CTX *c = EVP_MD_CTX_new();
-	int ok = EVP_DigestVerifyInit(c, NULL, NULL, NULL, pk) == 1 &&
-		 EVP_DigestVerify(c, sig, 64, (const unsigned char *)msg, n) == 1;
-	EVP_MD_CTX_free(c);
-	EVP_PKEY_free(pk);
-	if (!ok)
+	int rc = owl_ed25519_verify(pub_path, "public", msg, n, sig, err);
+	if (rc == OWL_EINTEGRITY)
 		return owl_err_set(err, OWL_EINTEGRITY, "checkpoint '%s': the signature does not verify "
 				   "with '%s' (the checkpoint was forged or altered)", label, pub_path);
-	return 0;
+	return rc;
 }
 
 /* Reads one checkpoint file: the signed text, then "signature HEX". */
@@ -350,7 +307,7 @@ int license_audit_checkpoint(registry_store *s, const char *key_path, const char
 	owl_buf_printf(&b, "%sseq %lld\nhash %s\nat %lld\n", CHECKPOINT_MAGIC, (long long)rep.rows,
 		       hash, (long long)now);
 	char sig[129];
-	if ((rc = sign_text(key_path, b.data, b.len, sig, err))) {
+	if ((rc = owl_ed25519_sign(key_path, b.data, b.len, sig, err))) {
 		owl_buf_release(&b);
 		return rc;
 	}

@@ -4,6 +4,7 @@
  * must equal the manifest's, before anything is registered. */
 #define _GNU_SOURCE
 #include "registry.h"
+#include "common/ed25519.h"
 #include "source_internal.h"
 
 #include <archive.h>
@@ -12,7 +13,6 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <openssl/evp.h>
-#include <openssl/pem.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -26,34 +26,6 @@ static int has_suffix(const char *s, const char *suffix)
 }
 
 /* ---- signatures (Ed25519 over the manifest's bytes) --------------------- */
-
-static int sign_manifest(const char *key_path, const char *msg, size_t n, char hex[129],
-			 owl_err *err)
-{
-	FILE *f = fopen(key_path, "r");
-	if (!f)
-		return owl_err_set(err, OWL_EUSAGE, "cannot open signing key '%s': %s", key_path,
-				   strerror(errno));
-	EVP_PKEY *pk = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-	fclose(f);
-	if (!pk || EVP_PKEY_id(pk) != EVP_PKEY_ED25519) {
-		EVP_PKEY_free(pk);
-		return owl_err_set(err, OWL_EUSAGE, "'%s' is not an Ed25519 private key in PEM "
-				   "(make one with: openssl genpkey -algorithm ed25519 -out KEY.pem)",
-				   key_path);
-	}
-	unsigned char sig[64];
-	size_t sl = sizeof sig;
-	EVP_MD_CTX *c = EVP_MD_CTX_new();
-	int ok = EVP_DigestSignInit(c, NULL, NULL, NULL, pk) == 1 &&
-		 EVP_DigestSign(c, sig, &sl, (const unsigned char *)msg, n) == 1 && sl == 64;
-	EVP_MD_CTX_free(c);
-	EVP_PKEY_free(pk);
-	if (!ok)
-		return owl_err_set(err, OWL_EFAIL, "cannot sign the manifest with '%s'", key_path);
-	owl_hex(sig, 64, hex);
-	return 0;
-}
 
 static int check_signature(const char *pub_path, const char *msg, size_t n, const char *sig_hex,
 			   const char *label, owl_err *err)
@@ -71,27 +43,11 @@ static int check_signature(const char *pub_path, const char *msg, size_t n, cons
 			return owl_err_set(err, OWL_EINTEGRITY, "'%s': manifest.sig is not hex", label);
 		sig[i] = (unsigned char)b;
 	}
-	FILE *f = fopen(pub_path, "r");
-	if (!f)
-		return owl_err_set(err, OWL_EUSAGE, "cannot open trusted key '%s': %s", pub_path,
-				   strerror(errno));
-	EVP_PKEY *pk = PEM_read_PUBKEY(f, NULL, NULL, NULL);
-	fclose(f);
-	if (!pk || EVP_PKEY_id(pk) != EVP_PKEY_ED25519) {
-		EVP_PKEY_free(pk);
-		return owl_err_set(err, OWL_EUSAGE, "'%s' is not an Ed25519 public key in PEM "
-				   "(derive it with: openssl pkey -in KEY.pem -pubout -out KEY.pub)",
-				   pub_path);
-	}
-	EVP_MD_CTX *c = EVP_MD_CTX_new();
-	int ok = EVP_DigestVerifyInit(c, NULL, NULL, NULL, pk) == 1 &&
-		 EVP_DigestVerify(c, sig, 64, (const unsigned char *)msg, n) == 1;
-	EVP_MD_CTX_free(c);
-	EVP_PKEY_free(pk);
-	if (!ok)
+	int rc = owl_ed25519_verify(pub_path, "trusted", msg, n, sig, err);
+	if (rc == OWL_EINTEGRITY)
 		return owl_err_set(err, OWL_EINTEGRITY, "'%s': the manifest's signature does not "
 				   "verify with '%s'; nothing was stored", label, pub_path);
-	return 0;
+	return rc;
 }
 
 static json_t *manifest_for(const registry_version *v, const char *extra_json)
@@ -164,7 +120,7 @@ int registry_export(registry_store *s, const registry_version *v, const char *fi
 	size_t mlen = strlen(mtext);
 	char sig[130] = "";
 	if (sign_key)
-		rc = sign_manifest(sign_key, mtext, mlen, sig, err);
+		rc = owl_ed25519_sign(sign_key, mtext, mlen, sig, err);
 	if (!rc)
 		rc = write_entry_header(a, "manifest.json", mlen, v->created_at, file, err);
 	if (!rc && archive_write_data(a, mtext, mlen) != (la_ssize_t)mlen)
