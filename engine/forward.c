@@ -165,7 +165,7 @@ static int rank_attention(step *st, int r, owl_err *err)
 	kernels_backend *be = m->ranks[r];
 	kv_rank_ws *w = &kv->ws[r];
 	int hd = in->head_dim, hpr = in->n_heads / in->tp, n = st->n, h0, kv0, nkv, rc;
-	kv_rank_heads(in, r, &h0, &kv0, &nkv);
+	engine_rank_heads(in, r, &h0, &kv0, &nkv);
 	if (st->l == 0)
 		rc = K(be, embedding, w->x, &m->tok_embd, st->tokens, n, err);
 	else

@@ -60,6 +60,10 @@ struct engine_model {
 	int nprepared;
 };
 
+/* Tensor-parallel rank r's query heads [h0, h0 + n_heads/tp) read the kv
+ * heads [kv0, kv0 + nkv) (replicated across ranks when tp > n_kv_heads). */
+void engine_rank_heads(const engine_model_info *in, int r, int *h0, int *kv0, int *nkv);
+
 /* ---- the CPU backend's own functions (engine/kernels/cpu/ops.c) ------------ */
 
 size_t wtype_row_bytes(wtype t, int cols); /* 0 when cols do not fill whole blocks */

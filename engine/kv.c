@@ -14,14 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-void kv_rank_heads(const engine_model_info *in, int r, int *h0, int *kv0, int *nkv)
-{
-	int hpr = in->n_heads / in->tp, group = in->n_heads / in->n_kv_heads;
-	*h0 = r * hpr;
-	*kv0 = *h0 / group;
-	*nkv = (*h0 + hpr - 1) / group + 1 - *kv0;
-}
-
 static size_t elem_bytes(kernels_kv_type t) { return t == KERNELS_KV_F16 ? 2 : 4; }
 
 kernels_kv_layer kv_layer(const engine_kv *kv, int r, int layer)
@@ -192,7 +184,7 @@ int engine_kv_new(engine_model *m, const engine_kv_opts *o, engine_kv **out, owl
 	const int hd = in->head_dim, hpr = in->n_heads / in->tp, fpr = in->ffn_dim / in->tp;
 	for (int r = 0; r < in->tp && !rc; r++) {
 		int h0;
-		kv_rank_heads(in, r, &h0, &kv->rank_kv0[r], &kv->rank_nkv[r]);
+		engine_rank_heads(in, r, &h0, &kv->rank_kv0[r], &kv->rank_nkv[r]);
 		kv->block_stride[r] = (size_t)in->n_layers * KV_BLOCK_TOKENS * kv->rank_nkv[r] * hd *
 				      elem_bytes(kv->type);
 		kv->pool_bytes[r] = (size_t)kv->n_blocks * kv->block_stride[r];

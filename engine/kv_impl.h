@@ -74,9 +74,6 @@ struct engine_kv {
 	kv_rank_ws ws[KV_MAX_RANKS];
 };
 
-/* Rank r's query heads [h0, h0 + hpr) read kv heads [kv0, kv0 + nkv). */
-void kv_rank_heads(const engine_model_info *in, int r, int *h0, int *kv0, int *nkv);
-
 /* One layer of rank r's cache as the kernels see it. */
 kernels_kv_layer kv_layer(const engine_kv *kv, int r, int layer);
 

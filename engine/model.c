@@ -407,6 +407,33 @@ static wmat cols_of(const wmat *w, int c0, int n)
 }
 /* w replaced by what rank r's backend makes of it (repacked, copied from a
  * column shard, or left a view); the memory is the model's to free. */
+void engine_rank_heads(const engine_model_info *in, int r, int *h0, int *kv0, int *nkv)
+{
+	int hpr = in->n_heads / in->tp, group = in->n_heads / in->n_kv_heads;
+	*h0 = r * hpr;
+	*kv0 = *h0 / group;
+	*nkv = (*h0 + hpr - 1) / group + 1 - *kv0;
+}
+
+/* buf (memory of be) is the model's from now on, freed at close; on
+ * failure it is freed here. */
+static int keep_prepared(engine_model *m, kernels_backend *be, kernels_buffer *buf, owl_err *err)
+{
+	kernels_buffer **p = realloc(m->prepared, (size_t)(m->nprepared + 1) * sizeof *p);
+	if (p)
+		m->prepared = p;
+	kernels_backend **q = p ? realloc(m->prepared_by, (size_t)(m->nprepared + 1) * sizeof *q) : NULL;
+	if (q)
+		m->prepared_by = q;
+	if (!p || !q) {
+		be->iface->buffer_free(be, buf);
+		return owl_err_set(err, OWL_EFAIL, "cannot allocate the model's weight table");
+	}
+	m->prepared[m->nprepared] = buf;
+	m->prepared_by[m->nprepared++] = be;
+	return 0;
+}
+
 static int prepare_one(engine_model *m, int r, wmat *w, owl_err *err)
 {
 	kernels_backend *be = m->ranks[r];
@@ -415,42 +442,20 @@ static int prepare_one(engine_model *m, int r, wmat *w, owl_err *err)
 	int rc = be->iface->weight_prepare(be, w, 1, &out, &owned, err);
 	if (rc)
 		return rc;
-	if (owned) {
-		kernels_buffer **p = realloc(m->prepared, (size_t)(m->nprepared + 1) * sizeof *p);
-		kernels_backend **q = p ? realloc(m->prepared_by, (size_t)(m->nprepared + 1) * sizeof *q) : NULL;
-		if (p)
-			m->prepared = p;
-		if (q)
-			m->prepared_by = q;
-		if (!p || !q) {
-			be->iface->buffer_free(be, owned);
-			return owl_err_set(err, OWL_EFAIL, "cannot allocate the model's weight table");
-		}
-		m->prepared[m->nprepared] = owned;
-		m->prepared_by[m->nprepared++] = be;
-	}
+	if (owned && (rc = keep_prepared(m, be, owned, err)))
+		return rc;
 	*w = out;
 	return 0;
 }
 
-/* Each rank's shard of every layer is cut first (q/k/v, gate, up by rows;
- * o and down by columns), then prepared by the rank's backend, so each rank
- * owns its weights contiguously in the layout its kernels want: on the CPU
- * f32, f16, bf16, Q8_0, Q4_0 and Q4_1 matrices are repacked into 16-row
- * groups where the CPU takes them (engine/kernels/cpu/repack.c), with the
- * file's pages dropped as they are copied, so the weights are held once,
- * during the load too. The
- * embedding and output matrices belong to rank 0 (a tied table is the
- * output matrix; lookups read its rows from the groups). */
 /* Rank r's vectors (norms, its heads' biases, RoPE frequencies, rank 0:
  * the output norm) copied into one buffer of its backend. */
 static int prepare_vectors(engine_model *m, int r, owl_err *err)
 {
 	const engine_model_info *in = &m->info;
 	kernels_backend *be = m->ranks[r];
-	int hd = in->head_dim, hpr = in->n_heads / in->tp, h0 = r * hpr;
-	int group = in->n_heads / in->n_kv_heads, kv0 = h0 / group;
-	int nkv = (h0 + hpr - 1) / group + 1 - kv0;
+	int hd = in->head_dim, hpr = in->n_heads / in->tp, h0, kv0, nkv;
+	engine_rank_heads(in, r, &h0, &kv0, &nkv);
 	size_t per_layer = 2 * (size_t)in->dim + (in->qkv_bias ? (size_t)(hpr + 2 * nkv) * hd : 0);
 	size_t total = per_layer * in->n_layers + (size_t)hd / 2 + (r == 0 ? (size_t)in->dim : 0);
 	kernels_buffer *buf;
@@ -483,22 +488,20 @@ static int prepare_vectors(engine_model *m, int r, owl_err *err)
 	if (r == 0)
 		PUT(m->rank_out_norm, m->out_norm, in->dim);
 #undef PUT
-	/* The buffer is freed with the prepared weights. */
-	kernels_buffer **p = realloc(m->prepared, (size_t)(m->nprepared + 1) * sizeof *p);
-	kernels_backend **q = p ? realloc(m->prepared_by, (size_t)(m->nprepared + 1) * sizeof *q) : NULL;
-	if (p)
-		m->prepared = p;
-	if (q)
-		m->prepared_by = q;
-	if (!p || !q) {
-		be->iface->buffer_free(be, buf);
-		return owl_err_set(err, OWL_EFAIL, "cannot allocate the model's weight table");
-	}
-	m->prepared[m->nprepared] = buf;
-	m->prepared_by[m->nprepared++] = be;
-	return rc;
+	/* The buffer is freed with the prepared weights, even after a failed copy. */
+	int krc = keep_prepared(m, be, buf, err);
+	return rc ? rc : krc;
 }
 
+/* Each rank's shard of every layer is cut first (q/k/v, gate, up by rows;
+ * o and down by columns), then prepared by the rank's backend, so each rank
+ * owns its weights contiguously in the layout its kernels want: on the CPU
+ * f32, f16, bf16, Q8_0, Q4_0 and Q4_1 matrices are repacked into 16-row
+ * groups where the CPU takes them (engine/kernels/cpu/repack.c), with the
+ * file's pages dropped as they are copied, so the weights are held once,
+ * during the load too. The embedding and output matrices belong to rank 0
+ * (a tied table is the output matrix; lookups read its rows from the
+ * groups). */
 static int prepare_weights(engine_model *m, owl_err *err)
 {
 	const engine_model_info *in = &m->info;
@@ -506,8 +509,8 @@ static int prepare_weights(engine_model *m, owl_err *err)
 	for (int r = 0; r < tp && !rc; r++) {
 		if (!(m->rank_layers[r] = calloc((size_t)in->n_layers, sizeof(layer))))
 			return owl_err_set(err, OWL_EFAIL, "cannot allocate rank %d's layers", r);
-		int h0 = r * hpr, group = in->n_heads / in->n_kv_heads;
-		int kv0 = h0 / group, nkv = (h0 + hpr - 1) / group + 1 - kv0;
+		int h0, kv0, nkv;
+		engine_rank_heads(in, r, &h0, &kv0, &nkv);
 		for (int l = 0; l < in->n_layers && !rc; l++) {
 			const layer *L = &m->layers[l];
 			layer *R = &m->rank_layers[r][l];
