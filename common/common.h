@@ -102,6 +102,11 @@ int owl_fsync_dir(const char *dir, owl_err *err);
 int owl_write_file_atomic(const char *path, const void *data, size_t n, owl_err *err);
 /* Reads a whole file of at most max bytes; *out is NUL-terminated, caller frees. */
 int owl_read_file(const char *path, size_t max, char **out, size_t *outlen, owl_err *err);
+/* dir/name (at most max bytes) parsed as a JSON object into *out (a
+ * json_t *, the caller's to json_decref); anything else is an error
+ * naming the file and where the parse stopped. */
+int owl_read_json_object(const char *dir, const char *name, size_t max, void **out,
+			 owl_err *err);
 /* The entry names of dir in sorted order, hidden ones (".x") left out, so
  * that output and errors come in the same order every time. *names and each
  * name are malloc'd: free with owl_free_names. */

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -208,4 +209,25 @@ void owl_free_names(char **names, size_t n)
 	for (size_t i = 0; i < n; i++)
 		free(names[i]);
 	free(names);
+}
+
+int owl_read_json_object(const char *dir, const char *name, size_t max, void **out, owl_err *err)
+{
+	*out = NULL;
+	char *path = owl_path_join(dir, name);
+	char *text = NULL;
+	int rc = owl_read_file(path, max, &text, NULL, err);
+	free(path);
+	if (rc)
+		return rc;
+	json_error_t je;
+	json_t *c = json_loads(text, 0, &je);
+	free(text);
+	if (!json_is_object(c)) {
+		json_decref(c);
+		return owl_err_set(err, OWL_EFAIL, "%s is not a JSON object (line %d: %s)", name, je.line,
+				   je.text);
+	}
+	*out = c;
+	return 0;
 }

@@ -151,20 +151,10 @@ static int empty_json(json_t *v)
 static int parse_config(const char *dir, int n_layers, engine_adapter *ad,
 			unsigned char (*sel)[ENGINE_ROLE_COUNT], owl_err *err)
 {
-	char *path = owl_path_join(dir, "adapter_config.json");
-	char *text = NULL;
-	int rc = owl_read_file(path, 4u << 20, &text, NULL, err);
-	free(path);
+	json_t *c;
+	int rc = owl_read_json_object(dir, "adapter_config.json", 4u << 20, (void **)&c, err);
 	if (rc)
 		return rc;
-	json_error_t je;
-	json_t *c = json_loads(text, 0, &je);
-	free(text);
-	if (!json_is_object(c)) {
-		json_decref(c);
-		return owl_err_set(err, OWL_EFAIL, "adapter_config.json is not a JSON object (line %d: "
-				   "%s)", je.line, je.text);
-	}
 	const char *type = json_string_value(json_object_get(c, "peft_type"));
 	json_t *r = json_object_get(c, "r"), *alpha = json_object_get(c, "lora_alpha");
 	const char *bias = json_string_value(json_object_get(c, "bias"));

@@ -45,20 +45,10 @@ static void llama3_scale(float *inv_freq, int half, float factor, float low, flo
 
 static int parse_config(engine_model *m, const char *dir, owl_err *err)
 {
-	char *path = owl_path_join(dir, "config.json");
-	char *text = NULL;
-	int rc = owl_read_file(path, 4u << 20, &text, NULL, err);
-	free(path);
+	json_t *c;
+	int rc = owl_read_json_object(dir, "config.json", 4u << 20, (void **)&c, err);
 	if (rc)
 		return rc;
-	json_error_t je;
-	json_t *c = json_loads(text, 0, &je);
-	free(text);
-	if (!json_is_object(c)) {
-		json_decref(c);
-		return owl_err_set(err, OWL_EFAIL, "config.json is not a JSON object (line %d: %s)",
-				   je.line, je.text);
-	}
 	engine_model_info *in = &m->info;
 	const char *arch = json_string_value(json_array_get(json_object_get(c, "architectures"), 0));
 	const char *mt = json_string_value(json_object_get(c, "model_type"));
