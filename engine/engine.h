@@ -321,4 +321,84 @@ int engine_generate(engine_session *sess, const engine_tokenizer *tok, const int
 		    size_t nprompt, const engine_gen_opts *o, engine_emit_fn emit, void *emit_ctx,
 		    engine_gen_stats *st, owl_err *err);
 
+/* ---- LoRA training: gradients through the frozen model (engine/backward.c) --
+ * Trainable LoRA weights for a model, in f32, with their gradients, and a
+ * trainer that runs the forward pass with a tape and the backward pass
+ * through the same kernel layer. The base weights stay frozen in the form
+ * they are stored (f32, f16, bf16, GGUF-quantised: QLoRA). The optimiser,
+ * datasets and the training loop live in train/. */
+
+typedef struct engine_lora_weights engine_lora_weights;
+
+typedef struct engine_lora_opts {
+	int rank;         /* r */
+	float alpha;      /* lora_alpha */
+	int rslora;       /* scale alpha/sqrt(r) instead of alpha/r */
+	unsigned targets; /* bit (1u << role) per q,k,v,o,gate,up,down_proj, in that order */
+	float dropout;    /* applied to the adapter input while training */
+	uint64_t seed;    /* A is Kaiming-uniform from this seed; B is zero */
+} engine_lora_opts;
+
+/* The PEFT module names in role order: q_proj k_proj v_proj o_proj
+ * gate_proj up_proj down_proj. */
+extern const char *const engine_lora_module_names[7];
+
+int engine_lora_weights_new(const engine_model *m, const engine_lora_opts *o,
+			    engine_lora_weights **out, owl_err *err);
+void engine_lora_weights_free(engine_lora_weights *w); /* accepts NULL */
+const engine_lora_opts *engine_lora_weights_opts(const engine_lora_weights *w);
+float engine_lora_weights_scale(const engine_lora_weights *w);
+
+/* One trainable tensor. name is PEFT's key without the adapter name
+ * ("base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight");
+ * rows x cols is PEFT's shape (A: [r, in], B: [out, r]). value and grad are
+ * the tensor's own storage, in the engine's layout: elementwise updates
+ * (AdamW) may use them directly; use engine_lora_tensor_get/set to move
+ * values in PEFT's layout (files, checkpoints). */
+typedef struct engine_lora_tensor {
+	char name[128];
+	int rows, cols;
+	float *value;
+	float *grad;
+} engine_lora_tensor;
+
+size_t engine_lora_weights_count(const engine_lora_weights *w);
+void engine_lora_weights_tensor(engine_lora_weights *w, size_t i, engine_lora_tensor *out);
+/* Copies tensor i out in PEFT's layout (rows x cols floats) / in from it. */
+void engine_lora_tensor_get(const engine_lora_weights *w, size_t i, float *dst);
+void engine_lora_tensor_set(engine_lora_weights *w, size_t i, const float *src);
+void engine_lora_weights_zero_grad(engine_lora_weights *w);
+/* The weights as an adapter the forward pass applies (serving, eval while
+ * training); it reads w's storage, so it sees later updates; free it before w. */
+int engine_lora_weights_adapter(engine_lora_weights *w, engine_adapter **out, owl_err *err);
+
+/* Tokens of one training micro-batch: packed samples, each its own segment;
+ * attention never crosses segments. */
+typedef struct engine_train_batch {
+	int n;
+	const int32_t *tokens;
+	const int32_t *targets; /* the token expected after tokens[i]; -1 = not scored */
+	const int32_t *seg;     /* sample of each token; a sample's tokens are contiguous */
+	const int32_t *pos;     /* position within its sample (RoPE) */
+	uint64_t dropout_seed;  /* dropout mask of this micro-batch */
+} engine_train_batch;
+
+typedef struct engine_trainer engine_trainer;
+
+/* Workspace for micro-batches of up to max_tokens tokens, allocated once.
+ * checkpoint_activations: keep only each layer's input and recompute the
+ * rest during the backward pass. */
+int engine_trainer_new(engine_model *m, engine_lora_weights *w, int max_tokens,
+		       int checkpoint_activations, engine_trainer **out, owl_err *err);
+void engine_trainer_free(engine_trainer *t); /* accepts NULL */
+/* Forward and backward: *loss_sum is the sum of the cross-entropy over the
+ * scored tokens, *count how many were scored; the gradient of loss_sum
+ * times grad_scale is ADDED to w's grads (the loop passes 1 / tokens of
+ * the whole accumulated step). */
+int engine_train_step(engine_trainer *t, const engine_train_batch *b, float grad_scale,
+		      double *loss_sum, int64_t *count, owl_err *err);
+/* The forward pass alone, without dropout (eval loss). */
+int engine_train_eval(engine_trainer *t, const engine_train_batch *b, double *loss_sum,
+		      int64_t *count, owl_err *err);
+
 #endif
