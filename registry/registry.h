@@ -65,6 +65,12 @@ int registry_store_open(const char *home, registry_store **out, owl_err *err);
 int registry_store_open_ex(const char *home, const registry_open_opts *o, registry_store **out,
 			   owl_err *err);
 void registry_store_close(registry_store *s);
+/* The database connection, for modules that own tables in it (licenses,
+ * deploy, train); cmd/ never uses it. The store keeps ownership. */
+sqlite3 *registry_store_db(registry_store *s);
+/* The data home, and whether it was opened read-only. */
+const char *registry_store_home(const registry_store *s);
+int registry_store_is_read_only(const registry_store *s);
 
 /* Applies the schema steps a module has not applied yet, all in one
  * transaction under the write lock, re-reading the module's version inside

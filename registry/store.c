@@ -556,3 +556,18 @@ void registry_store_close(registry_store *s)
 	free(s->tmp_dir);
 	free(s);
 }
+
+sqlite3 *registry_store_db(registry_store *s)
+{
+	return s->db;
+}
+
+const char *registry_store_home(const registry_store *s)
+{
+	return s->home;
+}
+
+int registry_store_is_read_only(const registry_store *s)
+{
+	return s->read_only;
+}
