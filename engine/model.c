@@ -150,7 +150,7 @@ static int st_mat(engine_model *m, const char *name, int rows, int cols, wmat *w
 	w->data = t->data;
 	w->rows = rows;
 	w->cols = cols;
-	w->row_bytes = wtype_row_bytes(w->type, cols);
+	w->row_bytes = kernels_row_bytes(w->type, cols);
 	return 0;
 }
 
@@ -165,9 +165,9 @@ static int st_vec(engine_model *m, const char *name, int n, float **out, owl_err
 	w.type = t->dtype == ST_F32 ? W_F32 : t->dtype == ST_F16 ? W_F16 : W_BF16;
 	if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
 		return owl_err_set(err, OWL_EFAIL, "tensor '%s' has dtype %s", name, st_dtype_name(t->dtype));
-	w.row_bytes = wtype_row_bytes(w.type, n);
+	w.row_bytes = kernels_row_bytes(w.type, n);
 	*out = owl_xmalloc((size_t)n * sizeof **out);
-	w_row_to_f32(&w, 0, *out);
+	kernels_row_to_f32(&w, 0, *out);
 	return 0;
 }
 
@@ -265,7 +265,7 @@ static int gg_mat(engine_model *m, const char *name, int rows, int cols, wmat *w
 	w->data = t->data;
 	w->rows = rows;
 	w->cols = cols;
-	w->row_bytes = wtype_row_bytes(w->type, cols);
+	w->row_bytes = kernels_row_bytes(w->type, cols);
 	return 0;
 }
 
@@ -372,7 +372,7 @@ static void account(engine_model *m)
 	}
 	in->n_params = params + (uint64_t)in->dim;
 	in->weight_bytes = bytes;
-	snprintf(in->weight_dtype, sizeof in->weight_dtype, "%s", mixed ? "mixed" : wtype_name(first));
+	snprintf(in->weight_dtype, sizeof in->weight_dtype, "%s", mixed ? "mixed" : kernels_dtype_name(first));
 }
 
 /* ---- preparing the weights: each rank's shard ------------------------------------ */
@@ -390,7 +390,7 @@ static wmat rows_of(const wmat *w, int r0, int n)
 static wmat cols_of(const wmat *w, int c0, int n)
 {
 	wmat v = *w;
-	size_t off = wtype_row_bytes(w->type, c0);
+	size_t off = kernels_row_bytes(w->type, c0);
 	v.data = w->data + off;
 	v.cols = n;
 	return v;
@@ -602,10 +602,10 @@ int engine_model_open(const char *path, const engine_model_opts *o, engine_model
 	for (int l = 0; !rc && tp > 1 && l < in->n_layers; l++) {
 		const layer *L = &m->layers[l];
 		int qcols = in->n_heads / tp * in->head_dim, fcols = in->ffn_dim / tp;
-		if (!wtype_row_bytes(L->wo.type, qcols) || !wtype_row_bytes(L->w_down.type, fcols))
+		if (!kernels_row_bytes(L->wo.type, qcols) || !kernels_row_bytes(L->w_down.type, fcols))
 			rc = owl_err_set(err, OWL_EUSAGE, "tensor parallelism over %d ranks would cut %s "
 					 "blocks of layer %d in the middle (shards of %d and %d columns)",
-					 tp, wtype_name(L->wo.type), l, qcols, fcols);
+					 tp, kernels_dtype_name(L->wo.type), l, qcols, fcols);
 	}
 	if (rc) {
 		engine_model_close(m);

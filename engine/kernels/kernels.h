@@ -28,20 +28,6 @@ typedef enum kernels_dtype {
 	KERNELS_Q4_1,
 	KERNELS_Q4_K,
 	KERNELS_Q6_K,
-	/* Q8_0 / Q4_0 repacked at load for the CPU's integer kernels: rows in
-	 * groups of 16; per group and block of 32 columns, the 16 rows' f16
-	 * scales, then the quants interleaved 4 bytes per row (Q8_0 stored as
-	 * q+128, unsigned; Q4_0 as the packed nibble bytes). Same bytes per row
-	 * as the file's layout, so row_bytes keeps its meaning; a view must
-	 * start on a 16-row group and take whole rows. */
-	KERNELS_Q8_0_R16,
-	KERNELS_Q4_0_R16,
-	KERNELS_Q4_1_R16, /* as Q4_0, with the 16 mins after the 16 scales */
-	/* f16 / bf16 / f32 repacked the same way: per group, for each column,
-	 * the 16 rows' values side by side (32 or 64 bytes). */
-	KERNELS_F16_R16,
-	KERNELS_BF16_R16,
-	KERNELS_F32_R16,
 } kernels_dtype;
 
 /* A weight matrix [rows, cols] (rows = output features), each row row_bytes
@@ -50,10 +36,21 @@ typedef enum kernels_dtype {
  * how tensor-parallel shards are taken without copies. */
 typedef struct kernels_weight {
 	kernels_dtype type;
+	/* 0: the stored layout (a file's rows). Otherwise a layout private to
+	 * the backend whose weight_prepare made it (the CPU's 16-row groups):
+	 * only that backend reads it. */
+	int layout;
 	const uint8_t *data;
 	int rows, cols;
 	size_t row_bytes;
 } kernels_weight;
+
+/* Bytes of one row of cols elements in the stored layout of t; 0 when
+ * cols do not fill whole blocks. */
+size_t kernels_row_bytes(kernels_dtype t, int cols);
+const char *kernels_dtype_name(kernels_dtype t);
+/* Row row of a weight in its stored layout (layout 0), widened to f32. */
+void kernels_row_to_f32(const kernels_weight *w, int row, float *dst);
 
 /* RoPE pair layout: HF rotate_half (i, i + d/2) or GGUF adjacent (2i, 2i+1). */
 typedef enum kernels_rope_layout {

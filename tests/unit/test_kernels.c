@@ -9,7 +9,7 @@
 #include <omp.h>
 
 #include "common/gguf.h"
-#include "engine/internal.h"
+#include "engine/kernels/cpu/cpu.h"
 #include "engine/kernels/kernels.h"
 
 static uint64_t rng = 88172645463325252ull;
@@ -55,7 +55,6 @@ static void make_weight(kernels_dtype t, int rows, int cols, uint8_t **data, flo
 	case KERNELS_Q4_1: rb = (size_t)cols / 32 * 20; break;
 	case KERNELS_Q4_K: rb = (size_t)cols / 256 * 144; break;
 	case KERNELS_Q6_K: rb = (size_t)cols / 256 * 210; break;
-	default: break; /* repacked types are made by w_repack, not here */
 	}
 	*data = calloc((size_t)rows, rb);
 	*ref = malloc((size_t)rows * cols * sizeof **ref);

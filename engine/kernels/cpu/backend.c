@@ -2,7 +2,7 @@
  * OpenBLAS GEMM and the products of ops.c, qgemm.c, int256.c and repack.c
  * on the kernel path cpupath.c chooses, and the shared-memory comm
  * that tensor-parallel ranks on one machine use. */
-#include "engine/internal.h"
+#include "engine/kernels/cpu/cpu.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -125,7 +125,7 @@ static int cpu_to_host(kernels_backend *be, void *dst, const kernels_buffer *src
 /* Whole rows of w (a column shard's strided rows made contiguous). */
 static int cpu_contiguous(const kernels_weight *w, uint8_t **out, owl_err *err)
 {
-	size_t rb = wtype_row_bytes(w->type, w->cols);
+	size_t rb = kernels_row_bytes(w->type, w->cols);
 	*out = malloc((size_t)w->rows * rb + 1);
 	if (!*out)
 		return owl_err_set(err, OWL_EFAIL, "cannot allocate %zu MiB for a %dx%d weight shard",
@@ -151,10 +151,10 @@ static int cpu_weight_prepare(kernels_backend *be, const kernels_weight *w, int 
 {
 	*out = *w;
 	*owned = NULL;
-	size_t rb = wtype_row_bytes(w->type, w->cols);
+	size_t rb = kernels_row_bytes(w->type, w->cols);
 	if (!rb)
 		return owl_err_set(err, OWL_EUSAGE, "a %s weight of %d columns does not fill whole "
-				   "blocks", wtype_name(w->type), w->cols);
+				   "blocks", kernels_dtype_name(w->type), w->cols);
 	kernels_weight whole = *w;
 	uint8_t *copy = NULL;
 	int rc;
@@ -560,7 +560,7 @@ static int cpu_supports(const kernels_backend *be, kernels_op op, int type)
 	case KERNELS_OP_MATMUL:
 	case KERNELS_OP_MATVEC_MULTI:
 	case KERNELS_OP_EMBEDDING:
-		return type >= KERNELS_F32 && type <= KERNELS_F32_R16;
+		return type >= KERNELS_F32 && type <= KERNELS_Q6_K;
 	case KERNELS_OP_KV_STORE:
 	case KERNELS_OP_ATTENTION:
 		return type == KERNELS_KV_F32 || type == KERNELS_KV_F16;

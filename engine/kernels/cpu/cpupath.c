@@ -13,7 +13,7 @@
  * AVX2 server runs). A path this CPU lacks is never run: the best supported
  * one runs instead, and every matmul reports the bad request (cpu_path_check)
  * so the caller sees it at first use. */
-#include "engine/internal.h"
+#include "engine/kernels/cpu/cpu.h"
 
 #include <pthread.h>
 #include <stdlib.h>

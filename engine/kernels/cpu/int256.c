@@ -5,7 +5,7 @@
  * here twice, with AVX2 alone and with AVX-VNNI, and cpupath.c decides which
  * copy runs. Activations are the same Q8 blocks (qact) as on AVX-512, so
  * every path rounds prompts and decoding alike. */
-#include "engine/internal.h"
+#include "engine/kernels/cpu/cpu.h"
 
 #include <immintrin.h>
 #include <string.h>

@@ -169,7 +169,7 @@ void F(qgemm_rows)(const wmat *w, const qact *a, int n, float *y, int r0, int r1
  * multiply and the 8 sums are stored as they are. */
 INL void F(gtile)(const wmat *w, int kind, int g, const qact *a, int j0, int tn, float *y, int ldy)
 {
-	const int bs = (int)wtype_row_bytes(w->type, 32), nb = a->nb;
+	const int bs = (int)kernels_row_bytes(w->type, 32), nb = a->nb;
 	const int qoff = kind == K256_Q4_1 ? 64 : 32;
 	const uint8_t *gp = w->data + (size_t)g * 16 * w->row_bytes;
 	const __m256i low = _mm256_set1_epi8(0x0F);
@@ -264,8 +264,8 @@ DEF_GT(gt_q41_1, K256_Q4_1, 1)
 void F(r16_groups)(const wmat *w, const qact *a, int j0, int j1, int g0, int g1, float *y)
 {
 	typedef void (*fn)(const wmat *, int, const qact *, int, float *, int);
-	fn fn_n = w->type == W_Q8_0_R16 ? F(gt_q8_n) : w->type == W_Q4_1_R16 ? F(gt_q41_n) : F(gt_q4_n);
-	fn fn_1 = w->type == W_Q8_0_R16 ? F(gt_q8_1) : w->type == W_Q4_1_R16 ? F(gt_q41_1) : F(gt_q4_1);
+	fn fn_n = w_r16_of(w, W_Q8_0) ? F(gt_q8_n) : w_r16_of(w, W_Q4_1) ? F(gt_q41_n) : F(gt_q4_n);
+	fn fn_1 = w_r16_of(w, W_Q8_0) ? F(gt_q8_1) : w_r16_of(w, W_Q4_1) ? F(gt_q41_1) : F(gt_q4_1);
 	for (int g = g0; g < g1; g++) {
 		int j = j0;
 		for (; j + G256_TN <= j1; j += G256_TN)

@@ -5,7 +5,7 @@
  * 16-row groups (repack.c, int256.c) and Q8_0/Q4_0/Q4_1 prompts (qgemm.c,
  * int256.c) are dispatched to their own kernels from here, on the kernel
  * path cpupath.c chose. */
-#include "engine/internal.h"
+#include "engine/kernels/cpu/cpu.h"
 
 #include <cblas.h>
 #include <immintrin.h>
@@ -13,44 +13,6 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
-
-size_t wtype_row_bytes(wtype t, int cols)
-{
-	switch (t) {
-	case W_F32: return (size_t)cols * 4;
-	case W_F16:
-	case W_BF16: return (size_t)cols * 2;
-	case W_Q8_0: return cols % 32 ? 0 : (size_t)cols / 32 * 34;
-	case W_Q4_0: return cols % 32 ? 0 : (size_t)cols / 32 * 18;
-	case W_Q4_1: return cols % 32 ? 0 : (size_t)cols / 32 * 20;
-	case W_Q4_K: return cols % 256 ? 0 : (size_t)cols / 256 * 144;
-	case W_Q6_K: return cols % 256 ? 0 : (size_t)cols / 256 * 210;
-	case W_Q8_0_R16: return cols % 32 ? 0 : (size_t)cols / 32 * 34;
-	case W_Q4_0_R16: return cols % 32 ? 0 : (size_t)cols / 32 * 18;
-	case W_Q4_1_R16: return cols % 32 ? 0 : (size_t)cols / 32 * 20;
-	case W_F16_R16:
-	case W_BF16_R16: return (size_t)cols * 2;
-	case W_F32_R16: return (size_t)cols * 4;
-	}
-	return 0;
-}
-
-const char *wtype_name(wtype t)
-{
-	static const char *const names[] = {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k",
-					    "q6_k", "q8_0 (repacked)", "q4_0 (repacked)", "q4_1 (repacked)",
-					    "f16 (repacked)", "bf16 (repacked)", "f32 (repacked)"};
-	return names[t];
-}
-/* Repacked types never reach here (w_row_to_f32 reads them itself). */
-static gguf_type to_gguf(wtype t)
-{
-	static const gguf_type m[] = {GGUF_T_F32, GGUF_T_F16, GGUF_T_BF16, GGUF_T_Q8_0,
-				      GGUF_T_Q4_0, GGUF_T_Q4_1, GGUF_T_Q4_K, GGUF_T_Q6_K,
-				      GGUF_T_Q8_0, GGUF_T_Q4_0, GGUF_T_Q4_1, GGUF_T_F16, GGUF_T_BF16,
-				      GGUF_T_F32};
-	return m[t];
-}
 
 static inline float f16(const uint8_t *p)
 {
@@ -62,8 +24,8 @@ static inline float f16(const uint8_t *p)
 /* One row out of a 16-row group (layout in kernels.h and repack.c). */
 static void r16_row_to_f32(const wmat *w, int row, float *dst)
 {
-	const int q8 = w->type == W_Q8_0_R16, q41 = w->type == W_Q4_1_R16, lane = row % 16;
-	const int bs = (int)wtype_row_bytes(w->type, 32), qoff = q41 ? 64 : 32;
+	const int q8 = w_r16_of(w, W_Q8_0), q41 = w_r16_of(w, W_Q4_1), lane = row % 16;
+	const int bs = (int)kernels_row_bytes(w->type, 32), qoff = q41 ? 64 : 32;
 	const uint8_t *g = w->data + (size_t)(row / 16) * 16 * w->row_bytes;
 	for (int b = 0; b < w->cols / 32; b++) {
 		const uint8_t *p = g + (size_t)b * 16 * bs;
@@ -84,18 +46,18 @@ static void r16_row_to_f32(const wmat *w, int row, float *dst)
 
 void w_row_to_f32(const wmat *w, int row, float *dst)
 {
-	if (w->type == W_F32_R16) {
+	if (w_r16_of(w, W_F32)) {
 		const uint8_t *g = w->data + (size_t)(row / 16) * 16 * w->row_bytes + 4 * (row % 16);
 		for (int c = 0; c < w->cols; c++)
 			memcpy(&dst[c], g + (size_t)c * 64, 4);
 		return;
 	}
-	if (w->type == W_F16_R16 || w->type == W_BF16_R16) {
+	if (w_r16_of(w, W_F16) || w_r16_of(w, W_BF16)) {
 		const uint8_t *g = w->data + (size_t)(row / 16) * 16 * w->row_bytes + 2 * (row % 16);
 		for (int c = 0; c < w->cols; c++) {
 			uint16_t h;
 			memcpy(&h, g + (size_t)c * 32, 2);
-			if (w->type == W_F16_R16) {
+			if (w_r16_of(w, W_F16)) {
 				dst[c] = _cvtsh_ss(h);
 			} else {
 				uint32_t bits = (uint32_t)h << 16;
@@ -104,7 +66,7 @@ void w_row_to_f32(const wmat *w, int row, float *dst)
 		}
 		return;
 	}
-	if (w->type == W_Q8_0_R16 || w->type == W_Q4_0_R16 || w->type == W_Q4_1_R16) {
+	if (w_r16_of(w, W_Q8_0) || w_r16_of(w, W_Q4_0) || w_r16_of(w, W_Q4_1)) {
 		r16_row_to_f32(w, row, dst);
 		return;
 	}
@@ -117,7 +79,7 @@ void w_row_to_f32(const wmat *w, int row, float *dst)
 			dst[i] = f16(p + 2 * i);
 		return;
 	}
-	gguf_dequantize_row(to_gguf(w->type), p, dst, (size_t)w->cols, NULL);
+	kernels_row_to_f32(w, row, dst);
 }
 
 /* ---- dot products of one weight row with an f32 vector ------------------- */

@@ -17,7 +17,7 @@
  * This file holds the AVX-512 VNNI kernels; CPUs without them run the same
  * products on 256-bit vectors (int256.c), chosen by cpupath.c. OWL_NO_QGEMM=1
  * sends quantised prompts to the exact f32 path (ops.c) instead. */
-#include "engine/internal.h"
+#include "engine/kernels/cpu/cpu.h"
 
 #include <immintrin.h>
 #include <omp.h>
@@ -31,7 +31,7 @@ enum { RM = 4, RN = 4, CHUNK = 128 };
 
 int qgemm_supported(const wmat *w, int n)
 {
-	return cpu_int_kernels() && (w->type == W_Q8_0 || w->type == W_Q4_0 || w->type == W_Q4_1) &&
+	return cpu_int_kernels() && !w->layout && (w->type == W_Q8_0 || w->type == W_Q4_0 || w->type == W_Q4_1) &&
 	       w->cols % 32 == 0 && n >= 2;
 }
 
@@ -101,7 +101,7 @@ QG_INLINE void tile(const wmat *w, int r0, int rm, const qact *a, int j0, int rn
 		    int ldy)
 {
 	const wtype t = w->type;
-	const int bs = (int)wtype_row_bytes(t, 32), npairs = a->nb / 2; /* bytes per block */
+	const int bs = (int)kernels_row_bytes(t, 32), npairs = a->nb / 2; /* bytes per block */
 	__m512 acc[RM][RN];
 	#pragma GCC unroll 4
 	for (int i = 0; i < RM; i++)

@@ -25,7 +25,7 @@
  * This file holds the AVX-512 kernels. On the 256-bit paths (cpupath.c) a
  * group is two ymm of 8 rows: int256.c multiplies the same layout with
  * AVX-VNNI or AVX2, and the float groups below have AVX2/FMA twins. */
-#include "engine/internal.h"
+#include "engine/kernels/cpu/cpu.h"
 
 #include <immintrin.h>
 #include <omp.h>
@@ -41,19 +41,18 @@ enum { GROUP = 16, TN = 8, CHUNK = 128 };
 
 int w_is_r16(const wmat *w)
 {
-	return w->type == W_Q8_0_R16 || w->type == W_Q4_0_R16 || w->type == W_Q4_1_R16 ||
-	       w->type == W_F16_R16 || w->type == W_BF16_R16 || w->type == W_F32_R16;
+	return w->layout == CPU_LAYOUT_R16;
 }
 
 int w_r16_is_float(const wmat *w)
 {
-	return w->type == W_F16_R16 || w->type == W_BF16_R16 || w->type == W_F32_R16;
+	return w_r16_of(w, W_F16) || w_r16_of(w, W_BF16) || w_r16_of(w, W_F32);
 }
 
 int w_repack_supported(const wmat *w)
 {
-	if (getenv("OWL_NO_REPACK") || w->rows % GROUP ||
-	    w->row_bytes != wtype_row_bytes(w->type, w->cols))
+	if (getenv("OWL_NO_REPACK") || w->layout || w->rows % GROUP ||
+	    w->row_bytes != kernels_row_bytes(w->type, w->cols))
 		return 0;
 	/* Every kernel path has 16-row kernels (AVX-512, or two ymm of 8 rows). */
 	if (w->type == W_F16 || w->type == W_BF16 || w->type == W_F32)
@@ -93,7 +92,7 @@ static void repack_groups(const wmat *w, uint8_t *dst, int g0, int g1)
 		return;
 	}
 	const int q8 = w->type == W_Q8_0, q41 = w->type == W_Q4_1;
-	const int bs = (int)wtype_row_bytes(w->type, 32), nb = w->cols / 32, qoff = q41 ? 64 : 32;
+	const int bs = (int)kernels_row_bytes(w->type, 32), nb = w->cols / 32, qoff = q41 ? 64 : 32;
 	const size_t gbytes = (size_t)GROUP * w->row_bytes, bgbytes = (size_t)GROUP * bs;
 #pragma omp parallel for schedule(static)
 	for (int g = g0; g < g1; g++)
@@ -154,9 +153,7 @@ int w_repack(const wmat *w, int drop_source, wmat *out, uint8_t **owned, owl_err
 		}
 	}
 	*out = *w;
-	out->type = w->type == W_Q8_0 ? W_Q8_0_R16 : w->type == W_Q4_0 ? W_Q4_0_R16
-		  : w->type == W_Q4_1 ? W_Q4_1_R16 : w->type == W_F16 ? W_F16_R16
-		  : w->type == W_BF16 ? W_BF16_R16 : W_F32_R16;
+	out->layout = CPU_LAYOUT_R16;
 	out->data = dst;
 	*owned = dst;
 	return 0;
@@ -190,7 +187,7 @@ RP_INLINE void group_tile(const wmat *w, int kind, int g, const qact *a, int j0,
 {
 	/* Start values undo the unsigned operand: -128 sum(x) for Q8_0 (stored
 	 * +128), -8 sum(x) for Q4_0 (q-8); Q4_1 adds its mins in f32 instead. */
-	const int bs = (int)wtype_row_bytes(w->type, 32), nb = a->nb; /* bytes per block */
+	const int bs = (int)kernels_row_bytes(w->type, 32), nb = a->nb; /* bytes per block */
 	const int c = kind == K_Q8_0 ? 128 : kind == K_Q4_0 ? 8 : 0;
 	const uint8_t *gp = w->data + (size_t)g * GROUP * w->row_bytes;
 	__m512 acc[TN];
@@ -251,7 +248,7 @@ void r16_gemv_groups(const wmat *w, const qact *a, int g0, int g1, float *y)
 		r16_groups_avx2(w, a, 0, 1, g0, g1, y);
 		return;
 	}
-	gtile_fn f = w->type == W_Q8_0_R16 ? q8_tile_1 : w->type == W_Q4_1_R16 ? q41_tile_1 : q4_tile_1;
+	gtile_fn f = w_r16_of(w, W_Q8_0) ? q8_tile_1 : w_r16_of(w, W_Q4_1) ? q41_tile_1 : q4_tile_1;
 	for (int g = g0; g < g1; g++)
 		f(w, g, a, 0, y, w->rows);
 }
@@ -260,8 +257,8 @@ void r16_gemm(const wmat *w, const qact *a, int n, float *y)
 {
 	const int ngroups = w->rows / GROUP;
 	const cpu_path path = cpu_path_get();
-	gtile_fn fn = w->type == W_Q8_0_R16 ? q8_tile_n : w->type == W_Q4_1_R16 ? q41_tile_n : q4_tile_n;
-	gtile_fn f1 = w->type == W_Q8_0_R16 ? q8_tile_1 : w->type == W_Q4_1_R16 ? q41_tile_1 : q4_tile_1;
+	gtile_fn fn = w_r16_of(w, W_Q8_0) ? q8_tile_n : w_r16_of(w, W_Q4_1) ? q41_tile_n : q4_tile_n;
+	gtile_fn f1 = w_r16_of(w, W_Q8_0) ? q8_tile_1 : w_r16_of(w, W_Q4_1) ? q41_tile_1 : q4_tile_1;
 #pragma omp parallel
 	{
 		int nt = omp_get_num_threads(), t = omp_get_thread_num();
@@ -451,9 +448,9 @@ void h16_gemv_groups(const wmat *w, const float *x, int g0, int g1, float *y)
 {
 	void (*f)(const wmat *, int, const float *, float *);
 	if (cpu_has_avx512())
-		f = w->type == W_BF16_R16 ? bf16_row : w->type == W_F32_R16 ? f32_row : f16_row;
+		f = w_r16_of(w, W_BF16) ? bf16_row : w_r16_of(w, W_F32) ? f32_row : f16_row;
 	else
-		f = w->type == W_BF16_R16 ? bf16_row2 : w->type == W_F32_R16 ? f32_row2 : f16_row2;
+		f = w_r16_of(w, W_BF16) ? bf16_row2 : w_r16_of(w, W_F32) ? f32_row2 : f16_row2;
 	for (int g = g0; g < g1; g++)
 		f(w, g, x, y);
 }
@@ -464,9 +461,9 @@ void h16_gemm(const wmat *w, const float *x, int n, float *y)
 	const int ngroups = w->rows / GROUP, cols = w->cols, ntiles = (n + hn - 1) / hn;
 	void (*f)(const wmat *, int, const float *, int, int, float *);
 	if (avx512)
-		f = w->type == W_BF16_R16 ? bf16_tile : w->type == W_F32_R16 ? f32_tile : f16_tile;
+		f = w_r16_of(w, W_BF16) ? bf16_tile : w_r16_of(w, W_F32) ? f32_tile : f16_tile;
 	else
-		f = w->type == W_BF16_R16 ? bf16_tile2 : w->type == W_F32_R16 ? f32_tile2 : f16_tile2;
+		f = w_r16_of(w, W_BF16) ? bf16_tile2 : w_r16_of(w, W_F32) ? f32_tile2 : f16_tile2;
 	/* Tokens interleaved hn at a time, the last tile padded with zeros. */
 	float *xt = owl_xmalloc((size_t)ntiles * cols * hn * sizeof *xt);
 #pragma omp parallel
