@@ -326,35 +326,6 @@ static int cpu_kv_store(kernels_backend *be, const kernels_kv_layer *kv, const f
 	return 0;
 }
 
-/* dot(q, an f16 row) */
-static float dot_q_f16(const float *q, const uint16_t *k, int n)
-{
-	__m256 acc = _mm256_setzero_ps();
-	int i = 0;
-	for (; i + 8 <= n; i += 8)
-		acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i),
-				      _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i))), acc);
-	float buf[8], s = 0;
-	_mm256_storeu_ps(buf, acc);
-	for (int j = 0; j < 8; j++)
-		s += buf[j];
-	for (; i < n; i++)
-		s += q[i] * _cvtsh_ss(k[i]);
-	return s;
-}
-
-/* o += a * (an f16 row) */
-static void axpy_f16(float *o, float a, const uint16_t *v, int n)
-{
-	__m256 va = _mm256_set1_ps(a);
-	int i = 0;
-	for (; i + 8 <= n; i += 8)
-		_mm256_storeu_ps(o + i, _mm256_fmadd_ps(va, _mm256_cvtph_ps(_mm_loadu_si128(
-						(const __m128i *)(v + i))), _mm256_loadu_ps(o + i)));
-	for (; i < n; i++)
-		o[i] += a * _cvtsh_ss(v[i]);
-}
-
 /* Prompt processing: per head, S = Q K^T and O = P V as two GEMMs over the
  * keys and values gathered into contiguous rows [position][kv_stride], the
  * causal and sliding-window mask applied to S in between. The work is
@@ -429,32 +400,52 @@ static void kv_gather(const kernels_kv_layer *kv, const int32_t *blocks, int n, 
 	}
 }
 
-/* One query row of one head against its sequence's keys, read in place
- * from the blocks; sc has room for the sequence's positions. */
-static void attention_row(float *o, const float *qh, const kernels_kv_layer *kv,
-			  const int32_t *blocks, int p, int kvh, int hd, int window, float *sc)
+/* Widens an f16 row of the cache into dst, or points at an f32 row. */
+static const float *kv_row_f32(const kernels_kv_layer *kv, const uint8_t *r, int n, float *dst)
+{
+	if (kv->type != KERNELS_KV_F16)
+		return (const float *)r;
+	f16_to_f32_row(dst, (const uint16_t *)r, n);
+	return dst;
+}
+
+enum { ATT_MAX_HD = 512 };
+
+/* One query row of the nh heads that share kv head kvh, against their
+ * sequence's keys read in place from the blocks: each key and value row is
+ * read (and widened from f16) once for all heads of the group, which is
+ * what grouped-query attention lets a decoder save. q and o hold the nh
+ * heads side by side; sc has room for nh x ld scores (ld > p). */
+static void attention_rows(float *o, const float *q, int nh, const kernels_kv_layer *kv,
+			   const int32_t *blocks, int p, int kvh, int hd, int window, float *sc,
+			   int ld)
 {
 	const float scale = 1.0f / sqrtf((float)hd);
 	size_t eb = kv_elem_bytes(kv->type);
+	float row[ATT_MAX_HD], mx[ATT_ROWS], sum[ATT_ROWS];
 	int lo = window ? p - window + 1 : 0;
 	if (lo < 0)
 		lo = 0;
-	float mx = -INFINITY;
+	for (int i = 0; i < nh; i++)
+		mx[i] = -INFINITY;
 	for (int j = lo; j <= p; j++) {
-		const uint8_t *kr = kv_row(kv, kv->k, blocks, j) + (size_t)kvh * hd * eb;
-		sc[j] = (kv->type == KERNELS_KV_F16 ? dot_q_f16(qh, (const uint16_t *)kr, hd)
-						    : vec_dot(qh, (const float *)kr, hd)) * scale;
-		if (sc[j] > mx)
-			mx = sc[j];
+		const float *kr = kv_row_f32(kv, kv_row(kv, kv->k, blocks, j) + (size_t)kvh * hd * eb,
+					     hd, row);
+		for (int i = 0; i < nh; i++) {
+			float v = vec_dot(q + (size_t)i * hd, kr, hd) * scale;
+			sc[(size_t)i * ld + j] = v;
+			if (v > mx[i])
+				mx[i] = v;
+		}
 	}
-	float sum = exp_sub_sum(sc, lo, p, mx);
-	memset(o, 0, (size_t)hd * sizeof *o);
+	for (int i = 0; i < nh; i++)
+		sum[i] = exp_sub_sum(sc + (size_t)i * ld, lo, p, mx[i]);
+	memset(o, 0, (size_t)nh * hd * sizeof *o);
 	for (int j = lo; j <= p; j++) {
-		const uint8_t *vr = kv_row(kv, kv->v, blocks, j) + (size_t)kvh * hd * eb;
-		if (kv->type == KERNELS_KV_F16)
-			axpy_f16(o, sc[j] / sum, (const uint16_t *)vr, hd);
-		else
-			vec_axpy(o, sc[j] / sum, (const float *)vr, hd);
+		const float *vr = kv_row_f32(kv, kv_row(kv, kv->v, blocks, j) + (size_t)kvh * hd * eb,
+					     hd, row);
+		for (int i = 0; i < nh; i++)
+			vec_axpy(o + (size_t)i * hd, sc[(size_t)i * ld + j] / sum[i], vr, hd);
 	}
 }
 
@@ -494,11 +485,18 @@ static int cpu_attention(kernels_backend *be, float *out, const float *q, const 
 	int pairs = 0;
 	for (int s = 0; s < nseg; s++)
 		pairs += segs[s].ntok < ATT_GEMM_MIN ? segs[s].ntok : 0;
+	if (hd > ATT_MAX_HD || group > ATT_ROWS)
+		return owl_err_set(err, OWL_EUSAGE, "attention: head size %d (at most %d) or %d query "
+				   "heads per kv head (at most %d) not supported", hd, ATT_MAX_HD, group,
+				   ATT_ROWS);
+	/* The rank's heads [0, n_heads) read its kv heads [0, nkv): head h reads
+	 * (head0 + h) / group - kv_head0, so a kv head's query heads are a run. */
+	int nkv = (head0 + n_heads - 1) / group - kv_head0 + 1;
 	float *sc_all = scratch->data;
 	/* Causal rows grow with their position: hand them out dynamically. */
-#pragma omp parallel for collapse(2) schedule(dynamic, 4) if (pairs * n_heads > 1)
+#pragma omp parallel for collapse(2) schedule(dynamic, 2) if (pairs * nkv > 1)
 	for (int r = 0; r < pairs; r++)
-		for (int h = 0; h < n_heads; h++) {
+		for (int u = 0; u < nkv; u++) {
 			int s = 0, rest = r;
 			while (segs[s].ntok >= ATT_GEMM_MIN || rest >= segs[s].ntok) {
 				if (segs[s].ntok < ATT_GEMM_MIN)
@@ -506,10 +504,14 @@ static int cpu_attention(kernels_backend *be, float *out, const float *q, const 
 				s++;
 			}
 			const kernels_attn_seg *g = &segs[s];
-			int t = g->tok0 + rest, kvh = (head0 + h) / group - kv_head0;
-			float *sc = sc_all + (size_t)omp_get_thread_num() * max_ctx;
-			attention_row(out + ((size_t)t * n_heads + h) * hd, q + ((size_t)t * n_heads + h) * hd,
-				      kv, g->blocks, g->pos0 + rest, kvh, hd, window, sc);
+			int t = g->tok0 + rest;
+			int h0 = (u + kv_head0) * group - head0, h1 = h0 + group;
+			h0 = h0 < 0 ? 0 : h0;
+			h1 = h1 > n_heads ? n_heads : h1;
+			float *sc = sc_all + (size_t)omp_get_thread_num() * ATT_ROWS * max_ctx;
+			attention_rows(out + ((size_t)t * n_heads + h0) * hd,
+				       q + ((size_t)t * n_heads + h0) * hd, h1 - h0, kv, g->blocks,
+				       g->pos0 + rest, u, hd, window, sc, max_ctx);
 		}
 	return 0;
 }
