@@ -411,6 +411,85 @@ static const float *kv_row_f32(const kernels_kv_layer *kv, const uint8_t *r, int
 
 enum { ATT_MAX_HD = 512 };
 
+/* The same with AVX-512 for head sizes 64 and 128: a chunk of heads keeps
+ * its queries and its output rows in registers, so each key and value row is
+ * loaded (and widened) once per chunk and the output is not re-read per
+ * position. HD is a constant after inlining. */
+#define A5_TARGET __attribute__((target("avx512f,f16c,fma")))
+#define A5_INLINE static inline __attribute__((always_inline)) A5_TARGET
+
+A5_INLINE __m512 a5_load(const kernels_kv_layer *kv, const uint8_t *r, int v)
+{
+	if (kv->type == KERNELS_KV_F16)
+		return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)r + v));
+	return _mm512_loadu_ps((const float *)r + 16 * v);
+}
+
+A5_INLINE void a5_rows(float *o, const float *q, int nh, const kernels_kv_layer *kv,
+		       const int32_t *blocks, int lo, int p, int kvh, const int HD, float *sc, int ld)
+{
+	enum { HC_MAX = 4, V_MAX = 8 }; /* at most 16 registers of queries or outputs */
+	const int nv = HD / 16, hc_max = 16 / nv;
+	const float scale = 1.0f / sqrtf((float)HD);
+	size_t eb = kv_elem_bytes(kv->type);
+	for (int i0 = 0; i0 < nh; i0 += hc_max) {
+		int hc = nh - i0 < hc_max ? nh - i0 : hc_max;
+		__m512 qr[HC_MAX][V_MAX], acc[HC_MAX][V_MAX];
+		float mx[HC_MAX], sum[HC_MAX];
+		for (int i = 0; i < hc; i++) {
+			mx[i] = -INFINITY;
+			for (int v = 0; v < nv; v++)
+				qr[i][v] = _mm512_loadu_ps(q + (size_t)(i0 + i) * HD + 16 * v);
+		}
+		for (int j = lo; j <= p; j++) {
+			const uint8_t *kr = kv_row(kv, kv->k, blocks, j) + (size_t)kvh * HD * eb;
+			__m512 kx[V_MAX];
+			for (int v = 0; v < nv; v++)
+				kx[v] = a5_load(kv, kr, v);
+			for (int i = 0; i < hc; i++) {
+				__m512 d = _mm512_mul_ps(qr[i][0], kx[0]);
+				for (int v = 1; v < nv; v++)
+					d = _mm512_fmadd_ps(qr[i][v], kx[v], d);
+				float x = _mm512_reduce_add_ps(d) * scale;
+				sc[(size_t)i * ld + j] = x;
+				mx[i] = x > mx[i] ? x : mx[i];
+			}
+		}
+		for (int i = 0; i < hc; i++) {
+			sum[i] = 1.0f / exp_sub_sum(sc + (size_t)i * ld, lo, p, mx[i]);
+			for (int v = 0; v < nv; v++)
+				acc[i][v] = _mm512_setzero_ps();
+		}
+		for (int j = lo; j <= p; j++) {
+			const uint8_t *vr = kv_row(kv, kv->v, blocks, j) + (size_t)kvh * HD * eb;
+			__m512 vx[V_MAX];
+			for (int v = 0; v < nv; v++)
+				vx[v] = a5_load(kv, vr, v);
+			for (int i = 0; i < hc; i++) {
+				__m512 pj = _mm512_set1_ps(sc[(size_t)i * ld + j]);
+				for (int v = 0; v < nv; v++)
+					acc[i][v] = _mm512_fmadd_ps(pj, vx[v], acc[i][v]);
+			}
+		}
+		for (int i = 0; i < hc; i++)
+			for (int v = 0; v < nv; v++)
+				_mm512_storeu_ps(o + (size_t)(i0 + i) * HD + 16 * v,
+						 _mm512_mul_ps(acc[i][v], _mm512_set1_ps(sum[i])));
+	}
+}
+
+A5_TARGET static void a5_rows_64(float *o, const float *q, int nh, const kernels_kv_layer *kv,
+				 const int32_t *blocks, int lo, int p, int kvh, float *sc, int ld)
+{
+	a5_rows(o, q, nh, kv, blocks, lo, p, kvh, 64, sc, ld);
+}
+
+A5_TARGET static void a5_rows_128(float *o, const float *q, int nh, const kernels_kv_layer *kv,
+				  const int32_t *blocks, int lo, int p, int kvh, float *sc, int ld)
+{
+	a5_rows(o, q, nh, kv, blocks, lo, p, kvh, 128, sc, ld);
+}
+
 /* One query row of the nh heads that share kv head kvh, against their
  * sequence's keys read in place from the blocks: each key and value row is
  * read (and widened from f16) once for all heads of the group, which is
@@ -426,6 +505,10 @@ static void attention_rows(float *o, const float *q, int nh, const kernels_kv_la
 	int lo = window ? p - window + 1 : 0;
 	if (lo < 0)
 		lo = 0;
+	if (cpu_has_avx512() && (hd == 64 || hd == 128)) {
+		(hd == 64 ? a5_rows_64 : a5_rows_128)(o, q, nh, kv, blocks, lo, p, kvh, sc, ld);
+		return;
+	}
 	for (int i = 0; i < nh; i++)
 		mx[i] = -INFINITY;
 	for (int j = lo; j <= p; j++) {
