@@ -6,6 +6,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -348,7 +349,6 @@ static void attention_gemm(float *out, const float *q, const float *kc, const fl
 	const float scale = 1.0f / sqrtf((float)hd);
 	int n_ctx = pos0 + n_tok, qstride = n_heads * hd;
 	int bands = (n_tok + ATT_ROWS - 1) / ATT_ROWS;
-	openblas_set_num_threads(1);
 #pragma omp parallel for schedule(dynamic, 1)
 	for (int task = 0; task < n_heads * bands; task++) {
 		/* Last bands first: they see the most keys. */
@@ -705,9 +705,21 @@ static const kernels_backend_iface cpu_iface = {
 	.lora = cpu_lora,
 };
 
+/* The CPU's kernels call OpenBLAS from inside their own OpenMP threads,
+ * each on its own band, so OpenBLAS must not start threads of its own. Its
+ * thread count is process-wide: it is set once, when the first backend is
+ * made, never per call. */
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+
+static void blas_single_threaded(void)
+{
+	openblas_set_num_threads(1);
+}
+
 int kernels_cpu_backend_new(int threads, kernels_backend **out, owl_err *err)
 {
 	*out = NULL;
+	pthread_once(&blas_once, blas_single_threaded);
 	kernels_backend *be = calloc(1, sizeof *be);
 	cpu_context *c = calloc(1, sizeof *c);
 	if (!be || !c) {

@@ -16,7 +16,6 @@ int cpu_lora(kernels_backend *be, float *y, const float *x, int n, int in, int o
 	if (n <= 0 || in <= 0 || out <= 0 || r <= 0 || lda < in || ldb < r)
 		return owl_err_set(err, OWL_EUSAGE, "lora: bad shapes n %d in %d out %d r %d lda %d "
 				   "ldb %d", n, in, out, r, lda, ldb);
-	openblas_set_num_threads(1);
 	size_t work = (size_t)n * r * ((size_t)in + (size_t)out);
 #pragma omp parallel if (work >= 65536)
 	{

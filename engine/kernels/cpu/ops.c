@@ -556,7 +556,6 @@ void w_matmul(const wmat *w, const float *x, float *y, int n)
 		qgemm(w, x, y, n);
 		return;
 	}
-	openblas_set_num_threads(1);
 	int direct = w->type == W_F32 && w->row_bytes % 4 == 0;
 	/* Bands wide enough for OpenBLAS to run near its peak (its packing cost
 	 * is paid per call), and a whole number of them per thread so that no
