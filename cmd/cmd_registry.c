@@ -3,6 +3,7 @@
 #include "cmd.h"
 #include "common/gguf.h"
 #include "common/modelcfg.h"
+#include "deploy/deploy.h"
 #include "licenses/licenses.h"
 
 #include <errno.h>
@@ -400,6 +401,17 @@ static int run_show(owl_ctx *ctx, int argc, char **argv)
 
 /* ---- tag ----------------------------------------------------------------- */
 
+static void say_tag_follow(void *c, const char *name, int moved, const owl_err *err)
+{
+	owl_ctx *ctx = c;
+	if (err)
+		fprintf(stderr, "owl: warning: deployment '%s' did not follow the tag: %s\n", name,
+			err->msg);
+	else if (moved && !ctx->quiet)
+		printf("deployment %s follows it: new revision made (owl deploy history %s)\n", name,
+		       name);
+}
+
 static int run_tag(owl_ctx *ctx, int argc, char **argv)
 {
 	owl_err err = {0};
@@ -470,6 +482,10 @@ static int run_tag(owl_ctx *ctx, int argc, char **argv)
 		rc = registry_tag_set(s, &v, argv[2], &err);
 	if (!rc && !ctx->quiet)
 		printf("%s:%s -> %s@%d\n", v.model, argv[2], v.model, v.number);
+	/* Deployments that follow the tag move now, each gated on its own: a
+	 * refusal keeps that deployment where it is and is said, the tag moved. */
+	if (!rc)
+		deploy_follow_all(s, v.model, NULL, say_tag_follow, ctx, NULL);
 	registry_version_release(&v);
 	registry_store_close(s);
 	return rc ? cmd_fail(&err) : OWL_OK;
@@ -836,7 +852,9 @@ const owl_command cmd_registry_commands[] = {
 	 "  owl tag --history NAME [--json]\n"
 	 "\n"
 	 "Tags are movable names for versions (stable, canary, prod). Every move is\n"
-	 "recorded with its time; --history shows them.\n"
+	 "recorded with its time; --history shows them. Deployments that follow the tag\n"
+	 "(owl deploy create NAME --model M:TAG) get a new revision for the new version,\n"
+	 "gated by the license policy; a refusal keeps that deployment where it is.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl tag smollm2@3 stable\n"
