@@ -864,8 +864,9 @@ const owl_command cmd_registry_commands[] = {
 	 "  owl rm NAME@V\n"
 	 "\n"
 	 "Removes the version's record. Its blobs stay until 'owl gc' finds nothing\n"
-	 "else uses them. Refused while a tag, a derived version or a deployment\n"
-	 "references the version.\n"
+	 "else uses them. Refused while a tag, a derived version or a deployment's\n"
+	 "revision (current or kept for a rollback) references the version; the message\n"
+	 "names the deployments.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl rm smollm2@1 && owl gc\n"},
