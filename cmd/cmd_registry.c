@@ -102,6 +102,17 @@ static void on_pull_signal(int sig)
 
 static int pull_cancelled(void *ctx) { return pull_interrupted != 0; }
 
+static void say_tag_follow(void *c, const char *name, int moved, const owl_err *err)
+{
+	owl_ctx *ctx = c;
+	if (err)
+		fprintf(stderr, "owl: warning: deployment '%s' did not follow the tag: %s\n", name,
+			err->msg);
+	else if (moved && !ctx->quiet)
+		fprintf(ctx->json ? stderr : stdout, "deployment %s follows it: new revision made (owl "
+			"deploy history %s)\n", name, name);
+}
+
 static int run_pull(owl_ctx *ctx, int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -228,6 +239,9 @@ static int run_pull(owl_ctx *ctx, int argc, char **argv)
 			       "file%s%s\n", st->self_checked_files, st->self_checked_files == 1 ? "" : "s",
 			       strncmp(source, "hf://", 5) != 0 ? " (--sha256 HEX pins it)" : "");
 	}
+	/* A pull that moves a tag moves the deployments following it, as owl tag does. */
+	if (tag)
+		deploy_follow_all(s, model, NULL, say_tag_follow, ctx, NULL);
 	license_admit_result_release(&adm);
 	registry_stage_free(st);
 	registry_store_close(s);
@@ -401,16 +415,6 @@ static int run_show(owl_ctx *ctx, int argc, char **argv)
 
 /* ---- tag ----------------------------------------------------------------- */
 
-static void say_tag_follow(void *c, const char *name, int moved, const owl_err *err)
-{
-	owl_ctx *ctx = c;
-	if (err)
-		fprintf(stderr, "owl: warning: deployment '%s' did not follow the tag: %s\n", name,
-			err->msg);
-	else if (moved && !ctx->quiet)
-		printf("deployment %s follows it: new revision made (owl deploy history %s)\n", name,
-		       name);
-}
 
 static int run_tag(owl_ctx *ctx, int argc, char **argv)
 {

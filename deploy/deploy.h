@@ -221,7 +221,8 @@ void deploy_source_free(deploy_source *src);
 int deploy_authoriser_new(const char *home, deploy_authoriser *out, owl_err *err);
 void deploy_authoriser_free(deploy_authoriser *a);
 
-/* The spec of one revision (what load() gives), from an open store. */
+/* The spec of one revision (what load() gives), from an open store. A
+ * revision sets no kv_type or threads: they are 0, the server's defaults. */
 int deploy_spec_load(registry_store *s, const char *deployment, int64_t revision,
 		     deploy_spec **out, owl_err *err);
 

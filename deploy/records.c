@@ -26,7 +26,7 @@ static int db_fail(registry_store *s, owl_err *err, const char *what)
 static int prepare(registry_store *s, const char *sql, sqlite3_stmt **q, owl_err *err)
 {
 	if (sqlite3_prepare_v2(registry_store_db(s), sql, -1, q, NULL) != SQLITE_OK) {
-		int rc = db_fail(s, err, "read the deployments");
+		int rc = db_fail(s, err, "prepare a statement on the deployment tables");
 		sqlite3_finalize(*q);
 		*q = NULL;
 		return rc;

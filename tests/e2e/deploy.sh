@@ -119,6 +119,12 @@ owl deploy show svc --json
 expect_eq unpinned_follows "$(json 'd["current"]["model"]')" "tiny@1"
 owl deploy history svc --json
 expect_eq follow_events "$(json '[e["action"] for e in d["events"]]')" "['create', 'follow', 'pin', 'unpin', 'follow']"
+# A pull that sets the tag moves the follower too (its --json stays JSON).
+owl pull "$T/m2" --name tiny --tag stable --json
+expect_eq pull_tag_json_intact "$(json 'd["version"]')" "3"
+expect_contains pull_tag_moves_follower "$ERR" "deployment svc follows it"
+owl deploy show svc --json
+expect_eq follower_moved_by_pull "$(json 'd["current"]["model"]')" "tiny@3"
 
 # --- owl rm is refused while a revision uses the version -----------------------------------------
 owl tag --delete tiny:stable
