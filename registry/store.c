@@ -27,16 +27,17 @@
 
 #define DEFAULT_LOCK_TIMEOUT_S 600.0
 
-/* The process holding SQLite's WAL write lock on db_path, or 0. SQLite
- * takes that lock as a POSIX lock on byte 120 of the -shm file (the first
- * WAL lock slot); /proc/locks lists such locks with their owner. Reading
- * /proc/locks, unlike opening the -shm file ourselves, cannot disturb the
- * POSIX locks this process's own connection holds. */
+/* The removal guards modules registered (registry_store_add_remove_guard). */
 struct registry_remove_guards {
 	registry_remove_guard_fn *fn;
 	int n;
 };
 
+/* The process holding SQLite's WAL write lock on db_path, or 0. SQLite
+ * takes that lock as a POSIX lock on byte 120 of the -shm file (the first
+ * WAL lock slot); /proc/locks lists such locks with their owner. Reading
+ * /proc/locks, unlike opening the -shm file ourselves, cannot disturb the
+ * POSIX locks this process's own connection holds. */
 static int lock_holder_pid(const char *db_path)
 {
 	char *shm = owl_xasprintf("%s-shm", db_path);
@@ -564,7 +565,6 @@ void registry_store_close(registry_store *s)
 	free(s->tmp_dir);
 	free(s);
 }
-
 
 void registry_store_add_remove_guard(registry_store *s, registry_remove_guard_fn fn)
 {
