@@ -186,7 +186,12 @@ expect_rc key_revoke_bad_id 2
 owl deploy create crash --model tiny@1 --quiet
 ( for i in $(seq 1 400); do "$OWL_BIN" deploy set crash --ctx $((i % 7 + 1)) --reason "r$i" --quiet >/dev/null 2>&1; done ) &
 loop=$!
-sleep 1.5
+# Killed once a few changes are in, so that there is something to lose.
+for _ in $(seq 1 100); do
+  owl deploy show crash --json
+  [ "$(json 'd["revision"]')" -ge 3 ] 2>/dev/null && break
+  sleep 0.1
+done
 # The loop's current owl, killed wherever it is (often inside its transaction).
 pkid=$(pgrep -P "$loop" -n owl || true)
 [ -n "$pkid" ] && kill -9 "$pkid" 2>/dev/null
