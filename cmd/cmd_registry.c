@@ -3,6 +3,7 @@
 #include "cmd.h"
 #include "common/gguf.h"
 #include "common/modelcfg.h"
+#include "deploy/deploy.h"
 #include "licenses/licenses.h"
 
 #include <errno.h>
@@ -100,6 +101,17 @@ static void on_pull_signal(int sig)
 }
 
 static int pull_cancelled(void *ctx) { return pull_interrupted != 0; }
+
+static void say_tag_follow(void *c, const char *name, int moved, const owl_err *err)
+{
+	owl_ctx *ctx = c;
+	if (err)
+		fprintf(stderr, "owl: warning: deployment '%s' did not follow the tag: %s\n", name,
+			err->msg);
+	else if (moved && !ctx->quiet)
+		fprintf(ctx->json ? stderr : stdout, "deployment %s follows it: new revision made (owl "
+			"deploy history %s)\n", name, name);
+}
 
 static int run_pull(owl_ctx *ctx, int argc, char **argv)
 {
@@ -227,6 +239,9 @@ static int run_pull(owl_ctx *ctx, int argc, char **argv)
 			       "file%s%s\n", st->self_checked_files, st->self_checked_files == 1 ? "" : "s",
 			       strncmp(source, "hf://", 5) != 0 ? " (--sha256 HEX pins it)" : "");
 	}
+	/* A pull that moves a tag moves the deployments following it, as owl tag does. */
+	if (tag)
+		deploy_follow_all(s, model, NULL, say_tag_follow, ctx, NULL);
 	license_admit_result_release(&adm);
 	registry_stage_free(st);
 	registry_store_close(s);
@@ -400,6 +415,7 @@ static int run_show(owl_ctx *ctx, int argc, char **argv)
 
 /* ---- tag ----------------------------------------------------------------- */
 
+
 static int run_tag(owl_ctx *ctx, int argc, char **argv)
 {
 	owl_err err = {0};
@@ -470,6 +486,10 @@ static int run_tag(owl_ctx *ctx, int argc, char **argv)
 		rc = registry_tag_set(s, &v, argv[2], &err);
 	if (!rc && !ctx->quiet)
 		printf("%s:%s -> %s@%d\n", v.model, argv[2], v.model, v.number);
+	/* Deployments that follow the tag move now, each gated on its own: a
+	 * refusal keeps that deployment where it is and is said, the tag moved. */
+	if (!rc)
+		deploy_follow_all(s, v.model, NULL, say_tag_follow, ctx, NULL);
 	registry_version_release(&v);
 	registry_store_close(s);
 	return rc ? cmd_fail(&err) : OWL_OK;
@@ -836,7 +856,9 @@ const owl_command cmd_registry_commands[] = {
 	 "  owl tag --history NAME [--json]\n"
 	 "\n"
 	 "Tags are movable names for versions (stable, canary, prod). Every move is\n"
-	 "recorded with its time; --history shows them.\n"
+	 "recorded with its time; --history shows them. Deployments that follow the tag\n"
+	 "(owl deploy create NAME --model M:TAG) get a new revision for the new version,\n"
+	 "gated by the license policy; a refusal keeps that deployment where it is.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl tag smollm2@3 stable\n"
@@ -846,8 +868,9 @@ const owl_command cmd_registry_commands[] = {
 	 "  owl rm NAME@V\n"
 	 "\n"
 	 "Removes the version's record. Its blobs stay until 'owl gc' finds nothing\n"
-	 "else uses them. Refused while a tag, a derived version or a deployment\n"
-	 "references the version.\n"
+	 "else uses them. Refused while a tag, a derived version or a deployment's\n"
+	 "revision (current or kept for a rollback) references the version; the message\n"
+	 "names the deployments.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl rm smollm2@1 && owl gc\n"},

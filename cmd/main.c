@@ -11,6 +11,7 @@ static const owl_command *const groups[] = {
 	cmd_registry_commands,
 	cmd_license_commands,
 	cmd_engine_commands,
+	cmd_deploy_commands,
 };
 #define NGROUPS (sizeof groups / sizeof groups[0])
 
@@ -103,7 +104,8 @@ static int suggest(const char *verb)
  * read-only; every other verb is told that it needs write access. A verb
  * with a subcommand is listed as "verb sub". */
 static const char *const read_only_verbs[] = {
-	"list", "show", "verify", "run", "license show", NULL,
+	"list", "show", "verify", "run", "license show", "deploy list", "deploy show",
+	"deploy history", "keys list", NULL,
 };
 
 static int is_read_only_verb(int argc, char **argv)
@@ -211,7 +213,8 @@ int main(int argc, char **argv)
 			/* Groups of subcommands are named with theirs: "policy add". */
 			int sub = nrest > 1 && rest[1][0] != '-' &&
 				  (strcmp(rest[0], "license") == 0 || strcmp(rest[0], "policy") == 0 ||
-				   strcmp(rest[0], "audit") == 0);
+				   strcmp(rest[0], "audit") == 0 || strcmp(rest[0], "deploy") == 0 ||
+				   strcmp(rest[0], "keys") == 0);
 			snprintf(verb, sizeof verb, "%s%s%s", rest[0], sub ? " " : "",
 				 sub ? rest[1] : "");
 			ctx.verb = verb;

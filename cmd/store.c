@@ -1,6 +1,7 @@
 /* Opening the store for a command: the registry's schema and every other
  * module's, so that each verb sees one fully migrated database. */
 #include "cmd.h"
+#include "deploy/deploy.h"
 #include "licenses/licenses.h"
 
 #include <string.h>
@@ -27,6 +28,8 @@ int cmd_open_store(owl_ctx *ctx, registry_store **out, owl_err *err)
 	int rc = registry_store_open_ex(ctx->home, &o, &s, err);
 	if (!rc)
 		rc = licenses_migrate(s, err);
+	if (!rc)
+		rc = deploy_migrate(s, err);
 	if (rc) {
 		registry_store_close(s);
 		return rc;

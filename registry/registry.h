@@ -35,6 +35,7 @@ typedef struct registry_store {
 	int tx_depth;          /* 0 outside a transaction, > 1 inside SAVEPOINTs */
 	struct registry_after_commit *after; /* run once the outermost transaction commits */
 	int nafter, after_cap;
+	struct registry_remove_guards *guards; /* see registry_store_add_remove_guard */
 } registry_store;
 
 /* How registry_store_open_ex opens a home. Zero-initialised means: read and
@@ -305,8 +306,21 @@ int registry_version_materialize(registry_store *s, const registry_version *v, c
 int registry_tag_set(registry_store *s, const registry_version *v, const char *tag, owl_err *err);
 int registry_tag_delete(registry_store *s, const char *model, const char *tag, owl_err *err);
 /* Removes a version's rows (blobs stay until gc). Refused while a tag points
- * at it or a derived version names it as parent; `what_refs` says which. */
+ * at it, a derived version names it as parent, or a removal guard refuses;
+ * the message says which. The checks and the removal are one transaction. */
 int registry_version_remove(registry_store *s, const registry_version *v, owl_err *err);
+
+/* A module whose rows use versions (deployments, say) registers a guard on
+ * the store when it applies its schema; registry_version_remove calls every
+ * guard inside its removal transaction, and a non-zero return (with err
+ * naming what uses the version) refuses the removal. The registry knows
+ * nothing of the modules that guard. */
+typedef int (*registry_remove_guard_fn)(registry_store *s, const registry_version *v,
+					owl_err *err);
+/* Registering the same function twice keeps one. */
+void registry_store_add_remove_guard(registry_store *s, registry_remove_guard_fn fn);
+/* Calls every registered guard; the first refusal's code (0: none refused). */
+int registry_store_check_remove(registry_store *s, const registry_version *v, owl_err *err);
 
 typedef struct registry_gc_result {
 	uint64_t blobs_removed, bytes_freed, stale_tmp_removed;

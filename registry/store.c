@@ -27,6 +27,12 @@
 
 #define DEFAULT_LOCK_TIMEOUT_S 600.0
 
+/* The removal guards modules registered (registry_store_add_remove_guard). */
+struct registry_remove_guards {
+	registry_remove_guard_fn *fn;
+	int n;
+};
+
 /* The process holding SQLite's WAL write lock on db_path, or 0. SQLite
  * takes that lock as a POSIX lock on byte 120 of the -shm file (the first
  * WAL lock slot); /proc/locks lists such locks with their owner. Reading
@@ -548,6 +554,9 @@ void registry_store_close(registry_store *s)
 		return;
 	drop_after(s, 0);
 	free(s->after);
+	if (s->guards)
+		free(s->guards->fn);
+	free(s->guards);
 	if (s->db)
 		sqlite3_close_v2(s->db);
 	free(s->home);
@@ -555,6 +564,27 @@ void registry_store_close(registry_store *s)
 	free(s->blobs_dir);
 	free(s->tmp_dir);
 	free(s);
+}
+
+void registry_store_add_remove_guard(registry_store *s, registry_remove_guard_fn fn)
+{
+	if (!s->guards)
+		s->guards = owl_xcalloc(1, sizeof *s->guards);
+	for (int i = 0; i < s->guards->n; i++)
+		if (s->guards->fn[i] == fn)
+			return;
+	s->guards->fn = owl_xrealloc(s->guards->fn, (size_t)(s->guards->n + 1) * sizeof *s->guards->fn);
+	s->guards->fn[s->guards->n++] = fn;
+}
+
+int registry_store_check_remove(registry_store *s, const registry_version *v, owl_err *err)
+{
+	for (int i = 0; s->guards && i < s->guards->n; i++) {
+		int rc = s->guards->fn[i](s, v, err);
+		if (rc)
+			return rc;
+	}
+	return 0;
 }
 
 sqlite3 *registry_store_db(registry_store *s)

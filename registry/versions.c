@@ -346,57 +346,62 @@ out:
 
 /* ---- removal ----------------------------------------------------------- */
 
-/* Tables of other modules that pin a version (deployments, adapters ...)
- * register here by name and column, so that rm refuses while any row
- * references the version. Missing tables are skipped: a module that is not
- * installed pins nothing. */
+/* What keeps a version: tags and derived versions, the registry's own
+ * references. Other modules' rows (deployments) are checked by the removal
+ * guards they register (registry_store_add_remove_guard). */
 static const struct { const char *table, *column, *what; } pins[] = {
 	{"tags", "version_id", "tag"},
 	{"versions", "parent_version_id", "derived version"},
-	{"deployments", "version_id", "deployment"},
 };
-
-static int table_exists(registry_store *s, const char *table)
-{
-	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", -1,
-			   &q, NULL);
-	sqlite3_bind_text(q, 1, table, -1, SQLITE_STATIC);
-	int yes = sqlite3_step(q) == SQLITE_ROW;
-	sqlite3_finalize(q);
-	return yes;
-}
 
 int registry_version_remove(registry_store *s, const registry_version *v, owl_err *err)
 {
+	/* The checks run inside the removal's transaction, so that nothing can
+	 * start using the version between the check and the delete. */
+	int rc = registry_store_begin(s, err);
+	if (rc)
+		return rc;
 	for (size_t i = 0; i < sizeof pins / sizeof pins[0]; i++) {
-		if (!table_exists(s, pins[i].table))
-			continue;
 		char *sql = owl_xasprintf("SELECT COUNT(*) FROM %s WHERE %s=?", pins[i].table,
 					  pins[i].column);
 		sqlite3_stmt *q = NULL;
 		long long n = 0;
-		if (sqlite3_prepare_v2(s->db, sql, -1, &q, NULL) == SQLITE_OK) {
+		int ok = sqlite3_prepare_v2(s->db, sql, -1, &q, NULL) == SQLITE_OK;
+		if (ok) {
 			sqlite3_bind_int64(q, 1, v->id);
-			if (sqlite3_step(q) == SQLITE_ROW)
+			ok = sqlite3_step(q) == SQLITE_ROW;
+			if (ok)
 				n = sqlite3_column_int64(q, 0);
 		}
 		sqlite3_finalize(q);
 		free(sql);
+		if (!ok) {
+			rc = owl_err_set(err, OWL_EFAIL, "cannot check what uses %s@%d: %s", v->model,
+					 v->number, sqlite3_errmsg(s->db));
+			registry_store_rollback(s);
+			return rc;
+		}
 		if (n > 0) {
 			const char *hint = strcmp(pins[i].table, "tags") == 0
 				? "; move or delete the tag first (owl tag --delete NAME:TAG)"
 				: "";
+			registry_store_rollback(s);
 			return owl_err_set(err, OWL_EDENIED, "refusing to remove %s@%d: %lld %s%s "
 					   "still reference%s it%s", v->model, v->number, n,
 					   pins[i].what, n == 1 ? "" : "s", n == 1 ? "s" : "", hint);
 		}
 	}
-	int rc = registry_store_begin(s, err);
-	if (rc)
+	if ((rc = registry_store_check_remove(s, v, err))) {
+		registry_store_rollback(s);
 		return rc;
+	}
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "DELETE FROM versions WHERE id=?", -1, &q, NULL);
+	if (sqlite3_prepare_v2(s->db, "DELETE FROM versions WHERE id=?", -1, &q, NULL) != SQLITE_OK) {
+		rc = owl_err_set(err, OWL_EFAIL, "cannot remove %s@%d: %s", v->model, v->number,
+				 sqlite3_errmsg(s->db));
+		registry_store_rollback(s);
+		return rc;
+	}
 	sqlite3_bind_int64(q, 1, v->id);
 	int ok = sqlite3_step(q) == SQLITE_DONE;
 	sqlite3_finalize(q);
