@@ -13,7 +13,7 @@
  * response that wrote it, kept in <partial>.meta and sent as If-Range) or
  * when a digest is known that decides in the end. */
 #define _GNU_SOURCE
-#include "registry.h"
+#include "store_impl.h"
 #include "source_internal.h"
 
 #include <curl/curl.h>

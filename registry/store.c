@@ -15,7 +15,7 @@
  *  - the home is read-only: readers open the database read-only (or
  *    immutable when SQLite cannot create its WAL index), writers are told. */
 #define _GNU_SOURCE
-#include "registry.h"
+#include "store_impl.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -570,4 +570,42 @@ const char *registry_store_home(const registry_store *s)
 int registry_store_is_read_only(const registry_store *s)
 {
 	return s->read_only;
+}
+
+const char *registry_store_db_path(const registry_store *s)
+{
+	return s->db_path;
+}
+
+int registry_store_prepare(registry_store *s, const char *sql, sqlite3_stmt **q, owl_err *err)
+{
+	*q = NULL;
+	if (sqlite3_prepare_v2(s->db, sql, -1, q, NULL) == SQLITE_OK)
+		return 0;
+	*q = NULL;
+	return owl_err_set(err, OWL_EFAIL, "the database '%s' cannot be read (%s)", s->db_path,
+			   sqlite3_errmsg(s->db));
+}
+
+int registry_store_stats(registry_store *s, registry_store_counts *out, owl_err *err)
+{
+	memset(out, 0, sizeof *out);
+	sqlite3_stmt *q;
+	int rc = registry_store_prepare(s, "SELECT (SELECT COUNT(*) FROM blobs),"
+					" (SELECT COALESCE(SUM(size),0) FROM blobs),"
+					" (SELECT COUNT(*) FROM models), (SELECT COUNT(*) FROM versions)",
+					&q, err);
+	if (rc)
+		return rc;
+	if (sqlite3_step(q) == SQLITE_ROW) {
+		out->blobs = (uint64_t)sqlite3_column_int64(q, 0);
+		out->blob_bytes = (uint64_t)sqlite3_column_int64(q, 1);
+		out->models = (uint64_t)sqlite3_column_int64(q, 2);
+		out->versions = (uint64_t)sqlite3_column_int64(q, 3);
+	} else {
+		rc = owl_err_set(err, OWL_EFAIL, "cannot count the store's rows: %s",
+				 sqlite3_errmsg(s->db));
+	}
+	sqlite3_finalize(q);
+	return rc;
 }

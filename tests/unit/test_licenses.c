@@ -358,7 +358,7 @@ static void audit_anchor_catches_removed_newest_rows(void)
 					 .rule = "r", .license = "mit", .evidence = "x"};
 		CHECK_INT(license_audit_append(f.s, &e, &err), 0);
 	}
-	char *anchor = owl_path_join(f.s->home, "logs/audit-head");
+	char *anchor = owl_path_join(registry_store_home(f.s), "logs/audit-head");
 	char *text = NULL;
 	size_t len = 0;
 	CHECK_INT(owl_read_file(anchor, 1 << 20, &text, &len, &err), 0);
@@ -394,7 +394,7 @@ static int count_rows(fixture *f, const char *sql)
 {
 	sqlite3_stmt *q = NULL;
 	int n = -1;
-	if (sqlite3_prepare_v2(f->s->db, sql, -1, &q, NULL) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW)
+	if (sqlite3_prepare_v2(registry_store_db(f->s), sql, -1, &q, NULL) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW)
 		n = sqlite3_column_int(q, 0);
 	sqlite3_finalize(q);
 	return n;
@@ -402,7 +402,7 @@ static int count_rows(fixture *f, const char *sql)
 
 static int anchor_lines(fixture *f)
 {
-	char *anchor = owl_path_join(f->s->home, "logs/audit-head"), *text = NULL;
+	char *anchor = owl_path_join(registry_store_home(f->s), "logs/audit-head"), *text = NULL;
 	size_t len = 0;
 	int lines = 0;
 	if (owl_read_file(anchor, 1 << 20, &text, &len, NULL) == 0)

@@ -54,8 +54,8 @@ static long long count(registry_store *s, const char *sql)
 {
 	sqlite3_stmt *q = NULL;
 	long long n = -1;
-	sqlite3_prepare_v2(s->db, sql, -1, &q, NULL);
-	if (sqlite3_step(q) == SQLITE_ROW)
+	if (sqlite3_prepare_v2(registry_store_db(s), sql, -1, &q, NULL) == SQLITE_OK &&
+	    sqlite3_step(q) == SQLITE_ROW)
 		n = sqlite3_column_int64(q, 0);
 	sqlite3_finalize(q);
 	return n;
@@ -249,7 +249,7 @@ static void commit_moves_blobs_before_taking_the_write_lock(void)
 	}
 	long want = (long)st->nfiles;
 	sqlite3 *holder = NULL;
-	sqlite3_open(s->db_path, &holder);
+	sqlite3_open(registry_store_db_path(s), &holder);
 	CHECK_INT(sqlite3_exec(holder, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
 	commit_job job = {.s = s, .st = st};
 	pthread_t t;
@@ -345,7 +345,7 @@ static void lost_database_is_refused_and_recovered(void)
 	registry_commit_result res;
 	CHECK_INT(registry_stage_commit(s, st, "m", 0, NULL, NULL, NULL, &res, &err), 0);
 	registry_stage_free(st);
-	char *db = owl_xstrdup(s->db_path);
+	char *db = owl_xstrdup(registry_store_db_path(s));
 	registry_store_close(s);
 	sleep(1); /* the new database must be younger than the blobs */
 	char *wal = owl_xasprintf("%s-wal", db), *shm = owl_xasprintf("%s-shm", db);
