@@ -222,14 +222,7 @@ static int license_set(owl_ctx *ctx, int argc, char **argv)
 	registry_version v;
 	if (open_and_resolve(ctx, argv[optind], &s, &v, &err))
 		return cmd_fail(&err);
-	int rc = license_conclude(s, v.id, argv[optind + 1], reason, by, &err);
-	if (!rc) {
-		license_audit_entry a = {.at = owl_unix_time(), .actor = by, .action = "license-set",
-					 .subject = argv[optind], .use = "", .effect = "recorded",
-					 .rule = "", .license = argv[optind + 1], .evidence = reason,
-					 .version_id = v.id};
-		rc = license_audit_append(s, &a, &err);
-	}
+	int rc = license_conclude_audited(s, v.id, argv[optind], argv[optind + 1], reason, by, &err);
 	if (!rc && !ctx->quiet)
 		printf("%s@%d: license concluded as %s (kept beside the detected findings)\n", v.model,
 		       v.number, argv[optind + 1]);
@@ -578,16 +571,7 @@ static int run_approve(owl_ctx *ctx, int argc, char **argv)
 	registry_version v;
 	if (open_and_resolve(ctx, argv[optind], &s, &v, &err))
 		return cmd_fail(&err);
-	int rc = license_approve(s, v.id, action, use, by, reason, exp, &err);
-	if (!rc) {
-		char subject[192];
-		snprintf(subject, sizeof subject, "%s@%d", v.model, v.number);
-		license_audit_entry a = {.at = owl_unix_time(), .actor = by, .action = "approve",
-					 .subject = subject, .use = use ? use : "*", .effect = "approval",
-					 .rule = action, .license = "", .evidence = reason,
-					 .version_id = v.id};
-		rc = license_audit_append(s, &a, &err);
-	}
+	int rc = license_approve_audited(s, &v, action, use, by, reason, exp, &err);
 	if (!rc && !ctx->quiet) {
 		char when[32] = "never";
 		if (exp)

@@ -237,6 +237,17 @@ void license_import_result_release(license_import_result *r);
 int license_approve(registry_store *s, int64_t version_id, const char *action, const char *use,
 		    const char *by, const char *reason, int64_t expires_at, owl_err *err);
 
+/* owl license set and owl approve, as a server would call them too: the
+ * conclusion (or the approval) and its audit row commit together, so that
+ * nothing is recorded that the log does not show. subject names the version
+ * in the audit row. */
+int license_conclude_audited(registry_store *s, int64_t version_id, const char *subject,
+			     const char *license_id, const char *reason, const char *by,
+			     owl_err *err);
+int license_approve_audited(registry_store *s, const registry_version *v, const char *action,
+			    const char *use, const char *by, const char *reason,
+			    int64_t expires_at, owl_err *err);
+
 /* ---- reading what is recorded (licenses/listing.c) ---------------------- */
 
 /* The findings stored for a version (for a derived version, pass the

@@ -725,3 +725,49 @@ int license_approve(registry_store *s, int64_t version_id, const char *action, c
 	return ok ? 0 : owl_err_set(err, OWL_EFAIL, "cannot record the approval: %s",
 				    sqlite3_errmsg(registry_store_db(s)));
 }
+
+int license_conclude_audited(registry_store *s, int64_t version_id, const char *subject,
+			     const char *license_id, const char *reason, const char *by,
+			     owl_err *err)
+{
+	int rc = registry_store_begin(s, err);
+	if (rc)
+		return rc;
+	rc = license_conclude(s, version_id, license_id, reason, by, err);
+	if (!rc) {
+		license_audit_entry a = {.at = owl_unix_time(), .actor = by, .action = "license-set",
+					 .subject = subject, .use = "", .effect = "recorded",
+					 .rule = "", .license = license_id, .evidence = reason,
+					 .version_id = version_id};
+		rc = license_audit_append(s, &a, err);
+	}
+	if (rc) {
+		registry_store_rollback(s);
+		return rc;
+	}
+	return registry_store_commit(s, err);
+}
+
+int license_approve_audited(registry_store *s, const registry_version *v, const char *action,
+			    const char *use, const char *by, const char *reason,
+			    int64_t expires_at, owl_err *err)
+{
+	int rc = registry_store_begin(s, err);
+	if (rc)
+		return rc;
+	rc = license_approve(s, v->id, action, use, by, reason, expires_at, err);
+	if (!rc) {
+		char subject[192];
+		snprintf(subject, sizeof subject, "%s@%d", v->model, v->number);
+		license_audit_entry a = {.at = owl_unix_time(), .actor = by, .action = "approve",
+					 .subject = subject, .use = use ? use : "*",
+					 .effect = "approval", .rule = action, .license = "",
+					 .evidence = reason, .version_id = v->id};
+		rc = license_audit_append(s, &a, err);
+	}
+	if (rc) {
+		registry_store_rollback(s);
+		return rc;
+	}
+	return registry_store_commit(s, err);
+}
