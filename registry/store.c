@@ -235,17 +235,31 @@ int registry_store_after_commit(registry_store *s, registry_after_commit_fn fn, 
 	return 0;
 }
 
-int registry_store_schema_version(registry_store *s, const char *module)
+/* *v = the number of steps applied for module; an error when the
+ * migrations table cannot be read (a migration must not guess 0 and apply
+ * every step again). */
+static int schema_version(registry_store *s, const char *module, int *v, owl_err *err)
 {
 	sqlite3_stmt *st = NULL;
-	int v = 0;
-	if (sqlite3_prepare_v2(s->db, "SELECT COALESCE(MAX(version),0) FROM migrations WHERE module=?",
-			       -1, &st, NULL) == SQLITE_OK) {
-		sqlite3_bind_text(st, 1, module, -1, SQLITE_STATIC);
-		if (sqlite3_step(st) == SQLITE_ROW)
-			v = sqlite3_column_int(st, 0);
-	}
+	*v = 0;
+	int rc = registry_store_prepare(s, "SELECT COALESCE(MAX(version),0) FROM migrations"
+					" WHERE module=?", &st, err);
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, module, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		*v = sqlite3_column_int(st, 0);
+	else
+		rc = owl_err_set(err, OWL_EFAIL, "cannot read the schema version of '%s' in '%s': %s",
+				 module, s->db_path, sqlite3_errmsg(s->db));
 	sqlite3_finalize(st);
+	return rc;
+}
+
+int registry_store_schema_version(registry_store *s, const char *module)
+{
+	int v = 0;
+	schema_version(s, module, &v, NULL);
 	return v;
 }
 
@@ -261,7 +275,10 @@ int registry_store_migrate(registry_store *s, const char *module, const char *co
 			   int nsteps, owl_err *err)
 {
 	/* The common case, an up-to-date schema, needs no lock at all. */
-	int have = registry_store_schema_version(s, module);
+	int have = 0;
+	int rc = schema_version(s, module, &have, err);
+	if (rc)
+		return rc;
 	if (have > nsteps)
 		return newer_owl(s, module, have, nsteps, err);
 	if (have == nsteps)
@@ -273,10 +290,12 @@ int registry_store_migrate(registry_store *s, const char *module, const char *co
 	/* Several processes may reach this point on a fresh home at once: the
 	 * write lock serialises them, and the version is read again under it so
 	 * that each step is applied exactly once. */
-	int rc = registry_store_begin(s, err);
-	if (rc)
+	if ((rc = registry_store_begin(s, err)))
 		return rc;
-	have = registry_store_schema_version(s, module);
+	if ((rc = schema_version(s, module, &have, err))) {
+		registry_store_rollback(s);
+		return rc;
+	}
 	if (have > nsteps) {
 		registry_store_rollback(s);
 		return newer_owl(s, module, have, nsteps, err);
