@@ -14,6 +14,13 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Adds what the user can do to a library's message. */
+static void append_hint(owl_err *err, const char *hint)
+{
+	size_t l = strlen(err->msg);
+	snprintf(err->msg + l, sizeof err->msg - l, "%s", hint);
+}
+
 /* The folder or file to load for REF; *label says what it is; *version_id
  * is its registered version, 0 for a path. */
 static int model_path(owl_ctx *ctx, const char *ref, char **path, char **label,
@@ -30,9 +37,8 @@ static int model_path(owl_ctx *ctx, const char *ref, char **path, char **label,
 	if (rc)
 		return rc;
 	registry_version v;
-	rc = registry_resolve(s, ref, &v, err);
+	rc = registry_checkout(s, ref, &v, path, err);
 	if (!rc) {
-		rc = registry_version_materialize(s, &v, path, err);
 		*label = owl_xasprintf("%s@%d", v.model, v.number);
 		*version_id = v.id;
 		registry_version_release(&v);
@@ -57,37 +63,18 @@ static int adapter_path(owl_ctx *ctx, const char *ref, int64_t model_version,
 	int rc = cmd_open_store(ctx, &s, err);
 	if (rc)
 		return rc;
-	registry_version v, base = {0};
-	rc = registry_resolve(s, ref, &v, err);
-	if (rc) {
-		registry_store_close(s);
-		return rc;
-	}
-	if (strcmp(v.format, "adapter") != 0) {
-		rc = owl_err_set(err, OWL_EUSAGE, "%s@%d is a %s version, not an adapter", v.model,
-				 v.number, v.format);
-	} else if (!v.parent_id) {
-		rc = owl_err_set(err, OWL_EUSAGE, "the adapter %s@%d names no base (register it with "
-				 "owl pull DIR --base NAME@V)", v.model, v.number);
-	} else if (v.parent_id != model_version) {
-		int known = registry_version_by_id(s, v.parent_id, &base, NULL) == 0;
-		char *bl = known ? owl_xasprintf("%s@%d", base.model, base.number) : owl_xstrdup("?");
-		if (!model_version)
-			rc = owl_err_set(err, OWL_EUSAGE, "the adapter %s@%d derives from %s, and the "
-					 "model '%s' is a path, not a registered version: run %s, or give "
-					 "the adapter as a folder", v.model, v.number, bl, model_label, bl);
-		else
-			rc = owl_err_set(err, OWL_EUSAGE, "the adapter %s@%d derives from %s, not from "
-					 "%s", v.model, v.number, bl, model_label);
-		free(bl);
-		registry_version_release(&base);
-	}
-	if (!rc) {
-		rc = registry_version_materialize(s, &v, path, err);
-		*label = owl_xasprintf("%s@%d", v.model, v.number);
-	}
-	registry_version_release(&v);
+	registry_version v;
+	rc = registry_checkout_adapter(s, ref, model_version, model_label, &v, path, err);
 	registry_store_close(s);
+	if (!rc) {
+		*label = owl_xasprintf("%s@%d", v.model, v.number);
+		registry_version_release(&v);
+	} else if (strstr(err->msg, "names no base")) {
+		append_hint(err, " (register it with owl pull DIR --base NAME@V)");
+	} else if (strstr(err->msg, "is a path, not a registered version")) {
+		append_hint(err, ": run the adapter's base by its registry name, or give "
+				   "the adapter as a folder");
+	}
 	return rc;
 }
 

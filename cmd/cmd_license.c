@@ -119,30 +119,33 @@ static int license_show(owl_ctx *ctx, const char *ref)
 		return cmd_fail(&err);
 	license_status st;
 	license_status_for(s, v.id, NULL, 0, &st, &err);
-	json_t *findings = json_array();
-	sqlite3_stmt *q = NULL;
 	int64_t src = st.from_version ? st.from_version : v.id;
-	sqlite3_prepare_v2(s->db, "SELECT license_id, source, evidence, confidence FROM"
-			   " license_findings WHERE version_id=? ORDER BY id", -1, &q, NULL);
-	sqlite3_bind_int64(q, 1, src);
-	while (sqlite3_step(q) == SQLITE_ROW)
+	license_findings *lf = NULL;
+	license_conclusion *cs = NULL;
+	size_t ncs = 0;
+	int rc = license_findings_of(s, src, &lf, &err);
+	if (!rc)
+		rc = license_conclusions_of(s, src, &cs, &ncs, &err);
+	if (rc) {
+		license_findings_free(lf);
+		registry_version_release(&v);
+		registry_store_close(s);
+		return cmd_fail(&err);
+	}
+	json_t *findings = json_array();
+	for (size_t i = 0; i < lf->n; i++)
 		json_array_append_new(findings, json_pack("{s:s, s:s, s:s, s:f}", "license",
-							  sqlite3_column_text(q, 0), "source",
-							  sqlite3_column_text(q, 1), "evidence",
-							  sqlite3_column_text(q, 2), "confidence",
-							  sqlite3_column_double(q, 3)));
-	sqlite3_finalize(q);
+							  lf->items[i].license_id, "source",
+							  lf->items[i].source, "evidence",
+							  lf->items[i].evidence, "confidence",
+							  lf->items[i].confidence));
+	license_findings_free(lf);
 	json_t *conclusions = json_array();
-	sqlite3_prepare_v2(s->db, "SELECT license_id, reason, by, at FROM license_conclusions WHERE"
-			   " version_id=? ORDER BY id", -1, &q, NULL);
-	sqlite3_bind_int64(q, 1, src);
-	while (sqlite3_step(q) == SQLITE_ROW)
+	for (size_t i = 0; i < ncs; i++)
 		json_array_append_new(conclusions, json_pack("{s:s, s:s, s:s, s:I}", "license",
-							     sqlite3_column_text(q, 0), "reason",
-							     sqlite3_column_text(q, 1), "by",
-							     sqlite3_column_text(q, 2), "at",
-							     (json_int_t)sqlite3_column_int64(q, 3)));
-	sqlite3_finalize(q);
+							     cs[i].license_id, "reason", cs[i].reason,
+							     "by", cs[i].by, "at", (json_int_t)cs[i].at));
+	license_conclusions_free(cs, ncs);
 	license_facts facts;
 	int have_facts = license_catalog_get(s, st.license_id, &facts, NULL) == 0;
 	registry_version base = {0};
@@ -219,14 +222,7 @@ static int license_set(owl_ctx *ctx, int argc, char **argv)
 	registry_version v;
 	if (open_and_resolve(ctx, argv[optind], &s, &v, &err))
 		return cmd_fail(&err);
-	int rc = license_conclude(s, v.id, argv[optind + 1], reason, by, &err);
-	if (!rc) {
-		license_audit_entry a = {.at = owl_unix_time(), .actor = by, .action = "license-set",
-					 .subject = argv[optind], .use = "", .effect = "recorded",
-					 .rule = "", .license = argv[optind + 1], .evidence = reason,
-					 .version_id = v.id};
-		rc = license_audit_append(s, &a, &err);
-	}
+	int rc = license_conclude_audited(s, v.id, argv[optind], argv[optind + 1], reason, by, &err);
 	if (!rc && !ctx->quiet)
 		printf("%s@%d: license concluded as %s (kept beside the detected findings)\n", v.model,
 		       v.number, argv[optind + 1]);
@@ -241,28 +237,29 @@ static int license_catalog(owl_ctx *ctx)
 	registry_store *s = NULL;
 	if (cmd_open_store(ctx, &s, &err))
 		return cmd_fail(&err);
-	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "SELECT id FROM license_catalog ORDER BY category, id", -1, &q, NULL);
+	license_facts *all = NULL;
+	size_t n = 0;
+	int rc = license_catalog_list(s, &all, &n, &err);
+	registry_store_close(s);
+	if (rc)
+		return cmd_fail(&err);
 	json_t *arr = json_array();
 	if (!ctx->json)
 		printf("%-26s %-17s %-10s %-14s %s\n", "ID", "CATEGORY", "COMMERCIAL", "USER LIMIT",
 		       "NAME");
-	while (sqlite3_step(q) == SQLITE_ROW) {
-		license_facts f;
-		if (license_catalog_get(s, (const char *)sqlite3_column_text(q, 0), &f, NULL))
-			continue;
+	for (size_t i = 0; i < n; i++) {
+		const license_facts *f = &all[i];
 		if (ctx->json) {
-			json_array_append_new(arr, facts_json(&f));
+			json_array_append_new(arr, facts_json(f));
 		} else {
 			char lim[32] = "-";
-			if (f.mau_limit)
-				snprintf(lim, sizeof lim, "%lldM", (long long)(f.mau_limit / 1000000));
-			printf("%-26s %-17s %-10s %-14s %s\n", f.id, f.category,
-			       f.commercial ? "yes" : "no", lim, f.name);
+			if (f->mau_limit)
+				snprintf(lim, sizeof lim, "%lldM", (long long)(f->mau_limit / 1000000));
+			printf("%-26s %-17s %-10s %-14s %s\n", f->id, f->category,
+			       f->commercial ? "yes" : "no", lim, f->name);
 		}
 	}
-	sqlite3_finalize(q);
-	registry_store_close(s);
+	free(all);
 	if (ctx->json)
 		cmd_print_json(arr);
 	else
@@ -283,100 +280,6 @@ static int run_license(owl_ctx *ctx, int argc, char **argv)
 }
 
 /* ---- owl policy ------------------------------------------------------------ */
-
-static json_t *rule_json(const license_rule *r)
-{
-	return json_pack("{s:s, s:s, s:i, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "name", r->name,
-			 "effect", license_effect_name(r->effect), "priority", r->priority,
-			 "license", r->license, "category", r->category, "action", r->action,
-			 "use", r->use, "model", r->model, "when", r->when, "message", r->message);
-}
-
-static const char *json_type_name(const json_t *v)
-{
-	switch (json_typeof(v)) {
-	case JSON_OBJECT: return "an object";
-	case JSON_ARRAY: return "an array";
-	case JSON_STRING: return "a string";
-	case JSON_INTEGER: return "an integer";
-	case JSON_REAL: return "a real number";
-	case JSON_TRUE:
-	case JSON_FALSE: return "a boolean";
-	default: return "null";
-	}
-}
-
-/* One rule of a policy file, every field type-checked: a wrong type is never
- * read as 0 or "" (a "priority": "high" once became priority 0). n is the
- * rule's position in the file (from 1), for messages. */
-static int rule_from_json(json_t *o, size_t n, license_rule *r, owl_err *err)
-{
-	memset(r, 0, sizeof *r);
-	if (!json_is_object(o))
-		return owl_err_set(err, OWL_EUSAGE, "rule %zu is %s, expected an object", n,
-				   json_type_name(o));
-	const char *name = json_string_value(json_object_get(o, "name"));
-	char who[96];
-	snprintf(who, sizeof who, name ? "rule %zu ('%.60s')" : "rule %zu", n, name);
-	struct { const char *k; char *dst; size_t n; } f[] = {
-		{"name", r->name, sizeof r->name}, {"license", r->license, sizeof r->license},
-		{"category", r->category, sizeof r->category}, {"action", r->action, sizeof r->action},
-		{"use", r->use, sizeof r->use}, {"model", r->model, sizeof r->model},
-		{"when", r->when, sizeof r->when}, {"message", r->message, sizeof r->message},
-	};
-	const size_t nf = sizeof f / sizeof f[0];
-	const char *k;
-	json_t *v;
-	json_object_foreach(o, k, v) {
-		int known = strcmp(k, "effect") == 0 || strcmp(k, "priority") == 0;
-		for (size_t i = 0; !known && i < nf; i++)
-			known = strcmp(k, f[i].k) == 0;
-		if (!known)
-			return owl_err_set(err, OWL_EUSAGE, "%s: unknown field '%s' (name, effect, "
-					   "priority, license, category, action, use, model, when, "
-					   "message)", who, k);
-	}
-	for (size_t i = 0; i < nf; i++) {
-		v = json_object_get(o, f[i].k);
-		if (!v) {
-			if (i == 0)
-				return owl_err_set(err, OWL_EUSAGE, "%s: field 'name' is missing", who);
-			continue;
-		}
-		if (!json_is_string(v))
-			return owl_err_set(err, OWL_EUSAGE, "%s: field '%s' is %s, expected a string",
-					   who, f[i].k, json_type_name(v));
-		if (json_string_length(v) >= f[i].n)
-			return owl_err_set(err, OWL_EUSAGE, "%s: field '%s' is %zu bytes long, at most "
-					   "%zu", who, f[i].k, json_string_length(v), f[i].n - 1);
-		snprintf(f[i].dst, f[i].n, "%s", json_string_value(v));
-	}
-	v = json_object_get(o, "effect");
-	const char *effect = json_string_value(v);
-	if (!v)
-		return owl_err_set(err, OWL_EUSAGE, "%s: field 'effect' is missing", who);
-	if (!effect)
-		return owl_err_set(err, OWL_EUSAGE, "%s: field 'effect' is %s, expected a string "
-				   "(allow, deny or require_approval)", who, json_type_name(v));
-	if (strcmp(effect, "deny") == 0)
-		r->effect = LICENSE_DENY;
-	else if (strcmp(effect, "require_approval") == 0)
-		r->effect = LICENSE_REQUIRE_APPROVAL;
-	else if (strcmp(effect, "allow") == 0)
-		r->effect = LICENSE_ALLOW;
-	else
-		return owl_err_set(err, OWL_EUSAGE, "%s: field 'effect' is '%s', expected allow, deny "
-				   "or require_approval", who, effect);
-	v = json_object_get(o, "priority");
-	if (v && !json_is_integer(v))
-		return owl_err_set(err, OWL_EUSAGE, "%s: field 'priority' is %s, expected an integer",
-				   who, json_type_name(v));
-	if (v && (json_integer_value(v) < -1000000 || json_integer_value(v) > 1000000))
-		return owl_err_set(err, OWL_EUSAGE, "%s: field 'priority' is %lld, expected an integer "
-				   "from -1000000 to 1000000", who, (long long)json_integer_value(v));
-	r->priority = v ? (int)json_integer_value(v) : 0;
-	return 0;
-}
 
 static int policy_add(owl_ctx *ctx, int argc, char **argv)
 {
@@ -445,31 +348,17 @@ static int policy_list(owl_ctx *ctx, int export_file, const char *file)
 	registry_store *s = NULL;
 	if (cmd_open_store(ctx, &s, &err))
 		return cmd_fail(&err);
-	license_rule *rules = NULL;
-	size_t n = 0;
-	int rc = license_rules_list(s, &rules, &n, &err);
-	json_t *attrs = json_object();
-	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "SELECT key, value FROM org_attributes ORDER BY key", -1, &q, NULL);
-	while (sqlite3_step(q) == SQLITE_ROW)
-		json_object_set_new(attrs, (const char *)sqlite3_column_text(q, 0),
-				    json_string((const char *)sqlite3_column_text(q, 1)));
-	sqlite3_finalize(q);
+	license_policy *p = NULL;
+	int rc = license_policy_read(s, &p, &err);
 	registry_store_close(s);
-	if (rc) {
-		json_decref(attrs);
+	if (rc)
 		return cmd_fail(&err);
-	}
-	json_t *arr = json_array();
-	for (size_t i = 0; i < n; i++)
-		json_array_append_new(arr, rule_json(&rules[i]));
 	if (export_file) {
-		json_t *doc = json_pack("{s:i, s:o, s:o}", "owl_policy", 1, "rules", arr, "org", attrs);
-		char *text = json_dumps(doc, JSON_INDENT(2));
-		json_decref(doc);
+		char *text = license_policy_to_json(p, 1);
 		rc = owl_write_file_atomic(file, text, strlen(text), &err);
 		free(text);
-		free(rules);
+		size_t n = p->nrules;
+		license_policy_free(p);
 		if (rc)
 			return cmd_fail(&err);
 		if (!ctx->quiet)
@@ -477,11 +366,13 @@ static int policy_list(owl_ctx *ctx, int export_file, const char *file)
 		return OWL_OK;
 	}
 	if (ctx->json) {
-		cmd_print_json(json_pack("{s:o, s:o}", "rules", arr, "org", attrs));
+		char *text = license_policy_to_json(p, 0);
+		puts(text);
+		free(text);
 	} else {
 		printf("%-26s %-16s %5s  %s\n", "RULE", "EFFECT", "PRIO", "MATCHES");
-		for (size_t i = 0; i < n; i++) {
-			license_rule *r = &rules[i];
+		for (size_t i = 0; i < p->nrules; i++) {
+			const license_rule *r = &p->rules[i];
 			owl_buf m;
 			owl_buf_init(&m, 1024);
 			if (r->license[0]) owl_buf_printf(&m, "license=%s ", r->license);
@@ -494,13 +385,10 @@ static int policy_list(owl_ctx *ctx, int export_file, const char *file)
 			       r->priority, m.len ? m.data : "everything");
 			owl_buf_release(&m);
 		}
-		const char *k;
-		json_t *v;
-		json_object_foreach(attrs, k, v) printf("org %s = %s\n", k, json_string_value(v));
-		json_decref(arr);
-		json_decref(attrs);
+		for (size_t i = 0; i < p->norg; i++)
+			printf("org %s = %s\n", p->org[i].key, p->org[i].value);
 	}
-	free(rules);
+	license_policy_free(p);
 	return OWL_OK;
 }
 
@@ -522,74 +410,19 @@ static int policy_import(owl_ctx *ctx, int argc, char **argv)
 	char *text = NULL;
 	if (owl_read_file(file, 16u << 20, &text, NULL, &err))
 		return cmd_fail(&err);
-	json_error_t je;
-	json_t *doc = json_loads(text, JSON_REJECT_DUPLICATES, &je);
+	/* The whole file is checked before the store is touched. */
+	license_policy *p = NULL;
+	int rc = license_policy_parse(text, strlen(text), file, &p, &err);
 	free(text);
-	if (!doc) {
-		owl_err_set(&err, OWL_EUSAGE, "'%s' is not valid JSON (line %d: %s)", file, je.line,
-			    je.text);
+	if (rc)
 		return cmd_fail(&err);
-	}
-	json_t *rules = json_object_get(doc, "rules");
-	json_t *org = json_object_get(doc, "org");
-	if (!json_is_array(rules)) {
-		json_decref(doc);
-		owl_err_set(&err, OWL_EUSAGE, "'%s' is not a policy file (expected {\"rules\": [...]})",
-			    file);
-		return cmd_fail(&err);
-	}
-	/* Every rule and attribute is checked before the store is touched, so a
-	 * wrong one imports nothing and names itself. */
-	size_t nrules = json_array_size(rules);
-	license_rule *parsed = owl_xcalloc(nrules ? nrules : 1, sizeof *parsed);
-	int rc = 0;
-	const char *k;
-	json_t *v;
-	json_object_foreach(doc, k, v) {
-		if (!rc && strcmp(k, "rules") && strcmp(k, "org") && strcmp(k, "owl_policy"))
-			rc = owl_err_set(&err, OWL_EUSAGE, "'%s': unknown top-level field '%s' (owl_policy, "
-					 "rules, org)", file, k);
-	}
-	for (size_t i = 0; !rc && i < nrules; i++)
-		rc = rule_from_json(json_array_get(rules, i), i + 1, &parsed[i], &err);
-	if (!rc && org && !json_is_object(org))
-		rc = owl_err_set(&err, OWL_EUSAGE, "'%s': field 'org' is %s, expected an object of "
-				 "strings", file, json_type_name(org));
-	json_object_foreach(org, k, v) {
-		if (!rc && !json_is_string(v))
-			rc = owl_err_set(&err, OWL_EUSAGE, "'%s': org attribute '%s' is %s, expected a "
-					 "string", file, k, json_type_name(v));
-	}
-	if (rc) {
-		free(parsed);
-		json_decref(doc);
-		return cmd_fail(&err);
-	}
 	registry_store *s = NULL;
-	if (cmd_open_store(ctx, &s, &err)) {
-		free(parsed);
-		json_decref(doc);
-		return cmd_fail(&err);
-	}
-	/* All or nothing: a rule the store refuses (a duplicate name, an unknown
-	 * condition) leaves the old policy in place. */
-	rc = registry_store_begin(s, &err);
-	if (!rc && replace)
-		rc = registry_store_exec(s, "DELETE FROM policy_rules", &err);
-	for (size_t i = 0; !rc && i < nrules; i++)
-		if ((rc = license_rule_add(s, &parsed[i], &err)))
-			owl_err_wrap(&err, "rule %zu ('%s')", i + 1, parsed[i].name);
-	json_object_foreach(org, k, v) {
-		if (!rc)
-			rc = license_org_set(s, k, json_string_value(v), &err);
-	}
+	rc = cmd_open_store(ctx, &s, &err);
 	if (!rc)
-		rc = registry_store_commit(s, &err);
-	else
-		registry_store_rollback(s);
+		rc = license_policy_apply(s, p, replace, &err);
 	registry_store_close(s);
-	free(parsed);
-	json_decref(doc);
+	size_t nrules = p->nrules;
+	license_policy_free(p);
 	if (rc)
 		return cmd_fail(&err);
 	if (!ctx->quiet)
@@ -738,16 +571,7 @@ static int run_approve(owl_ctx *ctx, int argc, char **argv)
 	registry_version v;
 	if (open_and_resolve(ctx, argv[optind], &s, &v, &err))
 		return cmd_fail(&err);
-	int rc = license_approve(s, v.id, action, use, by, reason, exp, &err);
-	if (!rc) {
-		char subject[192];
-		snprintf(subject, sizeof subject, "%s@%d", v.model, v.number);
-		license_audit_entry a = {.at = owl_unix_time(), .actor = by, .action = "approve",
-					 .subject = subject, .use = use ? use : "*", .effect = "approval",
-					 .rule = action, .license = "", .evidence = reason,
-					 .version_id = v.id};
-		rc = license_audit_append(s, &a, &err);
-	}
+	int rc = license_approve_audited(s, &v, action, use, by, reason, exp, &err);
 	if (!rc && !ctx->quiet) {
 		char when[32] = "never";
 		if (exp)
@@ -882,34 +706,32 @@ static int run_audit(owl_ctx *ctx, int argc, char **argv)
 		registry_store *s = NULL;
 		if (cmd_open_store(ctx, &s, &err))
 			return cmd_fail(&err);
-		sqlite3_stmt *q = NULL;
-		sqlite3_prepare_v2(s->db, "SELECT id, at, actor, action, subject, use, effect, rule,"
-				   " license, evidence FROM audit_log WHERE at >= ? ORDER BY id", -1, &q,
-				   NULL);
-		sqlite3_bind_int64(q, 1, since);
+		license_audit_row *rows = NULL;
+		size_t n = 0;
+		int rc = license_audit_list(s, since, &rows, &n, &err);
+		registry_store_close(s);
+		if (rc)
+			return cmd_fail(&err);
 		json_t *arr = json_array();
-		while (sqlite3_step(q) == SQLITE_ROW) {
-			const char *t[8];
-			for (int i = 0; i < 8; i++)
-				t[i] = (const char *)sqlite3_column_text(q, 2 + i);
-			int64_t at = sqlite3_column_int64(q, 1);
+		for (size_t i = 0; i < n; i++) {
+			const license_audit_row *r = &rows[i];
 			if (ctx->json) {
 				json_array_append_new(arr, json_pack("{s:I, s:I, s:s, s:s, s:s, s:s, s:s, "
 								     "s:s, s:s, s:s}",
-								     "id", (json_int_t)sqlite3_column_int64(q, 0),
-								     "at", (json_int_t)at, "actor", t[0],
-								     "action", t[1], "subject", t[2], "use", t[3],
-								     "effect", t[4], "rule", t[5], "license",
-								     t[6], "evidence", t[7]));
+								     "id", (json_int_t)r->id,
+								     "at", (json_int_t)r->at, "actor", r->actor,
+								     "action", r->action, "subject", r->subject,
+								     "use", r->use, "effect", r->effect, "rule",
+								     r->rule, "license", r->license,
+								     "evidence", r->evidence));
 			} else {
 				char when[32];
-				owl_fmt_time(at, when, sizeof when);
-				printf("%s  %-10s %-12s %-24s %-10s %-16s %-22s %s\n", when, t[0], t[1],
-				       t[2], t[3], t[4], t[5], t[6]);
+				owl_fmt_time(r->at, when, sizeof when);
+				printf("%s  %-10s %-12s %-24s %-10s %-16s %-22s %s\n", when, r->actor,
+				       r->action, r->subject, r->use, r->effect, r->rule, r->license);
 			}
 		}
-		sqlite3_finalize(q);
-		registry_store_close(s);
+		license_audit_rows_free(rows, n);
 		if (ctx->json)
 			cmd_print_json(arr);
 		else

@@ -261,60 +261,51 @@ static int run_list(owl_ctx *ctx, int argc, char **argv)
 	registry_store *s = NULL;
 	if (cmd_open_store(ctx, &s, &err))
 		return cmd_fail(&err);
-	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db,
-			   "SELECT m.name, v.version, v.format, v.total_bytes, v.created_at, v.source,"
-			   " v.config_json, (SELECT group_concat(tag, ',') FROM"
-			   "  (SELECT tag FROM tags t WHERE t.version_id=v.id ORDER BY tag))"
-			   " FROM versions v JOIN models m ON m.id=v.model_id"
-			   " WHERE ?1 IS NULL OR m.name=?1 ORDER BY m.name, v.version", -1, &q, NULL);
-	sqlite3_bind_text(q, 1, only, -1, SQLITE_STATIC);
+	registry_version_info *vs = NULL;
+	size_t nv = 0;
+	int rc = registry_list_versions(s, only, &vs, &nv, &err);
+	registry_store_close(s);
+	if (rc)
+		return cmd_fail(&err);
 	json_t *arr = json_array();
 	int n = 0;
 	if (!ctx->json)
 		printf("%-32s %-7s %-12s %10s  %-20s %s\n", "NAME", "FORMAT", "TAGS", "SIZE",
 		       "CREATED", "SUMMARY");
-	while (sqlite3_step(q) == SQLITE_ROW) {
-		const char *model = (const char *)sqlite3_column_text(q, 0);
-		int ver = sqlite3_column_int(q, 1);
-		const char *format = (const char *)sqlite3_column_text(q, 2);
-		uint64_t bytes = (uint64_t)sqlite3_column_int64(q, 3);
-		int64_t created = sqlite3_column_int64(q, 4);
-		const char *source = (const char *)sqlite3_column_text(q, 5);
-		const char *cfg = (const char *)sqlite3_column_text(q, 6);
-		const char *tags = (const char *)sqlite3_column_text(q, 7);
+	for (size_t i = 0; i < nv; i++) {
+		const registry_version_info *v = &vs[i];
 		n++;
 		if (ctx->json) {
 			json_t *o = json_object();
-			json_object_set_new(o, "model", json_string(model));
-			json_object_set_new(o, "version", json_integer(ver));
-			json_object_set_new(o, "ref", json_sprintf("%s@%d", model, ver));
-			json_object_set_new(o, "format", json_string(format));
-			json_object_set_new(o, "bytes", json_integer((json_int_t)bytes));
-			json_object_set_new(o, "created_at", json_integer(created));
-			json_object_set_new(o, "source", json_string(source));
+			json_object_set_new(o, "model", json_string(v->model));
+			json_object_set_new(o, "version", json_integer(v->number));
+			json_object_set_new(o, "ref", json_sprintf("%s@%d", v->model, v->number));
+			json_object_set_new(o, "format", json_string(v->format));
+			json_object_set_new(o, "bytes", json_integer((json_int_t)v->total_bytes));
+			json_object_set_new(o, "created_at", json_integer(v->created_at));
+			json_object_set_new(o, "source", json_string(v->source));
 			json_t *ta = json_array();
-			if (tags) {
-				char *copy = owl_xstrdup(tags), *save = NULL;
-				for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
-					json_array_append_new(ta, json_string(t));
-				free(copy);
-			}
+			for (size_t k = 0; k < v->ntags; k++)
+				json_array_append_new(ta, json_string(v->tags[k]));
 			json_object_set_new(o, "tags", ta);
-			json_object_set_new(o, "config", config_summary(cfg));
+			json_object_set_new(o, "config", config_summary(v->config_json));
 			json_array_append_new(arr, o);
 		} else {
 			char ref[160], size[32], when[32], desc[256];
-			snprintf(ref, sizeof ref, "%s@%d", model, ver);
-			owl_fmt_bytes(bytes, size, sizeof size);
-			owl_fmt_time(created, when, sizeof when);
-			describe_config(cfg, desc, sizeof desc);
-			printf("%-32s %-7s %-12s %10s  %-20s %s\n", ref, format, tags ? tags : "-", size,
-			       when, desc);
+			snprintf(ref, sizeof ref, "%s@%d", v->model, v->number);
+			owl_fmt_bytes(v->total_bytes, size, sizeof size);
+			owl_fmt_time(v->created_at, when, sizeof when);
+			describe_config(v->config_json, desc, sizeof desc);
+			owl_buf tags;
+			owl_buf_init(&tags, 1u << 20);
+			for (size_t k = 0; k < v->ntags; k++)
+				owl_buf_printf(&tags, "%s%s", k ? "," : "", v->tags[k]);
+			printf("%-32s %-7s %-12s %10s  %-20s %s\n", ref, v->format,
+			       tags.len ? tags.data : "-", size, when, desc);
+			owl_buf_release(&tags);
 		}
 	}
-	sqlite3_finalize(q);
-	registry_store_close(s);
+	registry_version_infos_free(vs, nv);
 	if (ctx->json)
 		cmd_print_json(arr);
 	else {
@@ -341,14 +332,17 @@ static int run_show(owl_ctx *ctx, int argc, char **argv)
 		return cmd_fail(&err);
 	}
 	/* Tags pointing here and the parent, for lineage. */
+	char **tagv = NULL;
+	size_t ntags = 0;
+	if (registry_version_tags(s, v.id, &tagv, &ntags, &err)) {
+		registry_version_release(&v);
+		registry_store_close(s);
+		return cmd_fail(&err);
+	}
 	json_t *tags = json_array();
-	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "SELECT tag FROM tags WHERE version_id=? ORDER BY tag", -1, &q,
-			   NULL);
-	sqlite3_bind_int64(q, 1, v.id);
-	while (sqlite3_step(q) == SQLITE_ROW)
-		json_array_append_new(tags, json_string((const char *)sqlite3_column_text(q, 0)));
-	sqlite3_finalize(q);
+	for (size_t i = 0; i < ntags; i++)
+		json_array_append_new(tags, json_string(tagv[i]));
+	registry_strings_free(tagv, ntags);
 	registry_version parent = {0};
 	int has_parent = v.parent_id && registry_version_by_id(s, v.parent_id, &parent, NULL) == 0;
 
@@ -439,20 +433,17 @@ static int run_tag(owl_ctx *ctx, int argc, char **argv)
 	if (argc == 3 && strcmp(argv[1], "--history") == 0) {
 		if (cmd_open_store(ctx, &s, &err))
 			return cmd_fail(&err);
-		sqlite3_stmt *q = NULL;
-		sqlite3_prepare_v2(s->db,
-				   "SELECT h.tag, h.at, ov.version, nv.version FROM tag_history h"
-				   " JOIN models m ON m.id=h.model_id"
-				   " LEFT JOIN versions ov ON ov.id=h.old_version_id"
-				   " LEFT JOIN versions nv ON nv.id=h.new_version_id"
-				   " WHERE m.name=? ORDER BY h.id", -1, &q, NULL);
-		sqlite3_bind_text(q, 1, argv[2], -1, SQLITE_STATIC);
+		registry_tag_move *moves = NULL;
+		size_t nmoves = 0;
+		int rc = registry_tag_history(s, argv[2], &moves, &nmoves, &err);
+		registry_store_close(s);
+		if (rc)
+			return cmd_fail(&err);
 		json_t *arr = json_array();
-		while (sqlite3_step(q) == SQLITE_ROW) {
-			const char *tag = (const char *)sqlite3_column_text(q, 0);
-			int64_t at = sqlite3_column_int64(q, 1);
-			int from = sqlite3_column_type(q, 2) == SQLITE_NULL ? 0 : sqlite3_column_int(q, 2);
-			int to = sqlite3_column_type(q, 3) == SQLITE_NULL ? 0 : sqlite3_column_int(q, 3);
+		for (size_t i = 0; i < nmoves; i++) {
+			const char *tag = moves[i].tag;
+			int64_t at = moves[i].at;
+			int from = moves[i].from, to = moves[i].to;
 			if (ctx->json) {
 				json_t *o = json_pack("{s:s, s:I}", "tag", tag, "at", (json_int_t)at);
 				json_object_set_new(o, "from", from ? json_integer(from) : json_null());
@@ -468,8 +459,7 @@ static int run_tag(owl_ctx *ctx, int argc, char **argv)
 				printf("%s  %-12s %s -> %s\n", when, tag, a, b);
 			}
 		}
-		sqlite3_finalize(q);
-		registry_store_close(s);
+		registry_tag_moves_free(moves, nmoves);
 		if (ctx->json)
 			cmd_print_json(arr);
 		else
@@ -595,24 +585,23 @@ static int run_verify(owl_ctx *ctx, int argc, char **argv)
 	/* A name without @V verifies every version of that model. */
 	int rc = 0;
 	if (argc == 2 && !strchr(argv[1], '@') && !strchr(argv[1], ':')) {
-		sqlite3_stmt *q = NULL;
-		sqlite3_prepare_v2(s->db, "SELECT id FROM versions WHERE model_id=? ORDER BY version",
-				   -1, &q, NULL);
-		sqlite3_bind_int64(q, 1, v.model_id);
+		registry_version_info *vs = NULL;
+		size_t nv = 0;
 		uint64_t bad = 0;
-		while (sqlite3_step(q) == SQLITE_ROW) {
+		rc = registry_list_versions(s, v.model, &vs, &nv, &err);
+		for (size_t i = 0; !rc && i < nv; i++) {
 			registry_version one;
 			uint64_t n = 0;
 			owl_err e1 = {0};
-			if (registry_version_by_id(s, sqlite3_column_int64(q, 0), &one, &e1) == 0) {
+			if (registry_version_by_id(s, vs[i].id, &one, &e1) == 0) {
 				if (registry_verify(s, &one, print_problem, problems, &n, &e1))
 					bad++;
 				checked += n;
 				registry_version_release(&one);
 			}
 		}
-		sqlite3_finalize(q);
-		if (bad)
+		registry_version_infos_free(vs, nv);
+		if (!rc && bad)
 			rc = owl_err_set(&err, OWL_EINTEGRITY, "%llu version(s) of '%s' have corrupt or "
 					 "missing files", (unsigned long long)bad, v.model);
 	} else {
@@ -692,26 +681,9 @@ static int run_export(owl_ctx *ctx, int argc, char **argv)
 		return cmd_fail(&err);
 	registry_version v;
 	int rc = registry_resolve(s, argv[1], &v, &err);
-	char *extra = NULL;
-	if (!rc) {
-		license_request rq = {.model = v.model, .version_id = v.id, .action = "export"};
-		license_decision d;
-		rc = license_gate(s, &rq, &d, &err);
-		/* The bundle carries the license and its obligations to the other side. */
-		license_facts facts;
-		if (!rc && license_catalog_get(s, d.license_id, &facts, NULL) == 0) {
-			json_t *l = json_pack("{s:s, s:s, s:s, s:b, s:s, s:s}", "id", facts.id, "name",
-					      facts.name, "status", d.license_status, "flow_down",
-					      facts.flow_down, "attribution", facts.attribution,
-					      "link", facts.link);
-			json_t *wrap = json_pack("{s:o}", "license", l);
-			extra = json_dumps(wrap, JSON_COMPACT);
-			json_decref(wrap);
-		}
-	}
+	/* The bundle carries the license and its obligations to the other side. */
 	if (!rc)
-		rc = registry_export(s, &v, argv[2], extra, key, &err);
-	free(extra);
+		rc = license_export_bundle(s, &v, argv[2], key, &err);
 	if (!rc && !ctx->quiet) {
 		char b[32];
 		owl_fmt_bytes(v.total_bytes, b, sizeof b);
@@ -747,36 +719,28 @@ static int run_import(owl_ctx *ctx, int argc, char **argv)
 	registry_store *s = NULL;
 	if (cmd_open_store(ctx, &s, &err))
 		return cmd_fail(&err);
-	registry_stage *st = NULL;
-	char *manifest = NULL;
-	registry_bundle_trust trust;
-	int rc = registry_import_stage(s, argv[optind], trust_key, &st, &manifest, &trust, &err);
-	const char *model = NULL;
-	license_admit_result adm = {0};
-	if (!rc) {
-		model = name ? name : st->default_name;
-		rc = license_admit_stage(s, st, model, 0, tag, &adm, &err);
-	}
-	const registry_commit_result res = adm.commit;
-	license_admit_result_release(&adm);
+	license_import_result imp;
+	int rc = license_import_bundle(s, argv[optind], trust_key, name, tag, &imp, &err);
+	const char *model = imp.model;
+	const registry_commit_result res = imp.admit.commit;
+	const registry_bundle_trust trust = imp.trust;
 	if (!rc) {
 		if (ctx->json)
 			cmd_print_json(json_pack("{s:s, s:i, s:o, s:I, s:s}", "model", model, "version",
 						 res.number, "ref", json_sprintf("%s@%d", model, res.number),
-						 "files", (json_int_t)st->nfiles, "signature",
+						 "files", (json_int_t)imp.nfiles, "signature",
 						 trust == REGISTRY_BUNDLE_SIGNATURE_OK ? "verified"
 						 : trust == REGISTRY_BUNDLE_SIGNED_UNCHECKED ? "unchecked"
 											     : "none"));
 		else
 			printf("imported %s@%d from %s (%zu files, every digest verified%s)\n", model,
-			       res.number, argv[optind], st->nfiles,
+			       res.number, argv[optind], imp.nfiles,
 			       trust == REGISTRY_BUNDLE_SIGNATURE_OK ? ", signature verified"
 			       : trust == REGISTRY_BUNDLE_SIGNED_UNCHECKED
 				       ? "; signed, but not checked: pass --trust KEY.pub"
 				       : "");
 	}
-	free(manifest);
-	registry_stage_free(st);
+	license_import_result_release(&imp);
 	registry_store_close(s);
 	return rc ? cmd_fail(&err) : OWL_OK;
 }

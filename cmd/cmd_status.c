@@ -38,19 +38,11 @@ static int run_status(owl_ctx *ctx, int argc, char **argv)
 	registry_store *s = NULL;
 	if (registry_store_open(ctx->home, &s, &err))
 		return cmd_fail(&err);
-	long long nblobs = 0, nbytes = 0, nmodels = 0, nversions = 0;
-	sqlite3_stmt *st;
-	if (sqlite3_prepare_v2(s->db,
-			       "SELECT (SELECT COUNT(*) FROM blobs), (SELECT COALESCE(SUM(size),0) FROM blobs),"
-			       " (SELECT COUNT(*) FROM models), (SELECT COUNT(*) FROM versions)",
-			       -1, &st, NULL) == SQLITE_OK &&
-	    sqlite3_step(st) == SQLITE_ROW) {
-		nblobs = sqlite3_column_int64(st, 0);
-		nbytes = sqlite3_column_int64(st, 1);
-		nmodels = sqlite3_column_int64(st, 2);
-		nversions = sqlite3_column_int64(st, 3);
+	registry_store_counts n;
+	if (registry_store_stats(s, &n, &err)) {
+		registry_store_close(s);
+		return cmd_fail(&err);
 	}
-	sqlite3_finalize(st);
 	int schema = registry_store_schema_version(s, REGISTRY_SCHEMA_MODULE);
 	int64_t free_bytes = owl_disk_free(ctx->home);
 	char feats[256];
@@ -62,13 +54,13 @@ static int run_status(owl_ctx *ctx, int argc, char **argv)
 	if (ctx->json) {
 		json_t *o = json_object();
 		json_object_set_new(o, "version", json_string(OWL_VERSION));
-		json_object_set_new(o, "home", json_string(s->home));
-		json_object_set_new(o, "database", json_string(s->db_path));
+		json_object_set_new(o, "home", json_string(registry_store_home(s)));
+		json_object_set_new(o, "database", json_string(registry_store_db_path(s)));
 		json_object_set_new(o, "schema_version", json_integer(schema));
-		json_object_set_new(o, "models", json_integer(nmodels));
-		json_object_set_new(o, "versions", json_integer(nversions));
-		json_object_set_new(o, "blobs", json_integer(nblobs));
-		json_object_set_new(o, "blob_bytes", json_integer(nbytes));
+		json_object_set_new(o, "models", json_integer((json_int_t)n.models));
+		json_object_set_new(o, "versions", json_integer((json_int_t)n.versions));
+		json_object_set_new(o, "blobs", json_integer((json_int_t)n.blobs));
+		json_object_set_new(o, "blob_bytes", json_integer((json_int_t)n.blob_bytes));
 		json_object_set_new(o, "disk_free_bytes", json_integer(free_bytes));
 		json_object_set_new(o, "cpu_cores", json_integer(cores));
 		json_object_set_new(o, "cpu_features", json_string(feats));
@@ -83,13 +75,14 @@ static int run_status(owl_ctx *ctx, int argc, char **argv)
 		cmd_print_json(o);
 	} else {
 		char sbytes[32], sfree[32];
-		owl_fmt_bytes((uint64_t)nbytes, sbytes, sizeof sbytes);
+		owl_fmt_bytes(n.blob_bytes, sbytes, sizeof sbytes);
 		owl_fmt_bytes(free_bytes > 0 ? (uint64_t)free_bytes : 0, sfree, sizeof sfree);
 		printf("owl %s\n", OWL_VERSION);
-		printf("home:       %s\n", s->home);
-		printf("database:   %s (schema %d)\n", s->db_path, schema);
-		printf("models:     %lld (%lld versions)\n", nmodels, nversions);
-		printf("blobs:      %lld (%s)\n", nblobs, sbytes);
+		printf("home:       %s\n", registry_store_home(s));
+		printf("database:   %s (schema %d)\n", registry_store_db_path(s), schema);
+		printf("models:     %llu (%llu versions)\n", (unsigned long long)n.models,
+		       (unsigned long long)n.versions);
+		printf("blobs:      %llu (%s)\n", (unsigned long long)n.blobs, sbytes);
 		printf("disk free:  %s\n", free_bytes >= 0 ? sfree : "unknown");
 		printf("cpu:        %d cores, %s\n", cores, feats[0] ? feats : "baseline x86-64");
 		if (gpu.device_count > 0)

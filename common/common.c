@@ -1,7 +1,9 @@
 #define _GNU_SOURCE
 #include "common.h"
 
+#include <pthread.h>
 #include <pwd.h>
+#include <stdatomic.h>
 #include <unistd.h>
 
 #include <ctype.h>
@@ -46,7 +48,8 @@ void owl_err_clear(owl_err *err)
 	}
 }
 
-static int log_level = 0;
+/* Set once by the CLI, read from any thread. */
+static atomic_int log_level;
 
 void owl_log_set_level(int level) { log_level = level; }
 
@@ -278,18 +281,31 @@ int owl_edit_distance(const char *a, const char *b)
 	return d[la][lb];
 }
 
+/* Who this process runs as does not change: found once (getpwuid_r), so
+ * that threads asking at once share one answer and no static buffer of
+ * getpwuid's. */
+static char user_name[256];
+static pthread_once_t user_name_once = PTHREAD_ONCE_INIT;
+
+static void find_user_name(void)
+{
+	const char *u = getenv("USER");
+	if (u && *u) {
+		snprintf(user_name, sizeof user_name, "%s", u);
+		return;
+	}
+	struct passwd pw, *found = NULL;
+	char buf[4096];
+	if (getpwuid_r(getuid(), &pw, buf, sizeof buf, &found) == 0 && found && found->pw_name)
+		snprintf(user_name, sizeof user_name, "%s", found->pw_name);
+	else
+		snprintf(user_name, sizeof user_name, "uid %d", (int)getuid());
+}
+
 const char *owl_user_name(void)
 {
-	static char name[64];
-	const char *u = getenv("USER");
-	if (u && *u)
-		return u;
-	struct passwd *pw = getpwuid(getuid());
-	if (pw && pw->pw_name)
-		snprintf(name, sizeof name, "%s", pw->pw_name);
-	else
-		snprintf(name, sizeof name, "uid %d", (int)getuid());
-	return name;
+	pthread_once(&user_name_once, find_user_name);
+	return user_name;
 }
 
 char *owl_utf8_sanitize(const char *s, size_t n)

@@ -50,28 +50,38 @@ static void row_hash(const char *prev, int64_t id, int64_t at, const char *const
 	owl_hex(d, dl, out);
 }
 
-static void meta_get(registry_store *s, const char *key, char *out, size_t n)
+/* out = the value, "" when the key has none. */
+static int meta_get(registry_store *s, const char *key, char *out, size_t n, owl_err *err)
 {
 	sqlite3_stmt *q = NULL;
 	out[0] = 0;
-	sqlite3_prepare_v2(s->db, "SELECT value FROM license_meta WHERE key=?", -1, &q, NULL);
+	int rc = registry_store_prepare(s, "SELECT value FROM license_meta WHERE key=?", &q, err);
+	if (rc)
+		return rc;
 	sqlite3_bind_text(q, 1, key, -1, SQLITE_STATIC);
-	if (sqlite3_step(q) == SQLITE_ROW)
+	int step = sqlite3_step(q);
+	if (step == SQLITE_ROW)
 		snprintf(out, n, "%s", (const char *)sqlite3_column_text(q, 0));
+	else if (step != SQLITE_DONE)
+		rc = owl_err_set(err, OWL_EFAIL, "cannot read the audit head: %s",
+				 sqlite3_errmsg(registry_store_db(s)));
 	sqlite3_finalize(q);
+	return rc;
 }
 
 static int meta_set(registry_store *s, const char *key, const char *value, owl_err *err)
 {
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO license_meta(key, value) VALUES (?,?)", -1,
-			   &q, NULL);
+	int rc = registry_store_prepare(s, "INSERT OR REPLACE INTO license_meta(key, value)"
+					" VALUES (?,?)", &q, err);
+	if (rc)
+		return rc;
 	sqlite3_bind_text(q, 1, key, -1, SQLITE_STATIC);
 	sqlite3_bind_text(q, 2, value, -1, SQLITE_STATIC);
 	int ok = sqlite3_step(q) == SQLITE_DONE;
 	sqlite3_finalize(q);
 	return ok ? 0 : owl_err_set(err, OWL_EFAIL, "cannot update the audit head: %s",
-				    sqlite3_errmsg(s->db));
+				    sqlite3_errmsg(registry_store_db(s)));
 }
 
 /* ---- the anchor outside the database ------------------------------------ */
@@ -81,7 +91,7 @@ static int meta_set(registry_store *s, const char *key, const char *value, owl_e
 
 static char *anchor_path(registry_store *s)
 {
-	return owl_path_join(s->home, ANCHOR_FILE);
+	return owl_path_join(registry_store_home(s), ANCHOR_FILE);
 }
 
 /* Appends "seq hash time" to logs/audit-head in one write(2) of an O_APPEND
@@ -92,7 +102,7 @@ static int anchor_append(registry_store *s, int64_t id, const char *hash, int64_
 			 owl_err *err)
 {
 	char *path = anchor_path(s);
-	char *dir = owl_path_join(s->home, "logs");
+	char *dir = owl_path_join(registry_store_home(s), "logs");
 	int rc = owl_mkdir_p(dir, err);
 	int existed = owl_path_exists(path);
 	char when[32], line[160];
@@ -112,7 +122,7 @@ static int anchor_append(registry_store *s, int64_t id, const char *hash, int64_
 	const char *sl = getenv("OWL_AUDIT_SYSLOG");
 	if (!rc && sl && *sl && strcmp(sl, "0") != 0) {
 		openlog("owl-audit", LOG_PID | LOG_NDELAY, LOG_AUTHPRIV);
-		syslog(LOG_NOTICE, "audit head home=%s seq=%lld hash=%s at=%s", s->home, (long long)id,
+		syslog(LOG_NOTICE, "audit head home=%s seq=%lld hash=%s at=%s", registry_store_home(s), (long long)id,
 		       hash, when);
 		closelog();
 	}
@@ -133,15 +143,22 @@ static int anchor_run(registry_store *s, void *ctx, owl_err *err)
 }
 
 /* The hash the database holds for row id, or "" when there is no such row. */
-static void row_hash_of(registry_store *s, int64_t id, char out[65])
+static int row_hash_of(registry_store *s, int64_t id, char out[65], owl_err *err)
 {
 	sqlite3_stmt *q = NULL;
 	out[0] = 0;
-	sqlite3_prepare_v2(s->db, "SELECT hash FROM audit_log WHERE id=?", -1, &q, NULL);
+	int rc = registry_store_prepare(s, "SELECT hash FROM audit_log WHERE id=?", &q, err);
+	if (rc)
+		return rc;
 	sqlite3_bind_int64(q, 1, id);
-	if (sqlite3_step(q) == SQLITE_ROW && sqlite3_column_text(q, 0))
+	int step = sqlite3_step(q);
+	if (step == SQLITE_ROW && sqlite3_column_text(q, 0))
 		snprintf(out, 65, "%s", (const char *)sqlite3_column_text(q, 0));
+	else if (step != SQLITE_ROW && step != SQLITE_DONE)
+		rc = owl_err_set(err, OWL_EFAIL, "cannot read the audit log: %s",
+				 sqlite3_errmsg(registry_store_db(s)));
 	sqlite3_finalize(q);
+	return rc;
 }
 
 /* Rows last+1 .. seq are gone although `where` recorded row seq. */
@@ -166,7 +183,9 @@ static int check_anchored(registry_store *s, int64_t seq, const char *hash, cons
 	if (seq > last)
 		return gap_error(seq, when, where, last, err);
 	char have[65];
-	row_hash_of(s, seq, have);
+	int rc = row_hash_of(s, seq, have, err);
+	if (rc)
+		return rc;
 	if (strcmp(have, hash) != 0)
 		return owl_err_set(err, OWL_EINTEGRITY, "audit log broken at row %lld: its hash %.16s... "
 				   "differs from the %.16s... that %s recorded (the log was rewritten)",
@@ -300,7 +319,8 @@ int license_audit_checkpoint(registry_store *s, const char *key_path, const char
 	if (rep.rows == 0)
 		return owl_err_set(err, OWL_EUSAGE, "the audit log is empty: nothing to checkpoint");
 	char hash[65];
-	row_hash_of(s, rep.rows, hash);
+	if ((rc = row_hash_of(s, rep.rows, hash, err)))
+		return rc;
 	owl_buf b;
 	owl_buf_init(&b, 1024);
 	int64_t now = owl_unix_time();
@@ -316,7 +336,7 @@ int license_audit_checkpoint(registry_store *s, const char *key_path, const char
 	if (out_path) {
 		path = owl_xstrdup(out_path);
 	} else {
-		char *dir = owl_path_join(s->home, "logs/audit-checkpoints");
+		char *dir = owl_path_join(registry_store_home(s), "logs/audit-checkpoints");
 		if ((rc = owl_mkdir_p(dir, err))) {
 			free(dir);
 			owl_buf_release(&b);
@@ -346,9 +366,9 @@ int license_audit_append(registry_store *s, const license_audit_entry *e, owl_er
 	char prev[65] = GENESIS;
 	int64_t id = 1;
 	sqlite3_stmt *q = NULL;
-	if (sqlite3_prepare_v2(s->db, "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1", -1,
+	if (sqlite3_prepare_v2(registry_store_db(s), "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1", -1,
 			       &q, NULL) != SQLITE_OK) {
-		rc = owl_err_set(err, OWL_EFAIL, "cannot read the audit log: %s", sqlite3_errmsg(s->db));
+		rc = owl_err_set(err, OWL_EFAIL, "cannot read the audit log: %s", sqlite3_errmsg(registry_store_db(s)));
 		registry_store_rollback(s);
 		return rc;
 	}
@@ -361,10 +381,10 @@ int license_audit_append(registry_store *s, const license_audit_entry *e, owl_er
 				 e->license, e->evidence, ""};
 	char hash[65];
 	row_hash(prev, id, e->at, fields, e->version_id, hash);
-	if (sqlite3_prepare_v2(s->db, "INSERT INTO audit_log(id, at, actor, action, subject,"
+	if (sqlite3_prepare_v2(registry_store_db(s), "INSERT INTO audit_log(id, at, actor, action, subject,"
 			       " version_id, use, effect, rule, license, evidence, prev_hash, hash)"
 			       " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", -1, &q, NULL) != SQLITE_OK) {
-		rc = owl_err_set(err, OWL_EFAIL, "cannot write the audit log: %s", sqlite3_errmsg(s->db));
+		rc = owl_err_set(err, OWL_EFAIL, "cannot write the audit log: %s", sqlite3_errmsg(registry_store_db(s)));
 		registry_store_rollback(s);
 		return rc;
 	}
@@ -380,7 +400,7 @@ int license_audit_append(registry_store *s, const license_audit_entry *e, owl_er
 	int ok = sqlite3_step(q) == SQLITE_DONE;
 	sqlite3_finalize(q);
 	if (!ok) {
-		rc = owl_err_set(err, OWL_EFAIL, "cannot write the audit log: %s", sqlite3_errmsg(s->db));
+		rc = owl_err_set(err, OWL_EFAIL, "cannot write the audit log: %s", sqlite3_errmsg(registry_store_db(s)));
 		registry_store_rollback(s);
 		return rc;
 	}
@@ -406,13 +426,15 @@ static int check_chain(registry_store *s, int64_t *rows, owl_err *err)
 {
 	*rows = 0;
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "SELECT id, at, actor, action, subject, version_id, use, effect,"
-			   " rule, license, evidence, prev_hash, hash FROM audit_log ORDER BY id",
-			   -1, &q, NULL);
+	int rc = registry_store_prepare(s, "SELECT id, at, actor, action, subject, version_id, use,"
+					" effect, rule, license, evidence, prev_hash, hash FROM audit_log"
+					" ORDER BY id", &q, err);
+	if (rc)
+		return rc;
 	char prev[65] = GENESIS;
 	int64_t expect_id = 1;
-	int rc = 0;
-	while (rc == 0 && sqlite3_step(q) == SQLITE_ROW) {
+	int step = SQLITE_DONE;
+	while (rc == 0 && (step = sqlite3_step(q)) == SQLITE_ROW) {
 		int64_t id = sqlite3_column_int64(q, 0);
 		const char *fields[9];
 		int cols[8] = {2, 3, 4, 6, 7, 8, 9, 10};
@@ -438,11 +460,15 @@ static int check_chain(registry_store *s, int64_t *rows, owl_err *err)
 		expect_id = id + 1;
 		(*rows)++;
 	}
+	if (!rc && step != SQLITE_DONE)
+		rc = owl_err_set(err, OWL_EFAIL, "cannot read the audit log: %s",
+				 sqlite3_errmsg(registry_store_db(s)));
 	sqlite3_finalize(q);
 	if (rc)
 		return rc;
 	char head[128], want[128];
-	meta_get(s, "audit_head", head, sizeof head);
+	if ((rc = meta_get(s, "audit_head", head, sizeof head, err)))
+		return rc;
 	if (*rows == 0 && !head[0])
 		return 0;
 	snprintf(want, sizeof want, "%lld:%s", (long long)(expect_id - 1), prev);
@@ -463,7 +489,7 @@ int license_audit_check(registry_store *s, const char *pub_key, const char *cons
 	/* Signed checkpoints: the ones given, else those kept in the home. */
 	char **names = NULL;
 	size_t nnames = 0;
-	char *dir = owl_path_join(s->home, "logs/audit-checkpoints");
+	char *dir = owl_path_join(registry_store_home(s), "logs/audit-checkpoints");
 	if (!rc && !ncheckpoints && owl_is_dir(dir))
 		rc = owl_list_dir(dir, &names, &nnames, err);
 	for (size_t i = 0; !rc && i < nnames; i++) {

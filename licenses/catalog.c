@@ -15,12 +15,15 @@ int license_catalog_get(registry_store *s, const char *id, license_facts *out, o
 {
 	memset(out, 0, sizeof *out);
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db,
+	int rc = registry_store_prepare(s,
 			   "SELECT id, name, category, commercial, COALESCE(mau_limit,0), derivatives,"
 			   " flow_down, outputs_train, attribution, name_prefix, link, summary"
-			   " FROM license_catalog WHERE id=?", -1, &q, NULL);
+			   " FROM license_catalog WHERE id=?", &q, err);
+	if (rc)
+		return rc;
 	sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
-	int found = sqlite3_step(q) == SQLITE_ROW;
+	int step = sqlite3_step(q);
+	int found = step == SQLITE_ROW;
 	if (found) {
 		col_copy(q, 0, out->id, sizeof out->id);
 		col_copy(q, 1, out->name, sizeof out->name);
@@ -36,6 +39,9 @@ int license_catalog_get(registry_store *s, const char *id, license_facts *out, o
 		col_copy(q, 11, out->summary, sizeof out->summary);
 	}
 	sqlite3_finalize(q);
+	if (step != SQLITE_ROW && step != SQLITE_DONE)
+		return owl_err_set(err, OWL_EFAIL, "cannot read the license catalog: %s",
+				   sqlite3_errmsg(registry_store_db(s)));
 	if (!found)
 		return owl_err_set(err, OWL_EUSAGE, "'%s' is not in the license catalog (see 'owl "
 				   "license catalog')", id);
@@ -56,9 +62,11 @@ const char *license_catalog_resolve_alias(registry_store *s, const char *value, 
 	if (!n)
 		return NULL;
 	sqlite3_stmt *q = NULL;
-	/* instr, not LIKE: a card value is untrusted and may hold '%'. */
-	sqlite3_prepare_v2(s->db, "SELECT id FROM license_catalog WHERE id=?1"
-			   " OR instr(aliases, ',' || ?1 || ',') > 0 LIMIT 1", -1, &q, NULL);
+	/* instr, not LIKE: a card value is untrusted and may hold '%'. A
+	 * catalog that cannot be read recognises nothing. */
+	if (registry_store_prepare(s, "SELECT id FROM license_catalog WHERE id=?1"
+				   " OR instr(aliases, ',' || ?1 || ',') > 0 LIMIT 1", &q, NULL))
+		return NULL;
 	sqlite3_bind_text(q, 1, norm, -1, SQLITE_STATIC);
 	const char *out = NULL;
 	if (sqlite3_step(q) == SQLITE_ROW) {

@@ -350,9 +350,11 @@ int license_findings_store(registry_store *s, int64_t version_id, const license_
 			   owl_err *err)
 {
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "INSERT INTO license_findings(version_id, license_id, source,"
-			   " evidence, confidence, created_at) VALUES (?,?,?,?,?,?)", -1, &q, NULL);
-	int rc = 0;
+	int rc = registry_store_prepare(s, "INSERT INTO license_findings(version_id, license_id,"
+					" source, evidence, confidence, created_at) VALUES (?,?,?,?,?,?)",
+					&q, err);
+	if (rc)
+		return rc;
 	for (size_t i = 0; i < f->n && !rc; i++) {
 		sqlite3_reset(q);
 		sqlite3_bind_int64(q, 1, version_id);
@@ -363,7 +365,7 @@ int license_findings_store(registry_store *s, int64_t version_id, const license_
 		sqlite3_bind_int64(q, 6, owl_unix_time());
 		if (sqlite3_step(q) != SQLITE_DONE)
 			rc = owl_err_set(err, OWL_EFAIL, "cannot store license findings: %s",
-					 sqlite3_errmsg(s->db));
+					 sqlite3_errmsg(registry_store_db(s)));
 	}
 	sqlite3_finalize(q);
 	return rc;

@@ -148,6 +148,33 @@ typedef struct license_decision {
 	char explanation[4096];     /* every rule considered, in order, and why it matched or not */
 } license_decision;
 
+/* A whole policy: its rules and the organisation's attributes. */
+typedef struct license_org_attr {
+	char *key, *value;
+} license_org_attr;
+
+typedef struct license_policy {
+	license_rule *rules;
+	size_t nrules;
+	license_org_attr *org;
+	size_t norg;
+} license_policy;
+
+/* Parses a policy file ({"owl_policy": 1, "rules": [...], "org": {...}}),
+ * every field type-checked; a wrong one is an OWL_EUSAGE error naming it
+ * (label names the file in messages). Touches no store. */
+int license_policy_parse(const char *text, size_t len, const char *label, license_policy **out,
+			 owl_err *err);
+/* Adds the policy's rules and attributes in one transaction (replace: the
+ * old rules go first); a rule the store refuses leaves the old policy. */
+int license_policy_apply(registry_store *s, const license_policy *p, int replace, owl_err *err);
+/* The stored policy, rules in evaluation order. */
+int license_policy_read(registry_store *s, license_policy **out, owl_err *err);
+/* The policy as indented JSON text (caller frees); as_file: the policy
+ * file format, which license_policy_parse reads back. */
+char *license_policy_to_json(const license_policy *p, int as_file);
+void license_policy_free(license_policy *p);
+
 /* Evaluates the policy without recording anything (owl policy test). */
 int license_evaluate(registry_store *s, const license_request *req, license_decision *out,
 		     owl_err *err);
@@ -181,9 +208,78 @@ int license_admit_stage(registry_store *s, registry_stage *st, const char *model
 			owl_err *err);
 void license_admit_result_release(license_admit_result *r);
 
+/* ---- bundles under the policy (licenses/bundle.c) ----------------------- */
+
+/* Writes the version to a bundle (registry_export) once the gate allows the
+ * action "export"; the manifest carries the license, its status and its
+ * obligations (flow-down, attribution, link). OWL_EDENIED (recorded) when
+ * the policy says no. */
+int license_export_bundle(registry_store *s, const registry_version *v, const char *file,
+			  const char *sign_key, owl_err *err);
+
+typedef struct license_import_result {
+	license_admit_result admit;  /* the new version and its findings */
+	char *model;                 /* the name it was registered under */
+	size_t nfiles;
+	registry_bundle_trust trust; /* what the bundle's signature proved */
+} license_import_result;
+
+/* Reads a bundle (registry_import_stage: every digest, the manifest, with
+ * trust_key the signature) and admits it as the next version of name, or of
+ * the model the manifest names (license_admit_stage). Nothing is stored on
+ * failure. Release *out with license_import_result_release. */
+int license_import_bundle(registry_store *s, const char *file, const char *trust_key,
+			  const char *name, const char *tag, license_import_result *out,
+			  owl_err *err);
+void license_import_result_release(license_import_result *r);
+
 /* Approves an action on a version; expires_at 0 = never. */
 int license_approve(registry_store *s, int64_t version_id, const char *action, const char *use,
 		    const char *by, const char *reason, int64_t expires_at, owl_err *err);
+
+/* owl license set and owl approve, as a server would call them too: the
+ * conclusion (or the approval) and its audit row commit together, so that
+ * nothing is recorded that the log does not show. subject names the version
+ * in the audit row. */
+int license_conclude_audited(registry_store *s, int64_t version_id, const char *subject,
+			     const char *license_id, const char *reason, const char *by,
+			     owl_err *err);
+int license_approve_audited(registry_store *s, const registry_version *v, const char *action,
+			    const char *use, const char *by, const char *reason,
+			    int64_t expires_at, owl_err *err);
+
+/* ---- reading what is recorded (licenses/listing.c) ---------------------- */
+
+/* The findings stored for a version (for a derived version, pass the
+ * version its license comes from: license_status.from_version). Free with
+ * license_findings_free. */
+int license_findings_of(registry_store *s, int64_t version_id, license_findings **out,
+			owl_err *err);
+
+typedef struct license_conclusion {
+	char *license_id, *reason, *by;
+	int64_t at;
+} license_conclusion;
+/* The human conclusions recorded for a version, oldest first. */
+int license_conclusions_of(registry_store *s, int64_t version_id, license_conclusion **out,
+			   size_t *n, owl_err *err);
+void license_conclusions_free(license_conclusion *c, size_t n);
+
+/* Every catalog entry, by category and id; caller frees *out. */
+int license_catalog_list(registry_store *s, license_facts **out, size_t *n, owl_err *err);
+
+/* The organisation's attributes (mau ...), by key. */
+int license_org_list(registry_store *s, license_org_attr **out, size_t *n, owl_err *err);
+void license_org_attrs_free(license_org_attr *a, size_t n);
+
+typedef struct license_audit_row {
+	int64_t id, at, version_id; /* version_id 0: none */
+	char *actor, *action, *subject, *use, *effect, *rule, *license, *evidence;
+} license_audit_row;
+/* The audit rows recorded at or after since (unix time), oldest first. */
+int license_audit_list(registry_store *s, int64_t since, license_audit_row **out, size_t *n,
+		       owl_err *err);
+void license_audit_rows_free(license_audit_row *r, size_t n);
 
 /* ---- audit ------------------------------------------------------------------ */
 

@@ -32,9 +32,9 @@ const char *license_effect_name(license_effect e)
 static int prep(registry_store *s, const char *sql, sqlite3_stmt **q, owl_err *err)
 {
 	*q = NULL;
-	if (sqlite3_prepare_v2(s->db, sql, -1, q, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(registry_store_db(s), sql, -1, q, NULL) != SQLITE_OK)
 		return owl_err_set(err, OWL_EFAIL, "the license database cannot be read (%s): refusing",
-				   sqlite3_errmsg(s->db));
+				   sqlite3_errmsg(registry_store_db(s)));
 	return 0;
 }
 
@@ -82,10 +82,12 @@ int license_rule_add(registry_store *s, const license_rule *r, owl_err *err)
 			c++;
 	}
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db,
+	int prc = registry_store_prepare(s,
 			   "INSERT INTO policy_rules(name, effect, priority, license, category, action,"
 			   " use, model, cond, message, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-			   -1, &q, NULL);
+			   &q, err);
+	if (prc)
+		return prc;
 	sqlite3_bind_text(q, 1, r->name, -1, SQLITE_STATIC);
 	sqlite3_bind_text(q, 2, license_effect_name(r->effect), -1, SQLITE_STATIC);
 	sqlite3_bind_int(q, 3, r->priority);
@@ -104,18 +106,23 @@ int license_rule_add(registry_store *s, const license_rule *r, owl_err *err)
 				   "first: owl policy rm %s)", r->name, r->name);
 	if (rc != SQLITE_DONE)
 		return owl_err_set(err, OWL_EFAIL, "cannot add rule '%s': %s", r->name,
-				   sqlite3_errmsg(s->db));
+				   sqlite3_errmsg(registry_store_db(s)));
 	return 0;
 }
 
 int license_rule_remove(registry_store *s, const char *name, owl_err *err)
 {
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "DELETE FROM policy_rules WHERE name=?", -1, &q, NULL);
+	int rc = registry_store_prepare(s, "DELETE FROM policy_rules WHERE name=?", &q, err);
+	if (rc)
+		return rc;
 	sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
-	sqlite3_step(q);
+	int step = sqlite3_step(q);
 	sqlite3_finalize(q);
-	if (sqlite3_changes(s->db) == 0)
+	if (step != SQLITE_DONE)
+		return owl_err_set(err, OWL_EFAIL, "cannot remove rule '%s': %s", name,
+				   sqlite3_errmsg(registry_store_db(s)));
+	if (sqlite3_changes(registry_store_db(s)) == 0)
 		return owl_err_set(err, OWL_EUSAGE, "no rule named '%s' (see 'owl policy list')", name);
 	return 0;
 }
@@ -131,14 +138,15 @@ int license_rules_list(registry_store *s, license_rule **out, size_t *n, owl_err
 	*out = NULL;
 	*n = 0;
 	sqlite3_stmt *q = NULL;
-	if (sqlite3_prepare_v2(s->db,
+	if (sqlite3_prepare_v2(registry_store_db(s),
 			       "SELECT id, name, effect, priority, license, category, action, use, model,"
 			       " cond, message FROM policy_rules ORDER BY priority DESC,"
 			       " CASE effect WHEN 'deny' THEN 0 WHEN 'require_approval' THEN 1 ELSE 2 END,"
 			       " id", -1, &q, NULL) != SQLITE_OK)
-		return owl_err_set(err, OWL_EFAIL, "cannot read the policy: %s", sqlite3_errmsg(s->db));
+		return owl_err_set(err, OWL_EFAIL, "cannot read the policy: %s", sqlite3_errmsg(registry_store_db(s)));
 	size_t cap = 0;
-	while (sqlite3_step(q) == SQLITE_ROW) {
+	int step;
+	while ((step = sqlite3_step(q)) == SQLITE_ROW) {
 		if (*n == cap) {
 			cap = cap ? 2 * cap : 32;
 			*out = owl_xrealloc(*out, cap * sizeof **out);
@@ -158,6 +166,14 @@ int license_rules_list(registry_store *s, license_rule **out, size_t *n, owl_err
 		col_copy(q, 10, r->message, sizeof r->message);
 	}
 	sqlite3_finalize(q);
+	/* A policy read in part is no policy: the gate must not judge by it. */
+	if (step != SQLITE_DONE) {
+		free(*out);
+		*out = NULL;
+		*n = 0;
+		return owl_err_set(err, OWL_EFAIL, "cannot read the policy: %s",
+				   sqlite3_errmsg(registry_store_db(s)));
+	}
 	return 0;
 }
 
@@ -173,26 +189,35 @@ int license_org_set(registry_store *s, const char *key, const char *value, owl_e
 					   "non-negative whole number, not '%s'", value);
 	}
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO org_attributes(key, value, updated_at)"
-			   " VALUES (?,?,?)", -1, &q, NULL);
+	int rc = registry_store_prepare(s, "INSERT OR REPLACE INTO org_attributes(key, value,"
+					" updated_at) VALUES (?,?,?)", &q, err);
+	if (rc)
+		return rc;
 	sqlite3_bind_text(q, 1, key, -1, SQLITE_STATIC);
 	sqlite3_bind_text(q, 2, value, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(q, 3, owl_unix_time());
 	int ok = sqlite3_step(q) == SQLITE_DONE;
 	sqlite3_finalize(q);
-	return ok ? 0 : owl_err_set(err, OWL_EFAIL, "cannot set '%s': %s", key, sqlite3_errmsg(s->db));
+	return ok ? 0 : owl_err_set(err, OWL_EFAIL, "cannot set '%s': %s", key, sqlite3_errmsg(registry_store_db(s)));
 }
 
-static int64_t org_int(registry_store *s, const char *key)
+/* *out = the attribute as a number, 0 when it is not set. */
+static int org_int(registry_store *s, const char *key, int64_t *out, owl_err *err)
 {
 	sqlite3_stmt *q = NULL;
-	int64_t v = 0;
-	sqlite3_prepare_v2(s->db, "SELECT value FROM org_attributes WHERE key=?", -1, &q, NULL);
+	*out = 0;
+	int rc = prep(s, "SELECT value FROM org_attributes WHERE key=?", &q, err);
+	if (rc)
+		return rc;
 	sqlite3_bind_text(q, 1, key, -1, SQLITE_STATIC);
-	if (sqlite3_step(q) == SQLITE_ROW)
-		v = strtoll((const char *)sqlite3_column_text(q, 0), NULL, 10);
+	int step = sqlite3_step(q);
+	if (step == SQLITE_ROW && sqlite3_column_text(q, 0))
+		*out = strtoll((const char *)sqlite3_column_text(q, 0), NULL, 10);
+	else if (step != SQLITE_ROW && step != SQLITE_DONE)
+		rc = owl_err_set(err, OWL_EFAIL, "the license database cannot be read (%s): refusing",
+				 sqlite3_errmsg(registry_store_db(s)));
 	sqlite3_finalize(q);
-	return v;
+	return rc;
 }
 
 /* ---- the license a version is under ------------------------------------ */
@@ -322,8 +347,9 @@ int license_conclude(registry_store *s, int64_t version_id, const char *license_
 	if (!reason || !*reason)
 		return owl_err_set(err, OWL_EUSAGE, "a conclusion needs a --reason");
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "INSERT INTO license_conclusions(version_id, license_id, reason,"
-			   " by, at) VALUES (?,?,?,?,?)", -1, &q, NULL);
+	if ((rc = registry_store_prepare(s, "INSERT INTO license_conclusions(version_id, license_id,"
+					 " reason, by, at) VALUES (?,?,?,?,?)", &q, err)))
+		return rc;
 	sqlite3_bind_int64(q, 1, version_id);
 	sqlite3_bind_text(q, 2, license_id, -1, SQLITE_STATIC);
 	sqlite3_bind_text(q, 3, reason, -1, SQLITE_STATIC);
@@ -332,7 +358,7 @@ int license_conclude(registry_store *s, int64_t version_id, const char *license_
 	int ok = sqlite3_step(q) == SQLITE_DONE;
 	sqlite3_finalize(q);
 	return ok ? 0 : owl_err_set(err, OWL_EFAIL, "cannot record the conclusion: %s",
-				    sqlite3_errmsg(s->db));
+				    sqlite3_errmsg(registry_store_db(s)));
 }
 
 /* ---- evaluation ---------------------------------------------------------- */
@@ -566,8 +592,11 @@ int license_evaluate(registry_store *s, const license_request *req, license_deci
 	int has_pickle;
 	if ((rc = version_has_pickle(s, req->version_id, &has_pickle, err)))
 		return rc;
+	int64_t mau;
+	if ((rc = org_int(s, "mau", &mau, err)))
+		return rc;
 	eval_ctx e = {.req = req, .facts = &facts, .license_id = st.license_id,
-		      .mau = org_int(s, "mau"), .derived = derived, .has_pickle = has_pickle};
+		      .mau = mau, .derived = derived, .has_pickle = has_pickle};
 	snprintf(out->license_id, sizeof out->license_id, "%s", st.license_id);
 	snprintf(out->license_status, sizeof out->license_status, "%s", st.status);
 
@@ -679,8 +708,11 @@ int license_approve(registry_store *s, int64_t version_id, const char *action, c
 	if (!by || !*by || !reason || !*reason)
 		return owl_err_set(err, OWL_EUSAGE, "an approval needs --by NAME and --reason TEXT");
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "INSERT INTO approvals(version_id, action, use, by, reason,"
-			   " created_at, expires_at) VALUES (?,?,?,?,?,?,?)", -1, &q, NULL);
+	int rc = registry_store_prepare(s, "INSERT INTO approvals(version_id, action, use, by,"
+					" reason, created_at, expires_at) VALUES (?,?,?,?,?,?,?)",
+					&q, err);
+	if (rc)
+		return rc;
 	sqlite3_bind_int64(q, 1, version_id);
 	sqlite3_bind_text(q, 2, action, -1, SQLITE_STATIC);
 	sqlite3_bind_text(q, 3, use ? use : "*", -1, SQLITE_STATIC);
@@ -691,5 +723,51 @@ int license_approve(registry_store *s, int64_t version_id, const char *action, c
 	int ok = sqlite3_step(q) == SQLITE_DONE;
 	sqlite3_finalize(q);
 	return ok ? 0 : owl_err_set(err, OWL_EFAIL, "cannot record the approval: %s",
-				    sqlite3_errmsg(s->db));
+				    sqlite3_errmsg(registry_store_db(s)));
+}
+
+int license_conclude_audited(registry_store *s, int64_t version_id, const char *subject,
+			     const char *license_id, const char *reason, const char *by,
+			     owl_err *err)
+{
+	int rc = registry_store_begin(s, err);
+	if (rc)
+		return rc;
+	rc = license_conclude(s, version_id, license_id, reason, by, err);
+	if (!rc) {
+		license_audit_entry a = {.at = owl_unix_time(), .actor = by, .action = "license-set",
+					 .subject = subject, .use = "", .effect = "recorded",
+					 .rule = "", .license = license_id, .evidence = reason,
+					 .version_id = version_id};
+		rc = license_audit_append(s, &a, err);
+	}
+	if (rc) {
+		registry_store_rollback(s);
+		return rc;
+	}
+	return registry_store_commit(s, err);
+}
+
+int license_approve_audited(registry_store *s, const registry_version *v, const char *action,
+			    const char *use, const char *by, const char *reason,
+			    int64_t expires_at, owl_err *err)
+{
+	int rc = registry_store_begin(s, err);
+	if (rc)
+		return rc;
+	rc = license_approve(s, v->id, action, use, by, reason, expires_at, err);
+	if (!rc) {
+		char subject[192];
+		snprintf(subject, sizeof subject, "%s@%d", v->model, v->number);
+		license_audit_entry a = {.at = owl_unix_time(), .actor = by, .action = "approve",
+					 .subject = subject, .use = use ? use : "*",
+					 .effect = "approval", .rule = action, .license = "",
+					 .evidence = reason, .version_id = v->id};
+		rc = license_audit_append(s, &a, err);
+	}
+	if (rc) {
+		registry_store_rollback(s);
+		return rc;
+	}
+	return registry_store_commit(s, err);
 }

@@ -87,6 +87,26 @@ static const license_rule default_rules[] = {
 };
 
 /* Loads the compiled-in catalog into license_catalog when it changed. */
+/* *yes = the catalog loaded in the database is the one compiled in (want). */
+static int catalog_is(registry_store *s, const char *want, int *yes, owl_err *err)
+{
+	sqlite3_stmt *q = NULL;
+	*yes = 0;
+	int rc = registry_store_prepare(s, "SELECT value FROM license_meta WHERE key='catalog'", &q,
+					err);
+	if (rc)
+		return rc;
+	int step = sqlite3_step(q);
+	if (step == SQLITE_ROW)
+		*yes = sqlite3_column_text(q, 0) &&
+		       strcmp((const char *)sqlite3_column_text(q, 0), want) == 0;
+	else if (step != SQLITE_DONE)
+		rc = owl_err_set(err, OWL_EFAIL, "cannot read the license catalog's version: %s",
+				 sqlite3_errmsg(registry_store_db(s)));
+	sqlite3_finalize(q);
+	return rc;
+}
+
 static int load_catalog(registry_store *s, owl_err *err)
 {
 	json_error_t je;
@@ -98,35 +118,38 @@ static int load_catalog(registry_store *s, owl_err *err)
 	char want[32];
 	snprintf(want, sizeof want, "%lld:%zu", (long long)version, strlen(license_catalog_json));
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "SELECT value FROM license_meta WHERE key='catalog'", -1, &q, NULL);
-	int current = sqlite3_step(q) == SQLITE_ROW &&
-		      strcmp((const char *)sqlite3_column_text(q, 0), want) == 0;
-	sqlite3_finalize(q);
+	int current = 0;
+	int rc = catalog_is(s, want, &current, err);
+	if (rc) {
+		json_decref(root);
+		return rc;
+	}
 	/* A read-only home keeps the catalog it has. */
-	if (current || s->read_only) {
+	if (current || registry_store_is_read_only(s)) {
 		json_decref(root);
 		return 0;
 	}
-	int rc = registry_store_begin(s, err);
+	rc = registry_store_begin(s, err);
 	if (rc) {
 		json_decref(root);
 		return rc;
 	}
 	/* Another process may have loaded it while this one waited for the lock. */
-	sqlite3_prepare_v2(s->db, "SELECT value FROM license_meta WHERE key='catalog'", -1, &q, NULL);
-	current = sqlite3_step(q) == SQLITE_ROW &&
-		  strcmp((const char *)sqlite3_column_text(q, 0), want) == 0;
-	sqlite3_finalize(q);
-	if (current) {
+	rc = catalog_is(s, want, &current, err);
+	if (rc || current) {
 		registry_store_rollback(s);
 		json_decref(root);
-		return 0;
+		return rc;
 	}
-	sqlite3_exec(s->db, "DELETE FROM license_catalog", NULL, NULL, NULL);
-	sqlite3_prepare_v2(s->db,
+	if ((rc = registry_store_exec(s, "DELETE FROM license_catalog", err)) ||
+	    (rc = registry_store_prepare(s,
 			   "INSERT INTO license_catalog(id, name, category, commercial, mau_limit,"
 			   " derivatives, flow_down, outputs_train, attribution, name_prefix, link,"
-			   " summary, aliases) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", -1, &q, NULL);
+			   " summary, aliases) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", &q, err))) {
+		registry_store_rollback(s);
+		json_decref(root);
+		return rc;
+	}
 	size_t i;
 	json_t *l;
 	json_array_foreach(json_object_get(root, "licenses"), i, l) {
@@ -163,39 +186,45 @@ static int load_catalog(registry_store *s, owl_err *err)
 		owl_buf_release(&al);
 		if (sqlite3_step(q) != SQLITE_DONE) {
 			rc = owl_err_set(err, OWL_EFAIL, "cannot load the license catalog: %s",
-					 sqlite3_errmsg(s->db));
+					 sqlite3_errmsg(registry_store_db(s)));
 			break;
 		}
 	}
 	sqlite3_finalize(q);
+	if (!rc)
+		rc = registry_store_prepare(s, "INSERT OR REPLACE INTO license_meta(key, value)"
+					    " VALUES ('catalog', ?)", &q, err);
 	if (!rc) {
-		sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO license_meta(key, value)"
-				   " VALUES ('catalog', ?)", -1, &q, NULL);
 		sqlite3_bind_text(q, 1, want, -1, SQLITE_STATIC);
-		sqlite3_step(q);
+		if (sqlite3_step(q) != SQLITE_DONE)
+			rc = owl_err_set(err, OWL_EFAIL, "cannot record the license catalog's version: %s",
+					 sqlite3_errmsg(registry_store_db(s)));
 		sqlite3_finalize(q);
-		rc = registry_store_commit(s, err);
 	}
+	if (!rc)
+		rc = registry_store_commit(s, err);
 	if (rc)
 		registry_store_rollback(s);
 	json_decref(root);
 	return rc;
 }
 
-/* On a fresh home (no rule was ever written) the default policy is seeded. */
+/* On a fresh home (no rule was ever written) the default policy is seeded.
+ * A database that cannot say counts as seeded: never seed over a policy. */
 static int defaults_seeded(registry_store *s)
 {
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "SELECT 1 FROM license_meta WHERE key='defaults_seeded'", -1, &q,
-			   NULL);
-	int seeded = sqlite3_step(q) == SQLITE_ROW;
+	if (registry_store_prepare(s, "SELECT 1 FROM license_meta WHERE key='defaults_seeded'", &q,
+				   NULL))
+		return 1;
+	int step = sqlite3_step(q);
 	sqlite3_finalize(q);
-	return seeded;
+	return step != SQLITE_DONE;
 }
 
 static int seed_defaults(registry_store *s, owl_err *err)
 {
-	if (defaults_seeded(s) || s->read_only)
+	if (defaults_seeded(s) || registry_store_is_read_only(s))
 		return 0;
 	int rc = registry_store_begin(s, err);
 	/* Checked again under the write lock: several processes may start on a

@@ -2,7 +2,7 @@
  * under tmp/ first, fsync'd, then renamed into place, so a reader never sees
  * a partial blob and a crash leaves at most an unreferenced file for gc. */
 #define _GNU_SOURCE
-#include "registry.h"
+#include "store_impl.h"
 
 #include <errno.h>
 #include <fcntl.h>

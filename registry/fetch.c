@@ -13,7 +13,7 @@
  * response that wrote it, kept in <partial>.meta and sent as If-Range) or
  * when a digest is known that decides in the end. */
 #define _GNU_SOURCE
-#include "registry.h"
+#include "store_impl.h"
 #include "source_internal.h"
 
 #include <curl/curl.h>
@@ -34,10 +34,17 @@
 #define VALIDATOR_MAX 256
 #define SLOW_ABORTS_MAX 2 /* a server below the minimum rate twice is given up on */
 
+/* curl_global_init is not thread-safe: every owl use of curl goes through
+ * registry_curl_global_init, which runs it once per process. */
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static void curl_init_once(void)
 {
 	curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+void registry_curl_global_init(void)
+{
+	pthread_once(&curl_once, curl_init_once);
 }
 
 static atomic_int private_counter;
@@ -759,7 +766,7 @@ int registry_fetch_files(const registry_fetch_opts *opts, registry_fetch_file *f
 	static const registry_fetch_opts defaults;
 	if (!opts)
 		opts = &defaults;
-	pthread_once(&curl_once, curl_init_once);
+	registry_curl_global_init();
 	for (size_t i = 0; i < n; i++) {
 		files[i].bytes_transferred = 0;
 		files[i].size = 0;

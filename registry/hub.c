@@ -324,7 +324,7 @@ int registry_hub_list(const registry_fetch_opts *opts, const char *endpoint, con
 	if (!opts)
 		opts = &defaults;
 	memset(out, 0, sizeof *out);
-	curl_global_init(CURL_GLOBAL_DEFAULT);
+	registry_curl_global_init();
 	char *rev = escape_revision(revision);
 	char *url = owl_xasprintf("%s/api/models/%s/tree/%s?recursive=true", endpoint, repo, rev);
 	size_t cap = 0;

@@ -20,23 +20,11 @@
  * else 0. */
 typedef void (*registry_wait_fn)(void *ctx, const char *what, int holder_pid, double waited_s);
 
-typedef struct registry_store {
-	sqlite3 *db;
-	char *home;      /* the data home */
-	char *db_path;   /* home/owl.db */
-	char *blobs_dir; /* home/blobs/sha256 */
-	char *tmp_dir;   /* home/tmp */
-	int read_only;   /* opened through SQLite's read-only or immutable open */
-	registry_wait_fn wait_fn;
-	void *wait_ctx;
-	double lock_timeout_s; /* how long a writer waits for the lock */
-	double wait_started;   /* busy handler: when the current wait began */
-	double wait_notified;  /* busy handler: when wait_fn was last called */
-	int tx_depth;          /* 0 outside a transaction, > 1 inside SAVEPOINTs */
-	struct registry_after_commit *after; /* run once the outermost transaction commits */
-	int nafter, after_cap;
-	struct registry_remove_guards *guards; /* see registry_store_add_remove_guard */
-} registry_store;
+/* An open data home: the database connection, the paths and the
+ * transaction state (registry/store_impl.h, private to registry/). One
+ * handle is used by one thread at a time; threads that work in parallel
+ * open a handle each. */
+typedef struct registry_store registry_store;
 
 /* How registry_store_open_ex opens a home. Zero-initialised means: read and
  * write, refuse a lost database, wait silently for the lock. */
@@ -72,6 +60,19 @@ sqlite3 *registry_store_db(registry_store *s);
 /* The data home, and whether it was opened read-only. */
 const char *registry_store_home(const registry_store *s);
 int registry_store_is_read_only(const registry_store *s);
+/* home/owl.db. */
+const char *registry_store_db_path(const registry_store *s);
+/* Prepares one statement for a module that owns tables: an error naming the
+ * database when SQLite refuses (*q is then NULL), never a NULL statement
+ * stepped as if it had no rows. */
+int registry_store_prepare(registry_store *s, const char *sql, sqlite3_stmt **q, owl_err *err);
+
+/* What the store holds, for owl status. */
+typedef struct registry_store_counts {
+	uint64_t blobs, blob_bytes; /* blob rows and their total size */
+	uint64_t models, versions;
+} registry_store_counts;
+int registry_store_stats(registry_store *s, registry_store_counts *out, owl_err *err);
 
 /* Applies the schema steps a module has not applied yet, all in one
  * transaction under the write lock, re-reading the module's version inside
@@ -293,6 +294,44 @@ void registry_version_release(registry_version *v);
 /* The file with this relative path, or NULL. */
 const registry_file *registry_version_file(const registry_version *v, const char *path);
 
+/* One line of a listing (registry/listing.c): a version without its files. */
+typedef struct registry_version_info {
+	int64_t id;
+	char *model;
+	int number;
+	char *format;
+	uint64_t total_bytes;
+	int64_t created_at;
+	char *source;
+	char *config_json; /* or NULL */
+	char **tags;       /* the tags pointing at it, sorted */
+	size_t ntags;
+} registry_version_info;
+
+/* Every version (model NULL) or every version of one model, ordered by
+ * model name and number; *out (n entries) is freed with
+ * registry_version_infos_free. No version is 0 entries, not an error. */
+int registry_list_versions(registry_store *s, const char *model, registry_version_info **out,
+			   size_t *n, owl_err *err);
+void registry_version_infos_free(registry_version_info *v, size_t n);
+
+/* The tags pointing at a version, sorted; free with registry_strings_free. */
+int registry_version_tags(registry_store *s, int64_t version_id, char ***tags_out, size_t *n,
+			  owl_err *err);
+void registry_strings_free(char **v, size_t n);
+
+/* One move of a tag: from (0: the tag was new) to (0: the tag was deleted). */
+typedef struct registry_tag_move {
+	char *tag;
+	int64_t at;
+	int from, to; /* version numbers */
+} registry_tag_move;
+/* Every move of the model's tags, oldest first; freed with
+ * registry_tag_moves_free. */
+int registry_tag_history(registry_store *s, const char *model, registry_tag_move **out,
+			 size_t *n, owl_err *err);
+void registry_tag_moves_free(registry_tag_move *m, size_t n);
+
 /* Makes the version readable as an ordinary checkpoint folder:
  * home/snapshots/NAME/V/ holding one symlink per file (to its blob), in the
  * checkpoint's own layout, so the engine and the license detector read a
@@ -300,6 +339,20 @@ const registry_file *registry_version_file(const registry_version *v, const char
  * about blobs. Idempotent. *dir_out is malloc'd; the caller frees it. */
 int registry_version_materialize(registry_store *s, const registry_version *v, char **dir_out,
 				 owl_err *err);
+
+/* Resolves ref and materialises it: the flow of everything that loads a
+ * registered model (owl run, a server). *dir_out (caller frees) is the
+ * folder to hand the engine; *v_out (optional; released by the caller with
+ * registry_version_release) the version. */
+int registry_checkout(registry_store *s, const char *ref, registry_version *v_out,
+		      char **dir_out, owl_err *err);
+/* As registry_checkout for an adapter that is to run on the registered
+ * version base_version_id (0: the base is a path, not a registered version;
+ * base_label names it in messages). Refused (OWL_EUSAGE) when ref is not an
+ * adapter, names no base, or derives from another version. */
+int registry_checkout_adapter(registry_store *s, const char *ref, int64_t base_version_id,
+			      const char *base_label, registry_version *v_out, char **dir_out,
+			      owl_err *err);
 
 /* Sets (or moves) TAG of the model to the version; the move is recorded in
  * tag_history. */

@@ -17,6 +17,8 @@ int registry_stage_strip_top(registry_stage *st, owl_err *err);
 /* The options every owl HTTP request shares (TLS, timeouts, user agent). */
 #include <curl/curl.h>
 void registry_curl_defaults(CURL *e, const registry_fetch_opts *o, char *errbuf);
+/* curl_global_init, once per process (registry/fetch.c). */
+void registry_curl_global_init(void);
 
 int registry_stage_from_url(registry_store *s, const char *url, const registry_source_opts *o,
 			    registry_stage **out, owl_err *err);

@@ -5,7 +5,7 @@
  * path a server names is checked before any byte is written, and a finished
  * file is renamed straight into the staging folder, at a path below it. */
 #define _GNU_SOURCE
-#include "registry.h"
+#include "store_impl.h"
 #include "source_internal.h"
 
 #include <errno.h>

@@ -3,7 +3,7 @@
  * nothing of it is visible; a kill at any point leaves a staging folder that
  * `owl gc` removes once its process is gone. */
 #define _GNU_SOURCE
-#include "registry.h"
+#include "store_impl.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -546,14 +546,16 @@ static int64_t model_id_for(registry_store *s, const char *name, int create, owl
 {
 	sqlite3_stmt *q = NULL;
 	int64_t id = 0;
-	sqlite3_prepare_v2(s->db, "SELECT id FROM models WHERE name=?", -1, &q, NULL);
+	if (registry_store_prepare(s, "SELECT id FROM models WHERE name=?", &q, err))
+		return 0;
 	sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
 	if (sqlite3_step(q) == SQLITE_ROW)
 		id = sqlite3_column_int64(q, 0);
 	sqlite3_finalize(q);
 	if (id || !create)
 		return id;
-	sqlite3_prepare_v2(s->db, "INSERT INTO models(name, created_at) VALUES (?, ?)", -1, &q, NULL);
+	if (registry_store_prepare(s, "INSERT INTO models(name, created_at) VALUES (?, ?)", &q, err))
+		return 0;
 	sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(q, 2, owl_unix_time());
 	if (sqlite3_step(q) == SQLITE_DONE)
@@ -700,18 +702,25 @@ int registry_stage_commit(registry_store *s, registry_stage *st, const char *nam
 		rc = err && err->code ? err->code : OWL_EFAIL;
 		goto fail;
 	}
-	int number = 1;
-	sqlite3_prepare_v2(s->db, "SELECT COALESCE(MAX(version),0)+1 FROM versions WHERE model_id=?",
-			   -1, &q, NULL);
+	int number = 0;
+	if ((rc = registry_store_prepare(s, "SELECT COALESCE(MAX(version),0)+1 FROM versions"
+					 " WHERE model_id=?", &q, err)))
+		goto fail;
 	sqlite3_bind_int64(q, 1, mid);
 	if (sqlite3_step(q) == SQLITE_ROW)
 		number = sqlite3_column_int(q, 0);
 	sqlite3_finalize(q);
+	if (number < 1) {
+		rc = owl_err_set(err, OWL_EFAIL, "cannot number the new version of '%s': %s", name,
+				 sqlite3_errmsg(s->db));
+		goto fail;
+	}
 
-	sqlite3_prepare_v2(s->db,
+	if ((rc = registry_store_prepare(s,
 			   "INSERT INTO versions(model_id, version, source, revision, format,"
 			   " parent_version_id, config_json, total_bytes, created_at)"
-			   " VALUES (?,?,?,?,?,?,?,?,?)", -1, &q, NULL);
+			   " VALUES (?,?,?,?,?,?,?,?,?)", &q, err)))
+		goto fail;
 	sqlite3_bind_int64(q, 1, mid);
 	sqlite3_bind_int(q, 2, number);
 	sqlite3_bind_text(q, 3, st->source, -1, SQLITE_STATIC);
@@ -728,10 +737,13 @@ int registry_stage_commit(registry_store *s, registry_stage *st, const char *nam
 		goto fail;
 	int64_t vid = sqlite3_last_insert_rowid(s->db);
 
-	sqlite3_prepare_v2(s->db, "INSERT OR IGNORE INTO blobs(digest, size, created_at)"
-			   " VALUES (?,?,?)", -1, &qb, NULL);
-	sqlite3_prepare_v2(s->db, "INSERT INTO version_files(version_id, path, digest, size,"
-			   " expected_digest) VALUES (?,?,?,?,?)", -1, &qf, NULL);
+	if ((rc = registry_store_prepare(s, "INSERT OR IGNORE INTO blobs(digest, size, created_at)"
+					 " VALUES (?,?,?)", &qb, err)) ||
+	    (rc = registry_store_prepare(s, "INSERT INTO version_files(version_id, path, digest,"
+					 " size, expected_digest) VALUES (?,?,?,?,?)", &qf, err))) {
+		sqlite3_finalize(qb);
+		goto fail;
+	}
 	int64_t now = owl_unix_time();
 	for (size_t i = 0; !rc && i < st->nfiles; i++) {
 		registry_stage_file *f = &st->files[i];

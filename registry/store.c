@@ -15,7 +15,7 @@
  *  - the home is read-only: readers open the database read-only (or
  *    immutable when SQLite cannot create its WAL index), writers are told. */
 #define _GNU_SOURCE
-#include "registry.h"
+#include "store_impl.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -241,17 +241,31 @@ int registry_store_after_commit(registry_store *s, registry_after_commit_fn fn, 
 	return 0;
 }
 
-int registry_store_schema_version(registry_store *s, const char *module)
+/* *v = the number of steps applied for module; an error when the
+ * migrations table cannot be read (a migration must not guess 0 and apply
+ * every step again). */
+static int schema_version(registry_store *s, const char *module, int *v, owl_err *err)
 {
 	sqlite3_stmt *st = NULL;
-	int v = 0;
-	if (sqlite3_prepare_v2(s->db, "SELECT COALESCE(MAX(version),0) FROM migrations WHERE module=?",
-			       -1, &st, NULL) == SQLITE_OK) {
-		sqlite3_bind_text(st, 1, module, -1, SQLITE_STATIC);
-		if (sqlite3_step(st) == SQLITE_ROW)
-			v = sqlite3_column_int(st, 0);
-	}
+	*v = 0;
+	int rc = registry_store_prepare(s, "SELECT COALESCE(MAX(version),0) FROM migrations"
+					" WHERE module=?", &st, err);
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, module, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		*v = sqlite3_column_int(st, 0);
+	else
+		rc = owl_err_set(err, OWL_EFAIL, "cannot read the schema version of '%s' in '%s': %s",
+				 module, s->db_path, sqlite3_errmsg(s->db));
 	sqlite3_finalize(st);
+	return rc;
+}
+
+int registry_store_schema_version(registry_store *s, const char *module)
+{
+	int v = 0;
+	schema_version(s, module, &v, NULL);
 	return v;
 }
 
@@ -267,7 +281,10 @@ int registry_store_migrate(registry_store *s, const char *module, const char *co
 			   int nsteps, owl_err *err)
 {
 	/* The common case, an up-to-date schema, needs no lock at all. */
-	int have = registry_store_schema_version(s, module);
+	int have = 0;
+	int rc = schema_version(s, module, &have, err);
+	if (rc)
+		return rc;
 	if (have > nsteps)
 		return newer_owl(s, module, have, nsteps, err);
 	if (have == nsteps)
@@ -279,10 +296,12 @@ int registry_store_migrate(registry_store *s, const char *module, const char *co
 	/* Several processes may reach this point on a fresh home at once: the
 	 * write lock serialises them, and the version is read again under it so
 	 * that each step is applied exactly once. */
-	int rc = registry_store_begin(s, err);
-	if (rc)
+	if ((rc = registry_store_begin(s, err)))
 		return rc;
-	have = registry_store_schema_version(s, module);
+	if ((rc = schema_version(s, module, &have, err))) {
+		registry_store_rollback(s);
+		return rc;
+	}
 	if (have > nsteps) {
 		registry_store_rollback(s);
 		return newer_owl(s, module, have, nsteps, err);
@@ -600,4 +619,42 @@ const char *registry_store_home(const registry_store *s)
 int registry_store_is_read_only(const registry_store *s)
 {
 	return s->read_only;
+}
+
+const char *registry_store_db_path(const registry_store *s)
+{
+	return s->db_path;
+}
+
+int registry_store_prepare(registry_store *s, const char *sql, sqlite3_stmt **q, owl_err *err)
+{
+	*q = NULL;
+	if (sqlite3_prepare_v2(s->db, sql, -1, q, NULL) == SQLITE_OK)
+		return 0;
+	*q = NULL;
+	return owl_err_set(err, OWL_EFAIL, "the database '%s' cannot be read (%s)", s->db_path,
+			   sqlite3_errmsg(s->db));
+}
+
+int registry_store_stats(registry_store *s, registry_store_counts *out, owl_err *err)
+{
+	memset(out, 0, sizeof *out);
+	sqlite3_stmt *q;
+	int rc = registry_store_prepare(s, "SELECT (SELECT COUNT(*) FROM blobs),"
+					" (SELECT COALESCE(SUM(size),0) FROM blobs),"
+					" (SELECT COUNT(*) FROM models), (SELECT COUNT(*) FROM versions)",
+					&q, err);
+	if (rc)
+		return rc;
+	if (sqlite3_step(q) == SQLITE_ROW) {
+		out->blobs = (uint64_t)sqlite3_column_int64(q, 0);
+		out->blob_bytes = (uint64_t)sqlite3_column_int64(q, 1);
+		out->models = (uint64_t)sqlite3_column_int64(q, 2);
+		out->versions = (uint64_t)sqlite3_column_int64(q, 3);
+	} else {
+		rc = owl_err_set(err, OWL_EFAIL, "cannot count the store's rows: %s",
+				 sqlite3_errmsg(s->db));
+	}
+	sqlite3_finalize(q);
+	return rc;
 }

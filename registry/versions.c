@@ -1,6 +1,6 @@
 /* Versions: resolving references, snapshots, tags, removal, gc and verify. */
 #define _GNU_SOURCE
-#include "registry.h"
+#include "store_impl.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -43,7 +43,10 @@ static void split_ref(const char *ref, char **name, int *number, char **tag)
 static void list_for_error(registry_store *s, const char *sql, int64_t mid, owl_buf *out)
 {
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, sql, -1, &q, NULL);
+	if (registry_store_prepare(s, sql, &q, NULL)) {
+		owl_buf_printf(out, "unknown");
+		return;
+	}
 	sqlite3_bind_int64(q, 1, mid);
 	int n = 0;
 	while (sqlite3_step(q) == SQLITE_ROW && n < 20)
@@ -56,11 +59,12 @@ static void list_for_error(registry_store *s, const char *sql, int64_t mid, owl_
 static int load_version(registry_store *s, int64_t vid, registry_version *v, owl_err *err)
 {
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db,
+	int rc = registry_store_prepare(s,
 			   "SELECT v.id, v.model_id, m.name, v.version, v.source, v.revision, v.format,"
 			   " COALESCE(v.parent_version_id,0), v.config_json, v.total_bytes, v.created_at"
-			   " FROM versions v JOIN models m ON m.id = v.model_id WHERE v.id=?",
-			   -1, &q, NULL);
+			   " FROM versions v JOIN models m ON m.id = v.model_id WHERE v.id=?", &q, err);
+	if (rc)
+		return rc;
 	sqlite3_bind_int64(q, 1, vid);
 	if (sqlite3_step(q) != SQLITE_ROW) {
 		sqlite3_finalize(q);
@@ -79,11 +83,14 @@ static int load_version(registry_store *s, int64_t vid, registry_version *v, owl
 	v->created_at = sqlite3_column_int64(q, 10);
 	sqlite3_finalize(q);
 
-	sqlite3_prepare_v2(s->db, "SELECT path, digest, size FROM version_files WHERE version_id=?"
-			   " ORDER BY path", -1, &q, NULL);
+	rc = registry_store_prepare(s, "SELECT path, digest, size FROM version_files WHERE"
+				    " version_id=? ORDER BY path", &q, err);
+	if (rc)
+		return rc;
 	sqlite3_bind_int64(q, 1, vid);
 	size_t cap = 0;
-	while (sqlite3_step(q) == SQLITE_ROW) {
+	int step;
+	while ((step = sqlite3_step(q)) == SQLITE_ROW) {
 		if (v->nfiles == cap) {
 			cap = cap ? 2 * cap : 8;
 			v->files = owl_xrealloc(v->files, cap * sizeof *v->files);
@@ -95,6 +102,9 @@ static int load_version(registry_store *s, int64_t vid, registry_version *v, owl
 		f->blob_path = registry_blob_path(s, f->digest);
 	}
 	sqlite3_finalize(q);
+	if (step != SQLITE_DONE)
+		return owl_err_set(err, OWL_EFAIL, "cannot read the files of version id %lld: %s",
+				   (long long)vid, sqlite3_errmsg(s->db));
 	return 0;
 }
 
@@ -116,7 +126,8 @@ int registry_resolve(registry_store *s, const char *ref, registry_version *out, 
 	int rc = 0;
 	int64_t mid = 0, vid = 0;
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "SELECT id FROM models WHERE name=?", -1, &q, NULL);
+	if ((rc = registry_store_prepare(s, "SELECT id FROM models WHERE name=?", &q, err)))
+		goto out;
 	sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
 	if (sqlite3_step(q) == SQLITE_ROW)
 		mid = sqlite3_column_int64(q, 0);
@@ -130,21 +141,22 @@ int registry_resolve(registry_store *s, const char *ref, registry_version *out, 
 				 "e.g. %s@1", ref, name);
 		goto out;
 	}
-	if (tag) {
-		sqlite3_prepare_v2(s->db, "SELECT version_id FROM tags WHERE model_id=? AND tag=?", -1,
-				   &q, NULL);
-		sqlite3_bind_int64(q, 1, mid);
+	if (tag)
+		rc = registry_store_prepare(s, "SELECT version_id FROM tags WHERE model_id=?1 AND"
+					    " tag=?2", &q, err);
+	else if (number)
+		rc = registry_store_prepare(s, "SELECT id FROM versions WHERE model_id=?1 AND"
+					    " version=?3", &q, err);
+	else
+		rc = registry_store_prepare(s, "SELECT id FROM versions WHERE model_id=?1"
+					    " ORDER BY version DESC LIMIT 1", &q, err);
+	if (rc)
+		goto out;
+	sqlite3_bind_int64(q, 1, mid);
+	if (tag)
 		sqlite3_bind_text(q, 2, tag, -1, SQLITE_STATIC);
-	} else if (number) {
-		sqlite3_prepare_v2(s->db, "SELECT id FROM versions WHERE model_id=? AND version=?", -1,
-				   &q, NULL);
-		sqlite3_bind_int64(q, 1, mid);
-		sqlite3_bind_int(q, 2, number);
-	} else {
-		sqlite3_prepare_v2(s->db, "SELECT id FROM versions WHERE model_id=?"
-				   " ORDER BY version DESC LIMIT 1", -1, &q, NULL);
-		sqlite3_bind_int64(q, 1, mid);
-	}
+	else if (number)
+		sqlite3_bind_int(q, 3, number);
 	if (sqlite3_step(q) == SQLITE_ROW)
 		vid = sqlite3_column_int64(q, 0);
 	sqlite3_finalize(q);
@@ -265,8 +277,10 @@ int registry_tag_set(registry_store *s, const registry_version *v, const char *t
 				   "and '.'", tag);
 	int64_t old = 0;
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "SELECT version_id FROM tags WHERE model_id=? AND tag=?", -1, &q,
-			   NULL);
+	int rc = registry_store_prepare(s, "SELECT version_id FROM tags WHERE model_id=? AND tag=?",
+					&q, err);
+	if (rc)
+		return rc;
 	sqlite3_bind_int64(q, 1, v->model_id);
 	sqlite3_bind_text(q, 2, tag, -1, SQLITE_STATIC);
 	if (sqlite3_step(q) == SQLITE_ROW)
@@ -274,23 +288,27 @@ int registry_tag_set(registry_store *s, const registry_version *v, const char *t
 	sqlite3_finalize(q);
 	if (old == v->id)
 		return 0;
-	int rc = registry_store_exec(s, "SAVEPOINT tag_set", err);
+	rc = registry_store_exec(s, "SAVEPOINT tag_set", err);
 	if (rc)
 		return rc;
 	int64_t now = owl_unix_time();
-	sqlite3_prepare_v2(s->db, "INSERT INTO tags(model_id, tag, version_id, updated_at)"
-			   " VALUES (?,?,?,?) ON CONFLICT(model_id, tag) DO UPDATE SET"
-			   " version_id=excluded.version_id, updated_at=excluded.updated_at", -1, &q,
-			   NULL);
-	sqlite3_bind_int64(q, 1, v->model_id);
-	sqlite3_bind_text(q, 2, tag, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(q, 3, v->id);
-	sqlite3_bind_int64(q, 4, now);
-	int ok = sqlite3_step(q) == SQLITE_DONE;
-	sqlite3_finalize(q);
+	int ok = sqlite3_prepare_v2(s->db, "INSERT INTO tags(model_id, tag, version_id, updated_at)"
+				    " VALUES (?,?,?,?) ON CONFLICT(model_id, tag) DO UPDATE SET"
+				    " version_id=excluded.version_id, updated_at=excluded.updated_at",
+				    -1, &q, NULL) == SQLITE_OK;
 	if (ok) {
-		sqlite3_prepare_v2(s->db, "INSERT INTO tag_history(model_id, tag, old_version_id,"
-				   " new_version_id, at) VALUES (?,?,?,?,?)", -1, &q, NULL);
+		sqlite3_bind_int64(q, 1, v->model_id);
+		sqlite3_bind_text(q, 2, tag, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(q, 3, v->id);
+		sqlite3_bind_int64(q, 4, now);
+		ok = sqlite3_step(q) == SQLITE_DONE;
+		sqlite3_finalize(q);
+	}
+	if (ok)
+		ok = sqlite3_prepare_v2(s->db, "INSERT INTO tag_history(model_id, tag, old_version_id,"
+					" new_version_id, at) VALUES (?,?,?,?,?)", -1, &q,
+					NULL) == SQLITE_OK;
+	if (ok) {
 		sqlite3_bind_int64(q, 1, v->model_id);
 		sqlite3_bind_text(q, 2, tag, -1, SQLITE_STATIC);
 		if (old)
@@ -319,19 +337,26 @@ int registry_tag_delete(registry_store *s, const char *model, const char *tag, o
 	if ((rc = registry_store_exec(s, "SAVEPOINT tag_del", err)))
 		goto out;
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "DELETE FROM tags WHERE model_id=? AND tag=?", -1, &q, NULL);
-	sqlite3_bind_int64(q, 1, v.model_id);
-	sqlite3_bind_text(q, 2, tag, -1, SQLITE_STATIC);
-	int ok = sqlite3_step(q) == SQLITE_DONE;
-	sqlite3_finalize(q);
-	sqlite3_prepare_v2(s->db, "INSERT INTO tag_history(model_id, tag, old_version_id,"
-			   " new_version_id, at) VALUES (?,?,?,NULL,?)", -1, &q, NULL);
-	sqlite3_bind_int64(q, 1, v.model_id);
-	sqlite3_bind_text(q, 2, tag, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(q, 3, v.id);
-	sqlite3_bind_int64(q, 4, owl_unix_time());
-	ok = ok && sqlite3_step(q) == SQLITE_DONE;
-	sqlite3_finalize(q);
+	int ok = sqlite3_prepare_v2(s->db, "DELETE FROM tags WHERE model_id=? AND tag=?", -1, &q,
+				    NULL) == SQLITE_OK;
+	if (ok) {
+		sqlite3_bind_int64(q, 1, v.model_id);
+		sqlite3_bind_text(q, 2, tag, -1, SQLITE_STATIC);
+		ok = sqlite3_step(q) == SQLITE_DONE;
+		sqlite3_finalize(q);
+	}
+	if (ok)
+		ok = sqlite3_prepare_v2(s->db, "INSERT INTO tag_history(model_id, tag, old_version_id,"
+					" new_version_id, at) VALUES (?,?,?,NULL,?)", -1, &q,
+					NULL) == SQLITE_OK;
+	if (ok) {
+		sqlite3_bind_int64(q, 1, v.model_id);
+		sqlite3_bind_text(q, 2, tag, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(q, 3, v.id);
+		sqlite3_bind_int64(q, 4, owl_unix_time());
+		ok = sqlite3_step(q) == SQLITE_DONE;
+		sqlite3_finalize(q);
+	}
 	if (!ok) {
 		rc = owl_err_set(err, OWL_EFAIL, "cannot delete tag '%s': %s", tag,
 				 sqlite3_errmsg(s->db));
@@ -365,19 +390,22 @@ int registry_version_remove(registry_store *s, const registry_version *v, owl_er
 		char *sql = owl_xasprintf("SELECT COUNT(*) FROM %s WHERE %s=?", pins[i].table,
 					  pins[i].column);
 		sqlite3_stmt *q = NULL;
-		long long n = 0;
-		int ok = sqlite3_prepare_v2(s->db, sql, -1, &q, NULL) == SQLITE_OK;
-		if (ok) {
-			sqlite3_bind_int64(q, 1, v->id);
-			ok = sqlite3_step(q) == SQLITE_ROW;
-			if (ok)
-				n = sqlite3_column_int64(q, 0);
-		}
-		sqlite3_finalize(q);
+		long long n = -1;
+		int prc = registry_store_prepare(s, sql, &q, err);
 		free(sql);
-		if (!ok) {
-			rc = owl_err_set(err, OWL_EFAIL, "cannot check what uses %s@%d: %s", v->model,
-					 v->number, sqlite3_errmsg(s->db));
+		if (prc) {
+			registry_store_rollback(s);
+			return prc;
+		}
+		sqlite3_bind_int64(q, 1, v->id);
+		if (sqlite3_step(q) == SQLITE_ROW)
+			n = sqlite3_column_int64(q, 0);
+		sqlite3_finalize(q);
+		/* A count that cannot be read pins the version: refuse rather than guess. */
+		if (n < 0) {
+			rc = owl_err_set(err, OWL_EFAIL, "cannot tell whether %s still reference "
+					 "%s@%d: %s", pins[i].what, v->model, v->number,
+					 sqlite3_errmsg(s->db));
 			registry_store_rollback(s);
 			return rc;
 		}
@@ -420,15 +448,18 @@ int registry_version_remove(registry_store *s, const registry_version *v, owl_er
 
 /* ---- gc ---------------------------------------------------------------- */
 
+/* A database that cannot answer counts as "referenced": gc keeps what it
+ * cannot judge. */
 static int blob_referenced(registry_store *s, const char *digest)
 {
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "SELECT 1 FROM version_files WHERE digest=? LIMIT 1", -1, &q,
-			   NULL);
+	if (sqlite3_prepare_v2(s->db, "SELECT 1 FROM version_files WHERE digest=? LIMIT 1", -1, &q,
+			       NULL) != SQLITE_OK)
+		return 1;
 	sqlite3_bind_text(q, 1, digest, -1, SQLITE_STATIC);
-	int yes = sqlite3_step(q) == SQLITE_ROW;
+	int step = sqlite3_step(q);
 	sqlite3_finalize(q);
-	return yes;
+	return step != SQLITE_DONE;
 }
 
 /* A staging folder tmp/stage-PID-N whose process no longer runs. */
@@ -440,25 +471,34 @@ static int stale_stage(const char *name)
 	return kill(pid, 0) != 0 && errno == ESRCH;
 }
 
+/* As blob_referenced, an unanswerable database counts as "recorded" (so
+ * that the blob is judged by its references, kept when in doubt). */
 static int blob_recorded(registry_store *s, const char *digest)
 {
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db, "SELECT 1 FROM blobs WHERE digest=?", -1, &q, NULL);
+	if (sqlite3_prepare_v2(s->db, "SELECT 1 FROM blobs WHERE digest=?", -1, &q, NULL) !=
+	    SQLITE_OK)
+		return 1;
 	sqlite3_bind_text(q, 1, digest, -1, SQLITE_STATIC);
-	int yes = sqlite3_step(q) == SQLITE_ROW;
+	int step = sqlite3_step(q);
 	sqlite3_finalize(q);
-	return yes;
+	return step != SQLITE_DONE;
 }
 
-/* When this database was created: its first registry schema step. */
-static int64_t db_created_at(registry_store *s)
+/* When this database was created: its first registry schema step (-1 when
+ * the database cannot say, err set). */
+static int64_t db_created_at(registry_store *s, owl_err *err)
 {
 	sqlite3_stmt *q = NULL;
-	int64_t t = 0;
-	sqlite3_prepare_v2(s->db, "SELECT COALESCE(MIN(applied_at),0) FROM migrations"
-			   " WHERE module='" REGISTRY_SCHEMA_MODULE "'", -1, &q, NULL);
+	int64_t t = -1;
+	if (registry_store_prepare(s, "SELECT COALESCE(MIN(applied_at),0) FROM migrations"
+				   " WHERE module='" REGISTRY_SCHEMA_MODULE "'", &q, err))
+		return -1;
 	if (sqlite3_step(q) == SQLITE_ROW)
 		t = sqlite3_column_int64(q, 0);
+	else
+		owl_err_set(err, OWL_EFAIL, "cannot read when the database was created: %s",
+			    sqlite3_errmsg(s->db));
 	sqlite3_finalize(q);
 	return t;
 }
@@ -481,7 +521,12 @@ int registry_gc(registry_store *s, int dry_run, registry_gc_result *res, owl_err
 	 * moved in by a commit that failed (after the database was created:
 	 * garbage) or comes from an earlier database that was lost (before it:
 	 * keep it for owl recover). A ctime is set by the rename into blobs/. */
-	int64_t created = db_created_at(s);
+	int64_t created = db_created_at(s, err);
+	if (created < 0) {
+		registry_store_rollback(s);
+		registry_ingest_unlock(lock);
+		return OWL_EFAIL;
+	}
 	DIR *top = opendir(s->blobs_dir);
 	struct dirent *de;
 	while (top && (de = readdir(top))) {
@@ -699,10 +744,12 @@ int registry_verify(registry_store *s, const registry_version *v, registry_verif
 		    void *report_ctx, uint64_t *files_checked, owl_err *err)
 {
 	sqlite3_stmt *q = NULL;
-	sqlite3_prepare_v2(s->db,
+	int prc = registry_store_prepare(s,
 			   "SELECT m.name, v.version, f.path, f.digest, f.size FROM version_files f"
 			   " JOIN versions v ON v.id=f.version_id JOIN models m ON m.id=v.model_id"
-			   " WHERE ?1=0 OR v.id=?1 ORDER BY m.name, v.version, f.path", -1, &q, NULL);
+			   " WHERE ?1=0 OR v.id=?1 ORDER BY m.name, v.version, f.path", &q, err);
+	if (prc)
+		return prc;
 	sqlite3_bind_int64(q, 1, v ? v->id : 0);
 	uint64_t checked = 0, bad = 0;
 	/* Many versions share blobs: hash each blob once. */

@@ -358,7 +358,7 @@ static void audit_anchor_catches_removed_newest_rows(void)
 					 .rule = "r", .license = "mit", .evidence = "x"};
 		CHECK_INT(license_audit_append(f.s, &e, &err), 0);
 	}
-	char *anchor = owl_path_join(f.s->home, "logs/audit-head");
+	char *anchor = owl_path_join(registry_store_home(f.s), "logs/audit-head");
 	char *text = NULL;
 	size_t len = 0;
 	CHECK_INT(owl_read_file(anchor, 1 << 20, &text, &len, &err), 0);
@@ -394,7 +394,7 @@ static int count_rows(fixture *f, const char *sql)
 {
 	sqlite3_stmt *q = NULL;
 	int n = -1;
-	if (sqlite3_prepare_v2(f->s->db, sql, -1, &q, NULL) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW)
+	if (sqlite3_prepare_v2(registry_store_db(f->s), sql, -1, &q, NULL) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW)
 		n = sqlite3_column_int(q, 0);
 	sqlite3_finalize(q);
 	return n;
@@ -402,7 +402,7 @@ static int count_rows(fixture *f, const char *sql)
 
 static int anchor_lines(fixture *f)
 {
-	char *anchor = owl_path_join(f->s->home, "logs/audit-head"), *text = NULL;
+	char *anchor = owl_path_join(registry_store_home(f->s), "logs/audit-head"), *text = NULL;
 	size_t len = 0;
 	int lines = 0;
 	if (owl_read_file(anchor, 1 << 20, &text, &len, NULL) == 0)
@@ -508,6 +508,101 @@ static void gate_fails_closed(void)
 	fixture_close(&f);
 }
 
+/* A policy file is checked whole before the store is touched, applied all
+ * or nothing, and what is exported reads back the same. */
+static void policy_files_round_trip_and_refuse_whole(void)
+{
+	fixture f;
+	fixture_open(&f);
+	owl_err err = {0};
+	license_policy *p = NULL;
+	const char *bad = "{\"rules\": [{\"name\": \"r1\", \"effect\": \"deny\", "
+			  "\"priority\": \"high\"}]}";
+	CHECK_INT(license_policy_parse(bad, strlen(bad), "p.json", &p, &err), OWL_EUSAGE);
+	CHECK(p == NULL && strstr(err.msg, "'priority' is a string"), "names the field: %s",
+	      err.msg);
+	const char *notjson = "{\"rules\": [";
+	CHECK_INT(license_policy_parse(notjson, strlen(notjson), "p.json", &p, &err), OWL_EUSAGE);
+	CHECK(strstr(err.msg, "'p.json' is not valid JSON") != NULL, "%s", err.msg);
+
+	const char *good = "{\"owl_policy\": 1, \"rules\": [{\"name\": \"no-gpl\", "
+			   "\"effect\": \"deny\", \"priority\": 700, \"category\": "
+			   "\"copyleft\"}], \"org\": {\"mau\": \"5000\"}}";
+	CHECK_INT(license_policy_parse(good, strlen(good), "p.json", &p, &err), 0);
+	if (p) {
+		CHECK_INT((long long)p->nrules, 1);
+		CHECK_INT((long long)p->norg, 1);
+		CHECK_INT(license_policy_apply(f.s, p, 1, &err), 0);
+		/* Applied again without --replace, the rule's name is taken: nothing
+		 * changes, the organisation's attribute included. */
+		free(p->org[0].value);
+		p->org[0].value = owl_xstrdup("7");
+		CHECK(license_policy_apply(f.s, p, 0, &err) != 0, "a duplicate rule refuses");
+		license_policy_free(p);
+	}
+	license_policy *back = NULL;
+	CHECK_INT(license_policy_read(f.s, &back, &err), 0);
+	if (back) {
+		CHECK_INT((long long)back->nrules, 1);
+		if (back->nrules)
+			CHECK_STR(back->rules[0].name, "no-gpl");
+		CHECK_INT((long long)back->norg, 1);
+		if (back->norg)
+			CHECK_STR(back->org[0].value, "5000");
+		char *text = license_policy_to_json(back, 1);
+		license_policy *again = NULL;
+		CHECK_INT(license_policy_parse(text, strlen(text), "export", &again, &err), 0);
+		CHECK(again && again->nrules == 1 && again->rules[0].priority == 700 &&
+		      again->rules[0].effect == LICENSE_DENY, "the export reads back: %s", text);
+		license_policy_free(again);
+		free(text);
+		license_policy_free(back);
+	}
+	fixture_close(&f);
+}
+
+/* What the licenses module recorded, read back as structs: findings,
+ * conclusions, the catalog, the audit rows. */
+static void records_read_back(void)
+{
+	fixture f;
+	fixture_open(&f);
+	owl_err err = {0};
+	int64_t v = add_version(&f, "rb", 0, "mit");
+	license_findings *lf = NULL;
+	CHECK_INT(license_findings_of(f.s, v, &lf, &err), 0);
+	CHECK(lf && lf->n == 1 && strcmp(lf->items[0].license_id, "mit") == 0 &&
+	      strcmp(lf->items[0].source, "card") == 0, "the stored finding");
+	license_findings_free(lf);
+	CHECK_INT(license_conclude(f.s, v, "apache-2.0", "the vendor confirmed", "alice", &err), 0);
+	license_conclusion *cs = NULL;
+	size_t n = 0;
+	CHECK_INT(license_conclusions_of(f.s, v, &cs, &n, &err), 0);
+	CHECK(n == 1 && strcmp(cs[0].license_id, "apache-2.0") == 0 &&
+	      strcmp(cs[0].by, "alice") == 0, "the conclusion");
+	license_conclusions_free(cs, n);
+	license_facts *all = NULL;
+	CHECK_INT(license_catalog_list(f.s, &all, &n, &err), 0);
+	int has_mit = 0;
+	for (size_t i = 0; i < n; i++)
+		has_mit |= strcmp(all[i].id, "mit") == 0;
+	CHECK(n > 10 && has_mit, "the catalog lists %zu entries", n);
+	free(all);
+	license_audit_entry a = {.at = 1000, .actor = "bob", .action = "approve", .subject = "rb@1",
+				 .use = "*", .effect = "approval", .rule = "deploy", .license = "",
+				 .evidence = "ok", .version_id = v};
+	CHECK_INT(license_audit_append(f.s, &a, &err), 0);
+	a.at = 3000;
+	a.actor = "carol";
+	CHECK_INT(license_audit_append(f.s, &a, &err), 0);
+	license_audit_row *rows = NULL;
+	CHECK_INT(license_audit_list(f.s, 2000, &rows, &n, &err), 0);
+	CHECK(n == 1 && strcmp(rows[0].actor, "carol") == 0 && rows[0].version_id == v,
+	      "rows since a time");
+	license_audit_rows_free(rows, n);
+	fixture_close(&f);
+}
+
 int main(void)
 {
 	RUN_TEST(every_reference_text_is_recognised);
@@ -519,5 +614,7 @@ int main(void)
 	RUN_TEST(audit_anchor_catches_removed_newest_rows);
 	RUN_TEST(gate_decision_commits_with_its_change);
 	RUN_TEST(gate_fails_closed);
+	RUN_TEST(policy_files_round_trip_and_refuse_whole);
+	RUN_TEST(records_read_back);
 	TEST_MAIN_END();
 }

@@ -54,8 +54,8 @@ static long long count(registry_store *s, const char *sql)
 {
 	sqlite3_stmt *q = NULL;
 	long long n = -1;
-	sqlite3_prepare_v2(s->db, sql, -1, &q, NULL);
-	if (sqlite3_step(q) == SQLITE_ROW)
+	if (sqlite3_prepare_v2(registry_store_db(s), sql, -1, &q, NULL) == SQLITE_OK &&
+	    sqlite3_step(q) == SQLITE_ROW)
 		n = sqlite3_column_int64(q, 0);
 	sqlite3_finalize(q);
 	return n;
@@ -249,7 +249,7 @@ static void commit_moves_blobs_before_taking_the_write_lock(void)
 	}
 	long want = (long)st->nfiles;
 	sqlite3 *holder = NULL;
-	sqlite3_open(s->db_path, &holder);
+	sqlite3_open(registry_store_db_path(s), &holder);
 	CHECK_INT(sqlite3_exec(holder, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
 	commit_job job = {.s = s, .st = st};
 	pthread_t t;
@@ -345,7 +345,7 @@ static void lost_database_is_refused_and_recovered(void)
 	registry_commit_result res;
 	CHECK_INT(registry_stage_commit(s, st, "m", 0, NULL, NULL, NULL, &res, &err), 0);
 	registry_stage_free(st);
-	char *db = owl_xstrdup(s->db_path);
+	char *db = owl_xstrdup(registry_store_db_path(s));
 	registry_store_close(s);
 	sleep(1); /* the new database must be younger than the blobs */
 	char *wal = owl_xasprintf("%s-wal", db), *shm = owl_xasprintf("%s-shm", db);
@@ -431,6 +431,138 @@ static void stage_refuses_bad_and_duplicate_paths_before_writing(void)
 	free(dir);
 }
 
+/* The listings cmd/ and a server read: versions with their tags, a model's
+ * tag history, a reference checked out as a folder. */
+static void listings_and_checkout(void)
+{
+	char *dir = test_tmpdir("reglist");
+	char *home = owl_path_join(dir, "home");
+	registry_store *s = NULL;
+	owl_err err = {0};
+	CHECK_INT(registry_store_open(home, &s, &err), 0);
+	const char *names[] = {"zed", "acme/bot", "acme/bot"};
+	const char *tags[] = {NULL, "stable", "canary"};
+	for (int i = 0; i < 3; i++) {
+		registry_stage *st = make_stage(s, dir);
+		registry_commit_result res;
+		CHECK_INT(registry_stage_commit(s, st, names[i], 0, tags[i], NULL, NULL, &res, &err), 0);
+		registry_stage_free(st);
+	}
+	registry_version v;
+	CHECK_INT(registry_resolve(s, "acme/bot@2", &v, &err), 0);
+	CHECK_INT(registry_tag_set(s, &v, "stable", &err), 0);
+	CHECK_INT(registry_tag_delete(s, "acme/bot", "canary", &err), 0);
+	registry_version_release(&v);
+
+	registry_version_info *vs = NULL;
+	size_t n = 0;
+	CHECK_INT(registry_list_versions(s, NULL, &vs, &n, &err), 0);
+	CHECK_INT((long long)n, 3);
+	if (n == 3) {
+		CHECK_STR(vs[0].model, "acme/bot");
+		CHECK_INT(vs[0].number, 1);
+		CHECK_INT((long long)vs[0].ntags, 0);
+		CHECK_INT(vs[1].number, 2);
+		CHECK_INT((long long)vs[1].ntags, 1);
+		if (vs[1].ntags == 1)
+			CHECK_STR(vs[1].tags[0], "stable");
+		CHECK_STR(vs[2].model, "zed");
+		CHECK_STR(vs[2].format, "hf");
+		CHECK(vs[2].config_json && strstr(vs[2].config_json, "LlamaForCausalLM"),
+		      "config summary listed");
+	}
+	registry_version_infos_free(vs, n);
+	CHECK_INT(registry_list_versions(s, "zed", &vs, &n, &err), 0);
+	CHECK_INT((long long)n, 1);
+	registry_version_infos_free(vs, n);
+	CHECK_INT(registry_list_versions(s, "nobody", &vs, &n, &err), 0);
+	CHECK_INT((long long)n, 0);
+	registry_version_infos_free(vs, n);
+
+	registry_tag_move *moves = NULL;
+	CHECK_INT(registry_tag_history(s, "acme/bot", &moves, &n, &err), 0);
+	/* stable -> @1, canary -> @2, stable @1 -> @2, canary @2 -> deleted */
+	CHECK_INT((long long)n, 4);
+	if (n == 4) {
+		CHECK_STR(moves[0].tag, "stable");
+		CHECK_INT(moves[0].from, 0);
+		CHECK_INT(moves[0].to, 1);
+		CHECK_INT(moves[2].from, 1);
+		CHECK_INT(moves[2].to, 2);
+		CHECK_STR(moves[3].tag, "canary");
+		CHECK_INT(moves[3].to, 0);
+	}
+	registry_tag_moves_free(moves, n);
+
+	char *folder = NULL;
+	CHECK_INT(registry_checkout(s, "acme/bot:stable", &v, &folder, &err), 0);
+	CHECK_INT(v.number, 2);
+	if (folder) {
+		char *cfg = owl_path_join(folder, "config.json");
+		CHECK(owl_path_exists(cfg), "the checkout holds the version's files: %s", cfg);
+		free(cfg);
+	}
+	free(folder);
+	int64_t bot2 = v.id;
+	registry_version_release(&v);
+	CHECK_INT(registry_checkout(s, "acme/bot@9", NULL, &folder, &err), OWL_EFAIL);
+	CHECK(folder == NULL, "no folder for an unknown version");
+	CHECK_INT(registry_checkout_adapter(s, "zed", bot2, "acme/bot@2", NULL, &folder, &err),
+		  OWL_EUSAGE);
+	CHECK(strstr(err.msg, "not an adapter") != NULL, "a model is no adapter: %s", err.msg);
+	free(folder);
+	registry_store_close(s);
+	owl_remove_tree(dir, NULL);
+	free(home);
+	free(dir);
+}
+
+/* A table that cannot be read is an error, never an empty answer; gc, which
+ * deletes what it finds unreferenced, keeps what it cannot judge. */
+static void unreadable_tables_fail_safe(void)
+{
+	char *dir = test_tmpdir("regbroken");
+	char *home = owl_path_join(dir, "home");
+	registry_store *s = NULL;
+	owl_err err = {0};
+	CHECK_INT(registry_store_open(home, &s, &err), 0);
+	registry_stage *st = make_stage(s, dir);
+	registry_commit_result res;
+	CHECK_INT(registry_stage_commit(s, st, "m", 0, "t", NULL, NULL, &res, &err), 0);
+	registry_stage_free(st);
+	registry_version v;
+	CHECK_INT(registry_resolve(s, "m@1", &v, &err), 0);
+	char *blob = v.nfiles ? owl_xstrdup(v.files[0].blob_path) : NULL;
+
+	CHECK_INT(registry_store_exec(s, "PRAGMA foreign_keys=OFF;"
+				      " ALTER TABLE tag_history RENAME TO th_gone", &err), 0);
+	registry_tag_move *moves = NULL;
+	size_t n = 9;
+	owl_err e1 = {0};
+	CHECK_INT(registry_tag_history(s, "m", &moves, &n, &e1), OWL_EFAIL);
+	CHECK(moves == NULL && n == 0, "nothing listed");
+	CHECK(strstr(e1.msg, "cannot be read") != NULL, "names the database: %s", e1.msg);
+
+	CHECK_INT(registry_store_exec(s, "ALTER TABLE tags RENAME TO tags_gone", &err), 0);
+	registry_version_info *vs = NULL;
+	owl_err e2 = {0};
+	CHECK_INT(registry_list_versions(s, NULL, &vs, &n, &e2), OWL_EFAIL);
+	CHECK(vs == NULL && n == 0, "nothing listed");
+
+	CHECK_INT(registry_store_exec(s, "ALTER TABLE version_files RENAME TO vf_gone", &err), 0);
+	registry_gc_result gc;
+	owl_err e4 = {0};
+	CHECK(registry_gc(s, 0, &gc, &e4) != 0, "gc fails");
+	CHECK_INT((long long)gc.blobs_removed, 0);
+	CHECK(blob && owl_path_exists(blob), "the blob is kept: %s", blob ? blob : "(none)");
+	free(blob);
+	registry_version_release(&v);
+	registry_store_close(s);
+	owl_remove_tree(dir, NULL);
+	free(home);
+	free(dir);
+}
+
 int main(void)
 {
 	RUN_TEST(hub_listing_errors_name_the_file);
@@ -442,5 +574,7 @@ int main(void)
 	RUN_TEST(concurrent_first_use_of_a_home_never_fails);
 	RUN_TEST(lost_database_is_refused_and_recovered);
 	RUN_TEST(stage_refuses_bad_and_duplicate_paths_before_writing);
+	RUN_TEST(listings_and_checkout);
+	RUN_TEST(unreadable_tables_fail_safe);
 	TEST_MAIN_END();
 }
