@@ -1,8 +1,8 @@
-/* Opening the store for a command: the registry's schema and every other
- * module's, so that each verb sees one fully migrated database. */
+/* Opening the store for a command, through deploy_home_open: the registry's
+ * schema and every other module's, so that each verb sees one fully
+ * migrated database. */
 #include "cmd.h"
 #include "deploy/deploy.h"
-#include "licenses/licenses.h"
 
 #include <string.h>
 
@@ -21,21 +21,10 @@ static void say_waiting(void *c, const char *what, int pid, double waited)
 
 int cmd_open_store(owl_ctx *ctx, registry_store **out, owl_err *err)
 {
-	registry_store *s = NULL;
 	registry_open_opts o = {.read_only_ok = ctx->read_only_ok, .verb = ctx->verb,
 				.recover = ctx->verb && strcmp(ctx->verb, "recover") == 0,
 				.wait_fn = say_waiting, .wait_ctx = ctx};
-	int rc = registry_store_open_ex(ctx->home, &o, &s, err);
-	if (!rc)
-		rc = licenses_migrate(s, err);
-	if (!rc)
-		rc = deploy_migrate(s, err);
-	if (rc) {
-		registry_store_close(s);
-		return rc;
-	}
-	*out = s;
-	return 0;
+	return deploy_home_open(ctx->home, &o, out, err);
 }
 
 void cmd_progress_init(owl_ctx *ctx, owl_progress *p)

@@ -24,6 +24,11 @@
 /* The module's schema; also registers the removal guard that refuses to
  * remove a model version any deployment's revision uses. */
 int deploy_migrate(registry_store *s, owl_err *err);
+/* Opens a data home with every module's schema applied (registry, licenses,
+ * deploy): the one way a program (the CLI, the server) opens a home, so
+ * that each sees one fully migrated database. */
+int deploy_home_open(const char *home, const registry_open_opts *o, registry_store **out,
+		     owl_err *err);
 #define DEPLOY_SCHEMA_MODULE "deploy"
 
 /* Deployment names: letters, digits, '-', '_', '.', 1 to 64 characters,

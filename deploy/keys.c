@@ -249,12 +249,12 @@ static deploy_auth authorise(void *ctx, const char *bearer, char *key_id, size_t
 	return r;
 }
 
-int deploy_open_for_server(const char *home, const char *verb, registry_store **out,
-			   owl_err *err)
+int deploy_home_open(const char *home, const registry_open_opts *o, registry_store **out,
+		     owl_err *err)
 {
-	registry_open_opts o = {.read_only_ok = 1, .verb = verb};
 	registry_store *s = NULL;
-	int rc = registry_store_open_ex(home, &o, &s, err);
+	*out = NULL;
+	int rc = registry_store_open_ex(home, o, &s, err);
 	if (!rc)
 		rc = licenses_migrate(s, err);
 	if (!rc)
@@ -265,6 +265,13 @@ int deploy_open_for_server(const char *home, const char *verb, registry_store **
 	}
 	*out = s;
 	return 0;
+}
+
+int deploy_open_for_server(const char *home, const char *verb, registry_store **out,
+			   owl_err *err)
+{
+	registry_open_opts o = {.read_only_ok = 1, .verb = verb};
+	return deploy_home_open(home, &o, out, err);
 }
 
 int deploy_authoriser_new(const char *home, deploy_authoriser *out, owl_err *err)
