@@ -998,7 +998,7 @@ static void defaults(srv *s, const deploy_server_opts *o)
 		s->o.max_body = 1u << 20;
 	if (s->o.drain_timeout_s <= 0)
 		s->o.drain_timeout_s = 30;
-	if (s->o.grace_s < 0)
+	if (s->o.grace_s <= 0)
 		s->o.grace_s = 300;
 	s->ro = (srv_rev_opts){.max_batch = s->o.max_batch, .max_queue = s->o.max_queue,
 			       .queue_timeout_s = s->o.queue_timeout_s, .prefill_chunk = 256};
