@@ -1065,7 +1065,9 @@ int deploy_server_run(const deploy_server_opts *o, owl_err *err)
 	double last_check = owl_now();
 	while (!got_term) {
 		usleep(50000);
-		if (got_hup || owl_now() - last_check >= 1.0) {
+		/* Twice a second, so that a rollback to a revision still in
+		 * memory takes effect within a second of the change. */
+		if (got_hup || owl_now() - last_check >= 0.5) {
 			int forced = got_hup;
 			got_hup = 0;
 			check_revision(s, &failed, forced);
