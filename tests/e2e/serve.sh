@@ -160,6 +160,29 @@ expect_eq failed_revision_old_keeps_serving "$CODE" 200
 stop
 expect_contains sigterm_stops "$(cat "$T/open.log")" "stopped"
 
+# ---- loading: /health says so; a slow load of the next revision leaves the old serving ----
+echo "1 $T/m1" >"$T/rev"
+"$SERVE" "$T/m1" --rev-file "$T/rev" --name fixture --threads 1 --load-delay 2 >"$T/load.port" 2>"$T/load.log" &
+PID=$!
+on_exit "kill -9 $PID"
+for _ in $(seq 1 100); do PORT=$(head -n 1 "$T/load.port" 2>/dev/null); [ -n "$PORT" ] && break; sleep 0.1; done
+URL="http://127.0.0.1:$PORT"
+CODE=$(curl -s -o "$T/.body" -w '%{http_code}' "$URL/health")
+expect_eq health_503_while_loading "$CODE" 503
+expect_contains health_says_loading "$(cat "$T/.body")" '"loading"'
+post /v1/completions '{"model": "fixture", "prompt": "x", "max_tokens": 2}'
+openai_error completion_503_while_loading 503
+for _ in $(seq 1 100); do [ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/health")" = 200 ] && break; sleep 0.1; done
+expect_eq health_200_when_ready "$(curl -s -o /dev/null -w '%{http_code}' "$URL/health")" 200
+echo "2 $T/m2" >"$T/rev"
+sleep 1
+post /v1/completions '{"model": "fixture", "prompt": "x", "max_tokens": 2}'
+expect_eq old_revision_serves_while_next_loads "$CODE $(echo "$BODY" | grep -o 'owl-rev-[0-9]*')" "200 owl-rev-1"
+sleep 2.5
+post /v1/completions '{"model": "fixture", "prompt": "x", "max_tokens": 2}'
+expect_eq next_revision_serves_once_loaded "$CODE $(echo "$BODY" | grep -o 'owl-rev-[0-9]*')" "200 owl-rev-2"
+stop
+
 # ---- API keys --------------------------------------------------------------------------
 printf 'key-ops sk-test-secret\n' >"$T/keys"
 echo 1 >"$T/rev"

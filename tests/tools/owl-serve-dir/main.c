@@ -9,10 +9,12 @@
  * Usage: owl-serve-dir MODEL [NAME=ADAPTER_DIR ...] [--rev-file F] [--keys-file F]
  *        [--name DEPLOYMENT] [--port N] [--host H] [--max-batch N] [--max-queue N]
  *        [--queue-timeout S] [--max-body BYTES] [--max-tokens-limit N] [--ctx N]
- *        [--threads N] [--grace S] [--drain-timeout S] [--access-log F] [--log-prompts] */
+ *        [--threads N] [--grace S] [--drain-timeout S] [--access-log F] [--log-prompts]
+ *        [--load-delay S]   (each load takes S seconds longer, as a big model's does) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "deploy/server.h"
 
@@ -22,6 +24,7 @@ typedef struct source {
 	const char *model, *name, *rev_file;
 	const char *adapters[MAX_ADAPTERS];
 	int nadapters, ctx, threads;
+	double load_delay;
 } source;
 
 typedef struct keys {
@@ -78,6 +81,8 @@ static int load(void *ctx, int64_t revision, deploy_spec **out, owl_err *err)
 	char words[2 + MAX_ADAPTERS][1024];
 	int n;
 	int64_t have;
+	if (s->load_delay > 0)
+		usleep((useconds_t)(s->load_delay * 1e6));
 	int rc = read_rev_file(s, &have, words, &n, err);
 	if (rc)
 		return rc;
@@ -148,6 +153,7 @@ int main(int argc, char **argv)
 		else if (OPT("--grace")) o.grace_s = atof(v);
 		else if (OPT("--drain-timeout")) o.drain_timeout_s = atof(v);
 		else if (OPT("--access-log")) o.access_log = v;
+		else if (OPT("--load-delay")) src.load_delay = atof(v);
 		else if (!strcmp(a, "--log-prompts")) o.log_prompts = 1;
 		else if (a[0] == '-') {
 			fprintf(stderr, "owl-serve-dir: unknown option %s\n", a);
