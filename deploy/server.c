@@ -498,17 +498,17 @@ static int prepare_prompt(gen_req *g, int32_t **ids, size_t *nids, api_error *e)
 			return -1;
 		}
 	}
-	if (*nids == 0) {
+	if (*nids == 0)
 		api_error_set(e, 400, "invalid_request_error", "prompt", NULL, "the prompt is empty");
-		return -1;
-	}
-	if (*nids >= (size_t)r->max_seq) {
+	else if (*nids >= (size_t)r->max_seq)
 		api_error_set(e, 400, "invalid_request_error", q->kind == API_CHAT ? "messages" : "prompt",
 			      "context_length_exceeded", "this model's maximum context length is %d tokens; "
 			      "the prompt has %zu tokens, which leaves no room to generate", r->max_seq, *nids);
-		return -1;
-	}
-	return 0;
+	else
+		return 0;
+	free(*ids);
+	*ids = NULL;
+	return -1;
 }
 
 /* The generation state for the request's parameters. */

@@ -46,7 +46,17 @@ start() {
   fail "${name}_starts" "no healthy server: $(tail -5 "$T/$name.log")"
   return 1
 }
-stop() { kill -TERM "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; }
+# stop NAME: SIGTERM, and no sanitizer report in the server's log (SANITIZE=1).
+stop() {
+  kill -TERM "$PID" 2>/dev/null
+  wait "$PID" 2>/dev/null
+  sanitizer_clean "$1"
+}
+sanitizer_clean() {
+  if grep -qE 'ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:' "$T/$1.log"; then
+    fail "${1}_sanitizer_clean" "$(grep -m1 -A12 -E 'ERROR: |runtime error:' "$T/$1.log")"
+  fi
+}
 
 # post PATH BODY: status in $CODE, body in $BODY.
 post() {
@@ -157,7 +167,7 @@ expect_contains failed_revision_reported "$(cat "$T/metrics3.txt")" "owl_revisio
 expect_contains failed_revision_logged "$(cat "$T/open.log")" "revision 7 failed to load"
 post /v1/completions '{"model": "fixture", "prompt": "x", "max_tokens": 2}'
 expect_eq failed_revision_old_keeps_serving "$CODE" 200
-stop
+stop open
 expect_contains sigterm_stops "$(cat "$T/open.log")" "stopped"
 
 # ---- loading: /health says so; a slow load of the next revision leaves the old serving ----
@@ -181,7 +191,7 @@ expect_eq old_revision_serves_while_next_loads "$CODE $(echo "$BODY" | grep -o '
 sleep 2.5
 post /v1/completions '{"model": "fixture", "prompt": "x", "max_tokens": 2}'
 expect_eq next_revision_serves_once_loaded "$CODE $(echo "$BODY" | grep -o 'owl-rev-[0-9]*')" "200 owl-rev-2"
-stop
+stop load
 
 # ---- API keys --------------------------------------------------------------------------
 printf 'key-ops sk-test-secret\n' >"$T/keys"
@@ -197,7 +207,7 @@ openai_error auth_curl_no_key_401 401
 expect_contains access_log_key_id "$(cat "$T/access2.log")" "key=key-ops"
 expect_contains access_log_prompts_when_asked "$(cat "$T/access2.log")" "Keyed prompt"
 expect_not_contains access_log_never_the_secret "$(cat "$T/access2.log")" "sk-test-secret"
-stop
+stop keys
 
 # ---- queue limits, a client that goes away, draining -------------------------------------------
 echo 1 >"$T/rev"
@@ -242,3 +252,4 @@ expect_eq drain_finishes_in_flight "$(grep -v '^$' "$T/drain.out" | tail -n 1)" 
 expect_contains drain_stream_complete "$(cat "$T/drain.out")" '"finish_reason":"length"'
 wait "$PID"
 expect_eq drain_exits_zero "$?" 0
+sanitizer_clean slow
