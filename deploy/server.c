@@ -666,7 +666,8 @@ fail:
 
 /* ---- the other routes -------------------------------------------------------------- */
 
-static enum MHD_Result handle_models(srv *s, conn *c, struct MHD_Connection *mc)
+/* GET /v1/models, or GET /v1/models/ID when one is non-NULL. */
+static enum MHD_Result handle_models(srv *s, conn *c, struct MHD_Connection *mc, const char *one)
 {
 	srv_rev *r = rev_take(s);
 	if (!r)
@@ -690,7 +691,20 @@ static enum MHD_Result handle_models(srv *s, conn *c, struct MHD_Connection *mc)
 	}
 	c->revision = r->revision;
 	rev_put(s, r);
-	return send_json(c, mc, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
+	if (!one)
+		return send_json(c, mc, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
+	size_t i;
+	json_t *m;
+	json_array_foreach(data, i, m) {
+		if (!strcmp(json_string_value(json_object_get(m, "id")), one)) {
+			json_incref(m);
+			json_decref(data);
+			return send_json(c, mc, 200, m);
+		}
+	}
+	json_decref(data);
+	return send_err(c, mc, 404, "invalid_request_error", "model", "model_not_found",
+			"no such model here (see /v1/models)");
 }
 
 static enum MHD_Result handle_health(srv *s, conn *c, struct MHD_Connection *mc)
@@ -751,9 +765,9 @@ static enum MHD_Result route(srv *s, conn *c, struct MHD_Connection *mc)
 			      "body is larger than this server's limit of %zu bytes", s->o.max_body);
 		return send_error(c, mc, &e);
 	}
-	if (!strcmp(p, "/v1/models"))
-		return get ? handle_models(s, c, mc) : send_err(c, mc, 405, "invalid_request_error", NULL,
-								  NULL, "use GET /v1/models");
+	if (!strcmp(p, "/v1/models") || !strncmp(p, "/v1/models/", 11))
+		return get ? handle_models(s, c, mc, p[10] == '/' ? p + 11 : NULL)
+			   : send_err(c, mc, 405, "invalid_request_error", NULL, NULL, "use GET /v1/models");
 	int chat = !strcmp(p, "/v1/chat/completions");
 	if (chat || !strcmp(p, "/v1/completions")) {
 		if (!post)

@@ -68,6 +68,9 @@ def basic(a):
     report("models_lists_the_deployment", "fixture" in ids, f"ids {ids}")
     if a.adapter:
         report("models_lists_the_adapter", a.adapter in ids, f"ids {ids}")
+        one = c.models.retrieve(a.adapter)
+        report("models_retrieve_one", one.id == a.adapter and getattr(one, "parent", None) == "fixture",
+               f"{one}")
     text, finish, usage, _ = complete(c, "fixture", "The sky is", 12)
     report("completion_answers", isinstance(text, str) and finish in ("stop", "length"),
            f"text {text!r} finish {finish}")
