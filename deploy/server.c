@@ -1051,7 +1051,10 @@ int deploy_server_run(const deploy_server_opts *o, owl_err *err)
 				MHD_USE_POLL | MHD_USE_ERROR_LOG, 0, NULL, NULL, on_request, s,
 				MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED,
 				on_completed, s, MHD_OPTION_CONNECTION_LIMIT, (unsigned)1024,
-				MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)256, MHD_OPTION_END);
+				MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)256,
+				/* An idle keep-alive connection holds a thread: close it
+				 * after five minutes of silence. */
+				MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300, MHD_OPTION_END);
 	if (!s->d) {
 		rc = owl_err_set(err, OWL_EFAIL, "cannot listen on %s:%d (in use, or not permitted)",
 				 s->o.host, s->o.port);
