@@ -462,7 +462,9 @@ int srv_rev_load(deploy_spec *spec, const srv_rev_opts *o, srv_metrics *met, srv
 		r->vocab = in->vocab;
 		r->max_seq = spec->ctx > 0 && spec->ctx < in->ctx_train ? spec->ctx : in->ctx_train;
 		r->chat = engine_chat_detect(engine_tokenizer_chat_template(r->tok));
-		long long tokens = (long long)o->max_batch * r->max_seq;
+		long long tokens = o->kv_tokens > 0 ? o->kv_tokens : (long long)o->max_batch * r->max_seq;
+		if (tokens < r->max_seq)
+			r->max_seq = (int)tokens;
 		engine_kv_opts ko = {.n_tokens = tokens > (1 << 24) ? 1 << 24 : (int)tokens,
 				     .max_seq_tokens = r->max_seq, .type = spec->kv_type};
 		if ((rc = engine_kv_new(r->model, &ko, &r->kv, err)))

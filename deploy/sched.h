@@ -71,6 +71,7 @@ typedef struct srv_rev_opts {
 	int max_batch, max_queue;
 	double queue_timeout_s;
 	int prefill_chunk;     /* prompt tokens per step, all jobs together */
+	int kv_tokens;         /* KV pool capacity; 0 = every slot at the full context */
 } srv_rev_opts;
 
 typedef struct srv_rev {

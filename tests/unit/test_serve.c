@@ -95,7 +95,7 @@ static void refuses_with_the_param_named(void)
 
 static char *model_dir;
 
-static srv_rev *load(int max_batch, int max_queue, srv_metrics *met)
+static srv_rev *load_kv(int max_batch, int max_queue, int kv_tokens, int prefill, srv_metrics *met)
 {
 	deploy_spec *sp = owl_xcalloc(1, sizeof *sp);
 	sp->deployment = owl_xstrdup("t");
@@ -103,12 +103,17 @@ static srv_rev *load(int max_batch, int max_queue, srv_metrics *met)
 	sp->model_dir = owl_xstrdup(model_dir);
 	sp->threads = 1;
 	srv_rev_opts o = {.max_batch = max_batch, .max_queue = max_queue, .queue_timeout_s = 60,
-			  .prefill_chunk = 16};
+			  .prefill_chunk = prefill, .kv_tokens = kv_tokens};
 	srv_rev *r = NULL;
 	owl_err err = {0};
 	if (srv_rev_load(sp, &o, met, &r, &err))
 		CHECK(0, "load: %s", err.msg);
 	return r;
+}
+
+static srv_rev *load(int max_batch, int max_queue, srv_metrics *met)
+{
+	return load_kv(max_batch, max_queue, 0, 16, met);
 }
 
 /* A job for prompt, greedy, from whichever thread calls it. */
@@ -262,6 +267,40 @@ static void queue_bound_and_cancel(void)
 	srv_metrics_destroy(&met);
 }
 
+/* A pool of 8 blocks and two prompts of 5 blocks each: the job that
+ * cannot get its blocks fails with 503 kv_cache_full, the other finishes. */
+static void full_pool_fails_one(void)
+{
+	srv_metrics met;
+	srv_metrics_init(&met);
+	srv_rev *r = load_kv(2, 4, 8 * 32, 256, &met);
+	if (!r)
+		return;
+	char prompt[400] = "";
+	for (int i = 0; i < 40; i++)
+		strcat(prompt, "ab cd ");
+	srv_job *j[2] = {make_job(r, prompt, 8), make_job(r, prompt + 6, 8)};
+	CHECK(j[0]->nids > 128 && j[1]->nids > 128, "prompts of %zu and %zu tokens: want more than 4 "
+	      "blocks each", j[0]->nids, j[1]->nids);
+	api_error e = {0};
+	for (int i = 0; i < 2; i++)
+		CHECK_INT(srv_rev_submit(r, j[i], &e), 0);
+	int done = 0, full = 0;
+	for (int i = 0; i < 2; i++) {
+		pthread_mutex_lock(&j[i]->mu);
+		while (j[i]->state < SRV_DONE)
+			pthread_cond_wait(&j[i]->cv, &j[i]->mu);
+		done += j[i]->state == SRV_DONE;
+		full += j[i]->state == SRV_FAILED && j[i]->err.status == 503 &&
+			!strcmp(j[i]->err.code, "kv_cache_full");
+		pthread_mutex_unlock(&j[i]->mu);
+		srv_job_release(j[i]);
+	}
+	CHECK(done == 1 && full == 1, "%d finished, %d refused for a full pool (want 1 and 1)", done, full);
+	srv_rev_free(r, 0);
+	srv_metrics_destroy(&met);
+}
+
 int main(int argc, char **argv)
 {
 #if defined(__SANITIZE_THREAD__)
@@ -290,6 +329,7 @@ int main(int argc, char **argv)
 	free(cmd);
 	RUN_TEST(threads_share_one_batch);
 	RUN_TEST(queue_bound_and_cancel);
+	RUN_TEST(full_pool_fails_one);
 	owl_err err = {0};
 	owl_remove_tree(dir, &err);
 	free(dir);
