@@ -86,7 +86,7 @@ bootstrap:
 	@scripts/bootstrap.sh
 
 # Unit tests of state that threads share, run again under ThreadSanitizer.
-TSAN_TESTS := test_generate test_deploy
+TSAN_TESTS := test_generate test_deploy test_serve
 
 test: bootstrap
 	@$(MAKE) --no-print-directory all

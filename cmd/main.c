@@ -12,6 +12,7 @@ static const owl_command *const groups[] = {
 	cmd_license_commands,
 	cmd_engine_commands,
 	cmd_deploy_commands,
+	cmd_serve_commands,
 };
 #define NGROUPS (sizeof groups / sizeof groups[0])
 

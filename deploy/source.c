@@ -5,23 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-void deploy_spec_free(deploy_spec *s)
-{
-	if (!s)
-		return;
-	free(s->deployment);
-	free(s->model_ref);
-	free(s->model_digest);
-	free(s->model_dir);
-	for (size_t i = 0; i < s->nadapters; i++) {
-		free(s->adapters[i].name);
-		free(s->adapters[i].dir);
-		free(s->adapters[i].ref);
-	}
-	free(s->adapters);
-	free(s);
-}
-
 int deploy_spec_load(registry_store *s, const char *deployment, int64_t revision,
 		     deploy_spec **out, owl_err *err)
 {

@@ -5,7 +5,9 @@
 # tokenizers (Hugging Face's tokenizer, to check owl's token ids), safetensors
 # and gguf (the reference readers/writers of those formats), jinja2 (renders
 # chat templates as transformers does), transformers and peft (the reference
-# for LoRA adapters applied to a model). Idempotent.
+# for LoRA adapters applied to a model), and openai (the real client the
+# server's tests speak to it with, and the pydantic and httpx it was released
+# against: httpx 0.28 removed an argument openai < 1.55.3 passes). Idempotent.
 # Prints the path of the interpreter to use.
 #
 # peft asks for torch>=1.13.0, which Debian's 1.13.0a0 does not satisfy by
@@ -18,6 +20,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venv-test"
 want="tokenizers==0.20.3 safetensors==0.4.5 gguf==0.10.0 jinja2==3.1.4 transformers==4.45.2 accelerate==0.34.2 huggingface_hub==0.25.2"
 nodeps="peft==0.13.2"
+# Clients are added to an existing environment without rebuilding it.
+clients="openai==1.57.4 pydantic==2.9.2 httpx==0.27.2"
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.owl-want" 2>/dev/null)" != "$want $nodeps" ]; then
   rm -rf "$venv"
   /usr/bin/python3 -m venv --system-site-packages "$venv" >&2
@@ -28,5 +32,9 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.owl-want" 2>/dev/null)" != "$
     exit 1
   fi
   echo "$want $nodeps" >"$venv/.owl-want"
+fi
+if [ "$(cat "$venv/.owl-clients" 2>/dev/null)" != "$clients" ]; then
+  "$venv/bin/pip" install -q --disable-pip-version-check $clients >&2
+  echo "$clients" >"$venv/.owl-clients"
 fi
 echo "$venv/bin/python"
