@@ -42,7 +42,8 @@ static int run_serve(owl_ctx *ctx, int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{"host", required_argument, 0, 'H'},      {"port", required_argument, 0, 'p'},
-		{"max-batch", required_argument, 0, 'b'}, {"max-queue", required_argument, 0, 'q'},
+		{"max-batch", required_argument, 0, 'b'},
+		{"threads", required_argument, 0, 'T'}, {"max-queue", required_argument, 0, 'q'},
 		{"queue-timeout", required_argument, 0, 't'},
 		{"max-body", required_argument, 0, 'B'},  {"max-tokens", required_argument, 0, 'm'},
 		{"drain-timeout", required_argument, 0, 'd'},
@@ -65,6 +66,11 @@ static int run_serve(owl_ctx *ctx, int argc, char **argv)
 			if ((rc = parse_num("--max-batch", optarg, 1, 256, &v)))
 				return rc;
 			o.max_batch = (int)v;
+			break;
+		case 'T':
+			if ((rc = parse_num("--threads", optarg, 1, 1024, &v)))
+				return rc;
+			o.threads = (int)v;
 			break;
 		case 'q':
 			if ((rc = parse_num("--max-queue", optarg, 1, 100000, &v)))
@@ -155,6 +161,7 @@ const owl_command cmd_serve_commands[] = {
 	 "  --host H             address to bind (default 127.0.0.1: this machine only)\n"
 	 "  --port P             port (default: the deployment's --port, else 8080; 0: any free)\n"
 	 "  --max-batch N        sequences decoding together (default 16)\n"
+	 "  --threads N          CPU threads of the engine (default: every core)\n"
 	 "  --max-queue N        waiting requests before 429 (default 64)\n"
 	 "  --queue-timeout S    a queued request gives up with 503 after S seconds (default 60)\n"
 	 "  --max-body BYTES     request body limit (default 1048576)\n"

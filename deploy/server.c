@@ -47,6 +47,8 @@ static int load_revision(srv *s, int64_t revision, srv_rev **out, owl_err *err)
 	int rc = s->o.source.load(s->o.source.ctx, revision, &spec, err);
 	if (rc)
 		return rc;
+	if (!spec->threads)
+		spec->threads = s->o.threads;
 	return srv_rev_load(spec, &s->ro, &s->met, out, err);
 }
 

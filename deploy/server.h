@@ -30,7 +30,7 @@ typedef struct deploy_spec {
 void deploy_spec_free(deploy_spec *s); /* frees every field and s; accepts NULL */
 
 /* Where the server learns what to serve. current() is cheap and is called
- * about once a second and on SIGHUP; when the revision it answers differs
+ * twice a second and on SIGHUP; when the revision it answers differs
  * from the one served, load() gives that revision's spec. Both are called
  * from the server's control thread only. */
 typedef struct deploy_source {
@@ -58,6 +58,7 @@ typedef struct deploy_server_opts {
 	const char *host;        /* default 127.0.0.1 */
 	int port;                /* default 8080; 0 = any free port (tests) */
 	int max_batch;           /* sequences decoding together (default 16) */
+	int threads;             /* engine CPU threads where the revision says none (0 = every core) */
 	int max_queue;           /* waiting requests before 429 (default 64) */
 	double queue_timeout_s;  /* a queued request gives up with 503 (default 60) */
 	size_t max_body;         /* request body limit in bytes (default 1 MiB) */
