@@ -9,10 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* PEFT's module names in the engine's role order (engine_lora_opts.targets). */
-static const char *const module_names[7] = {"q_proj", "k_proj", "v_proj", "o_proj",
-					    "gate_proj", "up_proj", "down_proj"};
-
 int train_parse_targets(const char *list, unsigned *targets, owl_err *err)
 {
 	*targets = 0;
@@ -25,7 +21,7 @@ int train_parse_targets(const char *list, unsigned *targets, owl_err *err)
 	for (char *t = strtok_r(copy, ",", &save); t && !rc; t = strtok_r(NULL, ",", &save)) {
 		int found = -1;
 		for (int r = 0; r < 7; r++)
-			if (!strcmp(t, module_names[r]))
+			if (!strcmp(t, engine_lora_module_names[r]))
 				found = r;
 		if (found < 0)
 			rc = owl_err_set(err, OWL_EUSAGE, "unknown target module '%s' (q_proj, k_proj, "
@@ -49,7 +45,7 @@ char *train_peft_config_json(const engine_lora_opts *o, const char *base_model,
 	int n = 0;
 	for (int r = 0; r < 7; r++)
 		if (o->targets & (1u << r))
-			names[n++] = module_names[r];
+			names[n++] = engine_lora_module_names[r];
 	for (int i = 0; i < n; i++)
 		for (int j = i + 1; j < n; j++)
 			if (strcmp(names[j], names[i]) < 0) {
@@ -111,5 +107,37 @@ int train_peft_write_files(const char *dir, const engine_lora_opts *o, const cha
 	rc = owl_write_file_atomic(path, cfg, strlen(cfg), err);
 	free(path);
 	free(cfg);
+	return rc;
+}
+
+int train_peft_save(const char *dir, const engine_lora_weights *w, const char *base_model,
+		    const char *revision, owl_err *err)
+{
+	engine_lora_weights *mw = (engine_lora_weights *)w; /* the tensor view does not write */
+	size_t n = engine_lora_weights_count(w);
+	char **names = owl_xcalloc(n ? n : 1, sizeof *names);
+	int *rows = owl_xcalloc(n ? n : 1, sizeof *rows), *cols = owl_xcalloc(n ? n : 1, sizeof *cols);
+	float **data = owl_xcalloc(n ? n : 1, sizeof *data);
+	int rc = 0;
+	for (size_t i = 0; i < n && !rc; i++) {
+		engine_lora_tensor t;
+		engine_lora_weights_tensor(mw, i, &t);
+		names[i] = owl_xstrdup(t.name);
+		rows[i] = t.rows, cols[i] = t.cols;
+		data[i] = malloc((size_t)t.rows * t.cols * sizeof(float));
+		if (!data[i])
+			rc = owl_err_set(err, OWL_EFAIL, "cannot allocate %s", t.name);
+		else
+			engine_lora_tensor_get(w, i, data[i]);
+	}
+	if (!rc)
+		rc = train_peft_write_files(dir, engine_lora_weights_opts(w), base_model, revision, n,
+					    (const char *const *)names, rows, cols,
+					    (const float *const *)data, err);
+	for (size_t i = 0; i < n; i++) {
+		free(names[i]);
+		free(data[i]);
+	}
+	free(names), free(rows), free(cols), free(data);
 	return rc;
 }

@@ -155,6 +155,76 @@ int train_peft_write_files(const char *dir, const engine_lora_opts *o, const cha
  * name is an error naming it and the known ones. */
 int train_parse_targets(const char *list, unsigned *targets, owl_err *err);
 
+/* The weights' adapter files in dir (which must exist): PEFT's layout,
+ * whatever the base's (GGUF q/k rows are put back in Hugging Face order). */
+int train_peft_save(const char *dir, const engine_lora_weights *w, const char *base_model,
+		    const char *revision, owl_err *err);
+
+/* ---- the loop (train/loop.c) ----------------------------------------------------------- */
+
+typedef struct train_opts {
+	engine_lora_opts lora;
+	int epochs;            /* passes over the data, when max_steps is 0 */
+	int64_t max_steps;     /* optimiser steps; 0: the epochs decide */
+	float lr;              /* peak learning rate */
+	int batch;             /* rows of seq_len tokens per micro-batch */
+	int grad_accum;        /* micro-batches per optimiser step */
+	int seq_len;
+	int64_t warmup;        /* steps of linear warmup; < 0: 3% of the steps */
+	train_adamw_opts adam; /* betas, eps, weight decay */
+	float max_grad_norm;   /* <= 0: no clipping */
+	uint64_t seed;         /* the data order, the dropout masks and A's initialisation */
+	int64_t checkpoint_every; /* steps; 0: only when stopped */
+	int64_t eval_every;    /* steps; 0: at the end only */
+	int checkpoint_activations;
+} train_opts;
+
+/* What one step did, for progress lines and metrics.jsonl. */
+typedef struct train_progress {
+	int64_t step, total;   /* step counts from 1 */
+	int epoch;             /* from 0 */
+	double loss;           /* mean over the step's scored tokens */
+	float lr;
+	double grad_norm;      /* before clipping */
+	int64_t tokens;        /* input tokens of the step */
+	double tok_per_s;      /* of this step */
+	double elapsed_s;      /* of the whole run, earlier sessions included */
+	double eta_s;
+	int has_eval;
+	double eval_loss;
+} train_progress;
+
+typedef struct train_hooks {
+	void (*step)(void *ctx, const train_progress *p); /* after every step; may be NULL */
+	int (*stop)(void *ctx); /* asked after every step: non-zero stops with a checkpoint */
+	void *ctx;
+} train_hooks;
+
+typedef struct train_result {
+	int64_t steps, total_steps;
+	double first_loss, last_loss;
+	int has_eval;
+	double eval_loss;      /* the last eval loss */
+	int64_t tokens;        /* input tokens trained on */
+	double seconds;
+	int stopped;           /* hooks->stop stopped it: run_dir/checkpoint holds the state */
+} train_result;
+
+/* The optimiser steps a run of d with o takes (the epochs packed as the
+ * loop packs them). */
+int64_t train_total_steps(const train_dataset *d, const train_opts *o);
+
+/* Trains LoRA weights on m. run_dir (which must exist) receives
+ * metrics.jsonl (one line per step, one per eval), checkpoint/ every
+ * o->checkpoint_every steps and when stopped (the adapter, the optimiser's
+ * moments, the schedule's step, the data position and the RNG), and at the
+ * end adapter/ (train_peft_save; base_model names the base in its config).
+ * resume: continues from run_dir/checkpoint, taking the same steps an
+ * uninterrupted run takes. The base model is never written. */
+int train_run(engine_model *m, const train_dataset *train, const train_dataset *eval,
+	      const train_opts *o, const char *run_dir, int resume, const char *base_model,
+	      const train_hooks *hooks, train_result *res, owl_err *err);
+
 /* ---- runs: metrics and the loss curves (train/runs.c) ----------------------------- */
 
 typedef struct train_point {
