@@ -37,6 +37,7 @@ extern const owl_command cmd_status_commands[];
 extern const owl_command cmd_registry_commands[];
 extern const owl_command cmd_license_commands[];
 extern const owl_command cmd_engine_commands[];
+extern const owl_command cmd_train_commands[];
 
 /* Opens the data home's store with every module's schema applied. Writers
  * that wait for another owl's lock say so on stderr (unless --quiet). */

@@ -11,6 +11,7 @@ static const owl_command *const groups[] = {
 	cmd_registry_commands,
 	cmd_license_commands,
 	cmd_engine_commands,
+	cmd_train_commands,
 };
 #define NGROUPS (sizeof groups / sizeof groups[0])
 
