@@ -460,7 +460,7 @@ int train_run(engine_model *m, const train_dataset *train, const train_dataset *
 		p.tok_per_s = now > t0 ? (double)tokens / (now - t0) : 0;
 		p.elapsed_s = s.elapsed + (now - session_start);
 		p.eta_s = (now - session_start) / (double)session_steps * (double)(total - s.step);
-		fprintf(metrics, "{\"step\": %lld, \"epoch\": %d, \"loss\": %.9g, \"lr\": %.9g, "
+		fprintf(metrics, "{\"step\": %lld, \"epoch\": %d, \"loss\": %.17g, \"lr\": %.9g, "
 			"\"grad_norm\": %.9g, \"tokens\": %lld, \"scored\": %lld, \"tok_per_s\": %.1f, "
 			"\"elapsed_s\": %.3f}\n", (long long)s.step, s.epoch, loss, lr, norm,
 			(long long)tokens, (long long)count, p.tok_per_s, p.elapsed_s);
@@ -471,7 +471,7 @@ int train_run(engine_model *m, const train_dataset *train, const train_dataset *
 			s.has_eval = 1;
 			p.has_eval = 1;
 			p.eval_loss = s.eval_loss;
-			fprintf(metrics, "{\"step\": %lld, \"eval_loss\": %.9g, \"eval_tokens\": %lld}\n",
+			fprintf(metrics, "{\"step\": %lld, \"eval_loss\": %.17g, \"eval_tokens\": %lld}\n",
 				(long long)s.step, s.eval_loss, (long long)eval->trained_tokens);
 		}
 		fflush(metrics);

@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# owl train end to end on fixture models: a short run registers an adapter
+# of its base with its lineage; the loss falls on a small memorisation set
+# and greedy generation with the adapter gives back the trained completions;
+# the adapter loads in PEFT (tests/oracle/ref_peft.py) with owl's logits, and
+# its files have the fields and key names PEFT writes itself; a run on a GGUF
+# base of the same weights writes B in Hugging Face's row order; Ctrl-C stops
+# with a checkpoint and --resume takes the uninterrupted run's steps bit for
+# bit; bad data, a denied base and a name against the license's rule each
+# fail clearly and register nothing; owl runs list|show and the SVG.
+. "$(dirname "$0")/lib.sh"
+
+FX="$OWL_BUILD/owl-fixture"
+LOGITS="$OWL_BUILD/owl-logits"
+REF="$OWL_ROOT/tests/oracle/ref_peft.py"
+PY=$("$OWL_ROOT/scripts/pyenv.sh" 2>"$T/pyenv.err") || { fail peft_available "scripts/pyenv.sh failed: $(tail -3 "$T/pyenv.err")"; PY=; }
+
+# Weights with a wide spread: the logits of the smallest fixture are too flat
+# for a loss near 0.
+"$FX" --out "$T/base" --seed 7 --std-scale 3 --gguf F32 --gguf-license apache-2.0 --quiet
+owl pull "$T/base" --name tiny
+expect_rc pull_base 0
+
+# A memorisation set: four questions and their one-word answers.
+python3 - "$T/mem.jsonl" <<'EOF'
+import json, sys
+qa = [("What is the capital of France?", "Paris"), ("What colour is the sky?", "Blue"),
+      ("How many legs has a cat?", "Four"), ("Who wrote Hamlet?", "Shakespeare")]
+with open(sys.argv[1], "w") as f:
+    for q, a in qa:
+        f.write(json.dumps({"prompt": q + "\n", "completion": a}) + "\n")
+EOF
+
+# ---- a run that registers an adapter ---------------------------------------------------
+owl train tiny@1 --data "$T/mem.jsonl" --out tiny-mem --max-steps 40 --lr 1e-2 --batch 4 \
+  --grad-accum 1 --seq-len 64 --dropout 0 --warmup 0
+expect_rc train_registers 0
+expect_contains train_prints_the_run "$OUT" "run "
+expect_contains train_prints_the_adapter "$OUT" "registered tiny-mem@1, an adapter of tiny@1"
+expect_contains train_inherits_the_license "$OUT" "apache-2.0"
+expect_contains train_prints_the_curve "$OUT" "loss.svg"
+expect_contains train_step_lines "$ERR" "step 40/40  loss "
+expect_contains train_step_line_fields "$ERR" "tok/s  ETA"
+RUN=$(sed -n 's/^run \([^:]*\):.*/\1/p' <<<"$OUT")
+RUNDIR="$OWL_HOME/runs/$RUN"
+[ -f "$RUNDIR/metrics.jsonl" ] && [ "$(grep -c '"loss"' "$RUNDIR/metrics.jsonl")" = 40 ] \
+  && pass metrics_one_line_per_step || fail metrics_one_line_per_step "$(ls "$RUNDIR" 2>&1)"
+
+# The loss falls below a threshold on what it memorised.
+python3 - "$RUNDIR/metrics.jsonl" >"$T/.loss" <<'EOF'
+import json, sys
+l = [json.loads(x)["loss"] for x in open(sys.argv[1]) if '"loss"' in x]
+print(f"first {l[0]:.3f}, last {l[-1]:.3f}")
+sys.exit(0 if l[-1] < 0.1 and l[0] > 1 else 1)
+EOF
+[ $? = 0 ] && pass loss_falls_below_threshold || fail loss_falls_below_threshold "$(cat "$T/.loss")"
+
+# Greedy generation with the adapter gives back the completions; without, not.
+ok=1
+for qa in "What is the capital of France?=Paris" "Who wrote Hamlet?=Shakespeare" "How many legs has a cat?=Four"; do
+  q=${qa%%=*} a=${qa#*=}
+  owl run tiny@1 "$q"$'\n' --adapter tiny-mem@1 --temperature 0 --max-tokens 12
+  [ "$OUT" = "$q"$'\n'"$a" ] || { ok=0; fail generation_reproduces_completion "'$q' gave '$OUT', expected '$a' and the end"; }
+done
+[ $ok = 1 ] && pass generation_reproduces_completion
+owl run tiny@1 "Who wrote Hamlet?"$'\n' --temperature 0 --max-tokens 6
+expect_not_contains base_alone_does_not_know "$OUT" "Shakespeare"
+
+# Lineage in owl show: base, run, data digest and lines, hyperparameters.
+SHA=$(sha256sum "$T/mem.jsonl" | cut -d' ' -f1)
+owl show tiny-mem@1
+expect_contains show_parent "$OUT" "parent:   tiny@1"
+expect_contains show_lineage_run "$OUT" "trained from tiny@1 in run $RUN"
+expect_contains show_lineage_data "$OUT" "data sha256:$SHA, 4 lines, 4 samples (prompt)"
+expect_contains show_lineage_hyper "$OUT" "rank 16, alpha 32, targets q_proj,k_proj,v_proj,o_proj, lr 0.01, 40 steps"
+owl --json show tiny-mem@1
+python3 -c '
+import json, sys
+l = json.loads(sys.argv[1])["config"]["lineage"]
+assert l["base"] == "tiny@1" and l["run"] == sys.argv[2] and l["dataset"]["sha256"] == sys.argv[3]
+assert l["dataset"]["lines"] == 4 and l["hyperparameters"]["rank"] == 16 and l["steps"] == 40
+' "$OUT" "$RUN" "$SHA" 2>"$T/.py" && pass show_json_lineage || fail show_json_lineage "$(cat "$T/.py")"
+
+# ---- PEFT ---------------------------------------------------------------------------------
+if [ -n "$PY" ]; then
+  TOKENS=1,200,37,400,5,99,300,2,77,150,420,11
+  "$PY" "$REF" logits "$T/base" "$RUNDIR/adapter" --tokens $TOKENS --all >"$T/peft.json" 2>"$T/peft.err" \
+    && pass peft_loads_the_adapter || fail peft_loads_the_adapter "$(tail -3 "$T/peft.err")"
+  "$LOGITS" "$T/base" --adapter "$RUNDIR/adapter" --tokens $TOKENS --all >"$T/owl.json" 2>"$T/owl.err"
+  "$LOGITS" "$T/base" --tokens $TOKENS --all >"$T/plain.json"
+  python3 - "$T/owl.json" "$T/peft.json" "$T/plain.json" >"$T/.cmp" <<'EOF'
+import json, sys
+a, b, c = (json.load(open(p)) for p in sys.argv[1:4])
+err = max(abs(p - q) for x, y in zip(a, b) for p, q in zip(x, y))
+moved = max(abs(p - q) for x, y in zip(c, b) for p, q in zip(x, y))
+tol = 1e-4 * max(1.0, max(abs(q) for y in b for q in y))
+print(f"owl vs PEFT {err:.3g} (tolerance {tol:.3g}); the adapter moves the logits by {moved:.3g}")
+sys.exit(0 if err <= tol and moved > 0.05 else 1)
+EOF
+  [ $? = 0 ] && pass peft_logits_equal_owls || fail peft_logits_equal_owls "$(cat "$T/.cmp")"
+  # The same fields and key names as an adapter PEFT saves itself.
+  "$PY" "$REF" make "$T/base" "$T/peft-made" --r 16 --alpha 32 --targets q_proj,k_proj,v_proj,o_proj >/dev/null 2>"$T/make.err"
+  "$PY" - "$RUNDIR/adapter" "$T/peft-made" >"$T/.cmp" 2>&1 <<'EOF'
+import json, sys
+from safetensors import safe_open
+ours, theirs = sys.argv[1], sys.argv[2]
+a = json.load(open(ours + "/adapter_config.json")); b = json.load(open(theirs + "/adapter_config.json"))
+if set(a) != set(b):
+    print("config fields differ:", set(a) ^ set(b)); sys.exit(1)
+for k in ("r", "lora_alpha", "peft_type", "task_type", "bias", "use_rslora", "use_dora", "modules_to_save"):
+    if a[k] != b[k]:
+        print("config", k, a[k], "vs", b[k]); sys.exit(1)
+if sorted(a["target_modules"]) != sorted(b["target_modules"]):
+    print("target_modules differ"); sys.exit(1)
+def shapes(p):
+    with safe_open(p + "/adapter_model.safetensors", "pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+sa, sb = shapes(ours), shapes(theirs)
+if sa != sb:
+    print("keys or shapes differ:", sorted(set(sa) ^ set(sb))[:4]); sys.exit(1)
+print(len(sa), "tensors")
+EOF
+  [ $? = 0 ] && pass peft_fields_and_keys || fail peft_fields_and_keys "$(cat "$T/.cmp")"
+fi
+
+# ---- QLoRA-style: a GGUF base; B comes out in Hugging Face's row order --------------------
+owl pull "$T/base/model.gguf" --name tiny-gguf
+owl train tiny-gguf@1 --data "$T/mem.jsonl" --out tiny-gguf-mem --max-steps 6 --lr 1e-2 --batch 4 \
+  --grad-accum 1 --seq-len 64 --targets all
+expect_rc train_on_gguf_base 0
+GRUN=$(sed -n 's/^run \([^:]*\):.*/\1/p' <<<"$OUT")
+if [ -n "$PY" ] && [ -n "$GRUN" ]; then
+  "$LOGITS" "$T/base/model.gguf" --adapter "$OWL_HOME/runs/$GRUN/adapter" --tokens $TOKENS --all >"$T/g.json" 2>"$T/g.err"
+  "$PY" "$REF" logits "$T/base" "$OWL_HOME/runs/$GRUN/adapter" --tokens $TOKENS --all >"$T/gp.json" 2>"$T/gp.err"
+  python3 - "$T/g.json" "$T/gp.json" >"$T/.cmp" <<'EOF'
+import json, sys
+a, b = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+err = max(abs(p - q) for x, y in zip(a, b) for p, q in zip(x, y))
+tol = 1e-4 * max(1.0, max(abs(q) for y in b for q in y))
+print(f"owl on the GGUF vs PEFT on the safetensors base: {err:.3g} (tolerance {tol:.3g})")
+sys.exit(0 if err <= tol else 1)
+EOF
+  [ $? = 0 ] && pass gguf_trained_adapter_in_peft || fail gguf_trained_adapter_in_peft "$(cat "$T/.cmp")"
+fi
+
+# ---- Ctrl-C and --resume -------------------------------------------------------------------------
+"$FX" --out "$T/mid" --seed 8 --hidden 128 --layers 4 --heads 4 --kv-heads 2 --intermediate 256 --quiet
+owl pull "$T/mid" --name mid
+python3 - "$T/long.jsonl" <<'EOF'
+import json, sys
+with open(sys.argv[1], "w") as f:
+    for i in range(48):
+        f.write(json.dumps({"messages": [{"role": "user", "content": f"Tell me fact number {i}."},
+                                         {"role": "assistant", "content": f"Fact {i}: " + "the quick brown fox jumps over the lazy dog " * (1 + i % 3)}]}) + "\n")
+EOF
+ARGS=(--data "$T/long.jsonl" --max-steps 30 --batch 2 --grad-accum 2 --seq-len 128 --checkpoint-every 7 --eval-fraction 0.1 --eval-every 10 --threads 2)
+owl train mid@1 --out mid-full "${ARGS[@]}"
+expect_rc uninterrupted_run 0
+FULL=$(sed -n 's/^run \([^:]*\):.*/\1/p' <<<"$OUT")
+# Ctrl-C once the run has taken a few steps.
+"$OWL_BIN" train mid@1 --out mid-cut "${ARGS[@]}" >"$T/cut.out" 2>"$T/cut.err" &
+pid=$!
+CUT=
+for _ in $(seq 600); do
+  CUT=$(sed -n 's/^training run \([^:]*\):.*/\1/p' "$T/cut.err")
+  [ -n "$CUT" ] && [ -f "$OWL_HOME/runs/$CUT/metrics.jsonl" ] && [ "$(grep -c '"loss"' "$OWL_HOME/runs/$CUT/metrics.jsonl")" -ge 3 ] && break
+  sleep 0.05
+done
+kill -INT $pid
+wait $pid
+RC=$?
+if [ "$RC" = 1 ] && grep -q "stopped at step" "$T/cut.err"; then
+  pass ctrl_c_stops_with_checkpoint
+  owl list mid-cut
+  expect_contains stopped_run_registers_nothing "$OUT" "no models yet"
+  [ -f "$OWL_HOME/runs/$CUT/checkpoint/state.json" ] && [ -f "$OWL_HOME/runs/$CUT/checkpoint/adapter_model.safetensors" ] \
+    && pass checkpoint_written || fail checkpoint_written "$(ls "$OWL_HOME/runs/$CUT" 2>&1)"
+  owl train --resume "$CUT" --threads 2
+  expect_rc resume_finishes 0
+  expect_contains resume_registers "$OUT" "registered mid-cut@1"
+  python3 - "$OWL_HOME/runs/$FULL/metrics.jsonl" "$OWL_HOME/runs/$CUT/metrics.jsonl" >"$T/.cmp" <<'EOF'
+import json, sys
+def losses(p):
+    out = []
+    for line in open(p):
+        j = json.loads(line)
+        out.append((j["step"], repr(j.get("loss")), repr(j.get("eval_loss"))))
+    return out
+a, b = losses(sys.argv[1]), losses(sys.argv[2])
+print(f"{len(a)} and {len(b)} metric lines")
+if a != b:
+    for x, y in zip(a, b):
+        if x != y:
+            print("first difference:", x, y); break
+    sys.exit(1)
+EOF
+  [ $? = 0 ] && pass resumed_losses_equal_uninterrupted || fail resumed_losses_equal_uninterrupted "$(cat "$T/.cmp")"
+  cmp -s "$OWL_HOME/runs/$FULL/adapter/adapter_model.safetensors" "$OWL_HOME/runs/$CUT/adapter/adapter_model.safetensors" \
+    && pass resumed_adapter_equals_uninterrupted || fail resumed_adapter_equals_uninterrupted "the adapters differ"
+  owl train --resume "$CUT"
+  expect_rc resume_of_finished_run_refused 2
+else
+  fail ctrl_c_stops_with_checkpoint "exit $RC: $(tail -3 "$T/cut.err")"
+fi
+grep -q '"eval_loss"' "$OWL_HOME/runs/$FULL/metrics.jsonl" && pass eval_loss_recorded || fail eval_loss_recorded "no eval_loss line"
+
+# ---- runs list | show ----------------------------------------------------------------------------
+owl runs list
+expect_contains runs_list_shows_run "$OUT" "$RUN"
+expect_contains runs_list_status "$OUT" "registered"
+owl runs show "$FULL"
+expect_contains runs_show_data "$OUT" "sha256:$(sha256sum "$T/long.jsonl" | cut -d' ' -f1)"
+expect_contains runs_show_curve "$OUT" "loss.svg"
+python3 -c '
+import sys, xml.dom.minidom
+d = xml.dom.minidom.parse(sys.argv[1])
+lines = d.getElementsByTagName("polyline")
+pts = [len(p.getAttribute("points").split()) for p in lines]
+assert len(lines) == 2 and pts[0] == 30 and pts[1] == 3, pts
+' "$OWL_HOME/runs/$FULL/loss.svg" 2>"$T/.py" && pass svg_has_train_and_eval_curves || fail svg_has_train_and_eval_curves "$(cat "$T/.py")"
+owl --json runs show "$FULL"
+python3 -c 'import json,sys; j=json.loads(sys.argv[1]); assert j["status"]=="registered" and len(j["train_loss"])==30' "$OUT" \
+  && pass runs_show_json || fail runs_show_json "${OUT:0:300}"
+owl runs show nosuchrun
+expect_rc runs_show_unknown 2
+
+# ---- bad data, denied bases, names: clear errors, nothing registered ---------------------------------
+printf '{"text": "fine"}\n{"prompt": "p", "completion": 3}\n' >"$T/bad.jsonl"
+owl train tiny@1 --data "$T/bad.jsonl" --out bad-a --max-steps 2
+expect_rc malformed_line_is_usage_error 2
+expect_contains malformed_line_named "$ERR" "bad.jsonl:2: field \"completion\" is not a string"
+owl train tiny@1 --data "$T/bad.jsonl" --out bad-skip --max-steps 2 --skip-bad
+expect_rc skip_bad_trains 0
+expect_contains skip_bad_counts "$ERR" "skipped 1 malformed line"
+: >"$T/empty.jsonl"
+owl train tiny@1 --data "$T/empty.jsonl" --out bad-b --max-steps 2
+expect_rc empty_file_refused 2
+expect_contains empty_file_message "$ERR" "holds no samples"
+python3 -c 'import json; print(json.dumps({"text": "word " * 400}))' >"$T/long1.jsonl"
+owl train tiny@1 --data "$T/long1.jsonl" --out bad-c --max-steps 2 --seq-len 64
+expect_rc too_long_refused 2
+expect_contains too_long_message "$ERR" "long1.jsonl:1: the sample has"
+owl train tiny@1 --data "$T/nosuch.jsonl" --out bad-d
+expect_rc missing_file_refused 1
+owl train tiny@1 --data "$T/mem.jsonl" --out bad-e --targets q_proj,lm_head
+expect_rc unknown_target_refused 2
+owl policy add no-finetune --effect deny --action finetune --priority 2000 --message "no fine-tuning here"
+owl train tiny@1 --data "$T/mem.jsonl" --out bad-f --max-steps 2
+expect_rc denied_base_exit_3 3
+expect_contains denied_names_rule "$ERR" "no-finetune"
+owl policy rm no-finetune
+# Llama 3.1's naming rule: a derivative's name begins with "Llama".
+"$FX" --out "$T/llama" --seed 9 --license llama3.1 --quiet
+owl pull "$T/llama" --name llama-base
+owl train llama-base@1 --data "$T/mem.jsonl" --out support-bot --max-steps 2
+expect_rc derived_name_rule_denies 3
+expect_contains derived_name_rule_message "$ERR" "Llama"
+owl train llama-base@1 --data "$T/mem.jsonl" --out Llama-support-bot --max-steps 2
+expect_rc derived_name_rule_allows 0
+owl list
+for n in bad-a bad-b bad-c bad-d bad-e bad-f support-bot; do
+  ! grep -q "^$n@" <<<"$OUT" || fail nothing_registered_on_failure "$n was registered"
+done
+expect_contains nothing_registered_on_failure "$OUT" "Llama-support-bot@1"
+
+# ---- help ---------------------------------------------------------------------------------------------
+owl train --help
+for d in "[16]" "[2 x rank]" "[0.05]" "[3]" "[2e-4]" "[1]" "[4]" "[512" "[3% of the steps]" "[0]" "[1.0" "[42]" "[100" "[50]" "[q_proj,k_proj,v_proj,o_proj]"; do
+  [[ "$OUT" == *"$d"* ]] || fail help_shows_defaults "no default '$d' in owl train --help"
+done
+pass help_shows_defaults
