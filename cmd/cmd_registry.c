@@ -344,6 +344,10 @@ static void print_lineage(const char *config_json)
 		       json_number_value(json_object_get(l, "final_loss")));
 		owl_buf_release(&t);
 	}
+	json_t *mf = json_object_get(c, "merged_from");
+	if (json_is_object(mf))
+		printf("  merged:   %s into %s\n", json_string_value(json_object_get(mf, "adapter")),
+		       json_string_value(json_object_get(mf, "base")));
 	json_decref(c);
 }
 

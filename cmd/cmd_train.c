@@ -885,6 +885,133 @@ static int run_runs(owl_ctx *ctx, int argc, char **argv)
 	return rc;
 }
 
+
+/* ---- merge --------------------------------------------------------------------------------------- */
+
+static int ends_with(const char *s, const char *suffix)
+{
+	size_t a = strlen(s), b = strlen(suffix);
+	return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+static int run_merge(owl_ctx *ctx, int argc, char **argv)
+{
+	static const struct option opts[] = {{"out", required_argument, 0, 'o'}, {0, 0, 0, 0}};
+	const char *out = NULL;
+	int c;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		if (c == 'o')
+			out = optarg;
+		else
+			return cmd_usage_error("merge", "unknown option");
+	}
+	if (optind != argc - 1 || !out)
+		return cmd_usage_error("merge", "expected ADAPTER[@V] --out NAME");
+	if (!registry_valid_name(out))
+		return cmd_usage_error("merge", "invalid --out '%s': use letters, digits, '-', '_', "
+				       "'.' and '/'", out);
+	owl_err err = {0};
+	registry_store *s = NULL;
+	registry_version ad = {0}, base = {0};
+	registry_stage *st = NULL;
+	char *adir = NULL, *bdir = NULL, *source = NULL, *aref = NULL, *bref = NULL;
+	license_admit_result adm = {0};
+	int rc = cmd_open_store(ctx, &s, &err);
+	if (!rc)
+		rc = registry_resolve(s, argv[optind], &ad, &err);
+	if (!rc && strcmp(ad.format, "adapter") != 0)
+		rc = owl_err_set(&err, OWL_EUSAGE, "%s@%d is a %s version, not an adapter", ad.model,
+				 ad.number, ad.format);
+	if (!rc && !ad.parent_id)
+		rc = owl_err_set(&err, OWL_EUSAGE, "the adapter %s@%d names no base to merge into",
+				 ad.model, ad.number);
+	if (!rc)
+		rc = registry_version_by_id(s, ad.parent_id, &base, &err);
+	if (!rc && strcmp(base.format, "hf") != 0)
+		rc = owl_err_set(&err, OWL_EUSAGE, "the base %s@%d is a %s version: a merge writes a "
+				 "safetensors checkpoint, from a safetensors base (pull the model's Hugging "
+				 "Face checkpoint and merge an adapter of it)", base.model, base.number,
+				 base.format);
+	if (rc)
+		goto done;
+	aref = owl_xasprintf("%s@%d", ad.model, ad.number);
+	bref = owl_xasprintf("%s@%d", base.model, base.number);
+	/* A merge is a derived model like the adapter: the same gate, first. */
+	license_request rq = {.model = out, .version_id = ad.id, .action = "finetune", .derived = 1};
+	license_decision d;
+	if ((rc = license_gate(s, &rq, &d, &err)))
+		goto done;
+	if ((rc = registry_version_materialize(s, &ad, &adir, &err)) ||
+	    (rc = registry_version_materialize(s, &base, &bdir, &err)))
+		goto done;
+	source = owl_xasprintf("owl merge %s into %s", aref, bref);
+	if ((rc = registry_stage_new(s, source, &st, &err)))
+		goto done;
+	size_t merged = 0;
+	for (size_t i = 0; i < base.nfiles && !rc; i++) {
+		const char *path = base.files[i].path;
+		char *src = owl_path_join(bdir, path);
+		if (ends_with(path, ".safetensors")) {
+			if (!ctx->quiet && !ctx->json)
+				fprintf(stderr, "merging %s into %s\n", aref, path);
+			char *dst = owl_path_join(st->files_dir, path);
+			char *slash = strrchr(dst, '/');
+			*slash = 0;
+			rc = owl_mkdir_p(dst, &err);
+			*slash = '/';
+			char hex[65];
+			uint64_t size = 0;
+			if (!rc)
+				rc = train_merge_file(src, adir, dst, &merged, &err);
+			if (!rc)
+				rc = registry_hash_file(dst, hex, &size, &err);
+			if (!rc)
+				rc = registry_stage_add(st, path, hex, size, NULL, &err);
+			free(dst);
+		} else {
+			rc = registry_stage_copy(st, src, path, NULL, NULL, &err);
+		}
+		free(src);
+	}
+	size_t want = train_adapter_tensor_count(adir) / 2;
+	if (!rc && merged != want)
+		rc = owl_err_set(&err, OWL_EUSAGE, "%zu of the adapter's %zu A/B pairs found their "
+				 "weight in %s", merged, want, bref);
+	if (!rc)
+		rc = registry_stage_validate(st, &err);
+	if (!rc) {
+		json_t *sum = json_loads(st->config_json ? st->config_json : "{}", 0, NULL);
+		if (!sum)
+			sum = json_object();
+		json_object_set_new(sum, "merged_from", json_pack("{s:s, s:s}", "adapter", aref, "base",
+								  bref));
+		free(st->config_json);
+		st->config_json = json_dumps(sum, JSON_COMPACT | JSON_SORT_KEYS);
+		json_decref(sum);
+		rc = license_admit_stage(s, st, out, ad.id, NULL, &adm, &err);
+	}
+	if (!rc) {
+		license_status ls = {0};
+		license_status_for(s, adm.commit.version_id, NULL, 0, &ls, NULL);
+		if (ctx->json)
+			cmd_print_json(json_pack("{s:s, s:i, s:s, s:s, s:I, s:s}", "model", out, "version",
+						 adm.commit.number, "adapter", aref, "base", bref,
+						 "merged_tensors", (json_int_t)merged, "license",
+						 ls.license_id));
+		else
+			printf("registered %s@%d: %s merged into %s (%zu weights changed), license %s\n",
+			       out, adm.commit.number, aref, bref, merged, ls.license_id);
+		license_admit_result_release(&adm);
+	}
+done:
+	registry_stage_free(st);
+	registry_version_release(&ad);
+	registry_version_release(&base);
+	registry_store_close(s);
+	free(adir), free(bdir), free(source), free(aref), free(bref);
+	return rc ? cmd_fail(&err) : OWL_OK;
+}
+
 const owl_command cmd_train_commands[] = {
 	{"train", run_train, "fine-tune a LoRA adapter on a JSONL file and register it",
 	 "USAGE\n"
@@ -970,5 +1097,20 @@ const owl_command cmd_train_commands[] = {
 	 "EXAMPLES\n"
 	 "  owl runs list\n"
 	 "  owl runs show 20261203-101500-3fa2\n"},
+	{"merge", run_merge, "merge a LoRA adapter into its base as a new full checkpoint",
+	 "USAGE\n"
+	 "  owl merge ADAPTER[@V|:TAG] --out NAME [--json]\n"
+	 "\n"
+	 "Writes the adapter's base with the adapter merged into every projection it\n"
+	 "targets (W += s * B A, computed in f32 and stored in the base's dtype: f32,\n"
+	 "f16 or bf16), the other tensors, the sharding and the other files (config,\n"
+	 "tokenizer, card, license) as they are, and registers it as the next version\n"
+	 "of NAME, derived from the adapter. The license gate (action finetune) is asked\n"
+	 "first; the merge inherits the base's license and naming rules. The base must\n"
+	 "be a safetensors checkpoint (format hf). 'owl show NAME@V' names what was\n"
+	 "merged into what.\n"
+	 "\n"
+	 "EXAMPLES\n"
+	 "  owl merge support-bot@1 --out support-bot-merged\n"},
 	{0},
 };

@@ -225,6 +225,18 @@ int train_run(engine_model *m, const train_dataset *train, const train_dataset *
 	      const train_opts *o, const char *run_dir, int resume, const char *base_model,
 	      const train_hooks *hooks, train_result *res, owl_err *err);
 
+/* ---- merging (train/merge.c) ------------------------------------------------------------ */
+
+/* Writes out_file: the safetensors file base_file of a checkpoint with the
+ * PEFT LoRA adapter of adapter_dir merged into every projection it targets
+ * (W += s * B A, in f32, stored back in W's dtype: f32, f16 or bf16), the
+ * other tensors and the metadata as they are. *merged is increased by the
+ * tensors changed. An A or B that does not fit its weight is an error. */
+int train_merge_file(const char *base_file, const char *adapter_dir, const char *out_file,
+		     size_t *merged, owl_err *err);
+/* The tensors (A and B each count) of an adapter folder; 0 when unreadable. */
+size_t train_adapter_tensor_count(const char *adapter_dir);
+
 /* ---- runs: metrics and the loss curves (train/runs.c) ----------------------------- */
 
 typedef struct train_point {

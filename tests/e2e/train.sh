@@ -224,6 +224,57 @@ python3 -c 'import json,sys; j=json.loads(sys.argv[1]); assert j["status"]=="reg
 owl runs show nosuchrun
 expect_rc runs_show_unknown 2
 
+# ---- owl merge: a full checkpoint whose logits are the unmerged ones -----------------------------
+# compare_logits NAME A.json B.json RTOL: max |a - b| <= RTOL * max(1, max |b|).
+compare_logits() {
+  python3 - "$2" "$3" "$4" >"$T/.cmp" <<'EOF' && pass "$1" || fail "$1" "$(cat "$T/.cmp")"
+import json, sys
+a, b, rtol = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), float(sys.argv[3])
+err = max(abs(p - q) for x, y in zip(a, b) for p, q in zip(x, y))
+tol = rtol * max(1.0, max(abs(q) for y in b for q in y))
+print(f"max abs error {err:.3g} (tolerance {tol:.3g})")
+sys.exit(0 if err <= tol else 1)
+EOF
+}
+TOKENS=1,200,37,400,5,99,300,2,77,150,420,11
+owl merge tiny-mem@1 --out tiny-merged
+expect_rc merge_registers 0
+expect_contains merge_message "$OUT" "registered tiny-merged@1: tiny-mem@1 merged into tiny@1 (8 weights changed), license apache-2.0"
+owl show tiny-merged@1
+expect_contains merge_show "$OUT" "merged:   tiny-mem@1 into tiny@1"
+expect_contains merge_parent "$OUT" "parent:   tiny-mem@1"
+owl run tiny-merged@1 "Who wrote Hamlet?"$'\n' --temperature 0 --max-tokens 12
+expect_eq merged_model_recalls "$OUT" "Who wrote Hamlet?"$'\n'"Shakespeare"
+"$LOGITS" "$OWL_HOME/snapshots/tiny-merged/1" --tokens $TOKENS --all >"$T/merged.json"
+"$LOGITS" "$T/base" --adapter "$RUNDIR/adapter" --tokens $TOKENS --all >"$T/unmerged.json"
+compare_logits merged_logits_equal_unmerged "$T/merged.json" "$T/unmerged.json" 1e-5
+# An f16 base in two shards: the merge keeps the dtype and the shards.
+"$FX" --out "$T/h" --seed 11 --std-scale 3 --dtype f16 --shards 2 --quiet
+owl pull "$T/h" --name half
+owl train half@1 --data "$T/mem.jsonl" --out half-mem --max-steps 8 --lr 1e-2 --batch 4 --grad-accum 1 --seq-len 64 --targets all
+HRUN=$(sed -n 's/^run \([^:]*\):.*/\1/p' <<<"$OUT")
+owl merge half-mem@1 --out half-merged
+expect_rc merge_f16_sharded 0
+owl run half-merged@1 "x" --max-tokens 1
+M="$OWL_HOME/snapshots/half-merged/1"
+[ -f "$M/model.safetensors.index.json" ] && [ -f "$M/model-00002-of-00002.safetensors" ] \
+  && pass merge_keeps_shards || fail merge_keeps_shards "$(ls "$M")"
+python3 - "$M" <<'EOF' >"$T/.py" 2>&1 && pass merge_keeps_f16 || fail merge_keeps_f16 "$(cat "$T/.py")"
+import json, struct, sys, glob
+for f in glob.glob(sys.argv[1] + "/*.safetensors"):
+    b = open(f, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    bad = [k for k, v in h.items() if k != "__metadata__" and v["dtype"] != "F16"]
+    assert not bad, bad
+EOF
+"$LOGITS" "$M" --tokens $TOKENS --all >"$T/hm.json"
+"$LOGITS" "$T/h" --adapter "$OWL_HOME/runs/$HRUN/adapter" --tokens $TOKENS --all >"$T/hu.json"
+compare_logits merged_f16_logits_close_to_unmerged "$T/hm.json" "$T/hu.json" 2e-2
+owl merge tiny-gguf-mem@1 --out gguf-merged
+expect_rc merge_refuses_gguf_base 2
+expect_contains merge_refuses_gguf_message "$ERR" "safetensors checkpoint"
+
 # ---- bad data, denied bases, names: clear errors, nothing registered ---------------------------------
 printf '{"text": "fine"}\n{"prompt": "p", "completion": 3}\n' >"$T/bad.jsonl"
 owl train tiny@1 --data "$T/bad.jsonl" --out bad-a --max-steps 2
