@@ -6,8 +6,10 @@
 # its files have the fields and key names PEFT writes itself; a run on a GGUF
 # base of the same weights writes B in Hugging Face's row order; Ctrl-C stops
 # with a checkpoint and --resume takes the uninterrupted run's steps bit for
-# bit; bad data, a denied base and a name against the license's rule each
-# fail clearly and register nothing; owl runs list|show and the SVG.
+# bit; accumulating micro-batches equals one bigger batch, and packed equals
+# unpacked; owl merge's logits equal the unmerged ones; bad data, a denied
+# base and a name against the license's rule each fail clearly and register
+# nothing; owl runs list|show and the SVG.
 . "$(dirname "$0")/lib.sh"
 
 FX="$OWL_BUILD/owl-fixture"
@@ -223,6 +225,38 @@ python3 -c 'import json,sys; j=json.loads(sys.argv[1]); assert j["status"]=="reg
   && pass runs_show_json || fail runs_show_json "${OUT:0:300}"
 owl runs show nosuchrun
 expect_rc runs_show_unknown 2
+
+# ---- equivalences: accumulation and packing change nothing but the speed ------------------------
+# The samples have 22, 18, 16 and 22 input tokens: each fits a row of 24
+# alone and no two do; any two and never three fit a row of 44. So each step
+# sees the same two samples in three layouts:
+# one micro-batch of 2 rows, 2 micro-batches of 1 row, one row packed with 2.
+EQ=(--data "$T/mem.jsonl" --max-steps 6 --lr 1e-2 --dropout 0 --warmup 0 --seed 3)
+owl train tiny@1 --out eq-rows "${EQ[@]}" --batch 2 --grad-accum 1 --seq-len 24
+R1=$(sed -n 's/^run \([^:]*\):.*/\1/p' <<<"$OUT")
+owl train tiny@1 --out eq-accum "${EQ[@]}" --batch 1 --grad-accum 2 --seq-len 24
+R2=$(sed -n 's/^run \([^:]*\):.*/\1/p' <<<"$OUT")
+owl train tiny@1 --out eq-packed "${EQ[@]}" --batch 1 --grad-accum 1 --seq-len 44
+R3=$(sed -n 's/^run \([^:]*\):.*/\1/p' <<<"$OUT")
+python3 - "$OWL_HOME/runs/$R1/metrics.jsonl" "$OWL_HOME/runs/$R2/metrics.jsonl" "$OWL_HOME/runs/$R3/metrics.jsonl" >"$T/.eq" 2>&1 <<'EOF'
+import json, sys
+runs = [[json.loads(l) for l in open(p)] for p in sys.argv[1:4]]
+names = ["2 rows", "2 micro-batches", "1 packed row"]
+base = runs[0]
+worst = 0
+for name, r in zip(names[1:], runs[1:]):
+    if len(r) != len(base):
+        print(name, "took", len(r), "steps, not", len(base)); sys.exit(1)
+    for a, b in zip(base, r):
+        if a["tokens"] != b["tokens"] or a["scored"] != b["scored"]:
+            print(name, "step", a["step"], "saw other tokens", a["tokens"], b["tokens"]); sys.exit(1)
+        d = abs(a["loss"] - b["loss"]) / max(1.0, abs(a["loss"]))
+        worst = max(worst, d)
+        if d > 1e-4:
+            print(name, "step", a["step"], "loss", b["loss"], "vs", a["loss"]); sys.exit(1)
+print(f"losses of 6 steps agree within {worst:.2g} (relative)")
+EOF
+[ $? = 0 ] && pass accumulation_equals_bigger_batch_and_packing_equals_unpacked || fail accumulation_equals_bigger_batch_and_packing_equals_unpacked "$(cat "$T/.eq")"
 
 # ---- owl merge: a full checkpoint whose logits are the unmerged ones -----------------------------
 # compare_logits NAME A.json B.json RTOL: max |a - b| <= RTOL * max(1, max |b|).
