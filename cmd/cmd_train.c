@@ -8,6 +8,8 @@
 #include "train/train.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
@@ -433,6 +435,25 @@ static int valid_run_id(const char *id)
 	return 1;
 }
 
+/* Holds runs/RUN/lock (flock) while the run trains, so that two owls never
+ * train, checkpoint or resume the same run at once. Returns the descriptor. */
+static int lock_run(const char *run_dir, const char *run_id, int *fd_out, owl_err *err)
+{
+	char *path = owl_path_join(run_dir, "lock");
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	free(path);
+	if (fd < 0)
+		return owl_err_set(err, OWL_EFAIL, "cannot open the lock of run %s: %s", run_id,
+				   strerror(errno));
+	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		close(fd);
+		return owl_err_set(err, OWL_EFAIL, "run %s is being trained by another owl right now",
+				   run_id);
+	}
+	*fd_out = fd;
+	return 0;
+}
+
 static int is_vllm_rank(int r)
 {
 	static const int ok[] = {1, 8, 16, 32, 64, 128, 256, 320, 512};
@@ -459,6 +480,7 @@ static int run_train(owl_ctx *ctx, int argc, char **argv)
 	char *base_name = NULL, *license = NULL;
 	int resume = a.resume != NULL;
 	int threads = a.threads;
+	int lock_fd = -1;
 
 	if ((rc = cmd_open_store(ctx, &s, &err)))
 		goto fail;
@@ -473,6 +495,13 @@ static int run_train(owl_ctx *ctx, int argc, char **argv)
 		}
 		run_id = owl_xstrdup(a.resume);
 		run_dir = owl_path_join(runs_dir, run_id);
+		if (!owl_is_dir(run_dir)) {
+			rc = owl_err_set(&err, OWL_EUSAGE, "no run %s in %s ('owl runs list' shows the runs)",
+					 run_id, runs_dir);
+			goto fail;
+		}
+		if ((rc = lock_run(run_dir, run_id, &lock_fd, &err)))
+			goto fail;
 		if ((rc = owl_read_json_object(run_dir, "run.json", 1 << 20, (void **)&run, &err))) {
 			owl_err_wrap(&err, "cannot resume run %s", run_id);
 			goto fail;
@@ -567,7 +596,7 @@ static int run_train(owl_ctx *ctx, int argc, char **argv)
 	if (!resume) {
 		run_id = new_run_id();
 		run_dir = owl_path_join(runs_dir, run_id);
-		if ((rc = owl_mkdir_p(run_dir, &err)))
+		if ((rc = owl_mkdir_p(run_dir, &err)) || (rc = lock_run(run_dir, run_id, &lock_fd, &err)))
 			goto fail;
 		char when[32];
 		owl_fmt_time(owl_unix_time(), when, sizeof when);
@@ -720,6 +749,8 @@ static int run_train(owl_ctx *ctx, int argc, char **argv)
 fail:
 	rc = cmd_fail(&err);
 done:
+	if (lock_fd >= 0)
+		close(lock_fd);
 	json_decref(run);
 	train_dataset_free(tr);
 	train_dataset_free(ev);

@@ -168,6 +168,9 @@ for _ in $(seq 600); do
   [ -n "$CUT" ] && [ -f "$OWL_HOME/runs/$CUT/metrics.jsonl" ] && [ "$(grep -c '"loss"' "$OWL_HOME/runs/$CUT/metrics.jsonl")" -ge 3 ] && break
   sleep 0.05
 done
+# While it trains, nobody else may resume it.
+owl train --resume "$CUT"
+expect_contains run_locked_while_training "$ERR" "is being trained by another owl"
 kill -INT $pid
 wait $pid
 RC=$?
