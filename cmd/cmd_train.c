@@ -83,6 +83,7 @@ static int parse_train(int argc, char **argv, train_args *a)
 		{"checkpoint-activations", no_argument, 0, 'C'},
 		{"train-on-inputs", no_argument, 0, 'I'}, {"skip-bad", no_argument, 0, 'B'},
 		{"threads", required_argument, 0, 'j'}, {"resume", required_argument, 0, 'X'},
+		{"init", required_argument, 0, 'N'},
 		{0, 0, 0, 0},
 	};
 	defaults(a);
@@ -168,6 +169,7 @@ static int parse_train(int argc, char **argv, train_args *a)
 				a->threads = (int)v;
 			break;
 		case 'X': a->resume = optarg; break;
+		case 'N': a->o.init_adapter = optarg; break;
 		default: return cmd_usage_error(V, "unknown option");
 		}
 		if (rc)
@@ -242,6 +244,11 @@ static json_t *hyper_json(const train_args *a)
 	json_object_set_new(h, "train_on_inputs", json_boolean(a->train_on_inputs));
 	json_object_set_new(h, "skip_bad", json_boolean(a->skip_bad));
 	json_object_set_new(h, "eval_fraction", json_real(a->eval_fraction));
+	if (o->init_adapter) {
+		char *abs = realpath(o->init_adapter, NULL);
+		json_object_set_new(h, "init", json_string(abs ? abs : o->init_adapter));
+		free(abs);
+	}
 	return h;
 }
 
@@ -1100,6 +1107,8 @@ const owl_command cmd_train_commands[] = {
 	 "                       memory, more time [off]\n"
 	 "  --train-on-inputs    train on prompts and user turns too [off]\n"
 	 "  --skip-bad           skip malformed lines and count them [off]\n"
+	 "  --init DIR           start from this PEFT adapter (same --rank and --targets)\n"
+	 "                       instead of PEFT's initialisation [none]\n"
 	 "  --threads N          CPU threads [0: all cores]\n"
 	 "  --resume RUN         continue a stopped run from its checkpoint, with its own\n"
 	 "                       options and data (its SHA-256 must match): the losses are\n"

@@ -2,6 +2,7 @@
  * normalised by the step's scored tokens, clipping, AdamW, the schedule,
  * eval, metrics, checkpoints and resume. */
 #include "train/train.h"
+#include "common/gguf.h"
 #include "common/safetensors.h"
 
 #include <errno.h>
@@ -279,6 +280,55 @@ static int load_checkpoint(const char *run_dir, engine_lora_weights *w, adam_sta
 	return rc;
 }
 
+/* Starts from the adapter in dir: every tensor of w must be there, in PEFT's
+ * shape, and nothing else. */
+static int load_init(const char *dir, engine_lora_weights *w, owl_err *err)
+{
+	char *p = owl_path_join(dir, "adapter_model.safetensors");
+	st_file *f = NULL;
+	int rc = st_open(p, &f, err);
+	free(p);
+	size_t n = engine_lora_weights_count(w);
+	for (size_t i = 0; !rc && i < n; i++) {
+		engine_lora_tensor lt;
+		engine_lora_weights_tensor(w, i, &lt);
+		const st_tensor *t = st_find(f, lt.name);
+		size_t cnt = (size_t)lt.rows * lt.cols;
+		if (!t || t->n_dims != 2 || t->shape[0] != lt.rows || t->shape[1] != lt.cols ||
+		    (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)) {
+			rc = owl_err_set(err, OWL_EUSAGE, "the adapter in %s has no %s of [%d, %d] (give "
+					 "the same --rank and --targets it was made with)", dir, lt.name,
+					 lt.rows, lt.cols);
+			break;
+		}
+		float *x = owl_xmalloc(cnt * sizeof *x);
+		const unsigned char *d = t->data;
+		for (size_t j = 0; j < cnt; j++) {
+			if (t->dtype == ST_F32) {
+				memcpy(&x[j], d + 4 * j, 4);
+			} else {
+				uint16_t h;
+				memcpy(&h, d + 2 * j, 2);
+				uint32_t u = (uint32_t)h << 16;
+				if (t->dtype == ST_BF16)
+					memcpy(&x[j], &u, 4);
+				else
+					x[j] = gguf_f16_to_f32(h);
+			}
+		}
+		engine_lora_tensor_set(w, i, x);
+		free(x);
+	}
+	if (!rc && st_count(f) != n)
+		rc = owl_err_set(err, OWL_EUSAGE, "the adapter in %s holds %zu tensors, a rank %d "
+				 "adapter of these targets %zu", dir, st_count(f),
+				 engine_lora_weights_opts(w)->rank, n);
+	st_close(f);
+	if (rc)
+		owl_err_wrap(err, "--init");
+	return rc;
+}
+
 /* Keeps the lines of metrics.jsonl up to step (what a resume continues from). */
 static int trim_metrics(const char *path, int64_t step, owl_err *err)
 {
@@ -377,6 +427,8 @@ int train_run(engine_model *m, const train_dataset *train, const train_dataset *
 		rc = engine_trainer_new(m, w, cap, o->checkpoint_activations, &tr, err);
 	if (!rc)
 		rc = adam_init(&adam, w, err);
+	if (!rc && o->init_adapter && !resume)
+		rc = load_init(o->init_adapter, w, err);
 	if (!rc && resume)
 		rc = load_checkpoint(run_dir, w, &adam, &s, o, total, err);
 	if (!rc && resume)

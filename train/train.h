@@ -177,6 +177,8 @@ typedef struct train_opts {
 	int64_t checkpoint_every; /* steps; 0: only when stopped */
 	int64_t eval_every;    /* steps; 0: at the end only */
 	int checkpoint_activations;
+	const char *init_adapter; /* a PEFT adapter folder to start from instead of PEFT's
+				     initialisation (its rank and targets must be these), or NULL */
 } train_opts;
 
 /* What one step did, for progress lines and metrics.jsonl. */

@@ -3,7 +3,8 @@
 # of its base with its lineage; the loss falls on a small memorisation set
 # and greedy generation with the adapter gives back the trained completions;
 # the adapter loads in PEFT (tests/oracle/ref_peft.py) with owl's logits, and
-# its files have the fields and key names PEFT writes itself; a run on a GGUF
+# its files have the fields and key names PEFT writes itself; ten steps
+# from the same adapter equal PEFT + torch.optim.AdamW's; a run on a GGUF
 # base of the same weights writes B in Hugging Face's row order; Ctrl-C stops
 # with a checkpoint and --resume takes the uninterrupted run's steps bit for
 # bit; accumulating micro-batches equals one bigger batch, and packed equals
@@ -125,6 +126,31 @@ EOF
   [ $? = 0 ] && pass peft_fields_and_keys || fail peft_fields_and_keys "$(cat "$T/.cmp")"
 fi
 
+# ---- ten steps against PEFT + torch.optim.AdamW (tests/oracle/ref_train.py) -----------------------
+# From the same non-zero adapter (PEFT starts B at 0, where A's gradient
+# vanishes), warmup then cosine, weight decay, clipping at 1 (the gradient
+# norms here are larger), every sample in each step.
+if [ -n "$PY" ]; then
+  "$PY" "$REF" make "$T/base" "$T/init" --r 8 --alpha 16 --targets q_proj,v_proj --std 0.05 --seed 3 >/dev/null 2>"$T/init.err"
+  owl train tiny@1 --out steps --data "$T/mem.jsonl" --init "$T/init" --rank 8 --alpha 16 \
+    --targets q_proj,v_proj --dropout 0 --batch 1 --seq-len 128 --grad-accum 1 --max-steps 10 \
+    --lr 1e-2 --warmup 2 --weight-decay 0.01
+  SRUN=$(sed -n 's/^run \([^:]*\):.*/\1/p' <<<"$OUT")
+  "$PY" "$OWL_ROOT/tests/oracle/ref_train.py" "$T/base" "$T/init" "$T/mem.jsonl" --steps 10 --lr 1e-2 \
+    --warmup 2 --weight-decay 0.01 >"$T/ref_steps.json" 2>"$T/ref_steps.err"
+  python3 - "$OWL_HOME/runs/$SRUN/metrics.jsonl" "$T/ref_steps.json" >"$T/.cmp" 2>&1 <<'EOF'
+import json, sys
+ours = [json.loads(l)["loss"] for l in open(sys.argv[1]) if '"loss"' in l]
+ref = json.load(open(sys.argv[2]))
+err = max(abs(a - b) / max(1.0, abs(b)) for a, b in zip(ours, ref))
+print(f"{len(ours)} steps, max relative difference {err:.2g}; owl {ours[-1]:.6f}, PEFT {ref[-1]:.6f}")
+sys.exit(0 if len(ours) == len(ref) == 10 and err < 1e-5 and ref[-1] < ref[0] else 1)
+EOF
+  [ $? = 0 ] && pass ten_steps_equal_peft_adamw || fail ten_steps_equal_peft_adamw "$(cat "$T/.cmp") $(tail -2 "$T/ref_steps.err")"
+  owl train tiny@1 --out steps-bad --data "$T/mem.jsonl" --init "$T/init" --rank 16 --max-steps 1
+  expect_rc init_of_other_rank_refused 2
+fi
+
 # ---- QLoRA-style: a GGUF base; B comes out in Hugging Face's row order --------------------
 owl pull "$T/base/model.gguf" --name tiny-gguf
 owl train tiny-gguf@1 --data "$T/mem.jsonl" --out tiny-gguf-mem --max-steps 6 --lr 1e-2 --batch 4 \
@@ -208,6 +234,12 @@ else
   fail ctrl_c_stops_with_checkpoint "exit $RC: $(tail -3 "$T/cut.err")"
 fi
 grep -q '"eval_loss"' "$OWL_HOME/runs/$FULL/metrics.jsonl" && pass eval_loss_recorded || fail eval_loss_recorded "no eval_loss line"
+
+# The frozen base is bit-identical after all this training.
+owl verify tiny@1
+expect_rc base_unchanged_after_training 0
+owl verify mid@1
+expect_rc mid_base_unchanged_after_training 0
 
 # ---- runs list | show ----------------------------------------------------------------------------
 owl runs list
