@@ -273,10 +273,16 @@ owl train tiny@1 --out eq-accum "${EQ[@]}" --batch 1 --grad-accum 2 --seq-len 24
 R2=$(sed -n 's/^run \([^:]*\):.*/\1/p' <<<"$OUT")
 owl train tiny@1 --out eq-packed "${EQ[@]}" --batch 1 --grad-accum 1 --seq-len 44
 R3=$(sed -n 's/^run \([^:]*\):.*/\1/p' <<<"$OUT")
-python3 - "$OWL_HOME/runs/$R1/metrics.jsonl" "$OWL_HOME/runs/$R2/metrics.jsonl" "$OWL_HOME/runs/$R3/metrics.jsonl" >"$T/.eq" 2>&1 <<'EOF'
+# Recomputed activations and an eval set on the side change no step either.
+owl train tiny@1 --out eq-recompute "${EQ[@]}" --batch 2 --grad-accum 1 --seq-len 24 \
+  --checkpoint-activations --eval "$T/mem.jsonl" --eval-every 3
+R4=$(sed -n 's/^run \([^:]*\):.*/\1/p' <<<"$OUT")
+[ "$(grep -c '"eval_loss"' "$OWL_HOME/runs/$R4/metrics.jsonl" 2>/dev/null)" = 2 ] && pass eval_file_every_3_steps \
+  || fail eval_file_every_3_steps "$(cat "$OWL_HOME/runs/$R4/metrics.jsonl" 2>&1 | head -3)"
+python3 - "$OWL_HOME/runs/$R1/metrics.jsonl" "$OWL_HOME/runs/$R2/metrics.jsonl" "$OWL_HOME/runs/$R3/metrics.jsonl" "$OWL_HOME/runs/$R4/metrics.jsonl" >"$T/.eq" 2>&1 <<'EOF'
 import json, sys
-runs = [[json.loads(l) for l in open(p)] for p in sys.argv[1:4]]
-names = ["2 rows", "2 micro-batches", "1 packed row"]
+runs = [[json.loads(l) for l in open(p) if '"loss"' in l] for p in sys.argv[1:5]]
+names = ["2 rows", "2 micro-batches", "1 packed row", "recomputed activations"]
 base = runs[0]
 worst = 0
 for name, r in zip(names[1:], runs[1:]):
@@ -291,7 +297,7 @@ for name, r in zip(names[1:], runs[1:]):
             print(name, "step", a["step"], "loss", b["loss"], "vs", a["loss"]); sys.exit(1)
 print(f"losses of 6 steps agree within {worst:.2g} (relative)")
 EOF
-[ $? = 0 ] && pass accumulation_equals_bigger_batch_and_packing_equals_unpacked || fail accumulation_equals_bigger_batch_and_packing_equals_unpacked "$(cat "$T/.eq")"
+[ $? = 0 ] && pass accumulation_packing_and_recomputation_change_no_step || fail accumulation_packing_and_recomputation_change_no_step "$(cat "$T/.eq")"
 
 # ---- owl merge: a full checkpoint whose logits are the unmerged ones -----------------------------
 # compare_logits NAME A.json B.json RTOL: max |a - b| <= RTOL * max(1, max |b|).

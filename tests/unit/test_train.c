@@ -142,6 +142,62 @@ static void chat_trains_assistant_turns_with_their_end(void)
 	train_dataset_free(d);
 }
 
+/* Every chat family owl renders: the trained tokens are the assistant turns
+ * (with the template's end of turn), never the system or user text. */
+static void chat_masks_for_every_template(void)
+{
+	static const char *const families[] = {"chatml", "llama3", "llama2", "zephyr", "gemma"};
+	const char *build = getenv("OWL_BUILD");
+	char *dir = test_tmpdir("train-templates");
+	const char *text = "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"},"
+			   " {\"role\": \"user\", \"content\": \"Hi there\"},"
+			   " {\"role\": \"assistant\", \"content\": \"Hello\"},"
+			   " {\"role\": \"user\", \"content\": \"Bye\"},"
+			   " {\"role\": \"assistant\", \"content\": \"Bye now\"}]}\n";
+	for (size_t f = 0; f < sizeof families / sizeof families[0]; f++) {
+		char *cmd = owl_xasprintf("'%s/owl-fixture' --out '%s/%s' --seed 4 --chat-template %s --quiet",
+					  build ? build : "build", dir, families[f], families[f]);
+		char *mdir = owl_xasprintf("%s/%s", dir, families[f]);
+		engine_tokenizer *t = NULL;
+		owl_err err = {0};
+		if (system(cmd) != 0 || engine_tokenizer_load_dir(mdir, &t, &err)) {
+			CHECK(0, "%s: fixture or tokenizer failed: %s", families[f], err.msg);
+			free(cmd), free(mdir);
+			continue;
+		}
+		train_data_opts o = {0};
+		train_dataset *d = NULL;
+		int rc = train_dataset_parse("chat.jsonl", text, strlen(text), t, &o, &d, &err);
+		CHECK(rc == 0, "%s: %s", families[f], err.msg);
+		if (!rc) {
+			const train_sample *x = &d->samples[0];
+			int32_t *ids = owl_xmalloc((size_t)x->n * sizeof *ids);
+			size_t k = 0;
+			for (int i = 0; i < x->n; i++)
+				if (x->trained[i])
+					ids[k++] = x->tokens[i];
+			char *trained = engine_detokenize(t, ids, k);
+			CHECK(strstr(trained, "Hello") && strstr(trained, "Bye now"), "%s: trained text '%s' "
+			      "lacks an assistant turn", families[f], trained);
+			CHECK(!strstr(trained, "Hi there") && !strstr(trained, "Be brief") &&
+			      !strstr(trained, "user"), "%s: trained text '%s' holds system or user text",
+			      families[f], trained);
+			int eog = 0;
+			for (size_t i = 0; i < k; i++)
+				eog += engine_token_is_eog(t, ids[i]);
+			CHECK(eog == 2, "%s: %d end-of-turn tokens trained, expected 2 ('%s')", families[f],
+			      eog, trained);
+			free(trained);
+			free(ids);
+		}
+		train_dataset_free(d);
+		engine_tokenizer_free(t);
+		free(cmd), free(mdir);
+	}
+	owl_remove_tree(dir, NULL);
+	free(dir);
+}
+
 static void malformed_lines_name_their_line_and_problem(void)
 {
 	static const struct { const char *text, *want; } cases[] = {
@@ -466,6 +522,7 @@ int main(void)
 	RUN_TEST(prompt_completion_trains_the_completion_only);
 	RUN_TEST(alpaca_uses_its_prompt_with_and_without_input);
 	RUN_TEST(chat_trains_assistant_turns_with_their_end);
+	RUN_TEST(chat_masks_for_every_template);
 	RUN_TEST(malformed_lines_name_their_line_and_problem);
 	RUN_TEST(skip_bad_counts_and_keeps_the_rest);
 	RUN_TEST(sample_longer_than_the_sequence_is_refused);
