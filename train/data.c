@@ -27,6 +27,8 @@ typedef struct builder {
 
 static void put(builder *b, const int32_t *ids, size_t n, int trained)
 {
+	if (!n)
+		return;
 	if (b->n + n > b->cap) {
 		b->cap = (b->n + n) * 2 + 16;
 		b->tokens = owl_xrealloc(b->tokens, b->cap * sizeof *b->tokens);
