@@ -788,8 +788,11 @@ static int runs_list(owl_ctx *ctx, const char *runs_dir)
 		json_t *r = NULL;
 		if (owl_read_json_object(dir, "run.json", 1 << 20, (void **)&r, NULL) == 0) {
 			const char *adapter = json_string_value(json_object_get(r, "adapter"));
+			const char *name = json_string_value(json_object_get(r, "out"));
+			const char *status = json_string_value(json_object_get(r, "status"));
+			const char *base = json_string_value(json_object_get(r, "base"));
 			char out[160];
-			snprintf(out, sizeof out, "%s", adapter ? adapter : json_string_value(json_object_get(r, "out")));
+			snprintf(out, sizeof out, "%s", adapter ? adapter : name ? name : "-");
 			if (ctx->json) {
 				json_array_append(arr, r);
 			} else {
@@ -798,8 +801,7 @@ static int runs_list(owl_ctx *ctx, const char *runs_dir)
 				if (json_is_number(fl))
 					snprintf(loss, sizeof loss, "%.4f", json_number_value(fl));
 				printf("%-22s %-10s %-24s %-24s %4lld/%-4lld %9s\n", names[i],
-				       json_string_value(json_object_get(r, "status")),
-				       json_string_value(json_object_get(r, "base")), out,
+				       status ? status : "?", base ? base : "?", out,
 				       (long long)json_integer_value(json_object_get(r, "steps")),
 				       (long long)json_integer_value(json_object_get(r, "total_steps")), loss);
 			}

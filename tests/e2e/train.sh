@@ -389,6 +389,12 @@ for n in bad-a bad-b bad-c bad-d bad-e bad-f support-bot; do
 done
 expect_contains nothing_registered_on_failure "$OUT" "Llama-support-bot@1"
 
+# ---- --json: the result on stdout, no step lines ---------------------------------------------------
+owl --json train tiny@1 --data "$T/mem.jsonl" --out js --max-steps 2 --seq-len 64
+python3 -c 'import json,sys; j=json.loads(sys.argv[1]); assert j["adapter"]=="js@1" and j["steps"]==2 and j["loss_curve"].endswith("loss.svg")' "$OUT" \
+  && pass train_json || fail train_json "${OUT:0:300}"
+expect_not_contains train_json_no_step_lines "$ERR" "step 1/2"
+
 # ---- help ---------------------------------------------------------------------------------------------
 owl train --help
 for d in "[16]" "[2 x rank]" "[0.05]" "[3]" "[2e-4]" "[1]" "[4]" "[512" "[3% of the steps]" "[0]" "[1.0" "[42]" "[100" "[50]" "[q_proj,k_proj,v_proj,o_proj]"; do
