@@ -105,12 +105,13 @@ static double or_zero(double x) { return isfinite(x) ? x : 0; }
 static int write_state_json(const char *path, const loop_state *s, const train_opts *o,
 			    int64_t total, owl_err *err)
 {
-	json_t *j = json_pack("{s:I, s:i, s:I, s:s, s:I, s:f, s:f, s:f, s:I, s:I, s:I, s:I}",
-			      "step", (json_int_t)s->step, "epoch", s->epoch, "micro_batch",
-			      (json_int_t)s->micro, "rng", "", "tokens", (json_int_t)s->tokens,
-			      "elapsed_s", s->elapsed, "first_loss", or_zero(s->first_loss),
-			      "last_loss", or_zero(s->last_loss), "total_steps", (json_int_t)total, "seed",
-			      (json_int_t)o->seed, "adam_step", (json_int_t)s->step, "schedule_step",
+	/* adam_step and schedule_step are the step: AdamW's t and the
+	 * schedule's position both count optimiser steps. */
+	json_t *j = json_pack("{s:I, s:i, s:I, s:I, s:f, s:f, s:f, s:I, s:I, s:I}", "step",
+			      (json_int_t)s->step, "epoch", s->epoch, "micro_batch", (json_int_t)s->micro,
+			      "tokens", (json_int_t)s->tokens, "elapsed_s", s->elapsed, "first_loss",
+			      or_zero(s->first_loss), "last_loss", or_zero(s->last_loss), "total_steps",
+			      (json_int_t)total, "adam_step", (json_int_t)s->step, "schedule_step",
 			      (json_int_t)s->step);
 	/* 64-bit values as hex text: JSON numbers stop being exact at 2^53. */
 	char hex[17];
