@@ -3,17 +3,21 @@
  *
  *   owl-lora-grad MODEL --adapter DIR --r R --alpha A [--rslora] --targets q_proj,v_proj
  *                 --tokens 1,2,3 --labels 2,3,-1 [--seg 0,0,1] [--micro K] [--ckpt]
- *                 [--threads N]
+ *                 [--dropout P] [--dropout-seed S] [--tp N] [--threads N] [--eval]
  *
  * The LoRA weights start from the adapter's tensors (PEFT's layout, B
  * non-zero), the micro-batch is the tokens with their labels (-1 = not
  * scored), packed by --seg (default one sample; positions restart at each
  * sample). --micro K splits the rows into K micro-batches at sample
  * boundaries and accumulates. Prints JSON: loss_sum, count, and each
- * tensor's gradient in PEFT's layout; with --eval also the eval loss. */
+ * tensor's gradient in PEFT's layout; with --eval also the eval loss, and
+ * "frozen": whether every byte of the base's weights (as the trainer reads
+ * them: prepared, repacked) is the same after the steps as before. */
 #include "common/common.h"
 #include "common/safetensors.h"
 #include "engine/engine.h"
+#include "engine/internal.h"
+#include "engine/lora.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,6 +59,35 @@ static float half_to_f32(uint16_t h, int bf16)
 	return f;
 }
 
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+	const uint8_t *b = p;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ b[i]) * 0x100000001b3ull;
+	return h;
+}
+
+static uint64_t wsum(uint64_t h, const wmat *w)
+{
+	return fnv(h, w->data, (size_t)w->rows * w->row_bytes);
+}
+
+/* A hash of every weight the trainer reads. */
+static uint64_t base_hash(const engine_model *m)
+{
+	const engine_model_info *in = &m->info;
+	uint64_t h = 0xcbf29ce484222325ull;
+	for (int l = 0; l < in->n_layers; l++) {
+		layer *R = &m->rank_layers[0][l];
+		for (int r = 0; r < ENGINE_ROLE_COUNT; r++)
+			h = wsum(h, engine_layer_weight(R, r));
+		h = fnv(h, R->attn_norm, (size_t)in->dim * sizeof(float));
+		h = fnv(h, R->ffn_norm, (size_t)in->dim * sizeof(float));
+	}
+	h = wsum(wsum(h, &m->tok_embd), &m->output);
+	return fnv(h, m->rank_out_norm, (size_t)in->dim * sizeof(float));
+}
+
 int main(int argc, char **argv)
 {
 	const char *path = NULL, *adapter = NULL, *targets = "q_proj,k_proj,v_proj,o_proj";
@@ -62,6 +95,7 @@ int main(int argc, char **argv)
 	engine_lora_opts lo = {.rank = 8, .alpha = 16};
 	engine_model_opts mo = {0};
 	int micro = 1, ckpt = 0, eval = 0;
+	uint64_t dseed = 1;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--adapter") && i + 1 < argc) adapter = argv[++i];
 		else if (!strcmp(argv[i], "--r") && i + 1 < argc) lo.rank = atoi(argv[++i]);
@@ -74,6 +108,9 @@ int main(int argc, char **argv)
 		else if (!strcmp(argv[i], "--micro") && i + 1 < argc) micro = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--threads") && i + 1 < argc) mo.threads = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--ckpt")) ckpt = 1;
+		else if (!strcmp(argv[i], "--dropout") && i + 1 < argc) lo.dropout = (float)atof(argv[++i]);
+		else if (!strcmp(argv[i], "--dropout-seed") && i + 1 < argc) dseed = strtoull(argv[++i], NULL, 10);
+		else if (!strcmp(argv[i], "--tp") && i + 1 < argc) mo.tp = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--eval")) eval = 1;
 		else path = argv[i];
 	}
@@ -130,6 +167,7 @@ int main(int argc, char **argv)
 			free(v);
 		}
 	}
+	uint64_t before = base_hash(m);
 	/* Micro-batches cut at sample boundaries, about n / micro rows each. */
 	double loss = 0;
 	int64_t count = 0;
@@ -141,7 +179,8 @@ int main(int argc, char **argv)
 		if (end <= start)
 			continue;
 		engine_train_batch b = {.n = end - start, .tokens = tokens + start, .targets = labels + start,
-					.seg = seg + start, .pos = pos + start};
+					.seg = seg + start, .pos = pos + start,
+					.dropout_seed = dseed + (uint64_t)k};
 		double ls;
 		int64_t c;
 		if (engine_train_step(t, &b, 1.0f, &ls, &c, &err))
@@ -149,7 +188,8 @@ int main(int argc, char **argv)
 		loss += ls, count += c;
 		start = end;
 	}
-	printf("{\"loss_sum\": %.9g, \"count\": %lld", loss, (long long)count);
+	printf("{\"loss_sum\": %.9g, \"count\": %lld, \"frozen\": %s", loss, (long long)count,
+	       base_hash(m) == before ? "true" : "false");
 	if (eval) {
 		engine_train_batch b = {.n = n, .tokens = tokens, .targets = labels, .seg = seg, .pos = pos};
 		double ls;
