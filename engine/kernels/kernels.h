@@ -128,6 +128,7 @@ typedef enum kernels_op {
 	KERNELS_OP_LORA,
 	/* training */
 	KERNELS_OP_ATTENTION_PACKED,
+	KERNELS_OP_MATMUL_WIDENED,  /* type: the weight's */
 	KERNELS_OP_MATMUL_BACKWARD, /* type: the weight's */
 	KERNELS_OP_LORA_BACKWARD,
 	KERNELS_OP_EMBEDDING_BACKWARD,
@@ -231,6 +232,12 @@ typedef struct kernels_backend_iface {
 				const float *v, const kernels_attn_seg *segs, int nseg, int n_heads,
 				int n_kv_heads, int head_dim, int window,
 				const kernels_scratch *scratch, owl_err *err);
+	/* y[n, w.rows] = x[n, w.cols] W^T with W widened to f32 (scratch as
+	 * matmul_backward's): the exact product for quantised weights, whose
+	 * matmul may round x to 8 bits for integer kernels, so that training
+	 * differentiates the function it evaluates. */
+	int (*matmul_widened)(kernels_backend *be, float *y, const float *x, const kernels_weight *w,
+			      int n, const kernels_scratch *scratch, owl_err *err);
 	/* dx[n, w.cols] = dy[n, w.rows] W (accumulate: dx +=), through a frozen
 	 * weight of any type, widened a band of rows at a time into scratch
 	 * (kernels_matmul_backward_scratch() floats). */

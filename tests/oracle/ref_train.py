@@ -1,12 +1,15 @@
 """PyTorch autograd + PEFT as the oracle for owl's LoRA gradients.
 
   ref_train.py grad BASE_DIR ADAPTER_DIR --tokens 1,2,3 --labels 2,3,-1 [--seg 0,0,1]
+                [--gguf FILE]
       Loads the base with transformers (f32, eager attention) and the adapter
       with PeftModel.from_pretrained (trainable, dropout off), runs each
       packed sample (--seg) on its own with positions from 0, sums the
       cross-entropy of the rows whose label is not -1, and prints JSON:
       loss_sum, count and the gradient of loss_sum for every lora_A and
-      lora_B, named as in adapter_model.safetensors.
+      lora_B, named as in adapter_model.safetensors. --gguf: the base's
+      matrices are replaced by those of a GGUF of the same model (a quantised
+      one: QLoRA), dequantised by the gguf package, q/k rows un-permuted.
 
   ref_train.py compare OWL.json REF.json [--tol 1e-3]
       Every tensor's max |owl - ref| <= tol * max(max |ref|, 1e-6), the loss
@@ -21,6 +24,45 @@ def ints(s):
     return [int(t) for t in s.split(",")] if s else []
 
 
+ROLES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+         "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+         "ffn_down": "mlp.down_proj"}
+
+
+def load_gguf_weights(m, path):
+    """Overwrites m's projections, embedding and output with the GGUF's."""
+    import numpy as np
+    import torch
+    import gguf
+    from gguf.quants import dequantize
+
+    cfg = m.config
+    heads = {"attn_q": cfg.num_attention_heads, "attn_k": cfg.num_key_value_heads}
+    sd = m.state_dict()
+    for t in gguf.GGUFReader(path).tensors:
+        w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+        parts = t.name.split(".")
+        if t.name == "token_embd.weight":
+            key = "model.embed_tokens.weight"
+        elif t.name == "output.weight":
+            key = "lm_head.weight"
+        elif parts[0] == "blk" and parts[2] in ROLES:
+            key = f"model.layers.{parts[1]}.{ROLES[parts[2]]}.weight"
+            if parts[2] in heads:
+                # GGUF row i holds the Hugging Face row src(i) (llama.cpp's permute)
+                rows = w.shape[0]
+                hd = rows // heads[parts[2]]
+                i = np.arange(rows)
+                src = (i // hd) * hd + (i % hd % 2) * (hd // 2) + (i % hd) // 2
+                hf = np.empty_like(w)
+                hf[src] = w
+                w = hf
+        else:
+            continue
+        with torch.no_grad():
+            sd[key].copy_(torch.from_numpy(w.reshape(sd[key].shape)))
+
+
 def grad(a):
     import torch
     from peft import PeftModel
@@ -29,6 +71,8 @@ def grad(a):
     torch.manual_seed(0)
     m = AutoModelForCausalLM.from_pretrained(a.base, torch_dtype=torch.float32,
                                              attn_implementation="eager")
+    if a.gguf:
+        load_gguf_weights(m, a.gguf)
     pm = PeftModel.from_pretrained(m, a.adapter, is_trainable=True)
     pm.eval()  # dropout off; autograd still records
     toks, labels = ints(a.tokens), ints(a.labels)
@@ -97,6 +141,7 @@ def main():
     g.add_argument("--tokens", required=True)
     g.add_argument("--labels", required=True)
     g.add_argument("--seg")
+    g.add_argument("--gguf")
     c = sub.add_parser("compare")
     c.add_argument("owl")
     c.add_argument("ref")

@@ -175,6 +175,17 @@ static void check_matmul_backward(const kernels_weight *w, const float *wref, co
 	CHECK_INT(be->iface->matmul_backward(be, dx, dy, w, n, 1, &s, &err), 0);
 	e = rel_err(dx, g, (size_t)n * cols);
 	CHECK(e < 1e-5, "%s: accumulated dx relative error %g", label, e);
+	/* the exact forward product that this backward differentiates */
+	float *y = malloc((size_t)n * rows * sizeof *y);
+	double *want = calloc((size_t)n * rows, sizeof *want);
+	for (int i = 0; i < n; i++)
+		for (int r = 0; r < rows; r++)
+			for (int k = 0; k < cols; k++)
+				want[(size_t)i * rows + r] += (double)x[(size_t)i * cols + k] * wref[(size_t)r * cols + k];
+	CHECK_INT(be->iface->matmul_widened(be, y, x, w, n, &s, &err), 0);
+	e = rel_err(y, want, (size_t)n * rows);
+	CHECK(e < 1e-5, "%s: matmul_widened relative error %g", label, e);
+	free(y), free(want);
 	free(x), free(dy), free(dx), free(g), free(c.x), free(s.data);
 }
 

@@ -109,6 +109,42 @@ int cpu_matmul_backward(kernels_backend *be, float *dx, const float *dy,
 	return 0;
 }
 
+/* y = x W^T with W widened to f32 a band of rows at a time: for the
+ * quantised types this is the exact product that matmul_backward
+ * differentiates (matmul rounds x to 8 bits for the integer kernels). */
+int cpu_matmul_widened(kernels_backend *be, float *y, const float *x, const kernels_weight *w, int n,
+		       const kernels_scratch *scratch, owl_err *err)
+{
+	const int rows = w->rows, cols = w->cols;
+	if (n <= 0)
+		return 0;
+	if ((w->type == KERNELS_F32_R16 || w->type == KERNELS_F16_R16 || w->type == KERNELS_BF16_R16) &&
+	    rows % 16)
+		return owl_err_set(err, OWL_EUSAGE, "matmul_widened: a repacked weight of %d rows", rows);
+	if (!scratch || scratch->n < kernels_matmul_backward_scratch(cols))
+		return owl_err_set(err, OWL_EFAIL, "matmul_widened over %d columns needs %zu floats of "
+				   "scratch, %zu given", cols, kernels_matmul_backward_scratch(cols),
+				   scratch ? scratch->n : 0);
+	openblas_set_num_threads(1);
+#pragma omp parallel
+	{
+		int t = omp_get_thread_num(), nt = omp_get_num_threads();
+		for (int r0 = 0; r0 < rows; r0 += MB_BAND) {
+			int nr = rows - r0 < MB_BAND ? rows - r0 : MB_BAND;
+			widen_rows(w, r0, nr, scratch->data, t, nt);
+#pragma omp barrier
+			/* each thread a slice of the band's output columns */
+			int per = (nr + nt - 1) / nt, j0 = t * per < nr ? t * per : nr;
+			int j1 = j0 + per < nr ? j0 + per : nr;
+			if (j1 > j0)
+				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, j1 - j0, cols, 1.0f, x,
+					    cols, scratch->data + (size_t)j0 * cols, cols, 0.0f, y + r0 + j0, rows);
+#pragma omp barrier
+		}
+	}
+	return 0;
+}
+
 /* ---- LoRA ---------------------------------------------------------------------- */
 
 int cpu_lora_backward(kernels_backend *be, float *dx, float *da, float *db, const float *dy,
