@@ -13,7 +13,10 @@
 
 #define K(be, op, ...) ((be)->iface->op((be), __VA_ARGS__))
 
-enum { LORA_MAX_RANK = 512, LOGIT_ROWS = 64 };
+/* Logits are formed LOGIT_ROWS rows at a time: each band of rows reads the
+ * whole output matrix twice (forward, and widened for the backward), so
+ * bands are wide; a band of a 49152-token vocabulary is 48 MiB. */
+enum { LORA_MAX_RANK = 512, LOGIT_ROWS = 256 };
 
 const char *const engine_lora_module_names[7] = {"q_proj", "k_proj", "v_proj", "o_proj",
 						 "gate_proj", "up_proj", "down_proj"};
@@ -277,7 +280,7 @@ int engine_trainer_new(engine_model *m, engine_lora_weights *w, int max_tokens,
 	int sets = checkpoint_activations ? 1 : in->n_layers;
 	int threads = in->threads;
 	size_t attn_floats = kernels_attention_packed_scratch(max_tokens, max_tokens, (int)qd, threads);
-	size_t mb_floats = kernels_matmul_backward_scratch((int)max_in);
+	size_t mb_floats = kernels_matmul_backward_scratch(max_tokens, (int)max_in, threads);
 	size_t total = n * dim * (in->n_layers + 2) + n * rest * sets +
 		       n * (2 * dim + 2 * qd + 2 * kvd + 3 * ffn + 2 * max_in) +
 		       2 * n * (size_t)w->o.rank + (size_t)LOGIT_ROWS * in->vocab + attn_floats + mb_floats;

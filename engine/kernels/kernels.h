@@ -101,9 +101,10 @@ size_t kernels_attention_scratch(int max_ctx, int kv_elems, int threads);
  * for n_tok rows in segments of up to max_seg tokens, q_elems query
  * elements per row (heads x head_dim), on threads threads. */
 size_t kernels_attention_packed_scratch(int n_tok, int max_seg, int q_elems, int threads);
-/* Floats of scratch the CPU's matmul_backward needs for weights of up to
- * cols columns. */
-size_t kernels_matmul_backward_scratch(int cols);
+/* Floats of scratch the CPU's matmul_backward and matmul_widened need for
+ * n rows of activations and weights of up to cols columns on threads
+ * threads. */
+size_t kernels_matmul_backward_scratch(int n, int cols, int threads);
 
 typedef struct kernels_buffer kernels_buffer; /* opaque, backend-owned */
 

@@ -163,7 +163,7 @@ static void check_matmul_backward(const kernels_weight *w, const float *wref, co
 	double *g = malloc((size_t)n * cols * sizeof *g);
 	mm_ctx c = {wref, dy, widen(x, (size_t)n * cols), n, rows, cols};
 	numeric_grad(g, c.x, (size_t)n * cols, mm_loss, &c);
-	size_t sn = kernels_matmul_backward_scratch(cols);
+	size_t sn = kernels_matmul_backward_scratch(n, cols, omp_get_max_threads());
 	kernels_scratch s = {malloc(sn * sizeof(float)), sn};
 	owl_err err = {0};
 	CHECK_INT(be->iface->matmul_backward(be, dx, dy, w, n, 0, &s, &err), 0);
