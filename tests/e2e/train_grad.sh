@@ -92,6 +92,12 @@ r = json.load(open(sys.argv[1]))
 print(r["loss_sum"], r["eval_loss_sum"], r["count"], r["eval_count"])
 sys.exit(0 if abs(r["loss_sum"] - r["eval_loss_sum"]) <= 1e-6 * abs(r["loss_sum"]) and r["count"] == r["eval_count"] else 1)
 EOF2
+python3 - "$T/packed.json" <<'EOF2' >"$T/.sv" && pass adapter_view_serves_the_trained_weights || fail adapter_view_serves_the_trained_weights "$(cat "$T/.sv")"
+import json, sys
+r = json.load(open(sys.argv[1]))
+print("trainer", r["eval_loss_sum"], "serving with the adapter view", r["serve_loss_sum"])
+sys.exit(0 if abs(r["serve_loss_sum"] - r["eval_loss_sum"]) <= 1e-4 * abs(r["eval_loss_sum"]) else 1)
+EOF2
 python3 - "$T/tape.json" "$T/ckpt.json" "$T/micro.json" "$T/packed.json" <<'EOF2' >"$T/.fr" && pass base_is_bit_identical_after_the_steps || fail base_is_bit_identical_after_the_steps "$(cat "$T/.fr")"
 import json, sys
 bad = [f for f in sys.argv[1:] if not json.load(open(f))["frozen"]]

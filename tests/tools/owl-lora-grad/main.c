@@ -11,6 +11,7 @@
  * sample). --micro K splits the rows into K micro-batches at sample
  * boundaries and accumulates. Prints JSON: loss_sum, count, and each
  * tensor's gradient in PEFT's layout; with --eval also the eval loss, and
+ * the loss through the serving path with the weights' adapter view, and
  * "frozen": whether every byte of the base's weights (as the trainer reads
  * them: prepared, repacked) is the same after the steps as before. */
 #include "common/common.h"
@@ -19,6 +20,7 @@
 #include "engine/internal.h"
 #include "engine/lora.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -197,6 +199,39 @@ int main(int argc, char **argv)
 		if (engine_train_eval(t, &b, &ls, &c, &err))
 			goto fail;
 		printf(", \"eval_loss_sum\": %.9g, \"eval_count\": %lld", ls, (long long)c);
+		/* The same loss through the serving path: a session per sample with
+		 * the weights' adapter view, the cross-entropy from its logits. */
+		engine_adapter *ad = NULL;
+		if (engine_lora_weights_adapter(w, &ad, &err))
+			goto fail;
+		int vocab = engine_model_get_info(m)->vocab;
+		double serve = 0;
+		for (int i = 0; i < n;) {
+			int j = i;
+			while (j < n && seg[j] == seg[i])
+				j++;
+			engine_session *sess = NULL;
+			float *lg = owl_xmalloc((size_t)(j - i) * vocab * sizeof *lg);
+			if (engine_session_new(m, 0, &sess, &err) || engine_session_set_adapter(sess, ad, &err) ||
+			    engine_forward(sess, tokens + i, j - i, lg, 1, &err))
+				goto fail;
+			for (int r = i; r < j; r++) {
+				if (labels[r] < 0)
+					continue;
+				const float *row = lg + (size_t)(r - i) * vocab;
+				double mx = row[0], sum = 0;
+				for (int v = 1; v < vocab; v++)
+					mx = row[v] > mx ? row[v] : mx;
+				for (int v = 0; v < vocab; v++)
+					sum += exp(row[v] - mx);
+				serve += log(sum) + mx - row[labels[r]];
+			}
+			engine_session_free(sess);
+			free(lg);
+			i = j;
+		}
+		engine_adapter_free(ad);
+		printf(", \"serve_loss_sum\": %.9g", serve);
 	}
 	printf(", \"grads\": {");
 	for (size_t i = 0; i < nt; i++) {
