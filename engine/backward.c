@@ -13,7 +13,10 @@
 
 #define K(be, op, ...) ((be)->iface->op((be), __VA_ARGS__))
 
-enum { LORA_MAX_RANK = 512, LOGIT_ROWS = 64 };
+/* Logits are formed LOGIT_ROWS rows at a time: each band of rows reads the
+ * whole output matrix twice (forward, and widened for the backward), so
+ * bands are wide; a band of a 49152-token vocabulary is 48 MiB. */
+enum { LORA_MAX_RANK = 512, LOGIT_ROWS = 256 };
 
 const char *const engine_lora_module_names[7] = {"q_proj", "k_proj", "v_proj", "o_proj",
 						 "gate_proj", "up_proj", "down_proj"};
@@ -242,7 +245,7 @@ int engine_trainer_new(engine_model *m, engine_lora_weights *w, int max_tokens,
 				   max_tokens, in->ctx_train * 64 < (1 << 20) ? in->ctx_train * 64 : 1 << 20);
 	kernels_backend *be = m->be;
 	const kernels_backend_iface *f = be->iface;
-	if (!f->attention_packed || !f->matmul_backward || !f->lora_backward || !f->rmsnorm_backward ||
+	if (!f->attention_packed || !f->matmul_widened || !f->matmul_backward || !f->lora_backward || !f->rmsnorm_backward ||
 	    !f->rope_backward || !f->attention_backward || !f->swiglu_backward ||
 	    !f->cross_entropy_backward)
 		return owl_err_set(err, OWL_EUSAGE, "the %s backend has no backward ops", f->name);
@@ -277,7 +280,7 @@ int engine_trainer_new(engine_model *m, engine_lora_weights *w, int max_tokens,
 	int sets = checkpoint_activations ? 1 : in->n_layers;
 	int threads = in->threads;
 	size_t attn_floats = kernels_attention_packed_scratch(max_tokens, max_tokens, (int)qd, threads);
-	size_t mb_floats = kernels_matmul_backward_scratch((int)max_in);
+	size_t mb_floats = kernels_matmul_backward_scratch(max_tokens, (int)max_in, threads);
 	size_t total = n * dim * (in->n_layers + 2) + n * rest * sets +
 		       n * (2 * dim + 2 * qd + 2 * kvd + 3 * ffn + 2 * max_in) +
 		       2 * n * (size_t)w->o.rank + (size_t)LOGIT_ROWS * in->vocab + attn_floats + mb_floats;
@@ -380,12 +383,31 @@ static const float *adapter_input(engine_trainer *t, int l, engine_role role, co
 	return t->drop;
 }
 
+/* Whether matmul on this type may round its input (integer kernels of the
+ * GGUF block types): then the trainer takes the widened f32 product, the
+ * function its backward pass differentiates. */
+static int quantised(wtype type)
+{
+	return type == W_Q8_0 || type == W_Q4_0 || type == W_Q4_1 || type == W_Q4_K ||
+	       type == W_Q6_K || type == W_Q8_0_R16 || type == W_Q4_0_R16 || type == W_Q4_1_R16;
+}
+
+/* y = x W^T, exact in f32 */
+static int frozen_matmul(engine_trainer *t, float *y, const float *x, const wmat *wm, int n,
+			 owl_err *err)
+{
+	kernels_backend *be = t->be;
+	if (quantised(wm->type))
+		return K(be, matmul_widened, y, x, wm, n, &t->mb, err);
+	return K(be, matmul, y, x, wm, n, err);
+}
+
 /* y = x W^T + scale B (A drop(x)) */
 static int project(engine_trainer *t, int l, engine_role role, float *y, const float *x,
 		   const wmat *wm, int n, owl_err *err)
 {
 	kernels_backend *be = t->be;
-	int rc = K(be, matmul, y, x, wm, n, err);
+	int rc = frozen_matmul(t, y, x, wm, n, err);
 	const engine_lora *lo = &t->w->val[l][role];
 	if (rc || !lo->a)
 		return rc;
@@ -532,7 +554,7 @@ static int run(engine_trainer *t, const engine_train_batch *b, int backward, flo
 		}
 		double ls;
 		int64_t c;
-		if ((rc = K(be, matmul, t->logits, t->xfn + (size_t)r0 * dim, &m->output, nr, err)) ||
+		if ((rc = frozen_matmul(t, t->logits, t->xfn + (size_t)r0 * dim, &m->output, nr, err)) ||
 		    (rc = K(be, cross_entropy_backward, t->logits, t->logits, b->targets + r0, nr, in->vocab,
 			    grad_scale, &ls, &c, err)))
 			return rc;

@@ -101,9 +101,10 @@ size_t kernels_attention_scratch(int max_ctx, int kv_elems, int threads);
  * for n_tok rows in segments of up to max_seg tokens, q_elems query
  * elements per row (heads x head_dim), on threads threads. */
 size_t kernels_attention_packed_scratch(int n_tok, int max_seg, int q_elems, int threads);
-/* Floats of scratch the CPU's matmul_backward needs for weights of up to
- * cols columns. */
-size_t kernels_matmul_backward_scratch(int cols);
+/* Floats of scratch the CPU's matmul_backward and matmul_widened need for
+ * n rows of activations and weights of up to cols columns on threads
+ * threads. */
+size_t kernels_matmul_backward_scratch(int n, int cols, int threads);
 
 typedef struct kernels_buffer kernels_buffer; /* opaque, backend-owned */
 
@@ -128,6 +129,7 @@ typedef enum kernels_op {
 	KERNELS_OP_LORA,
 	/* training */
 	KERNELS_OP_ATTENTION_PACKED,
+	KERNELS_OP_MATMUL_WIDENED,  /* type: the weight's */
 	KERNELS_OP_MATMUL_BACKWARD, /* type: the weight's */
 	KERNELS_OP_LORA_BACKWARD,
 	KERNELS_OP_EMBEDDING_BACKWARD,
@@ -231,6 +233,12 @@ typedef struct kernels_backend_iface {
 				const float *v, const kernels_attn_seg *segs, int nseg, int n_heads,
 				int n_kv_heads, int head_dim, int window,
 				const kernels_scratch *scratch, owl_err *err);
+	/* y[n, w.rows] = x[n, w.cols] W^T with W widened to f32 (scratch as
+	 * matmul_backward's): the exact product for quantised weights, whose
+	 * matmul may round x to 8 bits for integer kernels, so that training
+	 * differentiates the function it evaluates. */
+	int (*matmul_widened)(kernels_backend *be, float *y, const float *x, const kernels_weight *w,
+			      int n, const kernels_scratch *scratch, owl_err *err);
 	/* dx[n, w.cols] = dy[n, w.rows] W (accumulate: dx +=), through a frozen
 	 * weight of any type, widened a band of rows at a time into scratch
 	 * (kernels_matmul_backward_scratch() floats). */

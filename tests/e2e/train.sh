@@ -126,7 +126,7 @@ EOF
   [ $? = 0 ] && pass peft_fields_and_keys || fail peft_fields_and_keys "$(cat "$T/.cmp")"
 fi
 
-# ---- ten steps against PEFT + torch.optim.AdamW (tests/oracle/ref_train.py) -----------------------
+# ---- ten steps against PEFT + torch.optim.AdamW (tests/oracle/ref_steps.py) -----------------------
 # From the same non-zero adapter (PEFT starts B at 0, where A's gradient
 # vanishes), warmup then cosine, weight decay, clipping at 1 (the gradient
 # norms here are larger), every sample in each step.
@@ -136,7 +136,7 @@ if [ -n "$PY" ]; then
     --targets q_proj,v_proj --dropout 0 --batch 1 --seq-len 128 --grad-accum 1 --max-steps 10 \
     --lr 1e-2 --warmup 2 --weight-decay 0.01
   SRUN=$(sed -n 's/^run \([^:]*\):.*/\1/p' <<<"$OUT")
-  "$PY" "$OWL_ROOT/tests/oracle/ref_train.py" "$T/base" "$T/init" "$T/mem.jsonl" --steps 10 --lr 1e-2 \
+  "$PY" "$OWL_ROOT/tests/oracle/ref_steps.py" "$T/base" "$T/init" "$T/mem.jsonl" --steps 10 --lr 1e-2 \
     --warmup 2 --weight-decay 0.01 >"$T/ref_steps.json" 2>"$T/ref_steps.err"
   python3 - "$OWL_HOME/runs/$SRUN/metrics.jsonl" "$T/ref_steps.json" >"$T/.cmp" 2>&1 <<'EOF'
 import json, sys

@@ -1,89 +1,153 @@
-"""PEFT + torch.optim.AdamW as the oracle for owl train's steps.
+"""PyTorch autograd + PEFT as the oracle for owl's LoRA gradients.
 
-  ref_train.py BASE_DIR INIT_ADAPTER_DIR DATA.jsonl --steps N --lr LR [--warmup N]
-               [--weight-decay W] [--max-grad-norm G]
+  ref_train.py grad BASE_DIR ADAPTER_DIR --tokens 1,2,3 --labels 2,3,-1 [--seg 0,0,1]
+                [--gguf FILE]
+      Loads the base with transformers (f32, eager attention) and the adapter
+      with PeftModel.from_pretrained (trainable, dropout off), runs each
+      packed sample (--seg) on its own with positions from 0, sums the
+      cross-entropy of the rows whose label is not -1, and prints JSON:
+      loss_sum, count and the gradient of loss_sum for every lora_A and
+      lora_B, named as in adapter_model.safetensors. --gguf: the base's
+      matrices are replaced by those of a GGUF of the same model (a quantised
+      one: QLoRA), dequantised by the gguf package, q/k rows un-permuted.
 
-Loads the base with transformers and the adapter with
-PeftModel.from_pretrained(is_trainable=True), builds the samples of a
-{"prompt", "completion"} JSONL file as owl does (the prompt's tokens, the
-completion's, the tokenizer's eos_token; the loss on the completion and the
-end token), and takes N optimiser steps, each over every sample: the loss is
-the mean cross-entropy over all the trained tokens of the step, then
-clip_grad_norm_, torch.optim.AdamW (betas 0.9, 0.999, eps 1e-8) and
-transformers' get_cosine_schedule_with_warmup. Prints the N step losses as a
-JSON list. Dropout is off (owl train --dropout 0).
+  ref_train.py compare OWL.json REF.json [--tol 1e-3]
+      Every tensor's max |owl - ref| <= tol * max(max |ref|, 1e-6), the loss
+      sums within tol relative, the counts equal; prints the worst tensor.
 """
 import argparse
 import json
-
-import torch
-from peft import PeftModel
-from tokenizers import Tokenizer
-from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
+import sys
 
 
-def samples(base, data):
-    tok = Tokenizer.from_file(base + "/tokenizer.json")
-    cfg = json.load(open(base + "/tokenizer_config.json"))
-    eos = cfg["eos_token"]
-    eos = eos["content"] if isinstance(eos, dict) else eos
-    eos_id = tok.token_to_id(eos)
-    out = []
-    for line in open(data):
-        if not line.strip():
+def ints(s):
+    return [int(t) for t in s.split(",")] if s else []
+
+
+ROLES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+         "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+         "ffn_down": "mlp.down_proj"}
+
+
+def load_gguf_weights(m, path):
+    """Overwrites m's projections, embedding and output with the GGUF's."""
+    import numpy as np
+    import torch
+    import gguf
+    from gguf.quants import dequantize
+
+    cfg = m.config
+    heads = {"attn_q": cfg.num_attention_heads, "attn_k": cfg.num_key_value_heads}
+    sd = m.state_dict()
+    for t in gguf.GGUFReader(path).tensors:
+        w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+        parts = t.name.split(".")
+        if t.name == "token_embd.weight":
+            key = "model.embed_tokens.weight"
+        elif t.name == "output.weight":
+            key = "lm_head.weight"
+        elif parts[0] == "blk" and parts[2] in ROLES:
+            key = f"model.layers.{parts[1]}.{ROLES[parts[2]]}.weight"
+            if parts[2] in heads:
+                # GGUF row i holds the Hugging Face row src(i) (llama.cpp's permute)
+                rows = w.shape[0]
+                hd = rows // heads[parts[2]]
+                i = np.arange(rows)
+                src = (i // hd) * hd + (i % hd % 2) * (hd // 2) + (i % hd) // 2
+                hf = np.empty_like(w)
+                hf[src] = w
+                w = hf
+        else:
             continue
-        r = json.loads(line)
-        p = tok.encode(r["prompt"], add_special_tokens=False).ids
-        c = tok.encode(r["completion"], add_special_tokens=False).ids + [eos_id]
-        ids = p + c
-        labels = [-100] * len(p) + c
-        labels[0] = -100
-        out.append((torch.tensor([ids]), torch.tensor([labels])))
-    return out
+        with torch.no_grad():
+            sd[key].copy_(torch.from_numpy(w.reshape(sd[key].shape)))
+
+
+def grad(a):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_pretrained(a.base, torch_dtype=torch.float32,
+                                             attn_implementation="eager")
+    if a.gguf:
+        load_gguf_weights(m, a.gguf)
+    pm = PeftModel.from_pretrained(m, a.adapter, is_trainable=True)
+    pm.eval()  # dropout off; autograd still records
+    toks, labels = ints(a.tokens), ints(a.labels)
+    seg = ints(a.seg) if a.seg else [0] * len(toks)
+    total = torch.zeros((), dtype=torch.float64)
+    count, i = 0, 0
+    while i < len(toks):
+        j = i
+        while j < len(toks) and seg[j] == seg[i]:
+            j += 1
+        ids = torch.tensor([toks[i:j]])
+        lab = torch.tensor(labels[i:j])
+        logits = pm(input_ids=ids).logits[0]
+        keep = lab >= 0
+        if keep.any():
+            total = total + torch.nn.functional.cross_entropy(
+                logits[keep], lab[keep], reduction="sum").double()
+            count += int(keep.sum())
+        i = j
+    total.backward()
+    grads = {}
+    for name, p in pm.named_parameters():
+        if "lora_" in name:
+            grads[name.replace(".default", "")] = [float(v) for v in p.grad.reshape(-1)]
+    json.dump({"loss_sum": float(total), "count": count, "grads": grads}, sys.stdout)
+
+
+def compare(a):
+    o, r = json.load(open(a.owl)), json.load(open(a.ref))
+    bad = []
+    if o["count"] != r["count"]:
+        bad.append(f"count {o['count']} != {r['count']}")
+    if abs(o["loss_sum"] - r["loss_sum"]) > a.tol * max(1.0, abs(r["loss_sum"])):
+        bad.append(f"loss_sum {o['loss_sum']} != {r['loss_sum']}")
+    if set(o["grads"]) != set(r["grads"]):
+        bad.append(f"tensors differ: owl only {sorted(set(o['grads']) - set(r['grads']))[:3]}, "
+                   f"ref only {sorted(set(r['grads']) - set(o['grads']))[:3]}")
+    worst, wname, zero = 0.0, "", 0
+    for name in sorted(set(o["grads"]) & set(r["grads"])):
+        x, y = o["grads"][name], r["grads"][name]
+        if len(x) != len(y):
+            bad.append(f"{name}: {len(x)} values, ref {len(y)}")
+            continue
+        scale = max(max(abs(v) for v in y), 1e-6)
+        zero += scale <= 1e-6
+        err = max(abs(p - q) for p, q in zip(x, y)) / scale
+        if err > worst:
+            worst, wname = err, name
+    if zero == len(r["grads"]):
+        bad.append("every reference gradient is zero: the check would pass vacuously")
+    print(f"{len(r['grads'])} tensors, loss_sum {o['loss_sum']:.6g} (ref {r['loss_sum']:.6g}), "
+          f"worst relative error {worst:.3g} in {wname}")
+    if worst > a.tol:
+        bad.append(f"worst relative error {worst:.3g} > {a.tol}")
+    for b in bad:
+        print(b)
+    sys.exit(1 if bad else 0)
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("base")
-    ap.add_argument("init")
-    ap.add_argument("data")
-    ap.add_argument("--steps", type=int, required=True)
-    ap.add_argument("--lr", type=float, required=True)
-    ap.add_argument("--warmup", type=int, default=0)
-    ap.add_argument("--weight-decay", type=float, default=0.0)
-    ap.add_argument("--max-grad-norm", type=float, default=1.0)
-    a = ap.parse_args()
-    torch.set_num_threads(1)
-    m = AutoModelForCausalLM.from_pretrained(a.base, torch_dtype=torch.float32,
-                                             attn_implementation="eager")
-    pm = PeftModel.from_pretrained(m, a.init, is_trainable=True)
-    pm.train()
-    for mod in pm.modules():  # no dropout anywhere: owl's steps are deterministic
-        if isinstance(mod, torch.nn.Dropout):
-            mod.p = 0.0
-    params = [p for n, p in pm.named_parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.999), eps=1e-8,
-                            weight_decay=a.weight_decay)
-    sched = get_cosine_schedule_with_warmup(opt, a.warmup, a.steps)
-    data = samples(a.base, a.data)
-    losses = []
-    for _ in range(a.steps):
-        opt.zero_grad()
-        total = sum(int((lab[0, 1:] != -100).sum()) for _, lab in data)
-        step_loss = 0.0
-        for ids, lab in data:
-            logits = pm(input_ids=ids).logits[0, :-1]
-            target = lab[0, 1:]
-            ce = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100,
-                                                   reduction="sum")
-            (ce / total).backward()
-            step_loss += float(ce)
-        if a.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
-        opt.step()
-        sched.step()
-        losses.append(step_loss / total)
-    print(json.dumps(losses))
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("grad")
+    g.add_argument("base")
+    g.add_argument("adapter")
+    g.add_argument("--tokens", required=True)
+    g.add_argument("--labels", required=True)
+    g.add_argument("--seg")
+    g.add_argument("--gguf")
+    c = sub.add_parser("compare")
+    c.add_argument("owl")
+    c.add_argument("ref")
+    c.add_argument("--tol", type=float, default=1e-3)
+    a = p.parse_args()
+    grad(a) if a.cmd == "grad" else compare(a)
 
 
 if __name__ == "__main__":

@@ -581,6 +581,7 @@ static int cpu_supports(const kernels_backend *be, kernels_op op, int type)
 	case KERNELS_OP_CROSS_ENTROPY_BACKWARD:
 	case KERNELS_OP_ADAMW:
 		return type == KERNELS_F32;
+	case KERNELS_OP_MATMUL_WIDENED:
 	case KERNELS_OP_MATMUL_BACKWARD:
 		/* every type a row widens from (K-quants too, row by row) */
 		return type >= KERNELS_F32 && type <= KERNELS_F32_R16;
@@ -631,6 +632,7 @@ static const kernels_backend_iface cpu_iface = {
 	.cross_entropy = cpu_cross_entropy,
 	.lora = cpu_lora,
 	.attention_packed = cpu_attention_packed,
+	.matmul_widened = cpu_matmul_widened,
 	.matmul_backward = cpu_matmul_backward,
 	.lora_backward = cpu_lora_backward,
 	.embedding_backward = cpu_embedding_backward,

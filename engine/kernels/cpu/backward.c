@@ -21,18 +21,24 @@
  * repacked layouts, wide enough for sgemm to run near its peak. */
 enum { MB_BAND = 256 };
 
-size_t kernels_matmul_backward_scratch(int cols) { return (size_t)MB_BAND * (size_t)cols; }
+/* Each thread widens whole bands into its own tile, taken dynamically, and
+ * (backward) sums its bands' products into its own partial dx: no thread
+ * waits for another until the end, which matters on a machine whose cores
+ * other processes share. */
+size_t kernels_matmul_backward_scratch(int n, int cols, int threads)
+{
+	return (size_t)threads * MB_BAND * (size_t)cols + (size_t)(threads - 1) * n * (size_t)cols;
+}
 
-/* Rows [r0, r0 + nr) of w as f32 into tile [nr][cols]; one thread's share of
- * the band: rows (or 16-row groups) j with j % nt == t. */
-static void widen_rows(const kernels_weight *w, int r0, int nr, float *tile, int t, int nt)
+/* Rows [r0, r0 + nr) of w as f32 into tile [nr][cols]. */
+static void widen_rows(const kernels_weight *w, int r0, int nr, float *tile)
 {
 	const int cols = w->cols;
 	if (w->type == KERNELS_F32_R16 || w->type == KERNELS_F16_R16 || w->type == KERNELS_BF16_R16) {
 		/* A 16-row group is stored column by column: [cols][16], the
 		 * transpose of the tile's rows. */
 		int es = w->type == KERNELS_F32_R16 ? 4 : 2;
-		for (int g = t; g < nr / 16; g += nt) {
+		for (int g = 0; g < nr / 16; g++) {
 			const uint8_t *src = w->data + (size_t)(r0 / 16 + g) * 16 * w->row_bytes;
 			float *dst = tile + (size_t)g * 16 * cols;
 			for (int c = 0; c < cols; c++) {
@@ -57,54 +63,107 @@ static void widen_rows(const kernels_weight *w, int r0, int nr, float *tile, int
 		}
 		return;
 	}
-	for (int r = t; r < nr; r += nt)
+	for (int r = 0; r < nr; r++)
 		w_row_to_f32(w, r0 + r, tile + (size_t)r * cols);
 }
 
-int cpu_matmul_backward(kernels_backend *be, float *dx, const float *dy,
-			       const kernels_weight *w, int n, int accumulate,
-			       const kernels_scratch *scratch, owl_err *err)
+/* f32 rows in the file's layout are multiplied in place. */
+static int direct_f32(const kernels_weight *w)
 {
-	const int rows = w->rows, cols = w->cols;
+	return w->type == KERNELS_F32 && w->row_bytes % 4 == 0;
+}
+
+static int widen_check(const kernels_weight *w, int n, const kernels_scratch *scratch,
+		       int threads, const char *op, owl_err *err)
+{
+	if ((w->type == KERNELS_F32_R16 || w->type == KERNELS_F16_R16 || w->type == KERNELS_BF16_R16) &&
+	    w->rows % 16)
+		return owl_err_set(err, OWL_EUSAGE, "%s: a repacked weight of %d rows", op, w->rows);
+	size_t need = kernels_matmul_backward_scratch(n, w->cols, threads);
+	if (!scratch || scratch->n < need)
+		return owl_err_set(err, OWL_EFAIL, "%s of %d rows over %d columns needs %zu floats of "
+				   "scratch, %zu given", op, n, w->cols, need, scratch ? scratch->n : 0);
+	return 0;
+}
+
+int cpu_matmul_backward(kernels_backend *be, float *dx, const float *dy, const kernels_weight *w,
+			int n, int accumulate, const kernels_scratch *scratch, owl_err *err)
+{
+	const int rows = w->rows, cols = w->cols, bands = (rows + MB_BAND - 1) / MB_BAND;
 	if (n <= 0)
 		return 0;
-	int direct = w->type == KERNELS_F32 && w->row_bytes % 4 == 0;
-	if (!direct && (w->type == KERNELS_F32_R16 || w->type == KERNELS_F16_R16 ||
-			w->type == KERNELS_BF16_R16) && rows % 16)
-		return owl_err_set(err, OWL_EUSAGE, "matmul_backward: a repacked weight of %d rows", rows);
-	if (!direct && (!scratch || scratch->n < kernels_matmul_backward_scratch(cols)))
-		return owl_err_set(err, OWL_EFAIL, "matmul_backward over %d columns needs %zu floats "
-				   "of scratch, %zu given", cols, kernels_matmul_backward_scratch(cols),
-				   scratch ? scratch->n : 0);
-	int band = direct ? rows : MB_BAND;
+	int nt = omp_get_max_threads();
+	nt = nt < bands ? nt : bands;
+	int rc = widen_check(w, n, scratch, nt, "matmul_backward", err);
+	if (rc)
+		return rc;
+	if (!accumulate)
+		memset(dx, 0, (size_t)n * cols * sizeof *dx);
+	float *tiles = scratch->data, *parts = tiles + (size_t)nt * MB_BAND * cols;
+	int used[64] = {0};
+	if (nt > 64)
+		nt = 64;
 	openblas_set_num_threads(1);
-#pragma omp parallel
+#pragma omp parallel num_threads(nt)
 	{
-		int t = omp_get_thread_num(), nt = omp_get_num_threads();
-		/* Each thread owns a slice of dx's columns (a multiple of 16). */
-		int per = (cols / nt + 15) / 16 * 16;
-		int c0 = t * per < cols ? t * per : cols, c1 = c0 + per < cols ? c0 + per : cols;
-		for (int r0 = 0; r0 < rows; r0 += band) {
-			int nr = rows - r0 < band ? rows - r0 : band;
-			const float *wp;
-			int ldw;
-			if (direct) {
+		int t = omp_get_thread_num();
+		float *tile = tiles + (size_t)t * MB_BAND * cols;
+		float *acc = t == 0 ? dx : parts + (size_t)(t - 1) * n * cols;
+#pragma omp for schedule(dynamic, 1)
+		for (int b = 0; b < bands; b++) {
+			int r0 = b * MB_BAND, nr = rows - r0 < MB_BAND ? rows - r0 : MB_BAND;
+			const float *wp = tile;
+			int ldw = cols;
+			if (direct_f32(w)) {
 				wp = (const float *)(const void *)(w->data + (size_t)r0 * w->row_bytes);
 				ldw = (int)(w->row_bytes / 4);
 			} else {
-				widen_rows(w, r0, nr, scratch->data, t, nt);
-				wp = scratch->data;
-				ldw = cols;
-#pragma omp barrier
+				widen_rows(w, r0, nr, tile);
 			}
-			if (c1 > c0)
-				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, c1 - c0, nr, 1.0f,
-					    dy + r0, rows, wp + c0, ldw, r0 == 0 && !accumulate ? 0.0f : 1.0f,
-					    dx + c0, cols);
-			if (!direct) {
-#pragma omp barrier
-			}
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, cols, nr, 1.0f, dy + r0, rows,
+				    wp, ldw, t > 0 && !used[t] ? 0.0f : 1.0f, acc, cols);
+			used[t] = 1;
 		}
+		/* the partial sums into dx */
+		size_t total = (size_t)n * cols;
+#pragma omp for schedule(static)
+		for (size_t i = 0; i < total; i++)
+			for (int u = 1; u < nt; u++)
+				if (used[u])
+					dx[i] += parts[(size_t)(u - 1) * total + i];
+	}
+	return 0;
+}
+
+/* y = x W^T with W widened to f32 a band of rows at a time: for the
+ * quantised types this is the exact product that matmul_backward
+ * differentiates (matmul rounds x to 8 bits for the integer kernels). */
+int cpu_matmul_widened(kernels_backend *be, float *y, const float *x, const kernels_weight *w, int n,
+		       const kernels_scratch *scratch, owl_err *err)
+{
+	const int rows = w->rows, cols = w->cols, bands = (rows + MB_BAND - 1) / MB_BAND;
+	if (n <= 0)
+		return 0;
+	int nt = omp_get_max_threads();
+	nt = nt < bands ? nt : bands;
+	int rc = widen_check(w, n, scratch, nt, "matmul_widened", err);
+	if (rc)
+		return rc;
+	openblas_set_num_threads(1);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+	for (int b = 0; b < bands; b++) {
+		int r0 = b * MB_BAND, nr = rows - r0 < MB_BAND ? rows - r0 : MB_BAND;
+		float *tile = scratch->data + (size_t)omp_get_thread_num() * MB_BAND * cols;
+		const float *wp = tile;
+		int ldw = cols;
+		if (direct_f32(w)) {
+			wp = (const float *)(const void *)(w->data + (size_t)r0 * w->row_bytes);
+			ldw = (int)(w->row_bytes / 4);
+		} else {
+			widen_rows(w, r0, nr, tile);
+		}
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nr, cols, 1.0f, x, cols, wp, ldw,
+			    0.0f, y + r0, rows);
 	}
 	return 0;
 }

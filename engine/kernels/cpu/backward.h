@@ -12,6 +12,8 @@ int cpu_attention_packed(kernels_backend *be, float *out, const float *q, const 
 			 const float *v, const kernels_attn_seg *segs, int nseg, int n_heads,
 			 int n_kv_heads, int hd, int window, const kernels_scratch *scratch,
 			 owl_err *err);
+int cpu_matmul_widened(kernels_backend *be, float *y, const float *x, const kernels_weight *w, int n,
+		       const kernels_scratch *scratch, owl_err *err);
 int cpu_matmul_backward(kernels_backend *be, float *dx, const float *dy, const kernels_weight *w,
 			int n, int accumulate, const kernels_scratch *scratch, owl_err *err);
 int cpu_lora_backward(kernels_backend *be, float *dx, float *da, float *db, const float *dy,
