@@ -171,6 +171,23 @@ EOF
   [ $? = 0 ] && pass gguf_trained_adapter_in_peft || fail gguf_trained_adapter_in_peft "$(cat "$T/.cmp")"
 fi
 
+# QLoRA: a Q8_0 base stays quantised and frozen; the adapter still learns.
+"$FX" --out "$T/q8" --seed 7 --std-scale 3 --gguf Q8_0 --gguf-only --gguf-license apache-2.0 --quiet
+owl pull "$T/q8/model.gguf" --name tiny-q8
+owl train tiny-q8@1 --data "$T/mem.jsonl" --out tiny-q8-mem --max-steps 30 --lr 1e-2 --batch 4 \
+  --grad-accum 1 --seq-len 64 --dropout 0 --warmup 0
+expect_rc train_on_q8_0_base 0
+QRUN=$(sed -n 's/^run \([^:]*\):.*/\1/p' <<<"$OUT")
+python3 - "$OWL_HOME/runs/$QRUN/metrics.jsonl" >"$T/.loss" 2>&1 <<'EOF'
+import json, sys
+l = [json.loads(x)["loss"] for x in open(sys.argv[1]) if '"loss"' in x]
+print(f"first {l[0]:.3f}, last {l[-1]:.3f}")
+sys.exit(0 if l[-1] < l[0] / 4 else 1)
+EOF
+[ $? = 0 ] && pass q8_0_loss_falls || fail q8_0_loss_falls "$(cat "$T/.loss")"
+owl verify tiny-q8@1
+expect_rc q8_0_base_unchanged 0
+
 # ---- Ctrl-C and --resume -------------------------------------------------------------------------
 "$FX" --out "$T/mid" --seed 8 --hidden 128 --layers 4 --heads 4 --kv-heads 2 --intermediate 256 --quiet
 owl pull "$T/mid" --name mid
