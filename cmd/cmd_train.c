@@ -536,6 +536,12 @@ static int run_train(owl_ctx *ctx, int argc, char **argv)
 			goto fail;
 		a.threads = threads;
 	} else if ((rc = registry_resolve(s, a.base, &base, &err))) {
+		/* The adapter is registered as a version derived from its base, so
+		 * the base must be one. */
+		if (owl_path_exists(a.base))
+			owl_err_set(&err, OWL_EUSAGE, "'%s' is a path: owl train takes a registered "
+				    "model ('owl pull %s' registers it)", a.base, a.base);
+		rc = err.code;
 		goto fail;
 	}
 	base_label = owl_xasprintf("%s@%d", base.model, base.number);
