@@ -39,6 +39,7 @@ extern const owl_command cmd_license_commands[];
 extern const owl_command cmd_engine_commands[];
 extern const owl_command cmd_deploy_commands[];
 extern const owl_command cmd_serve_commands[];
+extern const owl_command cmd_train_commands[];
 
 /* Opens the data home's store with every module's schema applied. Writers
  * that wait for another owl's lock say so on stderr (unless --quiet). */

@@ -318,6 +318,45 @@ static int run_list(owl_ctx *ctx, int argc, char **argv)
 
 /* ---- show ---------------------------------------------------------------- */
 
+/* What `owl train` recorded of a trained adapter: its base, run, data and
+ * hyperparameters. */
+static void print_lineage(const char *config_json)
+{
+	json_t *c = config_summary(config_json);
+	json_t *l = json_object_get(c, "lineage");
+	if (json_is_object(l)) {
+		json_t *d = json_object_get(l, "dataset"), *h = json_object_get(l, "hyperparameters");
+		printf("  lineage:  trained from %s in run %s ('owl runs show %s')\n",
+		       json_string_value(json_object_get(l, "base")),
+		       json_string_value(json_object_get(l, "run")),
+		       json_string_value(json_object_get(l, "run")));
+		printf("            data sha256:%s, %lld lines, %lld samples (%s)\n",
+		       json_string_value(json_object_get(d, "sha256")),
+		       (long long)json_integer_value(json_object_get(d, "lines")),
+		       (long long)json_integer_value(json_object_get(d, "samples")),
+		       json_string_value(json_object_get(d, "format")));
+		owl_buf t;
+		owl_buf_init(&t, 256);
+		size_t i;
+		json_t *x;
+		json_array_foreach(json_object_get(h, "targets"), i, x)
+			owl_buf_printf(&t, "%s%s", i ? "," : "", json_string_value(x));
+		printf("            rank %lld, alpha %g%s, targets %s, lr %g, %lld steps, final loss "
+		       "%.4f\n", (long long)json_integer_value(json_object_get(h, "rank")),
+		       json_number_value(json_object_get(h, "alpha")),
+		       json_is_true(json_object_get(h, "rslora")) ? " (rsLoRA)" : "",
+		       t.len ? t.data : "?", json_number_value(json_object_get(h, "lr")),
+		       (long long)json_integer_value(json_object_get(l, "steps")),
+		       json_number_value(json_object_get(l, "final_loss")));
+		owl_buf_release(&t);
+	}
+	json_t *mf = json_object_get(c, "merged_from");
+	if (json_is_object(mf))
+		printf("  merged:   %s into %s\n", json_string_value(json_object_get(mf, "adapter")),
+		       json_string_value(json_object_get(mf, "base")));
+	json_decref(c);
+}
+
 static int run_show(owl_ctx *ctx, int argc, char **argv)
 {
 	if (argc != 2)
@@ -393,6 +432,7 @@ static int run_show(owl_ctx *ctx, int argc, char **argv)
 		}
 		if (has_parent)
 			printf("  parent:   %s@%d\n", parent.model, parent.number);
+		print_lineage(v.config_json);
 		printf("  files:\n");
 		for (size_t i = 0; i < v.nfiles; i++) {
 			char fs[32];
@@ -807,8 +847,10 @@ const owl_command cmd_registry_commands[] = {
 	 "\n"
 	 "Shows the version's source and pinned revision, format, architecture,\n"
 	 "parameter count, dtype and context length, tags, parent (for derived\n"
-	 "versions) and every file with its size and SHA-256. NAME alone is the\n"
-	 "latest version.\n"
+	 "versions) and every file with its size and SHA-256. An adapter that 'owl\n"
+	 "train' made also shows its lineage: base version, run, the data's SHA-256\n"
+	 "and line count, and the hyperparameters (--json: config.lineage). NAME alone\n"
+	 "is the latest version.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl show smollm2@1\n"

@@ -13,6 +13,7 @@ static const owl_command *const groups[] = {
 	cmd_engine_commands,
 	cmd_deploy_commands,
 	cmd_serve_commands,
+	cmd_train_commands,
 };
 #define NGROUPS (sizeof groups / sizeof groups[0])
 

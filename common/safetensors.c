@@ -254,3 +254,89 @@ void st_index_free(st_index *ix)
     for (size_t i = 0; i < ix->nuniq; i++) free(ix->uniq[i]);
     free(ix->names); free(ix->files); free(ix->uniq); free(ix);
 }
+
+/* ---- writer ------------------------------------------------------------ */
+
+int st_write_file(const char *path, const st_write_tensor *t, size_t n, const char *const *meta,
+                  size_t nmeta, owl_err *err)
+{
+    int rc = 0;
+    char *hdr = NULL, *tmp = NULL;
+    FILE *f = NULL;
+    json_t *root = json_object();
+    if (nmeta) {
+        json_t *m = json_object();
+        for (size_t i = 0; i < nmeta; i++)
+            json_object_set_new(m, meta[2 * i], json_string(meta[2 * i + 1]));
+        json_object_set_new(root, "__metadata__", m);
+    }
+    uint64_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t esz = st_dtype_size(t[i].dtype);
+        uint64_t numel = 1;
+        json_t *shape = json_array();
+        if (t[i].n_dims < 0 || t[i].n_dims > ST_MAX_DIMS) {
+            json_decref(shape);
+            rc = owl_err_set(err, OWL_EFAIL, "cannot write '%s': tensor '%s' has %d dimensions",
+                             path, t[i].name, t[i].n_dims);
+            goto cleanup;
+        }
+        for (int d = 0; d < t[i].n_dims; d++) {
+            numel *= (uint64_t)t[i].shape[d];
+            json_array_append_new(shape, json_integer(t[i].shape[d]));
+        }
+        if (!esz || numel * esz != t[i].nbytes || json_object_get(root, t[i].name)) {
+            json_decref(shape);
+            rc = owl_err_set(err, OWL_EFAIL, "cannot write '%s': tensor '%s' %s", path, t[i].name,
+                             json_object_get(root, t[i].name) ? "is named twice"
+                                                              : "has a size that does not match its shape");
+            goto cleanup;
+        }
+        json_object_set_new(root, t[i].name,
+                            json_pack("{s:s, s:o, s:[I, I]}", "dtype", st_dtype_name(t[i].dtype),
+                                      "shape", shape, "data_offsets", (json_int_t)off,
+                                      (json_int_t)(off + t[i].nbytes)));
+        off += t[i].nbytes;
+    }
+    /* Keys in the order given: the reader does not care, people reading
+     * the header do. */
+    hdr = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    size_t hlen = strlen(hdr), padded = (hlen + 7) / 8 * 8;
+    tmp = owl_xasprintf("%s.tmp", path);
+    f = fopen(tmp, "wb");
+    if (!f) {
+        rc = owl_err_set(err, OWL_EFAIL, "cannot write '%s': %s", tmp, strerror(errno));
+        goto cleanup;
+    }
+    unsigned char len8[8];
+    for (int i = 0; i < 8; i++)
+        len8[i] = (unsigned char)((uint64_t)padded >> (8 * i));
+    int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(hdr, 1, hlen, f) == hlen;
+    for (size_t i = hlen; ok && i < padded; i++)
+        ok = fputc(' ', f) != EOF;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = fwrite(t[i].data, 1, t[i].nbytes, f) == t[i].nbytes;
+    ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    if (fclose(f) != 0)
+        ok = 0;
+    f = NULL;
+    if (!ok || rename(tmp, path) != 0) {
+        rc = owl_err_set(err, OWL_EFAIL, "cannot write '%s': %s", path, strerror(errno));
+        unlink(tmp);
+        goto cleanup;
+    }
+    char *dir = owl_xstrdup(path), *slash = strrchr(dir, '/');
+    if (slash)
+        *slash = 0;
+    rc = owl_fsync_dir(!slash ? "." : *dir ? dir : "/", err);
+    free(dir);
+cleanup:
+    if (f) {
+        fclose(f);
+        unlink(tmp);
+    }
+    free(tmp);
+    free(hdr);
+    json_decref(root);
+    return rc;
+}

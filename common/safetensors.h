@@ -43,6 +43,26 @@ int st_validate_file(const char *path, owl_err *err);
 size_t st_dtype_size(st_dtype t);
 const char *st_dtype_name(st_dtype t);
 
+/* The writer: one tensor to write. data holds nbytes in dtype's
+ * little-endian layout (nbytes must equal the shape's element count times
+ * the dtype's size). */
+typedef struct st_write_tensor {
+    const char *name;
+    st_dtype dtype;
+    int n_dims;
+    int64_t shape[ST_MAX_DIMS];
+    const void *data;
+    size_t nbytes;
+} st_write_tensor;
+
+/* Writes a safetensors file: header (the tensors in the order given, each
+ * name once, __metadata__ from the nmeta key/value pairs meta[2i],
+ * meta[2i+1]) padded with spaces to 8 bytes, then the data. Written to
+ * PATH.tmp, fsync'd and renamed, so that PATH is either absent, the old
+ * file or the whole new one. */
+int st_write_file(const char *path, const st_write_tensor *t, size_t n, const char *const *meta,
+                  size_t nmeta, owl_err *err);
+
 /* Sharded checkpoints: model.safetensors.index.json weight_map. */
 typedef struct st_index st_index;
 int st_index_load(const char *path, st_index **out, owl_err *err);

@@ -385,16 +385,22 @@ typedef struct engine_train_batch {
 
 typedef struct engine_trainer engine_trainer;
 
-/* Workspace for micro-batches of up to max_tokens tokens, allocated once.
- * checkpoint_activations: keep only each layer's input and recompute the
- * rest during the backward pass. */
+/* Workspace for micro-batches of up to max_tokens tokens, allocated once
+ * from the model's backend. checkpoint_activations: keep only each layer's
+ * input and recompute the rest during the backward pass (the same
+ * gradients, bit for bit). Training runs on one rank: a model opened with
+ * tp > 1 is refused (OWL_EUSAGE), as are weights made for another model. */
 int engine_trainer_new(engine_model *m, engine_lora_weights *w, int max_tokens,
 		       int checkpoint_activations, engine_trainer **out, owl_err *err);
 void engine_trainer_free(engine_trainer *t); /* accepts NULL */
 /* Forward and backward: *loss_sum is the sum of the cross-entropy over the
  * scored tokens, *count how many were scored; the gradient of loss_sum
  * times grad_scale is ADDED to w's grads (the loop passes 1 / tokens of
- * the whole accumulated step). */
+ * the whole accumulated step). Dropout, when w's opts ask for it, masks
+ * each adapter's input with a mask drawn from b->dropout_seed alone (the
+ * same seed, the same mask). A batch of more than max_tokens rows, token or
+ * target ids outside the vocabulary, positions outside the model's context
+ * or a sample whose rows are not contiguous is refused (OWL_EUSAGE). */
 int engine_train_step(engine_trainer *t, const engine_train_batch *b, float grad_scale,
 		      double *loss_sum, int64_t *count, owl_err *err);
 /* The forward pass alone, without dropout (eval loss). */

@@ -375,7 +375,7 @@ void engine_adapter_free(engine_adapter *a)
 {
 	if (!a)
 		return;
-	for (int l = 0; a->lora && l < a->n_layers; l++)
+	for (int l = 0; a->lora && !a->borrowed && l < a->n_layers; l++)
 		for (int r = 0; r < ENGINE_ROLE_COUNT; r++) {
 			free(a->lora[l][r].a);
 			free(a->lora[l][r].b);

