@@ -101,6 +101,50 @@ run merge support-bot@1 --out support-bot-merged
 run run support-bot-merged@1 "Does my data leave the machine?" --chat --temperature 0 --max-tokens 16
 echo
 
+step "serving: a deployment answers OpenAI-style HTTP, and a rollback while a client streams loses nothing"
+if [ -n "${GG:-}" ]; then SERVED=smollm2:stable; else SERVED=support-base@1; fi
+run deploy create chat --model "$SERVED" --ctx 1024 --use internal --reason "first release"
+run deploy set chat --ctx 2048 --reason "longer conversations"
+echo "\$ owl serve chat --port 0 &"
+"$OWL_BIN" serve chat --port 0 --access-log "$T/access.log" >"$T/serve.port" 2>"$T/serve.log" &
+SERVE_PID=$!
+on_exit "kill -9 $SERVE_PID 2>/dev/null"
+PORT=
+for _ in $(seq 1 300); do
+  PORT=$(head -n 1 "$T/serve.port" 2>/dev/null)
+  [ -n "$PORT" ] && [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/health")" = 200 ] && break
+  sleep 0.1
+done
+PY=$(scripts/pyenv.sh 2>/dev/null)
+echo "(the openai Python client, unchanged, against http://127.0.0.1:$PORT/v1)"
+"$PY" - "http://127.0.0.1:$PORT/v1" <<'PYEOF'
+import sys, openai
+c = openai.OpenAI(base_url=sys.argv[1], api_key="none")
+r = c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Write one sentence about owls."}],
+                              max_tokens=40, temperature=0)
+print(f"[{r.system_fingerprint}] {r.choices[0].message.content!r}  ({r.usage.total_tokens} tokens)")
+PYEOF
+echo "(a client streams while the deployment rolls back to revision 1)"
+"$PY" - "http://127.0.0.1:$PORT/v1" >"$T/stream.out" 2>&1 <<'PYEOF' &
+import sys, openai
+c = openai.OpenAI(base_url=sys.argv[1], api_key="none", max_retries=0)
+for i in range(6):
+    fps, text = set(), ""
+    for ch in c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Name a bird."}],
+                                        max_tokens=24, temperature=0, stream=True):
+        fps.add(ch.system_fingerprint)
+        text += ch.choices[0].delta.content or "" if ch.choices else ""
+    print(f"request {i}: from {sorted(fps)}, {len(text)} characters")
+PYEOF
+STREAM_PID=$!
+sleep 0.5
+run deploy rollback chat --reason "demo: back to the first release"
+wait "$STREAM_PID" && cat "$T/stream.out"
+run deploy history chat
+curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^owl_(requests_total|revision)' | head -5
+kill -TERM "$SERVE_PID"; wait "$SERVE_PID" || true
+echo "(SIGTERM: in-flight requests drained, server stopped)"
+
 step "versions, tags and clean-up"
 run tag acme-chat@2 stable
 run tag --history acme-chat
