@@ -141,7 +141,7 @@ sleep 0.5
 run deploy rollback chat --reason "demo: back to the first release"
 wait "$STREAM_PID" && cat "$T/stream.out"
 run deploy history chat
-curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^owl_(requests_total|revision)' | head -5
+curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^owl_(revision|revision_swaps_total|generation_tokens_total|requests_total\{status="2xx"\}) '
 kill -TERM "$SERVE_PID"; wait "$SERVE_PID" || true
 echo "(SIGTERM: in-flight requests drained, server stopped)"
 
