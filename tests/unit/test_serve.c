@@ -267,8 +267,13 @@ static void queue_bound_and_cancel(void)
 	srv_metrics_destroy(&met);
 }
 
-/* A pool of 8 blocks and two prompts of 5 blocks each: the job that
- * cannot get its blocks fails with 503 kv_cache_full, the other finishes. */
+/* A pool of 8 blocks and two prompts of 5 blocks each (different from
+ * their first token, so that no prefix is shared): while the first job
+ * holds its blocks, the second cannot get its own and fails alone with 503
+ * kv_cache_full; once the first is gone, the same prompt runs. The first
+ * job asks for more tokens than its context holds, so that it still holds
+ * its blocks when the second is admitted (about a hundred steps later than
+ * needed); it is cancelled at the end. */
 static void full_pool_fails_one(void)
 {
 	srv_metrics met;
@@ -276,27 +281,50 @@ static void full_pool_fails_one(void)
 	srv_rev *r = load_kv(2, 4, 8 * 32, 256, &met);
 	if (!r)
 		return;
-	char prompt[400] = "";
-	for (int i = 0; i < 40; i++)
-		strcat(prompt, "ab cd ");
-	srv_job *j[2] = {make_job(r, prompt, 8), make_job(r, prompt + 6, 8)};
-	CHECK(j[0]->nids > 128 && j[1]->nids > 128, "prompts of %zu and %zu tokens: want more than 4 "
-	      "blocks each", j[0]->nids, j[1]->nids);
-	api_error e = {0};
-	for (int i = 0; i < 2; i++)
-		CHECK_INT(srv_rev_submit(r, j[i], &e), 0);
-	int done = 0, full = 0;
-	for (int i = 0; i < 2; i++) {
-		pthread_mutex_lock(&j[i]->mu);
-		while (j[i]->state < SRV_DONE)
-			pthread_cond_wait(&j[i]->cv, &j[i]->mu);
-		done += j[i]->state == SRV_DONE;
-		full += j[i]->state == SRV_FAILED && j[i]->err.status == 503 &&
-			!strcmp(j[i]->err.code, "kv_cache_full");
-		pthread_mutex_unlock(&j[i]->mu);
-		srv_job_release(j[i]);
+	char pa[400] = "", pb[400] = "";
+	for (int i = 0; i < 40; i++) {
+		strcat(pa, "ab cd ");
+		strcat(pb, "ef gh ");
 	}
-	CHECK(done == 1 && full == 1, "%d finished, %d refused for a full pool (want 1 and 1)", done, full);
+	srv_job *hold = make_job(r, pa, 100000), *refused = make_job(r, pb, 8);
+	CHECK(hold->nids > 128 && refused->nids > 128, "prompts of %zu and %zu tokens: want more than "
+	      "4 blocks each", hold->nids, refused->nids);
+	api_error e = {0};
+	CHECK_INT(srv_rev_submit(r, hold, &e), 0);
+	/* Its prompt's blocks are reserved in the step that starts it. */
+	pthread_mutex_lock(&hold->mu);
+	while (hold->state == SRV_QUEUED)
+		pthread_cond_wait(&hold->cv, &hold->mu);
+	pthread_mutex_unlock(&hold->mu);
+	CHECK_INT(srv_rev_submit(r, refused, &e), 0);
+	pthread_mutex_lock(&refused->mu);
+	while (refused->state < SRV_DONE)
+		pthread_cond_wait(&refused->cv, &refused->mu);
+	int full = refused->state == SRV_FAILED && refused->err.status == 503 &&
+		   !strcmp(refused->err.code, "kv_cache_full");
+	pthread_mutex_unlock(&refused->mu);
+	CHECK(full, "the second job: state %d, status %d: want 503 kv_cache_full", refused->state,
+	      refused->err.status);
+	srv_job_release(refused);
+	pthread_mutex_lock(&hold->mu);
+	hold->cancelled = 1;
+	pthread_mutex_unlock(&hold->mu);
+	srv_rev_kick(r);
+	pthread_mutex_lock(&hold->mu);
+	while (hold->state < SRV_DONE)
+		pthread_cond_wait(&hold->cv, &hold->mu);
+	pthread_mutex_unlock(&hold->mu);
+	srv_job_release(hold);
+	/* The pool is whole again: the refused prompt now runs to its end. */
+	srv_job *again = make_job(r, pb, 8);
+	CHECK_INT(srv_rev_submit(r, again, &e), 0);
+	pthread_mutex_lock(&again->mu);
+	while (again->state < SRV_DONE)
+		pthread_cond_wait(&again->cv, &again->mu);
+	CHECK(again->state == SRV_DONE, "after the first job left, the prompt: state %d (%s)",
+	      again->state, again->err.message);
+	pthread_mutex_unlock(&again->mu);
+	srv_job_release(again);
 	srv_rev_free(r, 0);
 	srv_metrics_destroy(&met);
 }
