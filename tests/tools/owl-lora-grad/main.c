@@ -214,7 +214,7 @@ int main(int argc, char **argv)
 		}
 		printf("], \"frozen\": %s}\n", base_hash(m) == before ? "true" : "false");
 		free(mom);
-		return 0;
+		goto done;
 	}
 	/* Micro-batches cut at sample boundaries, about n / micro rows each. */
 	double loss = 0;
@@ -297,6 +297,7 @@ int main(int argc, char **argv)
 		free(save), free(g);
 	}
 	printf("}}\n");
+done:
 	st_close(st);
 	engine_trainer_free(t);
 	engine_lora_weights_free(w);
