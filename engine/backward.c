@@ -281,9 +281,10 @@ int engine_trainer_new(engine_model *m, engine_lora_weights *w, int max_tokens,
 	int threads = in->threads;
 	size_t attn_floats = kernels_attention_packed_scratch(max_tokens, max_tokens, (int)qd, threads);
 	size_t mb_floats = kernels_matmul_backward_scratch(max_tokens, (int)max_in, threads);
+	size_t logit_rows = n < LOGIT_ROWS ? n : LOGIT_ROWS;
 	size_t total = n * dim * (in->n_layers + 2) + n * rest * sets +
 		       n * (2 * dim + 2 * qd + 2 * kvd + 3 * ffn + 2 * max_in) +
-		       2 * n * (size_t)w->o.rank + (size_t)LOGIT_ROWS * in->vocab + attn_floats + mb_floats;
+		       2 * n * (size_t)w->o.rank + logit_rows * in->vocab + attn_floats + mb_floats;
 	float *p;
 	int rc = kernels_alloc(be, total * sizeof(float), &t->buf, (void **)&p, err);
 	if (rc) {
@@ -310,7 +311,7 @@ int engine_trainer_new(engine_model *m, engine_lora_weights *w, int max_tokens,
 	TAKE(t->dk, n * kvd), TAKE(t->dv, n * kvd), TAKE(t->dh, n * ffn), TAKE(t->dg, n * ffn);
 	TAKE(t->du, n * ffn), TAKE(t->drop, n * max_in), TAKE(t->dtmp, n * max_in);
 	TAKE(t->lora_tmp, 2 * n * (size_t)w->o.rank);
-	TAKE(t->logits, (size_t)LOGIT_ROWS * in->vocab);
+	TAKE(t->logits, logit_rows * in->vocab);
 	t->attn.data = p, t->attn.n = attn_floats, p += attn_floats;
 	t->mb.data = p, t->mb.n = mb_floats, p += mb_floats;
 #undef TAKE

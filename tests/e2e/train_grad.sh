@@ -8,7 +8,8 @@
 # Mistral sliding window, an f16 base, and a GGUF base of the same weights
 # (q/k rows permuted). Then the equivalences: recomputed activations equal
 # the tape, micro-batches add up to the batch, packed equals unpacked, the
-# base is bit-identical after the steps; dropout; QLoRA on Q8_0/Q4_0/Q4_1
+# base is bit-identical after the steps; ten AdamW steps give PEFT's
+# losses; dropout; QLoRA on Q8_0/Q4_0/Q4_1
 # GGUF bases against the oracle on the same weights dequantised; tp > 1 is
 # refused.
 . "$(dirname "$0")/lib.sh"
@@ -104,6 +105,16 @@ bad = [f for f in sys.argv[1:] if not json.load(open(f))["frozen"]]
 print("weights changed in", bad)
 sys.exit(1 if bad else 0)
 EOF2
+
+# Ten AdamW steps (the kernel table's adamw_step) from PEFT's adapter give
+# PEFT + torch.optim.AdamW's losses, on a safetensors and a GGUF base.
+"$PY" "$REF" steps "$T/base" "$T/r8_all_rslora" --tokens "$TOK" --labels "$LAB" --seg "$SEG" --steps 10 --lr 1e-2 --weight-decay 0.01 >"$T/steps.ref.json" 2>"$T/steps.err" || fail ten_adamw_steps "ref_train.py steps: $(tail -3 "$T/steps.err")"
+for path in "$T/base" "$T/base/model.gguf"; do
+  label=ten_adamw_steps_equal_peft_$([ "$path" = "$T/base" ] && echo safetensors || echo gguf)
+  # shellcheck disable=SC2086
+  "$GRAD" "$path" $A --tokens "$TOK" --labels "$LAB" --seg "$SEG" --steps 10 --lr 1e-2 --weight-decay 0.01 >"$T/steps.json" 2>"$T/steps.err" || { fail "$label" "$(cat "$T/steps.err")"; continue; }
+  "$PY" "$REF" compare-steps "$T/steps.json" "$T/steps.ref.json" --tol 1e-4 >"$T/.st" 2>&1 && pass "$label" || fail "$label" "$(cat "$T/.st")"
+done
 
 # Dropout on the adapter input: the same seed gives the same gradients,
 # another seed others; the eval loss has none.

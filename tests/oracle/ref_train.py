@@ -11,6 +11,12 @@
       matrices are replaced by those of a GGUF of the same model (a quantised
       one: QLoRA), dequantised by the gguf package, q/k rows un-permuted.
 
+  ref_train.py steps BASE_DIR ADAPTER_DIR --tokens ... --labels ... [--seg ...] --steps K
+                [--lr LR] [--weight-decay W]
+      K steps of torch.optim.AdamW on the LoRA parameters, the loss the mean
+      cross-entropy over the scored rows; prints {"losses": [...]}, the loss
+      before each update.
+
   ref_train.py compare OWL.json REF.json [--tol 1e-3]
       Every tensor's max |owl - ref| <= tol * max(max |ref|, 1e-6), the loss
       sums within tol relative, the counts equal; prints the worst tensor.
@@ -63,7 +69,7 @@ def load_gguf_weights(m, path):
             sd[key].copy_(torch.from_numpy(w.reshape(sd[key].shape)))
 
 
-def grad(a):
+def peft_model(a):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -71,10 +77,16 @@ def grad(a):
     torch.manual_seed(0)
     m = AutoModelForCausalLM.from_pretrained(a.base, torch_dtype=torch.float32,
                                              attn_implementation="eager")
-    if a.gguf:
+    if getattr(a, "gguf", None):
         load_gguf_weights(m, a.gguf)
     pm = PeftModel.from_pretrained(m, a.adapter, is_trainable=True)
     pm.eval()  # dropout off; autograd still records
+    return pm
+
+
+def loss_sum(pm, a):
+    import torch
+
     toks, labels = ints(a.tokens), ints(a.labels)
     seg = ints(a.seg) if a.seg else [0] * len(toks)
     total = torch.zeros((), dtype=torch.float64)
@@ -83,15 +95,48 @@ def grad(a):
         j = i
         while j < len(toks) and seg[j] == seg[i]:
             j += 1
-        ids = torch.tensor([toks[i:j]])
+        logits = pm(input_ids=torch.tensor([toks[i:j]])).logits[0]
         lab = torch.tensor(labels[i:j])
-        logits = pm(input_ids=ids).logits[0]
         keep = lab >= 0
         if keep.any():
             total = total + torch.nn.functional.cross_entropy(
                 logits[keep], lab[keep], reduction="sum").double()
             count += int(keep.sum())
         i = j
+    return total, count
+
+
+def steps(a):
+    import torch
+
+    pm = peft_model(a)
+    params = [p for n, p in pm.named_parameters() if "lora_" in n]
+    opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.999), eps=1e-8,
+                            weight_decay=a.weight_decay)
+    losses = []
+    for _ in range(a.steps):
+        opt.zero_grad()
+        total, count = loss_sum(pm, a)
+        (total / count).backward()
+        opt.step()
+        losses.append(float(total) / count)
+    json.dump({"losses": losses}, sys.stdout)
+
+
+def compare_steps(a):
+    o, r = json.load(open(a.owl)), json.load(open(a.ref))
+    x, y = o["losses"], r["losses"]
+    err = max(abs(p - q) / max(1.0, abs(q)) for p, q in zip(x, y)) if len(x) == len(y) else 1e9
+    print(f"owl {[round(v, 5) for v in x]}\nref {[round(v, 5) for v in y]}\nworst relative error {err:.3g}")
+    moved = y[-1] < y[0] - 1e-3
+    if not moved:
+        print("the reference loss did not fall: the check would prove little")
+    sys.exit(0 if err <= a.tol and moved and o.get("frozen", True) else 1)
+
+
+def grad(a):
+    pm = peft_model(a)
+    total, count = loss_sum(pm, a)
     total.backward()
     grads = {}
     for name, p in pm.named_parameters():
@@ -142,12 +187,22 @@ def main():
     g.add_argument("--labels", required=True)
     g.add_argument("--seg")
     g.add_argument("--gguf")
-    c = sub.add_parser("compare")
-    c.add_argument("owl")
-    c.add_argument("ref")
-    c.add_argument("--tol", type=float, default=1e-3)
+    st = sub.add_parser("steps")
+    st.add_argument("base")
+    st.add_argument("adapter")
+    st.add_argument("--tokens", required=True)
+    st.add_argument("--labels", required=True)
+    st.add_argument("--seg")
+    st.add_argument("--steps", type=int, default=10)
+    st.add_argument("--lr", type=float, default=1e-3)
+    st.add_argument("--weight-decay", type=float, default=0.0)
+    for name in ("compare", "compare-steps"):
+        c = sub.add_parser(name)
+        c.add_argument("owl")
+        c.add_argument("ref")
+        c.add_argument("--tol", type=float, default=1e-3)
     a = p.parse_args()
-    grad(a) if a.cmd == "grad" else compare(a)
+    {"grad": grad, "steps": steps, "compare": compare, "compare-steps": compare_steps}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@
 #include <immintrin.h>
 
 #include "backward.h"
+#include "vexp.h"
 
 /* ---- the frozen projection: dx = dy W ------------------------------------- */
 
@@ -279,8 +280,17 @@ int cpu_rope_backward(kernels_backend *be, float *dx, int n_tok, const int32_t *
 int cpu_swiglu_backward(kernels_backend *be, float *dgate, float *dup, const float *dout,
 			       const float *gate, const float *up, size_t n, owl_err *err)
 {
+	size_t n8 = n / 8 * 8;
+	const __m256 one = _mm256_set1_ps(1.0f);
 #pragma omp parallel for schedule(static) if (n > 16384)
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < n8; i += 8) {
+		__m256 g = _mm256_loadu_ps(gate + i), d = _mm256_loadu_ps(dout + i);
+		__m256 sg = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+		__m256 dsg = _mm256_mul_ps(sg, _mm256_fmadd_ps(g, _mm256_sub_ps(one, sg), one));
+		_mm256_storeu_ps(dgate + i, _mm256_mul_ps(_mm256_mul_ps(d, _mm256_loadu_ps(up + i)), dsg));
+		_mm256_storeu_ps(dup + i, _mm256_mul_ps(d, _mm256_mul_ps(g, sg)));
+	}
+	for (size_t i = n8; i < n; i++) {
 		float g = gate[i], sg = 1.0f / (1.0f + expf(-g)), d = dout[i];
 		dgate[i] = d * up[i] * sg * (1.0f + g * (1.0f - sg));
 		dup[i] = d * g * sg;
@@ -307,17 +317,21 @@ int cpu_cross_entropy_backward(kernels_backend *be, float *dlogits, const float 
 			memset(d, 0, (size_t)vocab * sizeof *d);
 			continue;
 		}
-		float mx = row[0];
+		float mx = row[0], lt = row[tgt];
 		for (int v = 1; v < vocab; v++)
 			mx = row[v] > mx ? row[v] : mx;
-		double sum = 0;
-		for (int v = 0; v < vocab; v++)
-			sum += exp((double)row[v] - mx);
-		total += log(sum) + mx - row[tgt];
+		/* the exponentials go to d (which may be the logits themselves) */
+		if (d != row)
+			memcpy(d, row, (size_t)vocab * sizeof *d);
+		float sum = exp_sub_sum(d, 0, vocab - 1, mx);
+		total += log((double)sum) + mx - lt;
 		cnt++;
-		float inv = (float)(1.0 / sum);
-		for (int v = 0; v < vocab; v++)
-			d[v] = scale * expf(row[v] - mx) * inv;
+		__m256 k = _mm256_set1_ps(scale / sum);
+		int v = 0;
+		for (; v + 8 <= vocab; v += 8)
+			_mm256_storeu_ps(d + v, _mm256_mul_ps(_mm256_loadu_ps(d + v), k));
+		for (; v < vocab; v++)
+			d[v] *= scale / sum;
 		d[tgt] -= scale;
 	}
 	*loss_sum = total;
@@ -393,12 +407,7 @@ static void band_probs(float *S, const float *q, int qstride, const float *k, in
 		float mx = -INFINITY;
 		for (int j = lo; j <= p; j++)
 			mx = row[j] > mx ? row[j] : mx;
-		float sum = 0;
-		for (int j = lo; j <= p; j++) {
-			row[j] = expf(row[j] - mx);
-			sum += row[j];
-		}
-		float inv = 1.0f / sum;
+		float inv = 1.0f / exp_sub_sum(row, lo, p, mx);
 		for (int j = 0; j < lo; j++)
 			row[j] = 0.0f;
 		for (int j = lo; j <= p; j++)

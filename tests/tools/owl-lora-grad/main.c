@@ -4,6 +4,7 @@
  *   owl-lora-grad MODEL --adapter DIR --r R --alpha A [--rslora] --targets q_proj,v_proj
  *                 --tokens 1,2,3 --labels 2,3,-1 [--seg 0,0,1] [--micro K] [--ckpt]
  *                 [--dropout P] [--dropout-seed S] [--tp N] [--threads N] [--eval]
+ *                 [--steps K [--lr LR] [--weight-decay W]]
  *
  * The LoRA weights start from the adapter's tensors (PEFT's layout, B
  * non-zero), the micro-batch is the tokens with their labels (-1 = not
@@ -13,7 +14,9 @@
  * tensor's gradient in PEFT's layout; with --eval also the eval loss, and
  * the loss through the serving path with the weights' adapter view, and
  * "frozen": whether every byte of the base's weights (as the trainer reads
- * them: prepared, repacked) is the same after the steps as before. */
+ * them: prepared, repacked) is the same after the steps as before.
+ * --steps K instead: K AdamW steps (the kernel table's adamw_step) on the
+ * whole batch, printing the mean loss before each. */
 #include "common/common.h"
 #include "common/safetensors.h"
 #include "engine/engine.h"
@@ -96,7 +99,8 @@ int main(int argc, char **argv)
 	const char *toks = NULL, *labs = NULL, *segs = NULL;
 	engine_lora_opts lo = {.rank = 8, .alpha = 16};
 	engine_model_opts mo = {0};
-	int micro = 1, ckpt = 0, eval = 0;
+	int micro = 1, ckpt = 0, eval = 0, steps = 0;
+	float lr = 1e-3f, wd = 0.0f;
 	uint64_t dseed = 1;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--adapter") && i + 1 < argc) adapter = argv[++i];
@@ -110,6 +114,9 @@ int main(int argc, char **argv)
 		else if (!strcmp(argv[i], "--micro") && i + 1 < argc) micro = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--threads") && i + 1 < argc) mo.threads = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--ckpt")) ckpt = 1;
+		else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--lr") && i + 1 < argc) lr = (float)atof(argv[++i]);
+		else if (!strcmp(argv[i], "--weight-decay") && i + 1 < argc) wd = (float)atof(argv[++i]);
 		else if (!strcmp(argv[i], "--dropout") && i + 1 < argc) lo.dropout = (float)atof(argv[++i]);
 		else if (!strcmp(argv[i], "--dropout-seed") && i + 1 < argc) dseed = strtoull(argv[++i], NULL, 10);
 		else if (!strcmp(argv[i], "--tp") && i + 1 < argc) mo.tp = atoi(argv[++i]);
@@ -170,6 +177,45 @@ int main(int argc, char **argv)
 		}
 	}
 	uint64_t before = base_hash(m);
+	if (steps > 0) {
+		/* --steps K: K AdamW steps on the whole batch, the loss the mean
+		 * over the scored rows; prints the loss before each update. */
+		int scored = 0;
+		for (int i = 0; i < n; i++)
+			scored += labels[i] >= 0;
+		size_t total = 0;
+		for (size_t i = 0; i < nt; i++) {
+			engine_lora_tensor ti;
+			engine_lora_weights_tensor(w, i, &ti);
+			total += (size_t)ti.rows * ti.cols;
+		}
+		float *mom = owl_xcalloc(2 * total, sizeof *mom);
+		kernels_backend *be = m->be;
+		printf("{\"losses\": [");
+		for (int k = 1; k <= steps; k++) {
+			engine_train_batch b = {.n = n, .tokens = tokens, .targets = labels, .seg = seg,
+						.pos = pos};
+			double ls;
+			int64_t c;
+			engine_lora_weights_zero_grad(w);
+			if (engine_train_step(t, &b, 1.0f / (float)scored, &ls, &c, &err))
+				goto fail;
+			printf("%s%.9g", k > 1 ? ", " : "", ls / (double)c);
+			size_t off = 0;
+			for (size_t i = 0; i < nt; i++) {
+				engine_lora_tensor ti;
+				engine_lora_weights_tensor(w, i, &ti);
+				size_t cnt = (size_t)ti.rows * ti.cols;
+				if (be->iface->adamw_step(be, ti.value, ti.grad, mom + off, mom + total + off, cnt,
+							  lr, 0.9f, 0.999f, 1e-8f, wd, k, &err))
+					goto fail;
+				off += cnt;
+			}
+		}
+		printf("], \"frozen\": %s}\n", base_hash(m) == before ? "true" : "false");
+		free(mom);
+		goto done;
+	}
 	/* Micro-batches cut at sample boundaries, about n / micro rows each. */
 	double loss = 0;
 	int64_t count = 0;
@@ -251,6 +297,7 @@ int main(int argc, char **argv)
 		free(save), free(g);
 	}
 	printf("}}\n");
+done:
 	st_close(st);
 	engine_trainer_free(t);
 	engine_lora_weights_free(w);
