@@ -189,7 +189,8 @@ static int cpu_embedding(kernels_backend *be, float *out, const kernels_weight *
 static int cpu_rmsnorm(kernels_backend *be, float *out, const float *x, const float *weight, int rows, int dim,
 		       float eps, owl_err *err)
 {
-#pragma omp parallel for schedule(static) if (rows > 1)
+	/* A few decoding rows are less work than waking the threads. */
+#pragma omp parallel for schedule(static) if ((size_t)rows * dim > 32768)
 	for (int i = 0; i < rows; i++)
 		rmsnorm(out + (size_t)i * dim, x + (size_t)i * dim, weight, dim, eps);
 	return 0;
@@ -199,7 +200,7 @@ static int cpu_rope(kernels_backend *be, float *x, int n_tok, const int32_t *pos
 		    const float *inv_freq, kernels_rope_layout layout, owl_err *err)
 {
 	int half = hd / 2, adjacent = layout == KERNELS_ROPE_ADJACENT;
-#pragma omp parallel for schedule(static) if (n_tok > 1)
+#pragma omp parallel for schedule(static) if (n_tok > 16)
 	for (int t = 0; t < n_tok; t++) {
 		for (int i = 0; i < half; i++) {
 			float a = (float)pos[t] * inv_freq[i], c = cosf(a), s = sinf(a);

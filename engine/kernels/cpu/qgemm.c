@@ -281,7 +281,8 @@ void qact_init(qact *a, const float *x, int n, int cols)
 	if (n == 1) {
 		quantize_row(x, cols, a->q, a->d, a->s);
 	} else {
-#pragma omp parallel
+		/* A decoding batch's few rows take less than waking the threads. */
+#pragma omp parallel if ((size_t)n * cols > 32768)
 		quantize_rows(a, x, n);
 	}
 }
