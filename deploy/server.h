@@ -58,7 +58,7 @@ typedef struct deploy_server_opts {
 	const char *host;        /* default 127.0.0.1 */
 	int port;                /* default 8080; 0 = any free port (tests) */
 	int max_batch;           /* sequences decoding together (default 16) */
-	int threads;             /* engine CPU threads where the revision says none (0 = every core) */
+	int threads;             /* engine CPU threads where the revision says none (0 = every core but one) */
 	int max_queue;           /* waiting requests before 429 (default 64) */
 	double queue_timeout_s;  /* a queued request gives up with 503 (default 60) */
 	size_t max_body;         /* request body limit in bytes (default 1 MiB) */
