@@ -201,7 +201,6 @@ static int run_pull(owl_ctx *ctx, int argc, char **argv)
 		registry_store_close(s);
 		return cmd_fail(&err);
 	}
-	const license_findings *lf = adm.findings;
 	const registry_commit_result res = adm.commit;
 	char desc[256], total[32], fresh[32];
 	describe_config(st->config_json, desc, sizeof desc);
@@ -221,7 +220,7 @@ static int run_pull(owl_ctx *ctx, int argc, char **argv)
 		json_object_set_new(o, "downloaded_bytes", json_integer((json_int_t)st->downloaded_bytes));
 		json_object_set_new(o, "self_checked_files", json_integer((json_int_t)st->self_checked_files));
 		json_object_set_new(o, "config", config_summary(st->config_json));
-		json_object_set_new(o, "license", json_string(license_findings_summary(lf)));
+		json_object_set_new(o, "license", json_string(adm.license));
 		if (tag)
 			json_object_set_new(o, "tag", json_string(tag));
 		cmd_print_json(o);
@@ -229,7 +228,7 @@ static int run_pull(owl_ctx *ctx, int argc, char **argv)
 		printf("registered %s@%d: %zu files, %s (%s new), format %s\n", model, res.number,
 		       st->nfiles, total, fresh, st->format);
 		printf("  %s\n", desc);
-		printf("  license: %s\n", license_findings_summary(lf));
+		printf("  license: %s\n", adm.license);
 		if (st->revision)
 			printf("  revision %s\n", st->revision);
 		if (tag)

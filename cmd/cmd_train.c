@@ -402,13 +402,8 @@ static int register_adapter(owl_ctx *ctx, const char *run_dir, const char *run_i
 		rc = license_admit_stage(s, st, name, base_id, NULL, &adm, err);
 	if (!rc) {
 		*res = adm.commit;
+		*license_out = owl_xstrdup(adm.license);
 		license_admit_result_release(&adm);
-		/* An adapter states no license of its own: it is under its base's. */
-		license_status ls;
-		if (license_status_for(s, res->version_id, NULL, 0, &ls, NULL) == 0)
-			*license_out = owl_xasprintf("%s (%s, from its base)", ls.license_id, ls.status);
-		else
-			*license_out = owl_xstrdup("?");
 	}
 	registry_stage_free(st);
 	registry_store_close(s);

@@ -141,6 +141,13 @@ int license_admit_stage(registry_store *s, registry_stage *st, const char *model
 		return rc;
 	}
 	out->findings = lf;
+	/* An adapter states no license of its own: it is under its base's. */
+	license_status ls;
+	if (parent_version_id && license_status_for(s, out->commit.version_id, NULL, 0, &ls, NULL) == 0)
+		snprintf(out->license, sizeof out->license, "%s (%s, from its base)", ls.license_id,
+			 ls.status);
+	else
+		snprintf(out->license, sizeof out->license, "%s", license_findings_summary(lf));
 	return 0;
 }
 

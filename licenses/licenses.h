@@ -196,6 +196,10 @@ int license_check_model_files(const registry_stage *st, owl_err *err);
 typedef struct license_admit_result {
 	registry_commit_result commit;
 	license_findings *findings; /* what was detected and stored, owned */
+	/* The license the new version is under, for a summary line: the
+	 * detected one, or for a derived version its base's ("apache-2.0
+	 * (detected, from its base)"). */
+	char license[160];
 } license_admit_result;
 
 /* Registers the stage as the next version of model, the flow of every

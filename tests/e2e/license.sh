@@ -148,6 +148,9 @@ expect_eq derived_denial_stores_nothing "$(json 'len(d)')" "0"
 owl pull "$T/adapter" --name llama-acme-support --base card-llama3.1@1 --json
 expect_rc derived_import 0
 expect_eq derived_format "$(json 'd["format"]')" "adapter"
+# The pull's own summary names the inherited license, not "unknown".
+expect_contains derived_pull_says_inherited "$(json 'd["license"]')" "llama3.1 ("
+expect_contains derived_pull_says_from_base "$(json 'd["license"]')" "from its base"
 owl license show llama-acme-support --json
 expect_eq derived_inherits_license "$(json 'd["license"]')" "llama3.1"
 expect_eq derived_inherited_from "$(json 'd["inherited_from"]')" "card-llama3.1@1"
