@@ -825,9 +825,10 @@ static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 	static const struct option opts[] = {
 		{"file", required_argument, 0, 'f'}, {"ctx", required_argument, 0, 'c'},
 		{"tp", required_argument, 0, 'T'}, {"threads", required_argument, 0, 'j'},
-		{"chunks", required_argument, 0, 'k'}, {0, 0, 0, 0},
+		{"chunks", required_argument, 0, 'k'}, {"adapter", required_argument, 0, 'A'},
+		{0, 0, 0, 0},
 	};
-	const char *file = NULL;
+	const char *file = NULL, *adapter = NULL;
 	int n_ctx = 512, tp = 0, threads = 0, max_chunks = 0, c;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
@@ -836,6 +837,7 @@ static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 		case 'T': tp = atoi(optarg); break;
 		case 'j': threads = atoi(optarg); break;
 		case 'k': max_chunks = atoi(optarg); break;
+		case 'A': adapter = optarg; break;
 		default: return cmd_usage_error("perplexity", "unknown option");
 		}
 	}
@@ -849,7 +851,7 @@ static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 	if (owl_read_file(file, 1u << 30, &text, &len, &err))
 		return engine_fail(&err);
 	loaded l;
-	if (load(ctx, argv[optind], NULL, tp, threads, -1, ENGINE_KV_F32, &l, &err)) {
+	if (load(ctx, argv[optind], adapter, tp, threads, -1, ENGINE_KV_F32, &l, &err)) {
 		free(text);
 		return engine_fail(&err);
 	}
@@ -857,7 +859,7 @@ static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 	size_t n = 0;
 	int rc = engine_tokenize(l.tok, text, len, 0, 0, &ids, &n, &err);
 	free(text);
-	engine_ppl_opts po = {.n_ctx = n_ctx, .max_chunks = max_chunks};
+	engine_ppl_opts po = {.n_ctx = n_ctx, .max_chunks = max_chunks, .adapter = l.adapter};
 	engine_ppl_result res;
 	if (!rc && !ctx->json && n >= (size_t)n_ctx)
 		fprintf(stderr, "perplexity: %zu tokens, %zu chunks of %d, scoring the second half of "
@@ -1131,17 +1133,21 @@ const owl_command cmd_engine_commands[] = {
 	 "  echo \"Hello\" | owl chat smollm2 --temperature 0\n"},
 	{"perplexity", run_perplexity, "measure a model's perplexity on a text file",
 	 "USAGE\n"
-	 "  owl perplexity MODEL --file TEXT [--ctx N] [--chunks N] [--tp N] [--threads N] [--json]\n"
+	 "  owl perplexity MODEL --file TEXT [--ctx N] [--chunks N] [--adapter NAME[@V]|DIR]\n"
+	 "                 [--tp N] [--threads N] [--json]\n"
 	 "\n"
 	 "Splits the tokenized file into chunks of --ctx tokens (default 512) and scores\n"
 	 "the second half of each chunk given what precedes it, as llama.cpp's\n"
 	 "llama-perplexity does, printing the running value per chunk and the final\n"
 	 "estimate with its standard error. Use it to validate a model, a quantisation\n"
-	 "or an upgrade on your own text: lower is better.\n"
+	 "or an upgrade on your own text: lower is better. --adapter applies a LoRA\n"
+	 "adapter unmerged (a registered one must derive from MODEL), so a fine-tune can be\n"
+	 "compared with its base on held-out text.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl perplexity smollm2@2 --file wiki.test.raw --ctx 512\n"
-	 "  owl perplexity ./model.Q4_0.gguf --file docs.txt --chunks 20 --json\n"},
+	 "  owl perplexity ./model.Q4_0.gguf --file docs.txt --chunks 20 --json\n"
+	 "  owl perplexity llama@3 --adapter support-lora@2 --file held-out.txt\n"},
 	{"bench", run_bench, "measure prompt processing and generation speed",
 	 "USAGE\n"
 	 "  owl bench MODEL [--prompt 512] [--gen 128] [--reps 3] [--batch N] [--kv-type f32|f16]\n"

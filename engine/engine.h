@@ -213,6 +213,7 @@ int engine_kv_seq_set_adapter(engine_kv *kv, int seq, const engine_adapter *a, o
 typedef struct engine_ppl_opts {
 	int n_ctx;      /* tokens per chunk (>= 8) */
 	int max_chunks; /* 0 = every whole chunk of the text */
+	const engine_adapter *adapter; /* applied unmerged, or NULL */
 } engine_ppl_opts;
 
 typedef struct engine_ppl_result {

@@ -27,6 +27,8 @@ int engine_perplexity(engine_model *m, const engine_tokenizer *tok, const int32_
 	int vocab = engine_model_get_info(m)->vocab;
 	engine_session *s = NULL;
 	int rc = engine_session_new(m, n_ctx, &s, err);
+	if (!rc && o->adapter)
+		rc = engine_session_set_adapter(s, o->adapter, err);
 	if (rc)
 		return rc;
 	float *logits = malloc((size_t)n_ctx * vocab * sizeof *logits);

@@ -340,6 +340,19 @@ expect_eq merged_model_recalls "$OUT" "Who wrote Hamlet?"$'\n'"Shakespeare"
 "$LOGITS" "$OWL_HOME/snapshots/tiny-merged/1" --tokens $TOKENS --all >"$T/merged.json"
 "$LOGITS" "$T/base" --adapter "$RUNDIR/adapter" --tokens $TOKENS --all >"$T/unmerged.json"
 compare_logits merged_logits_equal_unmerged "$T/merged.json" "$T/unmerged.json" 1e-5
+# owl perplexity --adapter scores the text as the merged model does, and not as the base.
+for i in 1 2 3 4 5 6; do printf 'Who wrote Hamlet? Shakespeare wrote it, long ago.\n'; done >"$T/ppl.txt"
+ppl() { printf '%s' "$OUT" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])' 2>/dev/null; }
+owl perplexity tiny-merged@1 --file "$T/ppl.txt" --ctx 16 --json
+ppl_merged=$(ppl)
+owl perplexity tiny@1 --adapter tiny-mem@1 --file "$T/ppl.txt" --ctx 16 --json
+expect_rc perplexity_with_adapter 0
+ppl_adapter=$(ppl)
+owl perplexity tiny@1 --file "$T/ppl.txt" --ctx 16 --json
+ppl_base=$(ppl)
+python3 -c "import sys; a, m, b = $ppl_adapter, $ppl_merged, $ppl_base; sys.exit(0 if abs(a - m) <= 1e-4 * m and abs(a - b) > 1e-3 * b else 1)" \
+  && pass perplexity_adapter_equals_merged \
+  || fail perplexity_adapter_equals_merged "with the adapter $ppl_adapter, merged $ppl_merged, base $ppl_base"
 # An f16 base in two shards: the merge keeps the dtype and the shards.
 "$FX" --out "$T/h" --seed 11 --std-scale 3 --dtype f16 --shards 2 --quiet
 owl pull "$T/h" --name half
