@@ -11,15 +11,27 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int parse_num(const char *opt, const char *s, double lo, double hi, double *out)
+/* A number in [lo, hi] for option opt; whole: it must have no fraction. */
+static int parse_value(const char *opt, const char *s, double lo, double hi, int whole,
+		       double *out)
 {
 	char *end = NULL;
 	double v = strtod(s, &end);
-	if (!*s || *end || !(v >= lo && v <= hi))
-		return cmd_usage_error("serve", "%s takes a number from %g to %g (got '%s')", opt, lo,
-				       hi, s);
+	if (!*s || *end || !(v >= lo && v <= hi) || (whole && v != (double)(long long)v))
+		return cmd_usage_error("serve", "%s takes a %s from %g to %g (got '%s')", opt,
+				       whole ? "whole number" : "number", lo, hi, s);
 	*out = v;
 	return 0;
+}
+
+static int parse_num(const char *opt, const char *s, double lo, double hi, double *out)
+{
+	return parse_value(opt, s, lo, hi, 0, out);
+}
+
+static int parse_whole(const char *opt, const char *s, double lo, double hi, double *out)
+{
+	return parse_value(opt, s, lo, hi, 1, out);
 }
 
 typedef struct listen_ctx {
@@ -58,22 +70,22 @@ static int run_serve(owl_ctx *ctx, int argc, char **argv)
 		switch (c) {
 		case 'H': o.host = optarg; break;
 		case 'p':
-			if ((rc = parse_num("--port", optarg, 0, 65535, &v)))
+			if ((rc = parse_whole("--port", optarg, 0, 65535, &v)))
 				return rc;
 			o.port = (int)v;
 			break;
 		case 'b':
-			if ((rc = parse_num("--max-batch", optarg, 1, 256, &v)))
+			if ((rc = parse_whole("--max-batch", optarg, 1, 256, &v)))
 				return rc;
 			o.max_batch = (int)v;
 			break;
 		case 'T':
-			if ((rc = parse_num("--threads", optarg, 1, 1024, &v)))
+			if ((rc = parse_whole("--threads", optarg, 1, 1024, &v)))
 				return rc;
 			o.threads = (int)v;
 			break;
 		case 'q':
-			if ((rc = parse_num("--max-queue", optarg, 1, 100000, &v)))
+			if ((rc = parse_whole("--max-queue", optarg, 1, 100000, &v)))
 				return rc;
 			o.max_queue = (int)v;
 			break;
@@ -83,12 +95,12 @@ static int run_serve(owl_ctx *ctx, int argc, char **argv)
 			o.queue_timeout_s = v;
 			break;
 		case 'B':
-			if ((rc = parse_num("--max-body", optarg, 1024, 1 << 30, &v)))
+			if ((rc = parse_whole("--max-body", optarg, 1024, 1 << 30, &v)))
 				return rc;
 			o.max_body = (size_t)v;
 			break;
 		case 'm':
-			if ((rc = parse_num("--max-tokens", optarg, 1, 1 << 20, &v)))
+			if ((rc = parse_whole("--max-tokens", optarg, 1, 1 << 20, &v)))
 				return rc;
 			o.max_tokens_limit = (int)v;
 			break;
