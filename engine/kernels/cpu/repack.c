@@ -200,6 +200,9 @@ RP_INLINE void group_tile(const wmat *w, int kind, int g, const qact *a, int j0,
 		__m512 wmin = kind == K_Q4_1 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 32)))
 					     : _mm512_setzero_ps();
 		__m512i wv[8];
+		if (tn > 1) /* the next blocks' weights arrive while these compute */
+			for (int l = 0; l < GROUP * bs; l += 64)
+				_mm_prefetch((const char *)p + 4 * GROUP * bs + l, _MM_HINT_T0);
 		load_block(p, kind, wv);
 #pragma GCC unroll 8
 		for (int j = 0; j < tn; j++) {
