@@ -107,7 +107,7 @@ static int run_serve(owl_ctx *ctx, int argc, char **argv)
 		case 'd':
 			if ((rc = parse_num("--drain-timeout", optarg, 0, 86400, &v)))
 				return rc;
-			o.drain_timeout_s = v;
+			o.drain_timeout_s = v > 0 ? v : -1; /* 0: stop at once */
 			break;
 		case 'g':
 			if ((rc = parse_num("--grace", optarg, 1, 86400, &v)))

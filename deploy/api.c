@@ -320,8 +320,10 @@ static int parse_fields(json_t *o, api_request *r, api_error *e)
 		return bad(e, "model", "'%s' is required%s", "");
 	if (!json_is_string(model) || json_string_length(model) == 0 || json_string_length(model) > 256)
 		return bad(e, "model", "'%s' must be a model name (a non-empty string)%s", "");
-	if (check_text(model, "model", e) || !(r->model = dup_str(model)))
-		return r->model ? -1 : oom(e);
+	if (check_text(model, "model", e))
+		return -1;
+	if (!(r->model = dup_str(model)))
+		return oom(e);
 	if (refuse_unsupported(o, e))
 		return -1;
 	if (r->kind == API_COMPLETIONS ? parse_prompt(o, r, e) : parse_messages(o, r, e))

@@ -180,6 +180,21 @@ static json_t *chunk_json(const gen_req *g, json_t *text, json_t *lp, const char
 	return o;
 }
 
+/* How many of the n bytes at p end on a character boundary: a UTF-8
+ * sequence cut short at the end is left for later. */
+static size_t utf8_whole(const char *p, size_t n)
+{
+	const unsigned char *u = (const unsigned char *)p;
+	for (size_t back = 1; back <= 4 && back <= n; back++) {
+		unsigned char ch = u[n - back];
+		if ((ch & 0xC0) == 0x80)
+			continue; /* a continuation byte: look further back */
+		size_t need = ch >= 0xF0 ? 4 : ch >= 0xE0 ? 3 : ch >= 0xC0 ? 2 : 1;
+		return need > back ? n - back : n;
+	}
+	return n; /* not UTF-8 at all: nothing to wait for */
+}
+
 /* Appends what the job has produced since the last call as SSE events
  * (under the job's lock); returns whether anything was added. */
 static int stream_events(gen_req *g)
@@ -190,12 +205,18 @@ static int stream_events(gen_req *g)
 		sse(&g->pending, chunk_json(g, json_string(""), NULL, NULL, 1));
 		g->role_sent = 1;
 	}
-	if (j->text.len > g->text_sent || (g->req.logprobs && j->nlps > g->lp_sent)) {
+	/* Text goes out in whole characters: the generator may hold back the
+	 * last bytes of a character while a stop string could be starting, and
+	 * half a character sent alone would reach the client as U+FFFD. */
+	int ended = j->state == SRV_DONE || j->state == SRV_FAILED;
+	size_t ready = ended ? j->text.len : g->text_sent + utf8_whole(j->text.data + g->text_sent,
+								      j->text.len - g->text_sent);
+	if (ready > g->text_sent || (g->req.logprobs && j->nlps > g->lp_sent)) {
 		json_t *lp = g->req.logprobs ? logprobs_json(g, j->lps, g->lp_sent, j->nlps, g->text_sent)
 					     : NULL;
-		json_t *text = utf8_json(j->text.data + g->text_sent, j->text.len - g->text_sent);
+		json_t *text = utf8_json(j->text.data + g->text_sent, ready - g->text_sent);
 		sse(&g->pending, chunk_json(g, text, lp, NULL, 0));
-		g->text_sent = j->text.len;
+		g->text_sent = ready;
 		g->lp_sent = j->nlps;
 	}
 	if (j->state == SRV_DONE) {

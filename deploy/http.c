@@ -108,6 +108,19 @@ void http_rev_put(srv *s, srv_rev *r)
 /* ---- the other routes -------------------------------------------------------------- */
 
 /* GET /v1/models, or GET /v1/models/ID when one is non-NULL. */
+/* src as one token of an access-log line: the path arrives percent-decoded,
+ * so a client could otherwise write a newline and forge a line of its own.
+ * Bytes outside printable ASCII, and spaces, become '?'. */
+static void log_token(char *dst, size_t cap, const char *src)
+{
+	size_t i = 0;
+	for (; src[i] && i + 1 < cap; i++) {
+		unsigned char ch = (unsigned char)src[i];
+		dst[i] = ch > ' ' && ch < 0x7f ? (char)ch : '?';
+	}
+	dst[i] = 0;
+}
+
 static enum MHD_Result handle_models(srv *s, conn *c, struct MHD_Connection *mc, const char *one)
 {
 	srv_rev *r = http_rev_take(s);
@@ -231,8 +244,8 @@ enum MHD_Result http_on_request(void *cls, struct MHD_Connection *mc, const char
 		c->refs = 1;
 		c->t0 = owl_now();
 		c->status = 500;
-		snprintf(c->method, sizeof c->method, "%s", method);
-		snprintf(c->path, sizeof c->path, "%s", url);
+		log_token(c->method, sizeof c->method, method);
+		log_token(c->path, sizeof c->path, url);
 		owl_buf_init(&c->body, s->o.max_body);
 		*con_cls = c;
 		return MHD_YES;

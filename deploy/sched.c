@@ -55,9 +55,11 @@ void srv_job_release(srv_job *j)
 void srv_job_emit(void *ctx, const char *text, size_t len)
 {
 	srv_job *j = ctx;
+	/* No wakeup here: the scheduler wakes the waiting HTTP thread once the
+	 * step's logprob is recorded too, so a chunk carries a token's text
+	 * and its logprob together. */
 	pthread_mutex_lock(&j->mu);
 	owl_buf_append(&j->text, text, len);
-	pthread_cond_broadcast(&j->cv);
 	pthread_mutex_unlock(&j->mu);
 }
 

@@ -68,29 +68,12 @@ static void set_serving(srv *s)
 	pthread_mutex_unlock(&s->met.mu);
 }
 
-/* Puts r on the list of revisions freed once idle; NULL is fine. */
+/* Puts r on the list of revisions freed once idle; NULL is fine. The
+ * caller has made sure there is room (swap waits while the list is full). */
 static void retire(srv *s, srv_rev *r)
 {
-	if (!r)
-		return;
-	if (s->nretiring == MAX_RETIRING) {
-		/* Too many swaps in flight: wait for the oldest to end. */
-		srv_rev *old = s->retiring[0];
-		memmove(s->retiring, s->retiring + 1, (MAX_RETIRING - 1) * sizeof *s->retiring);
-		s->nretiring--;
-		pthread_mutex_unlock(&s->mu);
-		for (;;) {
-			pthread_mutex_lock(&s->mu);
-			int users = old->users;
-			pthread_mutex_unlock(&s->mu);
-			if (!users)
-				break;
-			usleep(10000);
-		}
-		srv_rev_free(old, 0);
-		pthread_mutex_lock(&s->mu);
-	}
-	s->retiring[s->nretiring++] = r;
+	if (r)
+		s->retiring[s->nretiring++] = r;
 }
 
 static void check_revision(srv *s, int64_t *failed, int forced)
@@ -123,7 +106,17 @@ static void check_revision(srv *s, int64_t *failed, int forced)
 		srv_say("revision %lld -> %lld (it was still loaded)", (long long)have, (long long)want);
 		return;
 	}
+	/* Every retired revision still held by a request (a slow reader) has a
+	 * slot; with none free the swap waits for the next poll, after reap()
+	 * has freed what went idle, rather than blocking the control loop. */
+	int full = s->prev && s->nretiring == MAX_RETIRING;
 	pthread_mutex_unlock(&s->mu);
+	if (full) {
+		if (forced)
+			srv_say("revision %lld waits: %d older revisions still serve requests in flight",
+				(long long)want, MAX_RETIRING);
+		return;
+	}
 	if (want == *failed && !forced)
 		return; /* reported already; SIGHUP or another revision tries again */
 	srv_say("loading revision %lld beside %lld", (long long)want, (long long)have);
@@ -242,8 +235,10 @@ static void defaults(srv *s, const deploy_server_opts *o)
 		s->o.queue_timeout_s = 60;
 	if (s->o.max_body == 0)
 		s->o.max_body = 1u << 20;
-	if (s->o.drain_timeout_s <= 0)
+	if (s->o.drain_timeout_s == 0)
 		s->o.drain_timeout_s = 30;
+	else if (s->o.drain_timeout_s < 0)
+		s->o.drain_timeout_s = 0; /* asked for: stop at once */
 	if (s->o.grace_s <= 0)
 		s->o.grace_s = 300;
 	s->ro = (srv_rev_opts){.max_batch = s->o.max_batch, .max_queue = s->o.max_queue,

@@ -63,7 +63,7 @@ typedef struct deploy_server_opts {
 	double queue_timeout_s;  /* a queued request gives up with 503 (default 60) */
 	size_t max_body;         /* request body limit in bytes (default 1 MiB) */
 	int max_tokens_limit;    /* largest max_tokens a request may ask (default: the context) */
-	double drain_timeout_s;  /* SIGTERM: how long in-flight requests may finish (default 30) */
+	double drain_timeout_s;  /* SIGTERM: how long in-flight requests may finish (0: default 30; < 0: none) */
 	double grace_s;          /* the previous revision stays loaded this long after a swap (default 300) */
 	int log_prompts;         /* access log may contain prompt text */
 	const char *access_log;  /* file; NULL = stderr */

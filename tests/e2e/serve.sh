@@ -117,6 +117,8 @@ openai_error wrong_type_400 400
 expect_contains wrong_type_names_param "$BODY" '"param":"max_tokens"'
 post /v1/chat/completions '{"model": "fixture", "messages": "hello"}'
 openai_error messages_wrong_type_400 400
+post /v1/completions '{"model": "fix\u0000ture", "prompt": "x"}'
+openai_error model_with_nul_400 400
 post /v1/completions '{"model": "no-such-model", "prompt": "x"}'
 openai_error unknown_model_404 404
 expect_contains unknown_model_code "$BODY" '"code":"model_not_found"'
@@ -149,6 +151,14 @@ gen=$(awk '$1 == "owl_generation_tokens_total" {print $2}' "$T/metrics.txt")
 [ "${gen:-0}" -gt 0 ] && pass metrics_counts_tokens || fail metrics_counts_tokens "owl_generation_tokens_total=$gen"
 expect_contains access_log_has_lines "$(cat "$T/access.log")" "POST /v1/completions status=200"
 expect_contains access_log_has_4xx "$(cat "$T/access.log")" "status=404"
+# A path percent-decoded into a newline cannot forge a line of its own.
+curl -s -o /dev/null "$URL/v1/x%0a2026-01-01T00:00:00Z%20key=forged%20POST%20/v1/completions%20status=200"
+sleep 0.2
+if grep -q '^2026-01-01T00:00:00Z key=forged' "$T/access.log"; then
+  fail access_log_no_forged_lines "$(grep -n forged "$T/access.log")"
+else
+  pass access_log_no_forged_lines
+fi
 expect_not_contains access_log_no_prompt_text "$(cat "$T/access.log")" "still here"
 
 # ---- concurrency: 32 streams equal one client alone ----------------------------------------
