@@ -53,6 +53,25 @@ static int put_text(builder *b, const engine_tokenizer *tok, const char *text, i
 	return rc;
 }
 
+/* 1 when text holds the text of one of the tokenizer's special tokens
+ * (it tokenizes differently with special-token matching on), 0 when not,
+ * -1 when it cannot be tokenized. A chat is rendered with its template's
+ * markers and then tokenized with special tokens on, so such content would
+ * become a real marker. */
+static int has_special(const engine_tokenizer *tok, const char *text, size_t len)
+{
+	int32_t *a = NULL, *b = NULL;
+	size_t na = 0, nb = 0;
+	owl_err e = {0};
+	int rc = engine_tokenize(tok, text, len, 0, 1, &a, &na, &e);
+	if (!rc)
+		rc = engine_tokenize(tok, text, len, 0, 0, &b, &nb, &e);
+	int differ = rc ? -1 : na != nb || (na && memcmp(a, b, na * sizeof *a) != 0);
+	free(a);
+	free(b);
+	return differ;
+}
+
 static const char ALPACA_WITH_INPUT[] =
 	"Below is an instruction that describes a task, paired with an input that provides "
 	"further context. Write a response that appropriately completes the request.\n\n"
@@ -114,6 +133,15 @@ static int build_record(json_t *o, const engine_tokenizer *tok, int train_on_inp
 			if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant")) {
 				snprintf(why, wn, "messages[%zu].role is \"%.40s\" (system, user or assistant)",
 					 i, r);
+				free(msgs);
+				return -1;
+			}
+			int special = has_special(tok, json_string_value(content), json_string_length(content));
+			if (special) {
+				snprintf(why, wn, special < 0 ? "messages[%zu].content cannot be tokenized"
+					 : "messages[%zu].content holds one of the model's special tokens "
+					 "(an end-of-turn or role marker); rendered into the chat it would "
+					 "forge a turn boundary", i);
 				free(msgs);
 				return -1;
 			}
