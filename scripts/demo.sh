@@ -125,20 +125,30 @@ r = c.chat.completions.create(model="chat", messages=[{"role": "user", "content"
 print(f"[{r.system_fingerprint}] {r.choices[0].message.content!r}  ({r.usage.total_tokens} tokens)")
 PYEOF
 echo "(a client streams while the deployment rolls back to revision 1)"
-"$PY" - "http://127.0.0.1:$PORT/v1" >"$T/stream.out" 2>&1 <<'PYEOF' &
-import sys, openai
+"$PY" - "http://127.0.0.1:$PORT/v1" "$T/stop" >"$T/stream.out" 2>&1 <<'PYEOF' &
+import os, sys, openai
 c = openai.OpenAI(base_url=sys.argv[1], api_key="none", max_retries=0)
-for i in range(6):
-    fps, text = set(), ""
-    for ch in c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Name a bird."}],
-                                        max_tokens=24, temperature=0, stream=True):
-        fps.add(ch.system_fingerprint)
-        text += ch.choices[0].delta.content or "" if ch.choices else ""
-    print(f"request {i}: from {sorted(fps)}, {len(text)} characters")
+seen, failed, mixed, n = {}, 0, 0, 0
+while not os.path.exists(sys.argv[2]):
+    fps = set()
+    try:
+        for ch in c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Name a bird."}],
+                                            max_tokens=24, temperature=0, stream=True):
+            fps.add(ch.system_fingerprint)
+    except Exception as e:
+        failed += 1
+        continue
+    n += 1
+    mixed += len(fps) != 1
+    for fp in fps:
+        seen[fp] = seen.get(fp, 0) + 1
+print(f"{n} streamed requests: {failed} failed, {mixed} mixed revisions; answered by {dict(sorted(seen.items()))}")
 PYEOF
 STREAM_PID=$!
-sleep 0.5
+sleep 1
 run deploy rollback chat --reason "demo: back to the first release"
+sleep 1.5
+touch "$T/stop"
 wait "$STREAM_PID" && cat "$T/stream.out"
 run deploy history chat
 curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^owl_(revision|revision_swaps_total|generation_tokens_total|requests_total\{status="2xx"\}) '
