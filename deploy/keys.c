@@ -84,9 +84,11 @@ static int normal_id(const char *id, char out[DEPLOY_KEY_ID_LEN])
 	return 1;
 }
 
-int deploy_key_revoke(registry_store *s, const char *id, const char *actor, owl_err *err)
+/* The key named by id (normalised into kid) and whether it is revoked:
+ * 0, or an error naming what is wrong with id or the database. */
+static int find_key(registry_store *s, const char *id, char kid[DEPLOY_KEY_ID_LEN], int *revoked,
+		    owl_err *err)
 {
-	char kid[DEPLOY_KEY_ID_LEN];
 	if (!normal_id(id, kid))
 		return owl_err_set(err, OWL_EUSAGE, "'%s' is not a key id (owl-XXXXXXXX, as owl keys "
 				   "list shows)", id);
@@ -99,10 +101,21 @@ int deploy_key_revoke(registry_store *s, const char *id, const char *actor, owl_
 	}
 	sqlite3_bind_text(q, 1, kid, -1, SQLITE_STATIC);
 	int found = sqlite3_step(q) == SQLITE_ROW;
-	int revoked = found && sqlite3_column_type(q, 0) != SQLITE_NULL;
+	*revoked = found && sqlite3_column_type(q, 0) != SQLITE_NULL;
 	sqlite3_finalize(q);
 	if (!found)
 		return owl_err_set(err, OWL_EFAIL, "no key '%s' (see 'owl keys list')", kid);
+	return 0;
+}
+
+int deploy_key_revoke(registry_store *s, const char *id, const char *actor, owl_err *err)
+{
+	char kid[DEPLOY_KEY_ID_LEN];
+	int revoked, rc = find_key(s, id, kid, &revoked, err);
+	if (rc)
+		return rc;
+	sqlite3 *db = registry_store_db(s);
+	sqlite3_stmt *q = NULL;
 	if (revoked)
 		return 0;
 	const char *who = actor ? actor : owl_user_name();
@@ -122,22 +135,11 @@ int deploy_key_revoke(registry_store *s, const char *id, const char *actor, owl_
 int deploy_key_remove(registry_store *s, const char *id, owl_err *err)
 {
 	char kid[DEPLOY_KEY_ID_LEN];
-	if (!normal_id(id, kid))
-		return owl_err_set(err, OWL_EUSAGE, "'%s' is not a key id (owl-XXXXXXXX, as owl keys "
-				   "list shows)", id);
+	int revoked, rc = find_key(s, id, kid, &revoked, err);
+	if (rc)
+		return rc;
 	sqlite3 *db = registry_store_db(s);
 	sqlite3_stmt *q = NULL;
-	if (sqlite3_prepare_v2(db, "SELECT revoked_at FROM api_keys WHERE key_id=?", -1, &q,
-			       NULL) != SQLITE_OK) {
-		sqlite3_finalize(q);
-		return owl_err_set(err, OWL_EFAIL, "cannot read the keys: %s", sqlite3_errmsg(db));
-	}
-	sqlite3_bind_text(q, 1, kid, -1, SQLITE_STATIC);
-	int found = sqlite3_step(q) == SQLITE_ROW;
-	int revoked = found && sqlite3_column_type(q, 0) != SQLITE_NULL;
-	sqlite3_finalize(q);
-	if (!found)
-		return owl_err_set(err, OWL_EFAIL, "no key '%s' (see 'owl keys list')", kid);
 	if (!revoked)
 		return owl_err_set(err, OWL_EUSAGE, "key '%s' is still valid: revoke it first (owl keys "
 				   "revoke %s)", kid, kid);

@@ -171,10 +171,10 @@ static void reap(srv *s)
 	pthread_mutex_unlock(&s->mu);
 }
 
-static int all_idle(srv *s)
+/* Every loaded revision: the current, the previous, the retiring ones.
+ * Under s->mu; all has room for MAX_RETIRING + 2. */
+static int loaded_revisions(srv *s, srv_rev **all)
 {
-	pthread_mutex_lock(&s->mu);
-	srv_rev *all[MAX_RETIRING + 2];
 	int n = 0;
 	if (s->cur)
 		all[n++] = s->cur;
@@ -182,6 +182,14 @@ static int all_idle(srv *s)
 		all[n++] = s->prev;
 	for (int i = 0; i < s->nretiring; i++)
 		all[n++] = s->retiring[i];
+	return n;
+}
+
+static int all_idle(srv *s)
+{
+	pthread_mutex_lock(&s->mu);
+	srv_rev *all[MAX_RETIRING + 2];
+	int n = loaded_revisions(s, all);
 	int idle = 1;
 	for (int i = 0; i < n; i++)
 		if (all[i]->users)
@@ -194,13 +202,7 @@ static void abort_all(srv *s)
 {
 	pthread_mutex_lock(&s->mu);
 	srv_rev *all[MAX_RETIRING + 2];
-	int n = 0;
-	if (s->cur)
-		all[n++] = s->cur;
-	if (s->prev)
-		all[n++] = s->prev;
-	for (int i = 0; i < s->nretiring; i++)
-		all[n++] = s->retiring[i];
+	int n = loaded_revisions(s, all);
 	for (int i = 0; i < n; i++) {
 		pthread_mutex_lock(&all[i]->mu);
 		all[i]->abort = 1;
