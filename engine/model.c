@@ -626,7 +626,7 @@ int engine_model_open(const char *path, const engine_model_opts *o, engine_model
 	}
 	m->be = m->ranks[0];
 	m->comm = *kernels_cpu_comm();
-	m->comm.size = tp;
+	m->comm.size = m->comm.local = tp;
 	account(m);
 	if ((rc = prepare_weights(m, err))) {
 		engine_model_close(m);

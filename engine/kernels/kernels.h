@@ -309,22 +309,28 @@ int kernels_alloc(kernels_backend *be, size_t bytes, kernels_buffer **buf, void 
 		  owl_err *err);
 
 /* Communication between tensor-parallel ranks (DESIGN.md: threads sharing
- * memory on the CPU, MPI between processes, NCCL on GPUs). Collectives work
- * in place on per-rank buffers, called once for all ranks by the thread
- * that drives them (the shape of NCCL's grouped calls in one process). */
+ * memory on the CPU, MPI between processes, NCCL on GPUs). A process drives
+ * `local` of the `size` ranks, global ranks [first, first + local); its
+ * collectives work in place on those ranks' buffers, called once for all of
+ * them by the thread that drives them (the shape of NCCL's grouped calls in
+ * one process). In one process local = size and first = 0. */
 typedef struct kernels_comm {
-	const char *name; /* "cpu-shared", "nccl" */
-	int size;         /* ranks */
-	/* bufs[r] of every rank becomes the sum of all ranks' bufs */
+	const char *name; /* "cpu-shared", "mpi", "nccl" */
+	int size;         /* ranks in all processes */
+	int local;        /* ranks this process drives: the arrays below have local entries */
+	int first;        /* the global index of this process's first rank */
+	void *ctx;        /* the implementation's state (communicators, streams) */
+	/* bufs[i] of every local rank becomes the sum over all size ranks */
 	int (*all_reduce)(const struct kernels_comm *c, float *const *bufs, size_t n, owl_err *err);
-	/* every rank's out[r] becomes [in[0] | in[1] | ... ], n floats each */
+	/* every local rank's out[i] becomes [rank 0's in | rank 1's in | ...],
+	 * n floats each, over all size ranks */
 	int (*all_gather)(const struct kernels_comm *c, float *const *out, const float *const *in,
 			  size_t n, owl_err *err);
 	/* returns when every rank has arrived */
 	int (*barrier)(const struct kernels_comm *c, owl_err *err);
 } kernels_comm;
 
-/* Ranks on one machine sharing memory. */
+/* Ranks in one process sharing memory (local = size: set both). */
 const kernels_comm *kernels_cpu_comm(void);
 
 #endif

@@ -642,7 +642,7 @@ static void backend_instance(kernels_backend *be)
 	CHECK_NEAR(y[18], 18.5, 0);
 	/* Three ranks: all-reduce in place, all-gather, barrier. */
 	kernels_comm c = *kernels_cpu_comm();
-	c.size = 3;
+	c.size = c.local = 3;
 	float b0[5], b1[5], b2[5], g0[15], g1[15], g2[15];
 	for (int i = 0; i < 5; i++)
 		b0[i] = (float)i, b1[i] = 10.0f * i, b2[i] = 100.0f * i;

@@ -739,6 +739,9 @@ int kernels_alloc(kernels_backend *be, size_t bytes, kernels_buffer **buf, void 
  * buffer and written back to all of them (each slice by one thread). */
 static int cpu_all_reduce(const kernels_comm *c, float *const *bufs, size_t n, owl_err *err)
 {
+	if (c->local != c->size)
+		return owl_err_set(err, OWL_EUSAGE, "the shared-memory comm drives all %d ranks in "
+				   "one process, not %d", c->size, c->local);
 	if (c->size == 1)
 		return 0;
 #pragma omp parallel for schedule(static) if (n > 16384)
@@ -755,6 +758,9 @@ static int cpu_all_reduce(const kernels_comm *c, float *const *bufs, size_t n, o
 static int cpu_all_gather(const kernels_comm *c, float *const *out, const float *const *in,
 			  size_t n, owl_err *err)
 {
+	if (c->local != c->size)
+		return owl_err_set(err, OWL_EUSAGE, "the shared-memory comm drives all %d ranks in "
+				   "one process, not %d", c->size, c->local);
 	for (int r = 0; r < c->size; r++)
 		for (int q = 0; q < c->size; q++)
 			memcpy(out[r] + (size_t)q * n, in[q], n * sizeof(float));
@@ -767,7 +773,7 @@ static int cpu_barrier(const kernels_comm *c, owl_err *err) { return 0; }
 const kernels_comm *kernels_cpu_comm(void)
 {
 	/* The size is set per model (tp); this is the template the engine copies. */
-	static const kernels_comm comm = {.name = "cpu-shared", .size = 1,
+	static const kernels_comm comm = {.name = "cpu-shared", .size = 1, .local = 1,
 					  .all_reduce = cpu_all_reduce, .all_gather = cpu_all_gather,
 					  .barrier = cpu_barrier};
 	return &comm;
