@@ -47,7 +47,8 @@ shape() {
   for r in 1 2; do
     o=$("$BENCH" "$model" --r 16 --seq 512 --steps "$steps" --threads "$threads")
     p=$("$PY" tests/oracle/bench_train.py "$hf" --r 16 --seq 512 --steps "$steps" --threads "$threads" 2>/dev/null | tail -1)
-    echo "  round $r: owl $(field "$o" tokens_per_s) tok/s, PyTorch $(field "$p" tokens_per_s) tok/s"
+    echo "  round $r: owl $(field "$o" tokens_per_s) tok/s ($(field "$o" cpu_s_per_step) CPU-s/step)," \
+      "PyTorch $(field "$p" tokens_per_s) tok/s ($(field "$p" cpu_s_per_step) CPU-s/step)"
     best_o=$(python3 -c "print(max($best_o, $(field "$o" tokens_per_s)))")
     best_p=$(python3 -c "print(max($best_p, $(field "$p" tokens_per_s)))")
     mem_o=$(field "$o" peak_rss_mib) mem_p=$(field "$p" peak_rss_mib)

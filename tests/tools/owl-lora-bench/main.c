@@ -22,12 +22,15 @@
 #include <sys/resource.h>
 #include <time.h>
 
-static double now(void)
+static double clock_s(clockid_t id)
 {
 	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	clock_gettime(id, &ts);
 	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
+static double now(void) { return clock_s(CLOCK_MONOTONIC); }
+/* Processor time of every thread: comparable on a machine others load. */
+static double cpu_now(void) { return clock_s(CLOCK_PROCESS_CPUTIME_ID); }
 
 /* Resident memory now, from /proc/self/statm (pages). */
 static double rss_mib(void)
@@ -103,10 +106,10 @@ int main(int argc, char **argv)
 	for (int i = 0; i < seq; i++)
 		tgt[i] = i + 1 < seq ? tok[i + 1] : -1;
 	engine_train_batch b = {.n = seq, .tokens = tok, .targets = tgt, .seg = seg, .pos = pos};
-	double loss = 0, best = 1e30, total = 0;
+	double loss = 0, best = 1e30, total = 0, cpu_total = 0;
 	int64_t count;
 	for (int k = 0; k <= steps; k++) { /* the first is a warm-up */
-		double t0 = now();
+		double t0 = now(), c0 = cpu_now();
 		engine_lora_weights_zero_grad(w);
 		if (engine_train_step(t, &b, 1.0f / (float)seq, &loss, &count, &err)) {
 			fprintf(stderr, "owl-lora-bench: %s\n", err.msg);
@@ -120,6 +123,7 @@ int main(int argc, char **argv)
 		}
 		double dt = now() - t0;
 		if (k) {
+			cpu_total += cpu_now() - c0;
 			total += dt;
 			best = dt < best ? dt : best;
 		}
@@ -129,12 +133,13 @@ int main(int argc, char **argv)
 	printf("{\"tokens_per_s\": %.1f, \"best_tokens_per_s\": %.1f, \"step_s\": %.3f, \"loss\": %.4f, "
 	       "\"peak_rss_mib\": %.0f, \"weight_mib\": %.0f, \"open_s\": %.2f, \"threads\": %d, "
 	       "\"rank\": %d, \"seq\": %d, \"ckpt\": %d, \"dtype\": \"%s\", "
-	       "\"workspace_mib\": %.1f, \"adapter_mib\": %.2f, \"base_rss_mib\": %.0f}\n",
+	       "\"workspace_mib\": %.1f, \"adapter_mib\": %.2f, \"base_rss_mib\": %.0f, "
+	       "\"cpu_s_per_step\": %.3f}\n",
 	       seq * steps / total, seq / best, total / steps, loss / (double)count,
 	       (double)ru.ru_maxrss / 1024.0, (double)in->weight_bytes / (1 << 20), t_open, in->threads,
 	       lo.rank, seq, ckpt, in->weight_dtype,
 	       (double)engine_trainer_workspace_bytes(t) / (1 << 20),
-	       (double)adapter_floats * sizeof(float) / (1 << 20), base_rss);
+	       (double)adapter_floats * sizeof(float) / (1 << 20), base_rss, cpu_total / steps);
 	for (size_t i = 0; i < 2 * nt; i++)
 		free(mom[i]);
 	free(mom);
