@@ -39,11 +39,12 @@ static int run_status(owl_ctx *ctx, int argc, char **argv)
 	if (registry_store_open(ctx->home, &s, &err))
 		return cmd_fail(&err);
 	registry_store_counts n;
-	if (registry_store_stats(s, &n, &err)) {
+	int schema;
+	if (registry_store_stats(s, &n, &err) ||
+	    registry_store_schema_version(s, REGISTRY_SCHEMA_MODULE, &schema, &err)) {
 		registry_store_close(s);
 		return cmd_fail(&err);
 	}
-	int schema = registry_store_schema_version(s, REGISTRY_SCHEMA_MODULE);
 	int64_t free_bytes = owl_disk_free(ctx->home);
 	char feats[256];
 	cpu_features(feats, sizeof feats);

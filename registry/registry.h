@@ -83,8 +83,10 @@ int registry_store_stats(registry_store *s, registry_store_counts *out, owl_err 
  * error that says the home needs one run with write access. */
 int registry_store_migrate(registry_store *s, const char *module, const char *const *steps,
 			   int nsteps, owl_err *err);
-/* The number of schema steps applied for module (0 if none). */
-int registry_store_schema_version(registry_store *s, const char *module);
+/* *version: the number of schema steps applied for module (0 if none);
+ * fails when the migrations table cannot be read. */
+int registry_store_schema_version(registry_store *s, const char *module, int *version,
+				 owl_err *err);
 
 int registry_store_exec(registry_store *s, const char *sql, owl_err *err);
 /* BEGIN IMMEDIATE: takes the write lock, waiting (see registry_wait_fn)

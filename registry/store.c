@@ -262,11 +262,11 @@ static int schema_version(registry_store *s, const char *module, int *v, owl_err
 	return rc;
 }
 
-int registry_store_schema_version(registry_store *s, const char *module)
+int registry_store_schema_version(registry_store *s, const char *module, int *version,
+				 owl_err *err)
 {
-	int v = 0;
-	schema_version(s, module, &v, NULL);
-	return v;
+	*version = 0;
+	return schema_version(s, module, version, err);
 }
 
 static int newer_owl(registry_store *s, const char *module, int have, int nsteps, owl_err *err)
