@@ -22,13 +22,15 @@
  * repacked layouts, wide enough for sgemm to run near its peak. */
 enum { MB_BAND = 256 };
 
-/* Each thread widens whole bands into its own tile, taken dynamically, and
- * (backward) sums its bands' products into its own partial dx: no thread
- * waits for another until the end, which matters on a machine whose cores
- * other processes share. */
+/* matmul_widened: each thread widens whole bands of output rows into its
+ * own tile. matmul_backward: the threads widen each band together into one
+ * shared tile, and each multiplies its own rows of dy by it; a thread's
+ * rows of dx are summed by it alone, band after band, so the sums are the
+ * same bits on every run whatever the threads' timing (a resumed training
+ * run must equal an uninterrupted one). */
 size_t kernels_matmul_backward_scratch(int n, int cols, int threads)
 {
-	return (size_t)threads * MB_BAND * (size_t)cols + (size_t)(threads - 1) * n * (size_t)cols;
+	return (size_t)threads * MB_BAND * (size_t)cols;
 }
 
 /* Rows [r0, r0 + nr) of w as f32 into tile [nr][cols]. */
@@ -94,43 +96,45 @@ int cpu_matmul_backward(kernels_backend *be, float *dx, const float *dy, const k
 	if (n <= 0)
 		return 0;
 	int nt = omp_get_max_threads();
-	nt = nt < bands ? nt : bands;
+	nt = nt < n ? nt : n;
 	int rc = widen_check(w, n, scratch, nt, "matmul_backward", err);
 	if (rc)
 		return rc;
-	if (!accumulate)
-		memset(dx, 0, (size_t)n * cols * sizeof *dx);
-	float *tiles = scratch->data, *parts = tiles + (size_t)nt * MB_BAND * cols;
-	int used[64] = {0};
-	if (nt > 64)
-		nt = 64;
+	if (direct_f32(w)) {
+		/* One product per thread over all of W's rows. */
+		const float *wp = (const float *)(const void *)w->data;
+		int ldw = (int)(w->row_bytes / 4);
+#pragma omp parallel num_threads(nt)
+		{
+			int t = omp_get_thread_num(), n0 = (int)((long)n * t / nt), n1 = (int)((long)n * (t + 1) / nt);
+			if (n1 > n0)
+				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n1 - n0, cols, rows, 1.0f,
+					    dy + (size_t)n0 * rows, rows, wp, ldw, accumulate ? 1.0f : 0.0f,
+					    dx + (size_t)n0 * cols, cols);
+		}
+		return 0;
+	}
+	float *tile = scratch->data;
 #pragma omp parallel num_threads(nt)
 	{
-		int t = omp_get_thread_num();
-		float *tile = tiles + (size_t)t * MB_BAND * cols;
-		float *acc = t == 0 ? dx : parts + (size_t)(t - 1) * n * cols;
-#pragma omp for schedule(dynamic, 1)
+		int t = omp_get_thread_num(), n0 = (int)((long)n * t / nt), n1 = (int)((long)n * (t + 1) / nt);
 		for (int b = 0; b < bands; b++) {
 			int r0 = b * MB_BAND, nr = rows - r0 < MB_BAND ? rows - r0 : MB_BAND;
-			const float *wp = tile;
-			int ldw = cols;
-			if (direct_f32(w)) {
-				wp = (const float *)(const void *)(w->data + (size_t)r0 * w->row_bytes);
-				ldw = (int)(w->row_bytes / 4);
-			} else {
-				widen_rows(w, r0, nr, tile);
-			}
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, cols, nr, 1.0f, dy + r0, rows,
-				    wp, ldw, t > 0 && !used[t] ? 0.0f : 1.0f, acc, cols);
-			used[t] = 1;
+			/* this thread's share of the band, whole 16-row groups */
+			int groups = (nr + 15) / 16;
+			int a0 = 16 * (int)((long)groups * t / nt);
+			int a1 = t == nt - 1 ? nr : 16 * (int)((long)groups * (t + 1) / nt);
+			a0 = a0 < nr ? a0 : nr;
+			a1 = a1 < nr ? a1 : nr;
+			if (a1 > a0)
+				widen_rows(w, r0 + a0, a1 - a0, tile + (size_t)a0 * cols);
+#pragma omp barrier
+			if (n1 > n0)
+				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n1 - n0, cols, nr, 1.0f,
+					    dy + (size_t)n0 * rows + r0, rows, tile, cols,
+					    b == 0 && !accumulate ? 0.0f : 1.0f, dx + (size_t)n0 * cols, cols);
+#pragma omp barrier
 		}
-		/* the partial sums into dx */
-		size_t total = (size_t)n * cols;
-#pragma omp for schedule(static)
-		for (size_t i = 0; i < total; i++)
-			for (int u = 1; u < nt; u++)
-				if (used[u])
-					dx[i] += parts[(size_t)(u - 1) * total + i];
 	}
 	return 0;
 }
