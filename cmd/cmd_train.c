@@ -642,9 +642,21 @@ static int run_train(owl_ctx *ctx, int argc, char **argv)
 		if (tr->skipped)
 			fprintf(stderr, "owl: skipped %zu malformed line%s of %s (first, %s)\n", tr->skipped,
 				tr->skipped == 1 ? "" : "s", a.data, tr->first_skipped);
-		if (!is_vllm_rank(a.o.lora.rank))
-			fprintf(stderr, "owl: note: vLLM serves LoRA ranks 1, 8, 16, 32, 64, 128, 256, 320 "
-				"and 512; rank %d loads in PEFT and owl\n", a.o.lora.rank);
+		/* vLLM serves an adapter of rank r under a --max-lora-rank >= r, and takes only
+		 * these values for it (vllm/config/lora.py; 8 to 256 in 0.6). */
+		if (a.o.lora.rank > 512)
+			fprintf(stderr, "owl: note: rank %d is above 512, vLLM's largest --max-lora-rank: "
+				"vLLM cannot serve the adapter (PEFT, llama.cpp and owl can)\n",
+				a.o.lora.rank);
+		else if (!is_vllm_rank(a.o.lora.rank))
+			fprintf(stderr, "owl: note: vLLM's --max-lora-rank is one of 1, 8, 16, 32, 64, "
+				"128, 256, 320, 512; a rank-%d adapter is served under the next of them "
+				"up, with that rank's memory\n", a.o.lora.rank);
+		if (a.o.lora.rslora)
+			fprintf(stderr, "owl: note: --rslora: vLLM 0.6 refuses rsLoRA adapters (later "
+				"versions accept them), and llama.cpp's convert_lora_to_gguf.py ignores "
+				"use_rslora and scales by alpha/r, so there the adapter is not applied as "
+				"trained\n");
 	}
 	base_name = base_model_name(&base);
 	train_hooks hooks = {.step = train_step_line, .stop = train_should_stop, .ctx = ctx};
@@ -1089,9 +1101,11 @@ const owl_command cmd_train_commands[] = {
 	 "  --eval FILE          held-out data for the eval loss [none]\n"
 	 "  --eval-fraction F    hold out this fraction of --data instead [none]\n"
 	 "  --eval-every N       eval loss every N steps, and at the end [50]\n"
-	 "  --rank R             LoRA rank [16]; vLLM serves 1, 8, 16, 32, 64, 128, 256, 320, 512\n"
+	 "  --rank R             LoRA rank [16]; vLLM's --max-lora-rank: 1, 8, 16, 32, 64, 128,\n"
+	 "                       256, 320, 512 (other ranks are served under the next one up)\n"
 	 "  --alpha A            lora_alpha [2 x rank]\n"
-	 "  --rslora             scale by alpha/sqrt(r) instead of alpha/r [off]\n"
+	 "  --rslora             scale by alpha/sqrt(r) instead of alpha/r [off]; llama.cpp\n"
+	 "                       ignores it, vLLM 0.6 refuses it\n"
 	 "  --dropout D          LoRA dropout on the adapter's input [0.05]\n"
 	 "  --targets LIST|all   modules [q_proj,k_proj,v_proj,o_proj]; all: also gate_proj,\n"
 	 "                       up_proj, down_proj\n"

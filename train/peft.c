@@ -6,6 +6,7 @@
 #include "common/safetensors.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -68,7 +69,13 @@ char *train_peft_config_json(const engine_lora_opts *o, const char *base_model,
 	json_object_set_new(c, "layers_to_transform", json_null());
 	json_object_set_new(c, "loftq_config", json_object());
 	/* f32 options printed at f32's precision: 0.05, not 0.0500000007. */
-	json_object_set_new(c, "lora_alpha", json_real(o->alpha));
+	/* PEFT's lora_alpha is an int field, and an int alpha is saved as 32, not 32.0; only an
+	 * alpha with a fraction is written as a real. */
+	double alpha = o->alpha;
+	if (alpha == floor(alpha) && fabs(alpha) < 1e9)
+		json_object_set_new(c, "lora_alpha", json_integer((json_int_t)alpha));
+	else
+		json_object_set_new(c, "lora_alpha", json_real(alpha));
 	json_object_set_new(c, "lora_dropout", json_real(o->dropout));
 	json_object_set_new(c, "megatron_config", json_null());
 	json_object_set_new(c, "megatron_core", json_string("megatron.core"));

@@ -126,6 +126,41 @@ EOF
   [ $? = 0 ] && pass peft_fields_and_keys || fail peft_fields_and_keys "$(cat "$T/.cmp")"
 fi
 
+# ---- vLLM's checks on a LoRA adapter (tests/oracle/vllm_rules.py: vLLM 0.6.6.post1 and later) ----
+# vLLM needs a GPU; its loader's rules, restated, are applied to the files: the config fields it
+# requires and refuses, the rank against --max-lora-rank, the key names it parses and the
+# model's module names and shapes it looks the matrices up by.
+VR="$OWL_ROOT/tests/oracle/vllm_rules.py"
+# vllm_ok NAME ADAPTER_DIR BASE_DIR: every release checked accepts the adapter.
+vllm_ok() {
+  python3 "$VR" "$2" "$3" >"$T/.vllm" 2>&1 && pass "$1" || fail "$1" "$(cat "$T/.vllm")"
+}
+vllm_ok vllm_accepts_the_adapter "$RUNDIR/adapter" "$T/base"
+if [ -n "$PY" ]; then
+  # The rules accept what PEFT saves itself, and refuse what vLLM refuses.
+  vllm_ok vllm_rules_accept_peft_made "$T/peft-made" "$T/base"
+  "$PY" "$REF" make "$T/base" "$T/peft-mts" --r 4 --modules-to-save lm_head >/dev/null 2>"$T/make.err"
+  python3 "$VR" "$T/peft-mts" "$T/base" >"$T/.vllm" 2>&1
+  [ $? = 1 ] && grep -q "only supports modules_to_save being None" "$T/.vllm" \
+    && pass vllm_rules_refuse_modules_to_save || fail vllm_rules_refuse_modules_to_save "$(cat "$T/.vllm" "$T/make.err")"
+fi
+# rsLoRA: vLLM 0.6 refuses it, later releases scale by alpha / sqrt(r); a rank that is not one
+# of vLLM's --max-lora-rank values is served under the next one up. owl says both.
+owl train tiny@1 --data "$T/mem.jsonl" --out tiny-rs --rslora --rank 4 --alpha 8 --max-steps 1 --seq-len 64
+expect_rc train_rslora 0
+expect_contains train_notes_rslora "$ERR" "vLLM 0.6 refuses rsLoRA adapters"
+expect_contains train_notes_vllm_rank "$ERR" "a rank-4 adapter is served under the next of them up"
+RSRUN=$(sed -n 's/^run \([^:]*\):.*/\1/p' <<<"$OUT")
+python3 "$VR" "$OWL_HOME/runs/$RSRUN/adapter" "$T/base" >"$T/.vllm" 2>&1
+python3 - "$T/.vllm" <<'EOF' && pass vllm_rslora_by_release || fail vllm_rslora_by_release "$(cat "$T/.vllm")"
+import json, math, sys
+v = json.load(open(sys.argv[1]))
+old, new = v["0.6.6.post1"], v["later"]
+sys.exit(0 if not old["ok"] and "vLLM does not yet support RSLoRA." in old["errors"]
+         and new["ok"] and abs(new["scaling"] - 8 / math.sqrt(4)) < 1e-12
+         and old["max_lora_rank"] == 8 and new["max_lora_rank"] == 8 else 1)
+EOF
+
 # ---- ten steps against PEFT + torch.optim.AdamW (tests/oracle/ref_steps.py) -----------------------
 # From the same non-zero adapter (PEFT starts B at 0, where A's gradient
 # vanishes), warmup then cosine, weight decay, clipping at 1 (the gradient
@@ -157,6 +192,7 @@ owl train tiny-gguf@1 --data "$T/mem.jsonl" --out tiny-gguf-mem --max-steps 6 --
   --grad-accum 1 --seq-len 64 --targets all
 expect_rc train_on_gguf_base 0
 GRUN=$(sed -n 's/^run \([^:]*\):.*/\1/p' <<<"$OUT")
+vllm_ok vllm_accepts_gguf_trained "$OWL_HOME/runs/$GRUN/adapter" "$T/base"
 if [ -n "$PY" ] && [ -n "$GRUN" ]; then
   "$LOGITS" "$T/base/model.gguf" --adapter "$OWL_HOME/runs/$GRUN/adapter" --tokens $TOKENS --all >"$T/g.json" 2>"$T/g.err"
   "$PY" "$REF" logits "$T/base" "$OWL_HOME/runs/$GRUN/adapter" --tokens $TOKENS --all >"$T/gp.json" 2>"$T/gp.err"
@@ -358,6 +394,7 @@ python3 -c "import sys; a, m, b = $ppl_adapter, $ppl_merged, $ppl_base; sys.exit
 owl pull "$T/h" --name half
 owl train half@1 --data "$T/mem.jsonl" --out half-mem --max-steps 8 --lr 1e-2 --batch 4 --grad-accum 1 --seq-len 64 --targets all
 HRUN=$(sed -n 's/^run \([^:]*\):.*/\1/p' <<<"$OUT")
+vllm_ok vllm_accepts_all_targets "$OWL_HOME/runs/$HRUN/adapter" "$T/h"
 owl merge half-mem@1 --out half-merged
 expect_rc merge_f16_sharded 0
 owl run half-merged@1 "x" --max-tokens 1

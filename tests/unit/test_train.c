@@ -477,6 +477,8 @@ static void peft_files_read_back(void)
 		CHECK_STR(json_string_value(json_object_get(cfg, "peft_type")), "LORA");
 		CHECK_INT(json_integer_value(json_object_get(cfg, "r")), 2);
 		CHECK_NEAR(json_number_value(json_object_get(cfg, "lora_alpha")), 16, 0);
+		/* 16, as PEFT saves its int lora_alpha, not 16.0 */
+		CHECK(json_is_integer(json_object_get(cfg, "lora_alpha")), "integral lora_alpha");
 		CHECK_NEAR(json_number_value(json_object_get(cfg, "lora_dropout")), 0.05, 1e-12);
 		CHECK(json_is_true(json_object_get(cfg, "use_rslora")), "use_rslora");
 		json_t *tm = json_object_get(cfg, "target_modules");
@@ -486,6 +488,14 @@ static void peft_files_read_back(void)
 		CHECK_INT(json_object_size(cfg), 24); /* what PEFT 0.13.2 writes */
 		json_decref(cfg);
 	}
+	/* An alpha with a fraction stays a real. */
+	o.alpha = 2.5f;
+	char *text = train_peft_config_json(&o, "base@1", NULL);
+	cfg = json_loads(text, 0, NULL);
+	CHECK(json_is_real(json_object_get(cfg, "lora_alpha")) &&
+	      json_real_value(json_object_get(cfg, "lora_alpha")) == 2.5, "lora_alpha 2.5: %s", text);
+	json_decref(cfg);
+	free(text);
 	/* A tensor whose bytes do not match its shape is refused. */
 	st_write_tensor bad = {.name = "x", .dtype = ST_F32, .n_dims = 1, .shape = {3}, .data = a,
 			       .nbytes = 8};
