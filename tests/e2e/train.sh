@@ -288,6 +288,25 @@ else
 fi
 grep -q '"eval_loss"' "$OWL_HOME/runs/$FULL/metrics.jsonl" && pass eval_loss_recorded || fail eval_loss_recorded "no eval_loss line"
 
+# Two runs of the same command on 2 threads take the same steps bit for bit,
+# on a model whose matrices span several of the kernels' 256-row bands (the
+# backward products' sums must not depend on which thread took which band).
+"$FX" --out "$T/wide" --seed 9 --hidden 64 --layers 1 --heads 4 --kv-heads 2 --intermediate 1024 \
+  --vocab 4096 --quiet
+owl pull "$T/wide" --name wide
+WARGS=(--data "$T/long.jsonl" --max-steps 3 --batch 2 --seq-len 128 --threads 2 --seed 5 --targets all)
+owl train wide@1 --out wide-a "${WARGS[@]}"
+WA=$(sed -n 's/^run \([^:]*\):.*/\1/p' <<<"$OUT")
+owl train wide@1 --out wide-b "${WARGS[@]}"
+WB=$(sed -n 's/^run \([^:]*\):.*/\1/p' <<<"$OUT")
+if [ -n "$WA" ] && [ -n "$WB" ] && cmp -s "$OWL_HOME/runs/$WA/adapter/adapter_model.safetensors" \
+     "$OWL_HOME/runs/$WB/adapter/adapter_model.safetensors" &&
+   [ "$(grep -o '"loss": [^,]*' "$OWL_HOME/runs/$WA/metrics.jsonl")" = "$(grep -o '"loss": [^,]*' "$OWL_HOME/runs/$WB/metrics.jsonl")" ]; then
+  pass two_thread_runs_are_bit_identical
+else
+  fail two_thread_runs_are_bit_identical "runs '$WA' and '$WB' differ: $(grep -o '"loss": [^,]*' "$OWL_HOME/runs/$WA/metrics.jsonl" "$OWL_HOME/runs/$WB/metrics.jsonl" 2>&1 | tr '\n' ' ')"
+fi
+
 # The frozen base is bit-identical after all this training.
 owl verify tiny@1
 expect_rc base_unchanged_after_training 0
