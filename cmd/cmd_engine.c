@@ -1304,6 +1304,7 @@ const owl_command cmd_engine_commands[] = {
 	 "          [--min-p P] [--repeat-penalty R] [--frequency-penalty F]\n"
 	 "          [--presence-penalty P] [--seed S] [--stop STR]... [--chat [--system TEXT]]\n"
 	 "          [--ctx N] [--kv-type f32|f16] [--tp N] [--threads N] [--adapter NAME[@V]|DIR]\n"
+	 "          [--rendezvous HOST:PORT]\n"
 	 "  owl run MODEL --prompts FILE [the same options] [--json]\n"
 	 "\n"
 	 "MODEL is a registry reference (NAME, NAME@V, NAME:TAG) or a path to a\n"
@@ -1328,12 +1329,22 @@ const owl_command cmd_engine_commands[] = {
 	 "1024 prompts; a prompt that cannot run is reported with its error while the\n"
 	 "others run.\n"
 	 "\n"
+	 "Across processes: under mpirun, srun or Kubernetes LeaderWorkerSet every process\n"
+	 "runs the same command, and --tp N spreads the N ranks evenly over them (N a\n"
+	 "multiple of the processes). Before any work each process checks that it runs\n"
+	 "the same owl, command line and model as rank 0; the seed and the --prompts file\n"
+	 "come from rank 0; only rank 0 writes the text. An MPI launch joins through MPI;\n"
+	 "otherwise --rendezvous HOST:PORT names rank 0's host and a port it listens on\n"
+	 "(LeaderWorkerSet: LWS_LEADER_ADDRESS by default). See docs/distributed.md.\n"
+	 "\n"
 	 "EXAMPLES\n"
 	 "  owl run smollm2 \"The capital of France is\" --temperature 0 --max-tokens 20\n"
 	 "  owl run smollm2 --prompts questions.jsonl --chat --max-tokens 64\n"
 	 "  owl run smollm2:stable \"Why is the sky blue?\" --chat --seed 7\n"
 	 "  owl run ./model.gguf \"def fib(n):\" --stop \"\\n\\n\"\n"
-	 "  owl run smollm2@1 \"Hello\" --adapter support-lora\n"},
+	 "  owl run smollm2@1 \"Hello\" --adapter support-lora\n"
+	 "  mpirun -np 2 owl run smollm2 \"Hello\" --tp 2 --temperature 0\n"
+	 "  srun -N 2 owl run llama@3 \"Hello\" --tp 4 --rendezvous node1:29471\n"},
 	{"chat", run_chat, "chat with a model interactively, with its chat template",
 	 "USAGE\n"
 	 "  owl chat MODEL [--system TEXT] [generation options of 'owl run']\n"
@@ -1347,7 +1358,7 @@ const owl_command cmd_engine_commands[] = {
 	{"perplexity", run_perplexity, "measure a model's perplexity on a text file",
 	 "USAGE\n"
 	 "  owl perplexity MODEL --file TEXT [--ctx N] [--chunks N] [--adapter NAME[@V]|DIR]\n"
-	 "                 [--tp N] [--threads N] [--json]\n"
+	 "                 [--tp N] [--threads N] [--rendezvous HOST:PORT] [--json]\n"
 	 "\n"
 	 "Splits the tokenized file into chunks of --ctx tokens (default 512) and scores\n"
 	 "the second half of each chunk given what precedes it, as llama.cpp's\n"
@@ -1355,16 +1366,20 @@ const owl_command cmd_engine_commands[] = {
 	 "estimate with its standard error. Use it to validate a model, a quantisation\n"
 	 "or an upgrade on your own text: lower is better. --adapter applies a LoRA\n"
 	 "adapter unmerged (a registered one must derive from MODEL), so a fine-tune can be\n"
-	 "compared with its base on held-out text.\n"
+	 "compared with its base on held-out text. Under a launcher (mpirun, srun,\n"
+	 "LeaderWorkerSet) the --tp ranks spread over the processes as in 'owl run'; the\n"
+	 "text is rank 0's file, sent to every process.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl perplexity smollm2@2 --file wiki.test.raw --ctx 512\n"
 	 "  owl perplexity ./model.Q4_0.gguf --file docs.txt --chunks 20 --json\n"
-	 "  owl perplexity llama@3 --adapter support-lora@2 --file held-out.txt\n"},
+	 "  owl perplexity llama@3 --adapter support-lora@2 --file held-out.txt\n"
+	 "  mpirun -np 2 owl perplexity smollm2 --file wiki.test.raw --tp 2\n"},
 	{"bench", run_bench, "measure prompt processing and generation speed",
 	 "USAGE\n"
 	 "  owl bench MODEL [--prompt 512] [--gen 128] [--reps 3] [--batch N] [--kv-type f32|f16]\n"
-	 "            [--tp N] [--threads N] [--adapter NAME[@V]|DIR] [--json]\n"
+	 "            [--tp N] [--threads N] [--adapter NAME[@V]|DIR] [--rendezvous HOST:PORT]\n"
+	 "            [--json]\n"
 	 "\n"
 	 "Prints a table like llama-bench: prompt processing (ppN: N tokens in one batch)\n"
 	 "and generation (tgN: N tokens one by one from an empty context) in tokens per\n"
@@ -1373,11 +1388,14 @@ const owl_command cmd_engine_commands[] = {
 	 "(weights, KV cache, working buffers), beside the weights and KV cache sizes.\n"
 	 "--batch N times generation as N sequences decoding together (tgGxN), one\n"
 	 "forward pass of N tokens per step, and reports their aggregate tokens/s.\n"
-	 "--adapter measures with a LoRA adapter applied (as in 'owl run').\n"
+	 "--adapter measures with a LoRA adapter applied (as in 'owl run'). Under a\n"
+	 "launcher the --tp ranks spread over the processes as in 'owl run'; the backend\n"
+	 "column names what joins them (cpu mpi, cpu tcp) and the memory is rank 0's.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl bench smollm2 --threads 2\n"
 	 "  owl bench smollm2 --batch 8 --gen 64\n"
-	 "  owl bench ./tinyllama.Q8_0.gguf --prompt 512 --gen 128 --json\n"},
+	 "  owl bench ./tinyllama.Q8_0.gguf --prompt 512 --gen 128 --json\n"
+	 "  mpirun -np 2 owl bench smollm2 --tp 2 --threads 1\n"},
 	{0},
 };

@@ -90,21 +90,20 @@ int engine_dist_detect(engine_dist_env *e, owl_err *err)
 		e->launcher = ENGINE_DIST_PMI;
 		e->mpi = 1;
 	} else if ((k = env_int("SLURM_PROCID", 0, MAXP, &rank, err)) != 0) {
-		if (k < 0 || env_int("SLURM_NTASKS", 1, MAXP, &size, err) <= 0 ||
-		    env_int("SLURM_LOCALID", 0, MAXP, &local, err) < 0) {
-			if (!err || !err->code)
-				owl_err_set(err, OWL_EUSAGE, "the launcher set SLURM_PROCID but not "
-					    "SLURM_NTASKS");
+		int ks = k < 0 ? -1 : env_int("SLURM_NTASKS", 1, MAXP, &size, err);
+		if (ks == 0)
+			return owl_err_set(err, OWL_EUSAGE, "the launcher set SLURM_PROCID but not "
+					   "SLURM_NTASKS");
+		if (ks < 0 || env_int("SLURM_LOCALID", 0, MAXP, &local, err) < 0)
 			return OWL_EUSAGE;
-		}
 		e->launcher = ENGINE_DIST_SLURM;
 	} else if ((k = env_int("LWS_WORKER_INDEX", 0, MAXP, &rank, err)) != 0) {
-		if (k < 0 || env_int("LWS_GROUP_SIZE", 1, MAXP, &size, err) <= 0) {
-			if (!err || !err->code)
-				owl_err_set(err, OWL_EUSAGE, "the launcher set LWS_WORKER_INDEX but not "
-					    "LWS_GROUP_SIZE");
+		int ks = k < 0 ? -1 : env_int("LWS_GROUP_SIZE", 1, MAXP, &size, err);
+		if (ks == 0)
+			return owl_err_set(err, OWL_EUSAGE, "the launcher set LWS_WORKER_INDEX but not "
+					   "LWS_GROUP_SIZE");
+		if (ks < 0)
 			return OWL_EUSAGE;
-		}
 		const char *leader = getenv("LWS_LEADER_ADDRESS");
 		if (leader && strlen(leader) >= sizeof e->leader)
 			return owl_err_set(err, OWL_EUSAGE, "the launcher's LWS_LEADER_ADDRESS is longer "
