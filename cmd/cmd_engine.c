@@ -121,6 +121,36 @@ static int dist_end(engine_dist *d, int rc)
 	return rc;
 }
 
+/* After the work, every process must have generated what rank 0 did (the
+ * same seed, the same sums, the same tokens): texts (n of them) are
+ * compared by digest, and a difference fails every process. */
+static int dist_check_output(engine_dist *d, const owl_buf *texts, size_t stride, int n,
+			     owl_err *err)
+{
+	if (engine_dist_size(d) == 1)
+		return 0;
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+	for (int i = 0; i < n; i++) {
+		const owl_buf *b = (const owl_buf *)((const char *)texts + (size_t)i * stride);
+		uint64_t len = b->len;
+		EVP_DigestUpdate(md, &len, sizeof len);
+		if (b->len)
+			EVP_DigestUpdate(md, b->data, b->len);
+	}
+	unsigned char dg[32];
+	unsigned int dl = 0;
+	char hex[65], value[80];
+	EVP_DigestFinal_ex(md, dg, &dl);
+	EVP_MD_CTX_free(md);
+	owl_hex(dg, 32, hex);
+	snprintf(value, sizeof value, "sha256:%.16s", hex);
+	int rc = engine_dist_check_same(d, "generated text", value, err);
+	if (rc == OWL_EINTEGRITY)
+		dist_failed_together = 1;
+	return rc;
+}
+
 /* A failed verb under a launch says which process failed. */
 static int dist_fail(engine_dist *d, owl_err *err)
 {
@@ -386,13 +416,24 @@ static const struct option gen_options[] = {
 	{"rendezvous", required_argument, 0, 'Z'}, {0, 0, 0, 0},
 };
 
+/* Without --seed: the clock's nanoseconds and the process, so that two runs
+ * (and two processes of a launch, before rank 0's seed replaces theirs)
+ * differ even within one second. */
+static uint64_t default_seed(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return ((uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec) ^
+	       ((uint64_t)getpid() << 40);
+}
+
 static int parse_gen(const char *verb, int argc, char **argv, gen_args *a)
 {
 	memset(a, 0, sizeof *a);
 	a->g.max_tokens = 128;
 	a->g.sampling = (engine_sampler_opts){.temperature = 0.8f, .top_k = 40, .top_p = 0.95f,
 					      .min_p = 0.05f, .repeat_penalty = 1.0f,
-					      .seed = (uint64_t)time(NULL)};
+					      .seed = default_seed()};
 	a->g.stop = a->stop;
 	int c;
 	while ((c = getopt_long(argc, argv, "", gen_options, NULL)) != -1) {
@@ -747,6 +788,8 @@ static int run_prompts(owl_ctx *ctx, gen_args *a, engine_dist *d, int argc, char
 	double t_all = owl_now() - t0;
 	for (int i = 0; i < n; i++)
 		gen_total += reqs[i].gen ? engine_gen_count(reqs[i].gen) : 0;
+	if (!rc)
+		rc = dist_check_output(d, &reqs[0].out.text, sizeof reqs[0], n, &err);
 	int failed = 0;
 	json_t *results = json_array();
 	for (int i = 0; !rc && i < n; i++) {
@@ -853,6 +896,8 @@ static int run_run(owl_ctx *ctx, int argc, char **argv)
 	owl_buf_init(&out.text, 64u << 20);
 	if (!rc)
 		rc = engine_generate(l.sess, l.tok, ids, nids, &a.g, emit_collect, &out, &st, &err);
+	if (!rc && (rc = dist_check_output(d, &out.text, 0, 1, &err)))
+		free(st.tokens);
 	if (!rc) {
 		if (!ctx->json) {
 			printf("\n");
