@@ -6,13 +6,13 @@
 # rank, a --tp the processes do not divide, serve across processes, a
 # missing MPI object.
 #
-# Under SANITIZE=1 only the parts without MPI run: OpenMPI's runtime
-# (opal's memory hooks, hwloc, PMIx) keeps memory to exit and starts helper
-# threads that LeakSanitizer reports by the hundred, and owl's own code on
-# that path (engine/dist.c's comm) is the same as on the TCP path, which
-# runs under the sanitizers here and in test_dist. Suppressing every
-# OpenMPI library would hide nothing of owl's but would be a long list to
-# keep in step with OpenMPI.
+# Under SANITIZE=1 the mpirun parts run with AddressSanitizer's and
+# UndefinedBehaviorSanitizer's checks but without LeakSanitizer: OpenMPI
+# keeps some 3,000 allocations to exit, most of them made by its components,
+# which it unloads at MPI_Finalize, so the reports name "<unknown module>"
+# and no suppression in tests/lsan.supp can match them by library. owl's own
+# code on that path (engine/dist.c's collectives and comm, the CLI) is the
+# code the TCP parts above run, with leak checking on, as test_dist does.
 . "$(dirname "$0")/lib.sh"
 
 FX="$OWL_BUILD/owl-fixture"
@@ -118,8 +118,7 @@ if [ ! -f "$OWL_BUILD/libowl_mpi.so" ]; then
   exit 0
 fi
 if [ "${SANITIZE:-0}" = 1 ]; then
-  echo "SKIP mpi: the mpirun parts run in the plain build only (see the top of this script)"
-  exit 0
+  export ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0"
 fi
 [ "$(id -u)" -eq 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # One machine with few cores: more processes than cores, and no binding
