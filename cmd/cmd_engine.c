@@ -151,6 +151,13 @@ static int dist_check_output(engine_dist *d, const owl_buf *texts, size_t stride
 	return rc;
 }
 
+/* engine_gen_opts.agree: rank 0's sampled token on every process. */
+static int dist_agree(void *ctx, int32_t *token)
+{
+	owl_err err = {0};
+	return engine_dist_bcast(ctx, token, sizeof *token, &err);
+}
+
 /* A failed verb under a launch says which process failed. */
 static int dist_fail(engine_dist *d, owl_err *err)
 {
@@ -863,6 +870,10 @@ static int run_run(owl_ctx *ctx, int argc, char **argv)
 	if (dist_begin(ctx, a.rendezvous, argc, argv, &d, &err) ||
 	    engine_dist_bcast(d, &a.g.sampling.seed, sizeof a.g.sampling.seed, &err))
 		return engine_fail(d, &err);
+	if (engine_dist_size(d) > 1) {
+		a.g.agree = dist_agree;
+		a.g.agree_ctx = d;
+	}
 	if (a.prompts)
 		return run_prompts(ctx, &a, d, argc, argv);
 	loaded l;

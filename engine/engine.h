@@ -291,6 +291,13 @@ typedef struct engine_gen_opts {
 	const char *const *stop; /* stop strings */
 	int nstop;
 	int vocab;               /* the model's vocabulary (logits per token) */
+	/* Several processes generating together (engine/dist.h): each sampled
+	 * token is handed to agree, which replaces it with rank 0's, before it
+	 * is used, so that every process goes on with the same token even
+	 * where their logits differ in the last bits (other CPU kernels). A
+	 * failure ends the generation (stop reason "error"). NULL: one process. */
+	int (*agree)(void *ctx, int32_t *token);
+	void *agree_ctx;
 } engine_gen_opts;
 
 typedef struct engine_gen_stats {

@@ -57,8 +57,8 @@ rendezvous_pair tcp4 "" run "$T/m" "$PROMPT" "${GEN[@]}" --tp 4
 [ $RC0 -eq 0 ] && [ "$OUT0" == "$TP1" ] && pass tcp_tp4_two_ranks_per_process_equals_tp1 \
   || fail tcp_tp4_two_ranks_per_process_equals_tp1 "rc $RC0/$RC1, '$OUT0': $ERRS"
 
-# Sampled, with the clock's seed: rank 0's seed on both, or the processes
-# would pick other tokens and the check of the generated text would fail.
+# Sampled, with the clock's seed: rank 0's seed and each of its sampled
+# tokens on both processes, and the check of the generated text agrees.
 rendezvous_pair tcps "" run "$T/m" "$PROMPT" --temperature 1.2 --max-tokens 16 --threads 1 --tp 2
 [ $RC0 -eq 0 ] && [ $RC1 -eq 0 ] && pass tcp_sampling_seed_from_rank0 || fail tcp_sampling_seed_from_rank0 "rc $RC0/$RC1: $ERRS"
 
