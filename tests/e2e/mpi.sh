@@ -88,6 +88,22 @@ PPL_TP1=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["ppl"])' "$
 python3 -c 'import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); sys.exit(abs(a-b)>1e-4*b)' "$PPL_TCP" "$PPL_TP1" 2>/dev/null \
   && pass tcp_perplexity_close_to_tp1 || fail tcp_perplexity_close_to_tp1 "'$PPL_TCP' vs '$PPL_TP1'"
 
+# A LoRA adapter across processes: each process applies its own ranks' bands
+# of A and B (offsets of the global ranks). Made by peft (tests/oracle/ref_peft.py).
+PY=$("$OWL_ROOT/scripts/pyenv.sh" 2>/dev/null) || PY=
+ADAPTER=
+if [ -n "$PY" ] && "$PY" "$OWL_ROOT/tests/oracle/ref_peft.py" make "$T/m" "$T/ad" --r 8 --std 0.3 >/dev/null 2>"$T/ad.err"; then
+  ADAPTER="$T/ad"
+  owl run "$T/m" "$PROMPT" "${GEN[@]}" --tp 1 --adapter "$ADAPTER"
+  AD1=$OUT
+  [ "$AD1" != "$TP1" ] && pass adapter_changes_the_text || fail adapter_changes_the_text "'$AD1'"
+  rendezvous_pair tcpad "" run "$T/m" "$PROMPT" "${GEN[@]}" --tp 4 --adapter "$ADAPTER"
+  [ $RC0 -eq 0 ] && [ "$OUT0" == "$AD1" ] && pass tcp_adapter_tp4_equals_tp1 \
+    || fail tcp_adapter_tp4_equals_tp1 "rc $RC0/$RC1, '$OUT0' vs '$AD1': $ERRS"
+else
+  echo "SKIP adapter across processes: scripts/pyenv.sh or peft is not available"
+fi
+
 # ---- refusals that need no MPI ---------------------------------------------------
 SLURM_PROCID=0 SLURM_NTASKS=2 owl run "$T/m" "$PROMPT" "${GEN[@]}" --tp 2
 [ "$RC" -eq 2 ] && [[ "$ERR" == *"without MPI: give --rendezvous HOST:PORT"* ]] && pass slurm_without_rendezvous_refused \
@@ -167,6 +183,11 @@ b = json.loads(sys.argv[1])  # one object: only rank 0 wrote
 assert b["processes"] == 2 and b["tp"] == 2 and b["backend"] == "cpu mpi", b
 assert b["pp_tokens_per_s"] > 0 and b["tg_tokens_per_s"] > 0, b
 EOF
+
+if [ -n "$ADAPTER" ]; then
+  mpi mad "${MPIRUN[@]}" "$OWL_BIN" run "$T/m" "$PROMPT" "${GEN[@]}" --tp 2 --adapter "$ADAPTER"
+  [ "$RC" -eq 0 ] && [ "$OUT" == "$AD1" ] && pass mpirun_adapter_tp2_equals_tp1 || fail mpirun_adapter_tp2_equals_tp1 "rc $RC: '$OUT' vs '$AD1': $ERR"
+fi
 
 # The TCP rendezvous under mpirun (rank and size from OpenMPI, no MPI traffic).
 mpi mt "${MPIRUN[@]}" "$OWL_BIN" run "$T/m" "$PROMPT" "${GEN[@]}" --tp 2 --rendezvous "127.0.0.1:$(free_port)"
