@@ -53,7 +53,12 @@ TEST_COMMON_OBJ := $(TEST_COMMON:%.c=$(BUILD)/obj/%.o)
 TOOLS   := $(notdir $(patsubst %/,%,$(dir $(wildcard tests/tools/*/*.c))))
 TOOL_BIN := $(addprefix $(BUILD)/,$(sort $(TOOLS)))
 
-all: $(BUILD)/owl $(BUILD)/libowl_cuda.so $(TOOL_BIN) $(TEST_BIN)
+# MPI (OpenMPI's libopenmpi-dev): only the object libowl_mpi.so links it.
+MPI_CFLAGS := $(shell pkg-config --cflags ompi-c 2>/dev/null)
+MPI_LIBS   := $(shell pkg-config --libs ompi-c 2>/dev/null)
+MPI_SO     := $(if $(MPI_LIBS),$(BUILD)/libowl_mpi.so)
+
+all: $(BUILD)/owl $(BUILD)/libowl_cuda.so $(MPI_SO) $(TOOL_BIN) $(TEST_BIN)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -72,6 +77,12 @@ $(BUILD)/libowl_cuda.so: $(CU_SRC) $(wildcard engine/kernels/cuda/*.h engine/ker
 	@mkdir -p $(dir $@)
 	$(NVCC) -O2 -std=c++17 -shared -Xcompiler -fPIC -I. -o $@ $(CU_SRC) \
 	    -L$(CUDA_HOME)/lib64 -Xlinker -rpath=$(CUDA_HOME)/lib64 -lcublas -lcublasLt -lnccl
+
+# The MPI side of engine/dist.c, loaded with dlopen only when a launch is
+# MPI, so that owl runs (and its tests run) where no MPI library is installed.
+$(BUILD)/libowl_mpi.so: engine/dist/mpi.c engine/dist_impl.h
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -g -std=gnu17 -Wall -Wextra -Werror -shared -fPIC -I. $(MPI_CFLAGS) -o $@ $< $(MPI_LIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(TEST_COMMON_OBJ) $(BUILD)/libowl.a
 	@mkdir -p $(dir $@)

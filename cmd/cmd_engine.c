@@ -3,10 +3,14 @@
  * .gguf file), so that a file can be tried before it is registered. */
 #define _GNU_SOURCE
 #include "cmd.h"
+#include "deploy/deploy.h"
+#include "engine/dist.h"
 #include "engine/engine.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <openssl/evp.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,16 +25,207 @@ static void append_hint(owl_err *err, const char *hint)
 	snprintf(err->msg + l, sizeof err->msg - l, "%s", hint);
 }
 
+/* ---- a multi-process launch (engine/dist.h) ------------------------------------------
+ * Under mpirun, srun or LeaderWorkerSet every process runs the same command
+ * (SPMD). Before any work each checks that it runs the same owl, the same
+ * command line and the same model as rank 0; what is random (the seed) and
+ * what is read from files (--prompts, --file) comes from rank 0; only rank
+ * 0 writes to stdout. */
+
+/* Set when a check between processes failed: every process saw the same
+ * failure at the same point, so they leave the launch together instead of
+ * aborting it. (One command runs per owl process.) */
+static int dist_failed_together;
+
+/* The digest of what a path holds: a file's SHA-256, or for a folder the
+ * SHA-256 of "name<TAB>digest<LF>" of each file in it, in name order (the
+ * form of a registered version's digest). */
+static int path_digest(const char *path, char hex[65], owl_err *err)
+{
+	if (!owl_is_dir(path))
+		return registry_hash_file(path, hex, &(uint64_t){0}, err);
+	char **names = NULL;
+	size_t n = 0;
+	int rc = owl_list_dir(path, &names, &n, err);
+	if (rc)
+		return rc;
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+	for (size_t i = 0; i < n && !rc; i++) {
+		char *p = owl_path_join(path, names[i]), h[65];
+		if (!owl_is_dir(p) && !(rc = registry_hash_file(p, h, &(uint64_t){0}, err))) {
+			EVP_DigestUpdate(md, names[i], strlen(names[i]));
+			EVP_DigestUpdate(md, "\t", 1);
+			EVP_DigestUpdate(md, h, 64);
+			EVP_DigestUpdate(md, "\n", 1);
+		}
+		free(p);
+	}
+	unsigned char d[32];
+	unsigned int dl = 0;
+	EVP_DigestFinal_ex(md, d, &dl);
+	EVP_MD_CTX_free(md);
+	owl_free_names(names, n);
+	if (!rc)
+		owl_hex(d, 32, hex);
+	return rc;
+}
+
+/* Joins the launch (none: one process), and checks that every process runs
+ * the same owl build (the executable's digest) and the same command line. */
+static int dist_begin(owl_ctx *ctx, const char *rendezvous, int argc, char **argv,
+		      engine_dist **out, owl_err *err)
+{
+	dist_failed_together = 0;
+	engine_dist_opts o = {.rendezvous = rendezvous};
+	int rc = engine_dist_open(&o, out, err);
+	if (rc || engine_dist_size(*out) == 1)
+		return rc;
+	engine_dist *d = *out;
+	if (engine_dist_rank(d) != 0) {
+		/* The results are rank 0's to write; the others speak only to fail. */
+		if (!freopen("/dev/null", "w", stdout))
+			return owl_err_set(err, OWL_EFAIL, "cannot silence stdout: %s", strerror(errno));
+		ctx->quiet = 1;
+		ctx->verbose = 0;
+	}
+	char build[65], line[65];
+	if ((rc = registry_hash_file("/proc/self/exe", build, &(uint64_t){0}, err)))
+		return owl_err_wrap(err, "cannot read the owl executable");
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+	for (int i = 0; i < argc; i++)
+		EVP_DigestUpdate(md, argv[i], strlen(argv[i]) + 1);
+	unsigned char dg[32];
+	unsigned int dl = 0;
+	EVP_DigestFinal_ex(md, dg, &dl);
+	EVP_MD_CTX_free(md);
+	owl_hex(dg, 32, line);
+	char v_build[128], v_line[80];
+	snprintf(v_build, sizeof v_build, "owl %s sha256:%.16s", OWL_VERSION, build);
+	snprintf(v_line, sizeof v_line, "sha256:%.16s", line);
+	rc = engine_dist_check_same(d, "owl build", v_build, err);
+	if (!rc)
+		rc = engine_dist_check_same(d, "command line", v_line, err);
+	if (rc == OWL_EINTEGRITY)
+		dist_failed_together = 1;
+	return rc;
+}
+
+/* Leaves the launch; returns rc. A process that fails alone aborts the
+ * launch (MPI ends every process of it) rather than leave the others
+ * waiting for it. */
+static int dist_end(engine_dist *d, int rc)
+{
+	engine_dist_close(d, rc != 0 && !dist_failed_together);
+	return rc;
+}
+
+/* After the work, every process must have generated what rank 0 did (the
+ * same seed, the same sums, the same tokens): texts (n of them) are
+ * compared by digest, and a difference fails every process. */
+static int dist_check_output(engine_dist *d, const owl_buf *texts, size_t stride, int n,
+			     owl_err *err)
+{
+	if (engine_dist_size(d) == 1)
+		return 0;
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+	for (int i = 0; i < n; i++) {
+		const owl_buf *b = (const owl_buf *)((const char *)texts + (size_t)i * stride);
+		uint64_t len = b->len;
+		EVP_DigestUpdate(md, &len, sizeof len);
+		if (b->len)
+			EVP_DigestUpdate(md, b->data, b->len);
+	}
+	unsigned char dg[32];
+	unsigned int dl = 0;
+	char hex[65], value[80];
+	EVP_DigestFinal_ex(md, dg, &dl);
+	EVP_MD_CTX_free(md);
+	owl_hex(dg, 32, hex);
+	snprintf(value, sizeof value, "sha256:%.16s", hex);
+	int rc = engine_dist_check_same(d, "generated text", value, err);
+	if (rc == OWL_EINTEGRITY)
+		dist_failed_together = 1;
+	return rc;
+}
+
+/* engine_gen_opts.agree: rank 0's sampled token on every process. */
+static int dist_agree(void *ctx, int32_t *token)
+{
+	owl_err err = {0};
+	return engine_dist_bcast(ctx, token, sizeof *token, &err);
+}
+
+/* A failed verb under a launch says which process failed. */
+static int dist_fail(engine_dist *d, owl_err *err)
+{
+	if (engine_dist_size(d) > 1)
+		owl_err_wrap(err, "rank %d of %d", engine_dist_rank(d), engine_dist_size(d));
+	return dist_end(d, cmd_fail(err));
+}
+
+/* A file read by rank 0 and sent to every process (the nodes need not share
+ * a file system). As owl_read_file otherwise. */
+static int dist_read_file(engine_dist *d, const char *path, size_t max, char **out, size_t *len,
+			  owl_err *err)
+{
+	if (engine_dist_size(d) == 1)
+		return owl_read_file(path, max, out, len, err);
+	*out = NULL;
+	*len = 0;
+	char *data = NULL;
+	size_t l = 0;
+	uint64_t n = UINT64_MAX;
+	int rc = 0;
+	if (engine_dist_rank(d) == 0 && !(rc = owl_read_file(path, max, &data, &l, err)))
+		n = l;
+	owl_err berr = {0};
+	if (engine_dist_bcast(d, &n, sizeof n, &berr)) {
+		free(data);
+		*err = berr;
+		return berr.code;
+	}
+	if (n == UINT64_MAX) {
+		if (engine_dist_rank(d) != 0)
+			rc = owl_err_set(err, OWL_EFAIL, "rank 0 could not read '%s'", path);
+		/* every process knows, at the same point */
+		dist_failed_together = 1;
+		return rc ? rc : OWL_EFAIL;
+	}
+	if (n > max)
+		return owl_err_set(err, OWL_EFAIL, "rank 0 sent %llu bytes of '%s', more than %zu",
+				   (unsigned long long)n, path, max);
+	if (engine_dist_rank(d) != 0 && !(data = malloc((size_t)n + 1)))
+		return owl_err_set(err, OWL_EFAIL, "cannot allocate %llu bytes for '%s'",
+				   (unsigned long long)n, path);
+	if ((rc = engine_dist_bcast(d, data, (size_t)n, err))) {
+		free(data);
+		return rc;
+	}
+	data[n] = 0;
+	*out = data;
+	*len = (size_t)n;
+	return 0;
+}
+
 /* The folder or file to load for REF; *label says what it is; *version_id
- * is its registered version, 0 for a path. */
+ * is its registered version, 0 for a path. digest (NULL: not wanted)
+ * receives the version's digest, or the digest of the path's files. */
 static int model_path(owl_ctx *ctx, const char *ref, char **path, char **label,
-		      int64_t *version_id, owl_err *err)
+		      int64_t *version_id, char *digest, owl_err *err)
 {
 	*version_id = 0;
 	if (owl_path_exists(ref)) {
 		*path = owl_xstrdup(ref);
 		*label = owl_xstrdup(ref);
-		return 0;
+		int rc = digest ? path_digest(ref, digest, err) : 0;
+		if (rc) {
+			free(*path), free(*label);
+			*path = *label = NULL;
+		}
+		return rc;
 	}
 	registry_store *s = NULL;
 	int rc = cmd_open_store(ctx, &s, err);
@@ -41,6 +236,8 @@ static int model_path(owl_ctx *ctx, const char *ref, char **path, char **label,
 	if (!rc) {
 		*label = owl_xasprintf("%s@%d", v.model, v.number);
 		*version_id = v.id;
+		if (digest)
+			deploy_version_digest(&v, digest);
 		registry_version_release(&v);
 	}
 	registry_store_close(s);
@@ -98,18 +295,35 @@ static void unload(loaded *l)
 }
 
 /* adapter: NULL, or --adapter's NAME[@V] or folder. n_ctx < 0: no session
- * (the caller makes its own KV pool). */
-static int load(owl_ctx *ctx, const char *ref, const char *adapter, int tp, int threads,
-		int n_ctx, int kv_type, loaded *l, owl_err *err)
+ * (the caller makes its own KV pool). dist: the launch (NULL: one process):
+ * every process checks that it holds the same model (and adapter) as rank 0
+ * before it loads anything. */
+static int load(owl_ctx *ctx, engine_dist *dist, const char *ref, const char *adapter, int tp,
+		int threads, int n_ctx, int kv_type, loaded *l, owl_err *err)
 {
 	memset(l, 0, sizeof *l);
-	char *path = NULL, *apath = NULL, *alabel = NULL;
+	char *path = NULL, *apath = NULL, *alabel = NULL, digest[65] = "";
 	int64_t version_id;
-	int rc = model_path(ctx, ref, &path, &l->label, &version_id, err);
+	int many = engine_dist_size(dist) > 1;
+	int rc = model_path(ctx, ref, &path, &l->label, &version_id, many ? digest : NULL, err);
 	l->version_id = rc ? 0 : version_id;
 	if (!rc && adapter)
 		rc = adapter_path(ctx, adapter, version_id, l->label, &apath, &alabel, err);
-	engine_model_opts o = {.tp = tp, .threads = threads, .kv_type = kv_type};
+	if (!rc && many) {
+		char value[80], adigest[65] = "none";
+		snprintf(value, sizeof value, "sha256:%s", digest);
+		rc = engine_dist_check_same(dist, "model digest", value, err);
+		if (!rc && apath)
+			rc = path_digest(apath, adigest, err);
+		if (!rc) {
+			snprintf(value, sizeof value, "%s%s", adapter ? "sha256:" : "", adigest);
+			rc = engine_dist_check_same(dist, "adapter digest", value, err);
+		}
+		if (rc == OWL_EINTEGRITY)
+			dist_failed_together = 1;
+	}
+	engine_model_opts o = {.tp = tp, .threads = threads, .kv_type = kv_type,
+			       .dist = many ? dist : NULL};
 	if (!rc)
 		rc = engine_model_open(path, &o, &l->m, err);
 	if (!rc)
@@ -138,7 +352,7 @@ static int load(owl_ctx *ctx, const char *ref, const char *adapter, int tp, int 
 
 /* The engine states facts; what the user can do about them is the CLI's
  * to say. */
-static int engine_fail(owl_err *err)
+static int engine_fail(engine_dist *d, owl_err *err)
 {
 	const char *m = err->msg;
 	if (strstr(m, "tokens is full") || strstr(m, "exceeds the model's"))
@@ -150,7 +364,10 @@ static int engine_fail(owl_err *err)
 	else if (strstr(m, "KV pool is full"))
 		snprintf(err->msg + strlen(err->msg), sizeof err->msg - strlen(err->msg),
 			 "; use a shorter prompt or fewer tokens");
-	return cmd_fail(err);
+	else if (strstr(m, "cannot be spread evenly"))
+		snprintf(err->msg + strlen(err->msg), sizeof err->msg - strlen(err->msg),
+			 " over the launcher's processes");
+	return dist_fail(d, err);
 }
 
 static void emit_stdout(void *ctx, const char *text, size_t len)
@@ -178,7 +395,7 @@ typedef struct gen_args {
 	engine_gen_opts g;
 	const char *stop[16];
 	int tp, threads, ctx, chat, kv_type;
-	const char *system, *prompts, *adapter;
+	const char *system, *prompts, *adapter, *rendezvous;
 } gen_args;
 
 /* --kv-type f32|f16 */
@@ -203,8 +420,19 @@ static const struct option gen_options[] = {
 	{"ctx", required_argument, 0, 'c'}, {"chat", no_argument, 0, 'C'},
 	{"system", required_argument, 0, 'y'}, {"kv-type", required_argument, 0, 'K'},
 	{"prompts", required_argument, 0, 'F'}, {"adapter", required_argument, 0, 'A'},
-	{0, 0, 0, 0},
+	{"rendezvous", required_argument, 0, 'Z'}, {0, 0, 0, 0},
 };
+
+/* Without --seed: the clock's nanoseconds and the process, so that two runs
+ * (and two processes of a launch, before rank 0's seed replaces theirs)
+ * differ even within one second. */
+static uint64_t default_seed(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return ((uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec) ^
+	       ((uint64_t)getpid() << 40);
+}
 
 static int parse_gen(const char *verb, int argc, char **argv, gen_args *a)
 {
@@ -212,7 +440,7 @@ static int parse_gen(const char *verb, int argc, char **argv, gen_args *a)
 	a->g.max_tokens = 128;
 	a->g.sampling = (engine_sampler_opts){.temperature = 0.8f, .top_k = 40, .top_p = 0.95f,
 					      .min_p = 0.05f, .repeat_penalty = 1.0f,
-					      .seed = (uint64_t)time(NULL)};
+					      .seed = default_seed()};
 	a->g.stop = a->stop;
 	int c;
 	while ((c = getopt_long(argc, argv, "", gen_options, NULL)) != -1) {
@@ -242,6 +470,7 @@ static int parse_gen(const char *verb, int argc, char **argv, gen_args *a)
 			break;
 		case 'F': a->prompts = optarg; break;
 		case 'A': a->adapter = optarg; break;
+		case 'Z': a->rendezvous = optarg; break;
 		default: return cmd_usage_error(verb, "unknown option");
 		}
 	}
@@ -362,12 +591,12 @@ static int prompt_from_json(json_t *o, prompt_req *r, json_t **keep, char *why, 
 
 /* Reads FILE: one prompt per line, or a JSON object per line with its own
  * options. Empty lines are skipped. */
-static int read_prompts(const char *file, const gen_args *a, prompt_req **out, int *nout,
-			json_t *keep, owl_err *err)
+static int read_prompts(engine_dist *d, const char *file, const gen_args *a, prompt_req **out,
+			int *nout, json_t *keep, owl_err *err)
 {
 	char *data = NULL;
 	size_t len = 0;
-	int rc = owl_read_file(file, 64u << 20, &data, &len, err);
+	int rc = dist_read_file(d, file, 64u << 20, &data, &len, err);
 	if (rc)
 		return owl_err_wrap(err, "cannot read --prompts");
 	prompt_req *reqs = owl_xcalloc(MAX_PROMPTS, sizeof *reqs);
@@ -432,21 +661,19 @@ static int read_prompts(const char *file, const gen_args *a, prompt_req **out, i
 /* Every prompt of the file in one batch: the prompts in one forward pass,
  * then one decoding step for all unfinished ones at a time, each with its
  * own sampler, stop strings and limits. Results print in the file's order. */
-static int run_prompts(owl_ctx *ctx, gen_args *a, int argc, char **argv)
+static int run_prompts(owl_ctx *ctx, gen_args *a, engine_dist *d, int argc, char **argv)
 {
-	if (optind != argc - 1)
-		return cmd_usage_error("run", "expected MODEL --prompts FILE (no PROMPT)");
 	owl_err err = {0};
 	json_t *keep = json_array();
 	prompt_req *reqs = NULL;
-	int n = 0, rc = read_prompts(a->prompts, a, &reqs, &n, keep, &err);
+	int n = 0, rc = read_prompts(d, a->prompts, a, &reqs, &n, keep, &err);
 	loaded l = {0};
 	if (!rc)
-		rc = load(ctx, argv[optind], a->adapter, a->tp, a->threads, -1, a->kv_type, &l, &err);
+		rc = load(ctx, d, argv[optind], a->adapter, a->tp, a->threads, -1, a->kv_type, &l, &err);
 	if (rc) {
 		json_decref(keep);
 		free(reqs);
-		return engine_fail(&err);
+		return engine_fail(d, &err);
 	}
 	const engine_model_info *in = engine_model_get_info(l.m);
 	int max_seq = a->ctx > 0 ? a->ctx : in->ctx_train;
@@ -568,6 +795,8 @@ static int run_prompts(owl_ctx *ctx, gen_args *a, int argc, char **argv)
 	double t_all = owl_now() - t0;
 	for (int i = 0; i < n; i++)
 		gen_total += reqs[i].gen ? engine_gen_count(reqs[i].gen) : 0;
+	if (!rc)
+		rc = dist_check_output(d, &reqs[0].out.text, sizeof reqs[0], n, &err);
 	int failed = 0;
 	json_t *results = json_array();
 	for (int i = 0; !rc && i < n; i++) {
@@ -615,12 +844,14 @@ static int run_prompts(owl_ctx *ctx, gen_args *a, int argc, char **argv)
 	engine_kv_free(kv);
 	unload(&l);
 	if (rc)
-		return engine_fail(&err);
+		return engine_fail(d, &err);
 	if (failed) {
 		owl_err_set(&err, OWL_EFAIL, "%d of %d prompts failed", failed, n);
-		return engine_fail(&err);
+		/* every process ran the same prompts to the same failures */
+		dist_failed_together = 1;
+		return engine_fail(d, &err);
 	}
-	return OWL_OK;
+	return dist_end(d, OWL_OK);
 }
 
 static int run_run(owl_ctx *ctx, int argc, char **argv)
@@ -629,14 +860,25 @@ static int run_run(owl_ctx *ctx, int argc, char **argv)
 	int rc = parse_gen("run", argc, argv, &a);
 	if (rc)
 		return rc;
-	if (a.prompts)
-		return run_prompts(ctx, &a, argc, argv);
-	if (optind != argc - 2)
+	if (a.prompts && optind != argc - 1)
+		return cmd_usage_error("run", "expected MODEL --prompts FILE (no PROMPT)");
+	if (!a.prompts && optind != argc - 2)
 		return cmd_usage_error("run", "expected MODEL PROMPT (or MODEL --prompts FILE)");
 	owl_err err = {0};
+	engine_dist *d = NULL;
+	/* The seed (by default the clock's) is rank 0's on every process. */
+	if (dist_begin(ctx, a.rendezvous, argc, argv, &d, &err) ||
+	    engine_dist_bcast(d, &a.g.sampling.seed, sizeof a.g.sampling.seed, &err))
+		return engine_fail(d, &err);
+	if (engine_dist_size(d) > 1) {
+		a.g.agree = dist_agree;
+		a.g.agree_ctx = d;
+	}
+	if (a.prompts)
+		return run_prompts(ctx, &a, d, argc, argv);
 	loaded l;
-	if (load(ctx, argv[optind], a.adapter, a.tp, a.threads, a.ctx, a.kv_type, &l, &err))
-		return engine_fail(&err);
+	if (load(ctx, d, argv[optind], a.adapter, a.tp, a.threads, a.ctx, a.kv_type, &l, &err))
+		return engine_fail(d, &err);
 	const char *prompt = argv[optind + 1];
 	char *text = NULL;
 	if (a.chat) {
@@ -665,6 +907,8 @@ static int run_run(owl_ctx *ctx, int argc, char **argv)
 	owl_buf_init(&out.text, 64u << 20);
 	if (!rc)
 		rc = engine_generate(l.sess, l.tok, ids, nids, &a.g, emit_collect, &out, &st, &err);
+	if (!rc && (rc = dist_check_output(d, &out.text, 0, 1, &err)))
+		free(st.tokens);
 	if (!rc) {
 		if (!ctx->json) {
 			printf("\n");
@@ -693,7 +937,7 @@ static int run_run(owl_ctx *ctx, int argc, char **argv)
 	free(ids);
 	free(text);
 	unload(&l);
-	return rc ? engine_fail(&err) : OWL_OK;
+	return rc ? engine_fail(d, &err) : dist_end(d, OWL_OK);
 }
 
 /* ---- chat -------------------------------------------------------------------------- */
@@ -707,9 +951,20 @@ static int run_chat(owl_ctx *ctx, int argc, char **argv)
 	if (optind != argc - 1)
 		return cmd_usage_error("chat", "expected MODEL");
 	owl_err err = {0};
+	engine_dist *d = NULL;
+	engine_dist_env env;
+	if (engine_dist_detect(&env, &err))
+		return engine_fail(d, &err);
+	if (env.size != 1 || a.rendezvous) {
+		owl_err_set(&err, OWL_EUSAGE, "owl chat reads a conversation from one terminal and runs "
+			    "in one process (the %s launcher started %d): use 'owl run' under the "
+			    "launcher, or 'owl chat --tp N' in one process",
+			    engine_dist_launcher_name(env.launcher), env.size);
+		return engine_fail(d, &err);
+	}
 	loaded l;
-	if (load(ctx, argv[optind], a.adapter, a.tp, a.threads, a.ctx, a.kv_type, &l, &err))
-		return engine_fail(&err);
+	if (load(ctx, NULL, argv[optind], a.adapter, a.tp, a.threads, a.ctx, a.kv_type, &l, &err))
+		return engine_fail(d, &err);
 	a.g.vocab = engine_model_get_info(l.m)->vocab;
 	engine_chat_family f = engine_chat_detect(engine_tokenizer_chat_template(l.tok));
 	if (f == ENGINE_CHAT_UNKNOWN)
@@ -826,9 +1081,9 @@ static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 		{"file", required_argument, 0, 'f'}, {"ctx", required_argument, 0, 'c'},
 		{"tp", required_argument, 0, 'T'}, {"threads", required_argument, 0, 'j'},
 		{"chunks", required_argument, 0, 'k'}, {"adapter", required_argument, 0, 'A'},
-		{0, 0, 0, 0},
+		{"rendezvous", required_argument, 0, 'Z'}, {0, 0, 0, 0},
 	};
-	const char *file = NULL, *adapter = NULL;
+	const char *file = NULL, *adapter = NULL, *rendezvous = NULL;
 	int n_ctx = 512, tp = 0, threads = 0, max_chunks = 0, c;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
@@ -838,6 +1093,7 @@ static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 		case 'j': threads = atoi(optarg); break;
 		case 'k': max_chunks = atoi(optarg); break;
 		case 'A': adapter = optarg; break;
+		case 'Z': rendezvous = optarg; break;
 		default: return cmd_usage_error("perplexity", "unknown option");
 		}
 	}
@@ -848,12 +1104,14 @@ static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 	owl_err err = {0};
 	char *text = NULL;
 	size_t len = 0;
-	if (owl_read_file(file, 1u << 30, &text, &len, &err))
-		return engine_fail(&err);
+	engine_dist *d = NULL;
+	if (dist_begin(ctx, rendezvous, argc, argv, &d, &err) ||
+	    dist_read_file(d, file, 1u << 30, &text, &len, &err))
+		return engine_fail(d, &err);
 	loaded l;
-	if (load(ctx, argv[optind], adapter, tp, threads, -1, ENGINE_KV_F32, &l, &err)) {
+	if (load(ctx, d, argv[optind], adapter, tp, threads, -1, ENGINE_KV_F32, &l, &err)) {
 		free(text);
-		return engine_fail(&err);
+		return engine_fail(d, &err);
 	}
 	int32_t *ids = NULL;
 	size_t n = 0;
@@ -861,7 +1119,7 @@ static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 	free(text);
 	engine_ppl_opts po = {.n_ctx = n_ctx, .max_chunks = max_chunks, .adapter = l.adapter};
 	engine_ppl_result res;
-	if (!rc && !ctx->json && n >= (size_t)n_ctx)
+	if (!rc && !ctx->json && !ctx->quiet && n >= (size_t)n_ctx)
 		fprintf(stderr, "perplexity: %zu tokens, %zu chunks of %d, scoring the second half of "
 			"each\n", n, max_chunks > 0 && n / (size_t)n_ctx > (size_t)max_chunks ?
 			(size_t)max_chunks : n / (size_t)n_ctx, n_ctx);
@@ -874,7 +1132,8 @@ static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 			owl_err_set(&err, OWL_EUSAGE, "'%s' has %zu tokens, fewer than one context of %d "
 				    "(use a smaller --ctx)", file, n, n_ctx);
 		unload(&l);
-		return engine_fail(&err);
+		dist_failed_together = rc == OWL_EUSAGE; /* the same text on every process */
+		return engine_fail(d, &err);
 	}
 	if (ctx->json)
 		cmd_print_json(json_pack("{s:s, s:f, s:f, s:I, s:i, s:I, s:f}", "model", l.label, "ppl",
@@ -885,7 +1144,7 @@ static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 		printf("\nFinal estimate: PPL = %.4f +/- %.5f  (%zu tokens scored in %.1f s)\n", res.ppl,
 		       res.ppl_error, res.tokens_scored, res.seconds);
 	unload(&l);
-	return OWL_OK;
+	return dist_end(d, OWL_OK);
 }
 
 /* ---- bench --------------------------------------------------------------------------- */
@@ -954,10 +1213,10 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 		{"reps", required_argument, 0, 'r'}, {"tp", required_argument, 0, 'T'},
 		{"threads", required_argument, 0, 'j'}, {"batch", required_argument, 0, 'b'},
 		{"kv-type", required_argument, 0, 'K'}, {"adapter", required_argument, 0, 'A'},
-		{0, 0, 0, 0},
+		{"rendezvous", required_argument, 0, 'Z'}, {0, 0, 0, 0},
 	};
 	int npp = 512, ntg = 128, reps = 3, tp = 0, threads = 0, batch = 1, kv_type = 0, c;
-	const char *adapter = NULL;
+	const char *adapter = NULL, *rendezvous = NULL;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
 		case 'p': npp = atoi(optarg); break;
@@ -971,6 +1230,7 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 				return OWL_EUSAGE;
 			break;
 		case 'A': adapter = optarg; break;
+		case 'Z': rendezvous = optarg; break;
 		default: return cmd_usage_error("bench", "unknown option");
 		}
 	}
@@ -981,11 +1241,14 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 				       "1 <= --batch <= 256");
 	owl_err err = {0};
 	loaded l;
+	engine_dist *d = NULL;
+	if (dist_begin(ctx, rendezvous, argc, argv, &d, &err))
+		return engine_fail(d, &err);
 	/* What the process holds before the model (code, libraries, the
 	 * registry): peak memory is reported as this plus what the model adds. */
 	long base_kib = status_kib("VmRSS");
-	if (load(ctx, argv[optind], adapter, tp, threads, npp > ntg ? npp : ntg, kv_type, &l, &err))
-		return engine_fail(&err);
+	if (load(ctx, d, argv[optind], adapter, tp, threads, npp > ntg ? npp : ntg, kv_type, &l, &err))
+		return engine_fail(d, &err);
 	const engine_model_info *in = engine_model_get_info(l.m);
 	float *logits = owl_xmalloc((size_t)in->vocab * sizeof *logits);
 	int32_t *toks = owl_xmalloc((size_t)npp * sizeof *toks);
@@ -1025,7 +1288,7 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 	free(logits);
 	if (rc) {
 		unload(&l);
-		return engine_fail(&err);
+		return engine_fail(d, &err);
 	}
 	double ppm, pps, tgm, tgs;
 	mean_sd(pp, reps, &ppm, &pps);
@@ -1043,18 +1306,24 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 	owl_fmt_bytes(model_bytes, models, sizeof models);
 	owl_fmt_bytes(work, works, sizeof works);
 	snprintf(params, sizeof params, "%.2f M", (double)in->n_params / 1e6);
+	/* Ranks over processes are named by what joins them. */
+	char backend[16];
+	if (in->processes > 1)
+		snprintf(backend, sizeof backend, "cpu %s", engine_dist_transport(d));
+	else
+		snprintf(backend, sizeof backend, "%s", in->tp > 1 ? "cpu tp" : "cpu");
 	if (ctx->json) {
 		cmd_print_json(json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:f,"
-					 " s:f, s:i, s:s, s:I, s:I, s:I}",
+					 " s:f, s:i, s:s, s:I, s:I, s:I, s:i}",
 					 "model", l.label, "arch", in->arch, "dtype", in->weight_dtype,
 					 "params", (json_int_t)in->n_params, "weight_bytes",
-					 (json_int_t)in->weight_bytes, "backend", "cpu", "threads",
+					 (json_int_t)in->weight_bytes, "backend", backend, "threads",
 					 in->threads, "tp", in->tp, "prompt", npp, "gen", ntg,
 					 "pp_tokens_per_s", ppm, "pp_stddev", pps, "tg_tokens_per_s", tgm,
 					 "tg_stddev", tgs, "batch", batch, "kv_type", kv_type ? "f16" : "f32",
 					 "kv_bytes", (json_int_t)kv, "peak_rss_bytes",
 					 (json_int_t)rss * 1024, "baseline_rss_bytes",
-					 (json_int_t)base_kib * 1024));
+					 (json_int_t)base_kib * 1024, "processes", in->processes));
 	} else {
 		printf("| %-28s | %10s | %9s | %-5s | %7s | %3s | %8s | %16s |\n", "model", "size",
 		       "params", "dtype", "backend", "thr", "test", "t/s");
@@ -1064,7 +1333,7 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 		char test[32];
 		snprintf(test, sizeof test, "pp%d", npp);
 		printf("| %-28.28s | %10s | %9s | %-5s | %7s | %3d | %8s | %8.2f ± %5.2f |\n", l.label,
-		       wsize, params, in->weight_dtype, in->tp > 1 ? "cpu tp" : "cpu", in->threads, test,
+		       wsize, params, in->weight_dtype, backend, in->threads, test,
 		       ppm, pps);
 		if (ntg) {
 			if (batch > 1)
@@ -1072,7 +1341,7 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 			else
 				snprintf(test, sizeof test, "tg%d", ntg);
 			printf("| %-28.28s | %10s | %9s | %-5s | %7s | %3d | %8s | %8.2f ± %5.2f |\n",
-			       l.label, wsize, params, in->weight_dtype, in->tp > 1 ? "cpu tp" : "cpu",
+			       l.label, wsize, params, in->weight_dtype, backend,
 			       in->threads, test, tgm, tgs);
 		}
 		printf("peak memory %s: %s before loading + %s for the model (weights %s + KV cache "
@@ -1081,7 +1350,7 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 		       want ? 100.0 * ((double)model_bytes - (double)want) / (double)want : 0.0);
 	}
 	unload(&l);
-	return OWL_OK;
+	return dist_end(d, OWL_OK);
 }
 
 const owl_command cmd_engine_commands[] = {
@@ -1091,6 +1360,7 @@ const owl_command cmd_engine_commands[] = {
 	 "          [--min-p P] [--repeat-penalty R] [--frequency-penalty F]\n"
 	 "          [--presence-penalty P] [--seed S] [--stop STR]... [--chat [--system TEXT]]\n"
 	 "          [--ctx N] [--kv-type f32|f16] [--tp N] [--threads N] [--adapter NAME[@V]|DIR]\n"
+	 "          [--rendezvous HOST:PORT]\n"
 	 "  owl run MODEL --prompts FILE [the same options] [--json]\n"
 	 "\n"
 	 "MODEL is a registry reference (NAME, NAME@V, NAME:TAG) or a path to a\n"
@@ -1115,12 +1385,22 @@ const owl_command cmd_engine_commands[] = {
 	 "1024 prompts; a prompt that cannot run is reported with its error while the\n"
 	 "others run.\n"
 	 "\n"
+	 "Across processes: under mpirun, srun or Kubernetes LeaderWorkerSet every process\n"
+	 "runs the same command, and --tp N spreads the N ranks evenly over them (N a\n"
+	 "multiple of the processes). Before any work each process checks that it runs\n"
+	 "the same owl, command line and model as rank 0; the seed and the --prompts file\n"
+	 "come from rank 0; only rank 0 writes the text. An MPI launch joins through MPI;\n"
+	 "otherwise --rendezvous HOST:PORT names rank 0's host and a port it listens on\n"
+	 "(LeaderWorkerSet: LWS_LEADER_ADDRESS by default). See docs/distributed.md.\n"
+	 "\n"
 	 "EXAMPLES\n"
 	 "  owl run smollm2 \"The capital of France is\" --temperature 0 --max-tokens 20\n"
 	 "  owl run smollm2 --prompts questions.jsonl --chat --max-tokens 64\n"
 	 "  owl run smollm2:stable \"Why is the sky blue?\" --chat --seed 7\n"
 	 "  owl run ./model.gguf \"def fib(n):\" --stop \"\\n\\n\"\n"
-	 "  owl run smollm2@1 \"Hello\" --adapter support-lora\n"},
+	 "  owl run smollm2@1 \"Hello\" --adapter support-lora\n"
+	 "  mpirun -np 2 owl run smollm2 \"Hello\" --tp 2 --temperature 0\n"
+	 "  srun -N 2 owl run llama@3 \"Hello\" --tp 4 --rendezvous node1:29471\n"},
 	{"chat", run_chat, "chat with a model interactively, with its chat template",
 	 "USAGE\n"
 	 "  owl chat MODEL [--system TEXT] [generation options of 'owl run']\n"
@@ -1134,7 +1414,7 @@ const owl_command cmd_engine_commands[] = {
 	{"perplexity", run_perplexity, "measure a model's perplexity on a text file",
 	 "USAGE\n"
 	 "  owl perplexity MODEL --file TEXT [--ctx N] [--chunks N] [--adapter NAME[@V]|DIR]\n"
-	 "                 [--tp N] [--threads N] [--json]\n"
+	 "                 [--tp N] [--threads N] [--rendezvous HOST:PORT] [--json]\n"
 	 "\n"
 	 "Splits the tokenized file into chunks of --ctx tokens (default 512) and scores\n"
 	 "the second half of each chunk given what precedes it, as llama.cpp's\n"
@@ -1142,16 +1422,20 @@ const owl_command cmd_engine_commands[] = {
 	 "estimate with its standard error. Use it to validate a model, a quantisation\n"
 	 "or an upgrade on your own text: lower is better. --adapter applies a LoRA\n"
 	 "adapter unmerged (a registered one must derive from MODEL), so a fine-tune can be\n"
-	 "compared with its base on held-out text.\n"
+	 "compared with its base on held-out text. Under a launcher (mpirun, srun,\n"
+	 "LeaderWorkerSet) the --tp ranks spread over the processes as in 'owl run'; the\n"
+	 "text is rank 0's file, sent to every process.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl perplexity smollm2@2 --file wiki.test.raw --ctx 512\n"
 	 "  owl perplexity ./model.Q4_0.gguf --file docs.txt --chunks 20 --json\n"
-	 "  owl perplexity llama@3 --adapter support-lora@2 --file held-out.txt\n"},
+	 "  owl perplexity llama@3 --adapter support-lora@2 --file held-out.txt\n"
+	 "  mpirun -np 2 owl perplexity smollm2 --file wiki.test.raw --tp 2\n"},
 	{"bench", run_bench, "measure prompt processing and generation speed",
 	 "USAGE\n"
 	 "  owl bench MODEL [--prompt 512] [--gen 128] [--reps 3] [--batch N] [--kv-type f32|f16]\n"
-	 "            [--tp N] [--threads N] [--adapter NAME[@V]|DIR] [--json]\n"
+	 "            [--tp N] [--threads N] [--adapter NAME[@V]|DIR] [--rendezvous HOST:PORT]\n"
+	 "            [--json]\n"
 	 "\n"
 	 "Prints a table like llama-bench: prompt processing (ppN: N tokens in one batch)\n"
 	 "and generation (tgN: N tokens one by one from an empty context) in tokens per\n"
@@ -1160,11 +1444,14 @@ const owl_command cmd_engine_commands[] = {
 	 "(weights, KV cache, working buffers), beside the weights and KV cache sizes.\n"
 	 "--batch N times generation as N sequences decoding together (tgGxN), one\n"
 	 "forward pass of N tokens per step, and reports their aggregate tokens/s.\n"
-	 "--adapter measures with a LoRA adapter applied (as in 'owl run').\n"
+	 "--adapter measures with a LoRA adapter applied (as in 'owl run'). Under a\n"
+	 "launcher the --tp ranks spread over the processes as in 'owl run'; the backend\n"
+	 "column names what joins them (cpu mpi, cpu tcp) and the memory is rank 0's.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl bench smollm2 --threads 2\n"
 	 "  owl bench smollm2 --batch 8 --gen 64\n"
-	 "  owl bench ./tinyllama.Q8_0.gguf --prompt 512 --gen 128 --json\n"},
+	 "  owl bench ./tinyllama.Q8_0.gguf --prompt 512 --gen 128 --json\n"
+	 "  mpirun -np 2 owl bench smollm2 --tp 2 --threads 1\n"},
 	{0},
 };

@@ -6,6 +6,7 @@
 #include "cmd.h"
 #include "deploy/deploy.h"
 #include "deploy/server.h"
+#include "engine/dist.h"
 
 #include <getopt.h>
 #include <stdlib.h>
@@ -124,6 +125,20 @@ static int run_serve(owl_ctx *ctx, int argc, char **argv)
 	const char *name = argv[optind];
 
 	owl_err err = {0};
+	/* The scheduler steps one process's engine: the other ranks of a launch
+	 * would have to follow each of its steps (the batch, the KV pool's
+	 * changes), which is not built yet. */
+	engine_dist_env env;
+	if ((rc = engine_dist_detect(&env, &err)))
+		return cmd_fail(&err);
+	if (env.size != 1) {
+		owl_err_set(&err, OWL_EUSAGE, "owl serve does not run across processes yet (the %s "
+			    "launcher started %d): serve in one process, with the deployment's --tp "
+			    "over this machine's cores or GPUs; 'owl run', 'owl perplexity' and 'owl "
+			    "bench' run across processes (docs/distributed.md)",
+			    engine_dist_launcher_name(env.launcher), env.size);
+		return cmd_fail(&err);
+	}
 	registry_store *s = NULL;
 	if ((rc = cmd_open_store(ctx, &s, &err)))
 		return cmd_fail(&err);
@@ -167,7 +182,9 @@ const owl_command cmd_serve_commands[] = {
 	 "serving. SIGHUP re-reads the deployment now; SIGTERM and Ctrl-C stop taking\n"
 	 "requests, let running ones finish (--drain-timeout) and exit. The port bound is\n"
 	 "printed on stdout. While any key exists (owl keys), every request needs\n"
-	 "'Authorization: Bearer KEY'. See docs/http-api.md.\n"
+	 "'Authorization: Bearer KEY'. See docs/http-api.md. A server runs in one\n"
+	 "process: under mpirun, srun or LeaderWorkerSet with more than one process it\n"
+	 "refuses to start (docs/distributed.md).\n"
 	 "\n"
 	 "OPTIONS\n"
 	 "  --host H             address to bind (default 127.0.0.1: this machine only)\n"

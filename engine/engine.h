@@ -28,10 +28,19 @@ void *engine_cuda_open(owl_err *err);
 typedef struct engine_model engine_model;     /* weights + config, read-only */
 typedef struct engine_session engine_session; /* one sequence's KV cache */
 
+typedef struct engine_dist engine_dist; /* engine/dist.h */
+
 typedef struct engine_model_opts {
-	int tp;      /* tensor-parallel ranks; 0 or 1 = none */
-	int threads; /* CPU threads; 0 = all cores */
+	int tp;      /* tensor-parallel ranks, over all processes; 0 or 1 = none */
+	int threads; /* CPU threads of this process; 0 = all cores */
 	int kv_type; /* engine_kv_type of the sessions' caches: 0 = f32, 1 = f16 */
+	/* The launch this process is part of (engine/dist.h), or NULL: one
+	 * process. Over W processes (W divides tp) this process loads, prepares
+	 * and runs only its tp/W ranks' shards, global ranks [rank * tp/W,
+	 * (rank + 1) * tp/W), and its ranks' partial sums meet the others'
+	 * through the dist's comm; every process holds the embedding and the
+	 * output layer and computes the same logits. It must outlive the model. */
+	engine_dist *dist;
 } engine_model_opts;
 
 typedef struct engine_model_info {
@@ -43,6 +52,8 @@ typedef struct engine_model_info {
 	char source[16];        /* "safetensors" or "gguf" */
 	uint64_t n_params, weight_bytes;
 	int tp, threads;
+	int tp_local, tp_first; /* this process's ranks: [tp_first, tp_first + tp_local) */
+	int processes;          /* the processes the ranks are spread over (1: this one) */
 } engine_model_info;
 
 /* path: a checkpoint folder (config.json + model.safetensors or a sharded
@@ -280,6 +291,13 @@ typedef struct engine_gen_opts {
 	const char *const *stop; /* stop strings */
 	int nstop;
 	int vocab;               /* the model's vocabulary (logits per token) */
+	/* Several processes generating together (engine/dist.h): each sampled
+	 * token is handed to agree, which replaces it with rank 0's, before it
+	 * is used, so that every process goes on with the same token even
+	 * where their logits differ in the last bits (other CPU kernels). A
+	 * failure ends the generation (stop reason "error"). NULL: one process. */
+	int (*agree)(void *ctx, int32_t *token);
+	void *agree_ctx;
 } engine_gen_opts;
 
 typedef struct engine_gen_stats {

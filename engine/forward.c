@@ -6,7 +6,10 @@
  * meet in one all-reduce per attention block and one per MLP, through the
  * comm interface. Each rank's shards were cut and prepared by its own
  * backend at load (engine/model.c), and each rank has its own residual
- * stream, working buffers and KV shard (engine/kv.c). */
+ * stream, working buffers and KV shard (engine/kv.c). A process drives its
+ * local ranks r = 0 .. tp_local - 1, global ranks tp_first + r: all of them
+ * in one process, its share of them in a multi-process launch, where the
+ * comm carries the sums between processes (engine/dist.h). */
 #include "kv_impl.h"
 
 #include <math.h>
@@ -108,7 +111,7 @@ typedef struct step {
 
 #define K(be, op, ...) ((be)->iface->op((be), __VA_ARGS__))
 
-/* The adapters' part of one projection on rank r's shard w of role `role`:
+/* The adapters' part of one projection on local rank r's shard w of role `role`:
  * y += scale * B (A x) for the rows of every sequence that has an adapter,
  * consecutive sequences of one adapter in one call. A row-split shard
  * (q/k/v, gate/up) starts at output row `off` and takes that band of B's
@@ -154,7 +157,7 @@ static int project(step *st, int r, engine_role role, float *y, const float *x, 
 	return rc ? rc : adapt(st, r, role, y, x, w, off, err);
 }
 
-/* Rank r's attention block: (layer 0: the embedding; else the previous MLP's
+/* Local rank r's attention block: (layer 0: the embedding; else the previous MLP's
  * summed output into its residual stream), then norm, q/k/v, RoPE, the new
  * keys and values into its cache shard, attention, and its partial o. */
 static int rank_attention(step *st, int r, owl_err *err)
@@ -165,7 +168,7 @@ static int rank_attention(step *st, int r, owl_err *err)
 	kernels_backend *be = m->ranks[r];
 	kv_rank_ws *w = &kv->ws[r];
 	int hd = in->head_dim, hpr = in->n_heads / in->tp, n = st->n, h0, kv0, nkv, rc;
-	engine_rank_heads(in, r, &h0, &kv0, &nkv);
+	engine_rank_heads(in, in->tp_first + r, &h0, &kv0, &nkv);
 	if (st->l == 0)
 		rc = K(be, embedding, w->x, &m->tok_embd, st->tokens, n, err);
 	else
@@ -204,7 +207,7 @@ static int rank_attention(step *st, int r, owl_err *err)
 	return project(st, r, ENGINE_ROLE_O, w->part, w->att, &R->wo, h0 * hd, err);
 }
 
-/* Rank r's MLP block: the attention's summed output into its residual
+/* Local rank r's MLP block: the attention's summed output into its residual
  * stream, norm, its slice of gate/up, SwiGLU, and its partial down. */
 static int rank_ffn(step *st, int r, owl_err *err)
 {
@@ -213,7 +216,7 @@ static int rank_ffn(step *st, int r, owl_err *err)
 	const engine_model_info *in = &m->info;
 	kernels_backend *be = m->ranks[r];
 	kv_rank_ws *w = &kv->ws[r];
-	int fpr = in->ffn_dim / in->tp, n = st->n, rc;
+	int fpr = in->ffn_dim / in->tp, n = st->n, f0 = (in->tp_first + r) * fpr, rc;
 	const layer *R = &m->rank_layers[r][st->l];
 	if ((rc = K(be, add, w->x, w->part, (size_t)n * in->dim, err)) ||
 	    (rc = K(be, rmsnorm, w->xn, w->x, R->ffn_norm, n, in->dim, in->norm_eps, err)))
@@ -222,24 +225,24 @@ static int rank_ffn(step *st, int r, owl_err *err)
 		const wmat *ws[2] = {&R->w_gate, &R->w_up};
 		float *ys[2] = {w->gate, w->up};
 		if ((rc = K(be, matvec_multi, ys, ws, 2, w->xn, err)) ||
-		    (rc = adapt(st, r, ENGINE_ROLE_GATE, w->gate, w->xn, &R->w_gate, r * fpr, err)) ||
-		    (rc = adapt(st, r, ENGINE_ROLE_UP, w->up, w->xn, &R->w_up, r * fpr, err)))
+		    (rc = adapt(st, r, ENGINE_ROLE_GATE, w->gate, w->xn, &R->w_gate, f0, err)) ||
+		    (rc = adapt(st, r, ENGINE_ROLE_UP, w->up, w->xn, &R->w_up, f0, err)))
 			return rc;
-	} else if ((rc = project(st, r, ENGINE_ROLE_GATE, w->gate, w->xn, &R->w_gate, r * fpr, err)) ||
-		   (rc = project(st, r, ENGINE_ROLE_UP, w->up, w->xn, &R->w_up, r * fpr, err))) {
+	} else if ((rc = project(st, r, ENGINE_ROLE_GATE, w->gate, w->xn, &R->w_gate, f0, err)) ||
+		   (rc = project(st, r, ENGINE_ROLE_UP, w->up, w->xn, &R->w_up, f0, err))) {
 		return rc;
 	}
 	if ((rc = K(be, swiglu, w->gate, w->up, (size_t)n * fpr, err)))
 		return rc;
-	return project(st, r, ENGINE_ROLE_DOWN, w->part, w->gate, &R->w_down, r * fpr, err);
+	return project(st, r, ENGINE_ROLE_DOWN, w->part, w->gate, &R->w_down, f0, err);
 }
 
-/* Runs fn for every rank: each rank a thread group of its backend's
- * threads, the groups side by side (nested OpenMP); tp = 1 is one group. */
+/* Runs fn for every local rank: each rank a thread group of its backend's
+ * threads, the groups side by side (nested OpenMP); one rank is one group. */
 static int for_ranks(step *st, int (*fn)(step *, int, owl_err *), owl_err *err)
 {
 	const engine_model_info *in = &st->kv->m->info;
-	int tp = in->tp;
+	int tp = in->tp_local;
 	if (tp == 1)
 		return fn(st, 0, err);
 	int rcs[KV_MAX_RANKS];
@@ -260,12 +263,13 @@ static int for_ranks(step *st, int (*fn)(step *, int, owl_err *), owl_err *err)
 	return 0;
 }
 
-/* Every rank's partial output becomes the sum, in place. */
+/* Every rank's partial output becomes the sum, in place. One rank in one
+ * process has nothing to sum (the comm returns at once). */
 static int all_reduce(engine_kv *kv, int n, owl_err *err)
 {
 	const engine_model *m = kv->m;
 	float *parts[KV_MAX_RANKS];
-	for (int r = 0; r < m->info.tp; r++)
+	for (int r = 0; r < m->info.tp_local; r++)
 		parts[r] = kv->ws[r].part;
 	return m->comm.all_reduce(&m->comm, parts, (size_t)n * m->info.dim, err);
 }
@@ -301,8 +305,9 @@ static int forward_micro(engine_kv *kv, const engine_batch *b, int t0, int n, co
 		    (rc = for_ranks(&st, rank_ffn, err)) || (rc = all_reduce(kv, n, err)))
 			return rc;
 	}
-	/* Rank 0's stream, with the last MLP's output, through the output
-	 * layer for the rows that want logits. */
+	/* The first local rank's stream, with the last MLP's output, through
+	 * the output layer for the rows that want logits (every process has the
+	 * same stream, so every process computes the same logits). */
 	kernels_backend *be = m->be;
 	kv_rank_ws *w = &kv->ws[0];
 	if ((rc = K(be, add, w->x, w->part, (size_t)n * dim, err)))

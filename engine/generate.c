@@ -374,7 +374,15 @@ int engine_gen_step(engine_gen *g, float *logits, int32_t *next)
 	*next = -1;
 	if (g->done)
 		return 0;
-	int id = engine_sample(g->smp, logits, g->hist, g->nh);
+	int32_t id = engine_sample(g->smp, logits, g->hist, g->nh);
+	if (g->o.agree && g->o.agree(g->o.agree_ctx, &id)) {
+		gen_finish(g, "error");
+		return 0;
+	}
+	if (id < 0 || (g->o.vocab > 0 && id >= g->o.vocab)) {
+		gen_finish(g, "error");
+		return 0;
+	}
 	if (engine_token_is_eog(g->tok, id)) {
 		gen_finish(g, "eos");
 		return 0;

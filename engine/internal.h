@@ -17,15 +17,19 @@ typedef struct layer {
 
 struct engine_model {
 	engine_model_info info;
-	kernels_backend *be;       /* rank 0's backend: the ops outside the ranks (output layer) */
-	kernels_backend *ranks[16]; /* one backend instance per tensor-parallel rank */
+	kernels_backend *be;       /* the first local rank's backend: the ops outside the
+				    * ranks (output layer) */
+	/* One backend instance per tensor-parallel rank this process drives:
+	 * every array indexed by rank below is indexed by the local rank r, the
+	 * global rank being info.tp_first + r (all of them in one process). */
+	kernels_backend *ranks[16];
 	kernels_comm comm;         /* how the tp ranks all-reduce */
 	layer *layers;       /* as loaded: views into the files */
 	layer *rank_layers[16]; /* each rank's shards prepared by its backend, and its
 				 * own copies of the norms and of its biases (only its
 				 * heads' part), in backend memory */
 	float *rank_inv_freq[16];
-	float *rank_out_norm;   /* rank 0's */
+	float *rank_out_norm;   /* the first local rank's */
 	wmat tok_embd, output;
 	float *out_norm;
 	float *inv_freq;     /* head_dim/2 RoPE frequencies, llama3 scaling applied */
@@ -42,8 +46,9 @@ struct engine_model {
 	int nprepared;
 };
 
-/* Tensor-parallel rank r's query heads [h0, h0 + n_heads/tp) read the kv
- * heads [kv0, kv0 + nkv) (replicated across ranks when tp > n_kv_heads). */
+/* Tensor-parallel rank r's (a global rank) query heads [h0, h0 + n_heads/tp)
+ * read the kv heads [kv0, kv0 + nkv) (replicated across ranks when tp >
+ * n_kv_heads). */
 void engine_rank_heads(const engine_model_info *in, int r, int *h0, int *kv0, int *nkv);
 
 #endif

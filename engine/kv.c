@@ -169,9 +169,9 @@ int engine_kv_new(engine_model *m, const engine_kv_opts *o, engine_kv **out, owl
 				   "allowed", d.n_tokens, 1 << 24);
 	if (d.type != ENGINE_KV_F32 && d.type != ENGINE_KV_F16)
 		return owl_err_set(err, OWL_EUSAGE, "unknown KV cache type %d", (int)d.type);
-	if (in->tp < 1 || in->tp > KV_MAX_RANKS)
-		return owl_err_set(err, OWL_EUSAGE, "%d tensor-parallel ranks: at most %d", in->tp,
-				   KV_MAX_RANKS);
+	if (in->tp_local < 1 || in->tp_local > KV_MAX_RANKS)
+		return owl_err_set(err, OWL_EUSAGE, "%d tensor-parallel ranks in one process: at most %d",
+				   in->tp_local, KV_MAX_RANKS);
 	engine_kv *kv = calloc(1, sizeof *kv);
 	if (!kv)
 		return owl_err_set(err, OWL_EFAIL, "cannot allocate a KV pool");
@@ -182,9 +182,10 @@ int engine_kv_new(engine_model *m, const engine_kv_opts *o, engine_kv **out, owl
 	kv->threads_per_rank = kernels_cpu_backend_threads(m->ranks[0]);
 	int rc = 0;
 	const int hd = in->head_dim, hpr = in->n_heads / in->tp, fpr = in->ffn_dim / in->tp;
-	for (int r = 0; r < in->tp && !rc; r++) {
+	/* Only this process's ranks: their cache shards and working memory. */
+	for (int r = 0; r < in->tp_local && !rc; r++) {
 		int h0;
-		engine_rank_heads(in, r, &h0, &kv->rank_kv0[r], &kv->rank_nkv[r]);
+		engine_rank_heads(in, in->tp_first + r, &h0, &kv->rank_kv0[r], &kv->rank_nkv[r]);
 		kv->block_stride[r] = (size_t)in->n_layers * KV_BLOCK_TOKENS * kv->rank_nkv[r] * hd *
 				      elem_bytes(kv->type);
 		kv->pool_bytes[r] = (size_t)kv->n_blocks * kv->block_stride[r];
@@ -213,7 +214,7 @@ int engine_kv_new(engine_model *m, const engine_kv_opts *o, engine_kv **out, owl
 		rc = OWL_EFAIL;
 	for (int i = 0; !rc && i < kv->table_cap; i++)
 		kv->table[i] = SLOT_EMPTY;
-	for (int r = 0; r < in->tp && !rc; r++) {
+	for (int r = 0; r < in->tp_local && !rc; r++) {
 		kv_rank_ws *w = &kv->ws[r];
 		size_t kvd = (size_t)kv->rank_nkv[r] * hd, D = (size_t)in->dim;
 		w->attn.n = kernels_attention_scratch(kv->max_seq_tokens, (int)kvd, kv->threads_per_rank);
@@ -275,7 +276,7 @@ void engine_kv_get_stats(const engine_kv *kv, engine_kv_stats *st)
 		st->blocks_cached += kv->blk[b].ref == 0 && kv->blk[b].hashed;
 	}
 	size_t per_block = 0;
-	for (int r = 0; r < kv->m->info.tp; r++) {
+	for (int r = 0; r < kv->m->info.tp_local; r++) {
 		st->bytes_reserved += 2 * kv->pool_bytes[r];
 		per_block += 2 * kv->block_stride[r];
 	}
@@ -454,7 +455,7 @@ int kv_seq_reserve(engine_kv *kv, int seq, int n, owl_err *err)
 				   KV_BLOCK_TOKENS, blocks_available(kv), kv->n_blocks * KV_BLOCK_TOKENS);
 	if (copy) {
 		int old = q->blocks[last], nb = block_take(kv);
-		for (int r = 0; r < kv->m->info.tp; r++) {
+		for (int r = 0; r < kv->m->info.tp_local; r++) {
 			size_t st = kv->block_stride[r];
 			memcpy(kv->k[r] + (size_t)nb * st, kv->k[r] + (size_t)old * st, st);
 			memcpy(kv->v[r] + (size_t)nb * st, kv->v[r] + (size_t)old * st, st);

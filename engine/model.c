@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include "internal.h"
 #include "lora.h"
+#include "dist.h"
 
 #include "common/modelcfg.h"
 
@@ -438,14 +439,14 @@ static int prepare_one(engine_model *m, int r, wmat *w, owl_err *err)
 	return 0;
 }
 
-/* Rank r's vectors (norms, its heads' biases, RoPE frequencies, rank 0:
- * the output norm) copied into one buffer of its backend. */
+/* Local rank r's vectors (norms, its heads' biases, RoPE frequencies, the
+ * first local rank: the output norm) copied into one buffer of its backend. */
 static int prepare_vectors(engine_model *m, int r, owl_err *err)
 {
 	const engine_model_info *in = &m->info;
 	kernels_backend *be = m->ranks[r];
 	int hd = in->head_dim, hpr = in->n_heads / in->tp, h0, kv0, nkv;
-	engine_rank_heads(in, r, &h0, &kv0, &nkv);
+	engine_rank_heads(in, in->tp_first + r, &h0, &kv0, &nkv);
 	size_t per_layer = 2 * (size_t)in->dim + (in->qkv_bias ? (size_t)(hpr + 2 * nkv) * hd : 0);
 	size_t total = per_layer * in->n_layers + (size_t)hd / 2 + (r == 0 ? (size_t)in->dim : 0);
 	kernels_buffer *buf;
@@ -483,24 +484,27 @@ static int prepare_vectors(engine_model *m, int r, owl_err *err)
 	return rc ? rc : krc;
 }
 
-/* Each rank's shard of every layer is cut first (q/k/v, gate, up by rows;
- * o and down by columns), then prepared by the rank's backend, so each rank
- * owns its weights contiguously in the layout its kernels want: on the CPU
+/* Each local rank's shard of every layer is cut first (q/k/v, gate, up by
+ * rows; o and down by columns), then prepared by the rank's backend, so each
+ * rank owns its weights contiguously in the layout its kernels want (a
+ * process of a multi-process launch cuts only its own ranks' shards and
+ * never touches the others' pages of the files): on the CPU
  * f32, f16, bf16, Q8_0, Q4_0 and Q4_1 matrices are repacked into 16-row
  * groups where the CPU takes them (engine/kernels/cpu/repack.c), with the
  * file's pages dropped as they are copied, so the weights are held once,
- * during the load too. The embedding and output matrices belong to rank 0
- * (a tied table is the output matrix; lookups read its rows from the
- * groups). */
+ * during the load too. The embedding and output matrices belong to the
+ * first local rank of every process (a tied table is the output matrix;
+ * lookups read its rows from the groups). */
 static int prepare_weights(engine_model *m, owl_err *err)
 {
 	const engine_model_info *in = &m->info;
 	int tp = in->tp, hd = in->head_dim, hpr = in->n_heads / tp, fpr = in->ffn_dim / tp, rc = 0;
-	for (int r = 0; r < tp && !rc; r++) {
+	for (int r = 0; r < in->tp_local && !rc; r++) {
+		int g = in->tp_first + r; /* the global rank */
 		if (!(m->rank_layers[r] = calloc((size_t)in->n_layers, sizeof(layer))))
-			return owl_err_set(err, OWL_EFAIL, "cannot allocate rank %d's layers", r);
+			return owl_err_set(err, OWL_EFAIL, "cannot allocate rank %d's layers", g);
 		int h0, kv0, nkv;
-		engine_rank_heads(in, r, &h0, &kv0, &nkv);
+		engine_rank_heads(in, g, &h0, &kv0, &nkv);
 		for (int l = 0; l < in->n_layers && !rc; l++) {
 			const layer *L = &m->layers[l];
 			layer *R = &m->rank_layers[r][l];
@@ -508,9 +512,9 @@ static int prepare_weights(engine_model *m, owl_err *err)
 			R->wk = rows_of(&L->wk, kv0 * hd, nkv * hd);
 			R->wv = rows_of(&L->wv, kv0 * hd, nkv * hd);
 			R->wo = cols_of(&L->wo, h0 * hd, hpr * hd);
-			R->w_gate = rows_of(&L->w_gate, r * fpr, fpr);
-			R->w_up = rows_of(&L->w_up, r * fpr, fpr);
-			R->w_down = cols_of(&L->w_down, r * fpr, fpr);
+			R->w_gate = rows_of(&L->w_gate, g * fpr, fpr);
+			R->w_up = rows_of(&L->w_up, g * fpr, fpr);
+			R->w_down = cols_of(&L->w_down, g * fpr, fpr);
 			wmat *ws[7] = {&R->wq, &R->wk, &R->wv, &R->wo, &R->w_gate, &R->w_up, &R->w_down};
 			for (int i = 0; i < 7 && !rc; i++)
 				rc = prepare_one(m, r, ws[i], err);
@@ -586,6 +590,9 @@ int engine_model_open(const char *path, const engine_model_opts *o, engine_model
 	free(gg);
 	engine_model_info *in = &m->info;
 	int tp = o && o->tp > 1 ? o->tp : 1;
+	engine_dist *dist = o && engine_dist_size(o->dist) > 1 ? o->dist : NULL;
+	if (!rc && dist)
+		rc = engine_dist_comm(dist, tp, &m->comm, err);
 	if (!rc && in->n_heads % tp)
 		rc = owl_err_set(err, OWL_EUSAGE, "tensor parallelism over %d ranks does not divide the "
 				 "model's %d query heads (it has %d key/value heads)", tp, in->n_heads,
@@ -612,21 +619,32 @@ int engine_model_open(const char *path, const engine_model_opts *o, engine_model
 		return rc;
 	}
 	in->tp = tp;
+	in->tp_local = dist ? m->comm.local : tp;
+	in->tp_first = dist ? m->comm.first : 0;
+	in->processes = dist ? engine_dist_size(dist) : 1;
+	if (in->tp_local > 16) {
+		engine_model_close(m);
+		return owl_err_set(err, OWL_EUSAGE, "%d tensor-parallel ranks in one process: at most 16",
+				   in->tp_local);
+	}
 	in->threads = o && o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
 	m->kv_type = o && o->kv_type == ENGINE_KV_F16 ? ENGINE_KV_F16 : ENGINE_KV_F32;
 	/* Nested parallelism (rank groups, then threads within each) is a
 	 * process-wide setting: made once, not on every forward pass. */
 	pthread_once(&omp_levels_once, set_omp_levels);
-	int per_rank = tp == 1 ? in->threads : (in->threads / tp > 0 ? in->threads / tp : 1);
-	for (int r = 0; r < tp && !rc; r++)
+	int nl = in->tp_local;
+	int per_rank = nl == 1 ? in->threads : (in->threads / nl > 0 ? in->threads / nl : 1);
+	for (int r = 0; r < nl && !rc; r++)
 		rc = kernels_cpu_backend_new(per_rank, &m->ranks[r], err);
 	if (rc) {
 		engine_model_close(m);
 		return rc;
 	}
 	m->be = m->ranks[0];
-	m->comm = *kernels_cpu_comm();
-	m->comm.size = m->comm.local = tp;
+	if (!dist) {
+		m->comm = *kernels_cpu_comm();
+		m->comm.size = m->comm.local = tp;
+	}
 	account(m);
 	if ((rc = prepare_weights(m, err))) {
 		engine_model_close(m);

@@ -12,6 +12,8 @@ PACKAGES=(
   # tests, demo and benchmarks
   sqlite3 nginx-light openssl curl zstd python3 python3-venv python3-torch python3-numpy python3-sentencepiece python3-yaml
   clang libclang-rt-14-dev
+  # multi-process ranks: libowl_mpi.so builds against OpenMPI; tests/e2e/mpi.sh runs mpirun
+  libopenmpi-dev openmpi-bin
 )
 
 missing=()

@@ -196,6 +196,68 @@ static void stop_string_and_limits(void)
 	CHECK(g == NULL, "a refused state was returned");
 }
 
+/* engine_gen_opts.agree (processes of a launch taking rank 0's token): a
+ * state whose own draws differ follows the agreed tokens exactly, its text
+ * and its stop included. */
+typedef struct agreed {
+	const int32_t *tokens;
+	int n, next, calls;
+} agreed;
+
+static int agree_with(void *ctx, int32_t *token)
+{
+	agreed *a = ctx;
+	a->calls++;
+	if (a->next >= a->n)
+		return -1; /* the other side is gone */
+	*token = a->tokens[a->next++];
+	return 0;
+}
+
+static void agree_replaces_the_sampled_token(void)
+{
+	run leader = {.seed = 1};
+	generate(&leader);
+	CHECK(leader.n > 8, "the leader generated %d tokens", leader.n);
+	agreed ag = {.tokens = leader.tokens, .n = leader.n};
+	engine_gen_opts o = {.max_tokens = leader.n, .vocab = V,
+			     .sampling = {.temperature = 0.8f, .top_k = 20, .top_p = 0.95f,
+					  .repeat_penalty = 1.1f, .seed = 999},
+			     .agree = agree_with, .agree_ctx = &ag};
+	owl_err err = {0};
+	engine_gen *g = NULL;
+	int32_t prompt[3] = {5, 6, 7}, next;
+	run follower = {0};
+	CHECK_INT(engine_gen_new(tok, &o, prompt, 3, collect, &follower, &g, &err), 0);
+	float logits[V];
+	uint64_t h = 12345; /* other logits than the leader's */
+	do {
+		fill_logits(logits, h);
+		for (int i = 500; i < V; i++)
+			logits[i] = -100;
+	} while (engine_gen_step(g, logits, &next) && (h = h * 31 + (uint64_t)next, 1));
+	CHECK_INT(engine_gen_count(g), leader.n);
+	CHECK(memcmp(engine_gen_tokens(g), leader.tokens, (size_t)leader.n * sizeof(int32_t)) == 0,
+	      "the follower's tokens are not the leader's");
+	CHECK(follower.len == leader.len && memcmp(follower.text, leader.text, leader.len) == 0,
+	      "the follower's text is not the leader's");
+	CHECK_INT(ag.calls, leader.n);
+	engine_gen_free(g);
+	/* Without the hook the same state draws its own tokens. */
+	run alone = {.seed = 999};
+	generate(&alone);
+	CHECK(alone.n != leader.n || memcmp(alone.tokens, leader.tokens, (size_t)leader.n * 4) != 0,
+	      "seed 999 drew the leader's tokens by itself: the test shows nothing");
+	/* An agreement that fails ends the generation, with the reason. */
+	ag.next = ag.n;
+	ag.calls = 0;
+	CHECK_INT(engine_gen_new(tok, &o, prompt, 3, NULL, NULL, &g, &err), 0);
+	fill_logits(logits, 1);
+	CHECK_INT(engine_gen_step(g, logits, &next), 0);
+	CHECK_STR(engine_gen_stop_reason(g), "error");
+	engine_gen_free(g);
+}
+
 int main(void)
 {
 	const char *root = getenv("OWL_ROOT");
@@ -213,6 +275,7 @@ int main(void)
 	RUN_TEST(same_seed_same_tokens);
 	RUN_TEST(states_on_threads_equal_alone);
 	RUN_TEST(stop_string_and_limits);
+	RUN_TEST(agree_replaces_the_sampled_token);
 	engine_tokenizer_free(tok);
 	TEST_MAIN_END();
 }
