@@ -67,10 +67,19 @@ $(BUILD)/owl: $(CMD_OBJ) $(BUILD)/libowl.a
 	$(CC) $(LDFLAGS) -o $@ $(CMD_OBJ) $(BUILD)/libowl.a $(LDLIBS)
 
 # The CUDA backend is a separate shared object loaded with dlopen at run time,
-# so that owl runs on machines without a GPU. It is always compiled and linked.
-$(BUILD)/libowl_cuda.so: $(CU_SRC) $(wildcard engine/kernels/cuda/*.h engine/kernels/*.h)
+# so that owl runs on machines without a GPU. It is always compiled and linked:
+# each .cu file to its own object (an op's change rebuilds one file), for
+# sm_90 (H100/H200) with its PTX so that newer devices JIT it.
+CU_ARCH ?= -gencode arch=compute_90,code=[sm_90,compute_90]
+NVFLAGS := -O2 -std=c++17 -Xcompiler -fPIC,-Wall,-fvisibility=hidden -I. $(CU_ARCH)
+CU_OBJ  := $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
+$(BUILD)/obj/%.o: %.cu $(wildcard engine/kernels/cuda/*.cuh) engine/kernels/kernels.h
 	@mkdir -p $(dir $@)
-	$(NVCC) -O2 -std=c++17 -shared -Xcompiler -fPIC -I. -o $@ $(CU_SRC) \
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+
+$(BUILD)/libowl_cuda.so: $(CU_OBJ)
+	@mkdir -p $(dir $@)
+	$(NVCC) -shared $(CU_ARCH) -o $@ $(CU_OBJ) \
 	    -L$(CUDA_HOME)/lib64 -Xlinker -rpath=$(CUDA_HOME)/lib64 -lcublas -lcublasLt -lnccl
 
 $(BUILD)/tests/%: tests/unit/%.c $(TEST_COMMON_OBJ) $(BUILD)/libowl.a

@@ -231,7 +231,8 @@ typedef struct kernels_backend_iface {
 			 owl_err *err);
 	/* gate[i] = silu(gate[i]) * up[i] */
 	int (*swiglu)(kernels_backend *be, float *gate, const float *up, size_t n, owl_err *err);
-	/* Mean cross-entropy of logits [rows, vocab] against targets (training, perplexity). */
+	/* Mean cross-entropy of logits [rows, vocab] against targets (training,
+	 * perplexity), into *loss (host memory: the op waits for its result). */
 	int (*cross_entropy)(kernels_backend *be, float *loss, const float *logits,
 			     const int32_t *targets, int rows, int vocab, owl_err *err);
 	/* LoRA, unmerged: y[n, out] += scale * (x[n, in] A^T) B^T, A [r, in] with rows
@@ -302,7 +303,7 @@ typedef struct kernels_backend_iface {
 	/* Cross-entropy of logits [rows, vocab] against targets, -1 = not
 	 * scored: *loss_sum and *count of the scored rows, and dlogits = scale *
 	 * (softmax - onehot) for them, 0 for the others. dlogits may be logits
-	 * (in place). */
+	 * (in place). loss_sum and count are host memory (the op waits). */
 	int (*cross_entropy_backward)(kernels_backend *be, float *dlogits, const float *logits,
 				      const int32_t *targets, int rows, int vocab, float scale,
 				      double *loss_sum, int64_t *count, owl_err *err);

@@ -5,7 +5,7 @@
 #include <nccl.h>
 #include <stdio.h>
 
-extern "C" int owl_cuda_probe(int *device_count, char *desc, size_t desc_len, int *nccl_version)
+extern "C" __attribute__((visibility("default"))) int owl_cuda_probe(int *device_count, char *desc, size_t desc_len, int *nccl_version)
 {
 	*device_count = 0;
 	*nccl_version = 0;
