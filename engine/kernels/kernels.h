@@ -9,8 +9,9 @@
  * its comment says host: activations, weights' data, the KV cache, the
  * positions, slots and ids arrays, and the segs arrays of attention together
  * with the blocks tables they point to. The structs passed by pointer that
- * describe memory (kernels_weight, kernels_kv_layer, kernels_scratch) are
- * host memory; the memory they name is the backend's. Buffer ops move data
+ * describe memory (kernels_weight, kernels_kv_layer, kernels_scratch) and
+ * the arrays of pointers (matvec_multi's ys and ws, a comm's bufs, in and
+ * out) are host memory; the memory they name is the backend's. Buffer ops move data
  * between the two. Every op returns 0 or an OWL_* error with the reason in
  * err.
  * Accumulation is always f32. Ops whose backward training needs have a
