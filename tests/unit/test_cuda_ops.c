@@ -255,6 +255,7 @@ static double mm_tol(kernels_dtype t, int n)
 static const char *const entry_points[] = {
 	"owl_cuda_probe",	    "owl_cuda_backend_new",	     "owl_cuda_nccl_comm_new",
 	"owl_cuda_nccl_unique_id", "owl_cuda_nccl_comm_init_rank", "owl_cuda_nccl_comm_free",
+	"owl_cuda_host_dequant_row",
 };
 
 static void object_loads_and_exports(void)
@@ -285,6 +286,42 @@ static void other_interface_refused(void)
 	      "made");
 	CHECK(be == NULL, "out was left set on failure");
 	CHECK(strstr(err.msg, "version") != NULL, "the refusal does not name the version: %s", err.msg);
+}
+
+/* The element reader every CUDA kernel decodes weights with (cu_elem),
+ * run on the host through the object: for every type, random blocks (all
+ * codes, scales and mins), it gives the host's dequantisation exactly, or
+ * within the rounding of a fused multiply-add. */
+static void device_reader_matches_host(void)
+{
+	owl_err err = {0};
+	void *h = engine_cuda_open(&err);
+	if (!h)
+		return;
+	int (*dq)(int, const uint8_t *, int, float *) =
+		(int (*)(int, const uint8_t *, int, float *))dlsym(h, "owl_cuda_host_dequant_row");
+	CHECK(dq != NULL, "no owl_cuda_host_dequant_row");
+	if (!dq)
+		return;
+	for (int ti = 0; ti < NTYPES; ti++) {
+		int rows = 6, cols = 1024;
+		kernels_weight w;
+		uint8_t *data = make_weight(all_types[ti], rows, cols, &w);
+		float want[1024], got[1024];
+		for (int r = 0; r < rows; r++) {
+			kernels_row_to_f32(&w, r, want);
+			CHECK_INT(dq((int)all_types[ti], data + (size_t)r * w.row_bytes, cols, got), 0);
+			double worst = 0;
+			for (int c = 0; c < cols; c++)
+				worst = fmax(worst, fabs((double)got[c] - want[c]) / (fabs(want[c]) + 1e-3));
+			CHECK(worst < 1e-6, "%s row %d: the device's reader differs from the host's by %g",
+			      kernels_dtype_name(all_types[ti]), r, worst);
+		}
+		free(data);
+	}
+	float out[32];
+	uint8_t blk[34] = {0};
+	CHECK(dq((int)KERNELS_Q4_K, blk, 32, out) != 0, "a Q4_K row of 32 columns was decoded");
 }
 
 /* No device here: the message names what is missing. With devices: one past
@@ -1029,6 +1066,7 @@ int main(void)
 	}
 	RUN_TEST(object_loads_and_exports);
 	RUN_TEST(other_interface_refused);
+	RUN_TEST(device_reader_matches_host);
 	RUN_TEST(missing_device_named);
 	static const device_test tests[] = {
 		{"buffers_and_copies", buffers_and_copies},

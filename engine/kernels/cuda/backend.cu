@@ -299,6 +299,18 @@ static const kernels_backend_iface cu_iface = {
 	.sample = cu_sample,
 };
 
+// Row of cols elements of a weight of type `type` in the stored layout,
+// decoded on the host by the very reader the kernels use (cu_elem): the
+// tests check it against the host's dequantisation where no device is.
+CU_EXPORT int owl_cuda_host_dequant_row(int type, const uint8_t *row, int cols, float *out)
+{
+	if (type < KERNELS_F32 || type > KERNELS_Q6_K || !cu_row_bytes((kernels_dtype)type, cols))
+		return OWL_EUSAGE;
+	for (int c = 0; c < cols; c++)
+		out[c] = cu_elem(type, row, c);
+	return 0;
+}
+
 // The instance on device `device`, or a message that says why there is none
 // (no driver, no such device, an object built against another interface).
 CU_EXPORT int owl_cuda_backend_new(int abi_version, int device, kernels_backend **out,

@@ -13,6 +13,7 @@
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 extern "C" {
 #include "engine/kernels/kernels.h"
@@ -125,19 +126,29 @@ static inline unsigned cu_blocks(size_t n, unsigned threads)
 
 // ---- reading the stored types on the device ------------------------------
 
-__device__ __forceinline__ float cu_f16(const uint8_t *p)
+// The readers are host functions too, so that the object can decode rows
+// on the host for the tests of a machine without a device
+// (owl_cuda_host_dequant_row, backend.cu).
+__host__ __device__ __forceinline__ float cu_f16(const uint8_t *p)
 {
 	return __half2float(__ushort_as_half(*(const unsigned short *)p));
 }
 
-__device__ __forceinline__ float cu_bf16(const uint8_t *p)
+__host__ __device__ __forceinline__ float cu_bf16(const uint8_t *p)
 {
-	return __uint_as_float((unsigned)*(const unsigned short *)p << 16);
+	unsigned bits = (unsigned)*(const unsigned short *)p << 16;
+#ifdef __CUDA_ARCH__
+	return __uint_as_float(bits);
+#else
+	float f;
+	memcpy(&f, &bits, 4);
+	return f;
+#endif
 }
 
 // Element c of a row in the stored layout (kernels.h's types, the blocks as
 // GGUF lays them out: dtype.c and common/gguf.c are the host's readers).
-__device__ __forceinline__ float cu_elem(int type, const uint8_t *row, int c)
+__host__ __device__ __forceinline__ float cu_elem(int type, const uint8_t *row, int c)
 {
 	switch (type) {
 	case KERNELS_F32:
