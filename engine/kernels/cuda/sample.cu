@@ -144,6 +144,9 @@ extern "C" int cu_sample(kernels_backend *be, int32_t *out_host, const float *lo
 	for (int r = 0; r < rows; r++)
 		any |= params_host[r].temperature > 0;
 	size_t total = (size_t)rows * vocab;
+	if (any && total > INT_MAX)
+		return cu_err_set(err, OWL_EUSAGE, "sample: %d rows of %d logits are more than one sort "
+				  "takes", rows, vocab);
 	// workspace: out [rows], params [rows], then for the sort keys and ids
 	// in and out, offsets and cub's own
 	size_t a_out = 256, a_par = (rows * sizeof(kernels_sample_row) + 255) / 256 * 256;
