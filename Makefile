@@ -82,6 +82,11 @@ $(BUILD)/libowl_cuda.so: $(CU_OBJ)
 	$(NVCC) -shared $(CU_ARCH) -o $@ $(CU_OBJ) \
 	    -L$(CUDA_HOME)/lib64 -Xlinker -rpath=$(CUDA_HOME)/lib64 -lcublas -lcublasLt -lnccl
 
+# The GPU checks' programs keep only the libraries they use, so that they
+# can be carried to a GPU machine whose image lacks owl's other dependencies
+# (scripts/gpu-check.sh --prepare).
+$(BUILD)/tests/test_cuda_ops $(BUILD)/owl-cuda-bench: LDFLAGS += -Wl,--as-needed
+
 $(BUILD)/tests/%: tests/unit/%.c $(TEST_COMMON_OBJ) $(BUILD)/libowl.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(TEST_COMMON_OBJ) $(BUILD)/libowl.a $(LDLIBS)

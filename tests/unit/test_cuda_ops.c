@@ -1038,8 +1038,40 @@ typedef struct device_test {
 	void (*fn)(void);
 } device_test;
 
-int main(void)
+/* test_cuda_ops             every check
+ * test_cuda_ops --list      the device tests' names
+ * test_cuda_ops --no-device-tests   the checks that need no device
+ * test_cuda_ops NAME...     those device tests alone (scripts/gpu-check.sh runs
+ *                           each in its own process) */
+int main(int argc, char **argv)
 {
+	static const device_test tests[] = {
+		{"buffers_and_copies", buffers_and_copies},
+		{"matmul_every_type", matmul_every_type},
+		{"matmul_column_shard", matmul_column_shard},
+		{"matvec_multi_mixed", matvec_multi_mixed},
+		{"matmul_backward_every_type", matmul_backward_every_type},
+		{"embedding_every_type", embedding_every_type},
+		{"embedding_backward_repeats", embedding_backward_repeats},
+		{"norms_rope_elementwise", norms_rope_elementwise},
+		{"cross_entropy_both", cross_entropy_both},
+		{"lora_both", lora_both},
+		{"attention_paged", attention_paged},
+		{"attention_packed_and_backward", attention_packed_and_backward},
+		{"sample_rows", sample_rows},
+		{"nccl_comm", nccl_comm},
+	};
+	const size_t ntests = sizeof tests / sizeof tests[0];
+	int basics = 1, devices = 1;
+	if (argc > 1 && strcmp(argv[1], "--list") == 0) {
+		for (size_t i = 0; i < ntests; i++)
+			printf("%s\n", tests[i].name);
+		return 0;
+	}
+	if (argc > 1 && strcmp(argv[1], "--no-device-tests") == 0)
+		devices = 0;
+	else if (argc > 1)
+		basics = 0;
 	owl_err err = {0};
 	/* The object beside the test binaries' folder ($BUILD/libowl_cuda.so)
 	 * unless the caller names one. */
@@ -1064,29 +1096,20 @@ int main(void)
 		printf("FAIL cpu_backend: %s\n", err.msg);
 		return 1;
 	}
-	RUN_TEST(object_loads_and_exports);
-	RUN_TEST(other_interface_refused);
-	RUN_TEST(device_reader_matches_host);
-	RUN_TEST(missing_device_named);
-	static const device_test tests[] = {
-		{"buffers_and_copies", buffers_and_copies},
-		{"matmul_every_type", matmul_every_type},
-		{"matmul_column_shard", matmul_column_shard},
-		{"matvec_multi_mixed", matvec_multi_mixed},
-		{"matmul_backward_every_type", matmul_backward_every_type},
-		{"embedding_every_type", embedding_every_type},
-		{"embedding_backward_repeats", embedding_backward_repeats},
-		{"norms_rope_elementwise", norms_rope_elementwise},
-		{"cross_entropy_both", cross_entropy_both},
-		{"lora_both", lora_both},
-		{"attention_paged", attention_paged},
-		{"attention_packed_and_backward", attention_packed_and_backward},
-		{"sample_rows", sample_rows},
-		{"nccl_comm", nccl_comm},
-	};
+	if (basics) {
+		RUN_TEST(object_loads_and_exports);
+		RUN_TEST(other_interface_refused);
+		RUN_TEST(device_reader_matches_host);
+		RUN_TEST(missing_device_named);
+	}
 	if (!gpu)
 		printf("no CUDA device: %s\n", info.detail);
-	for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
+	for (size_t i = 0; i < ntests && devices; i++) {
+		int named = argc == 1;
+		for (int a = 1; a < argc && !named; a++)
+			named = strcmp(argv[a], tests[i].name) == 0;
+		if (!named)
+			continue;
 		if (!gpu) {
 			printf("SKIP %s: no CUDA device\n", tests[i].name);
 			continue;
