@@ -834,13 +834,14 @@ static void cache_same(const cache *c, const char *what)
 /* Segments: a prompt from position 0, a prompt continuing a cached prefix,
  * two decoding rows (one with a long context), each sequence with its own
  * scattered blocks; GQA; the whole model's heads or one rank's slice of
- * them; with and without a sliding window; head sizes 64, 128 and 256. */
+ * them; with and without a sliding window; head sizes 64, 80 (not a
+ * multiple of the 32 lanes that share a row's columns), 128 and 256. */
 static void attention_paged(void)
 {
 	owl_err err = {0};
-	static const int hds[] = {64, 128, 256};
+	static const int hds[] = {64, 80, 128, 256};
 	for (int kt = 0; kt < 2; kt++)
-		for (int hi = 0; hi < 3; hi++)
+		for (int hi = 0; hi < 4; hi++)
 			for (int slice = 0; slice < 2; slice++)
 				for (int wi = 0; wi < 2; wi++) {
 					int hd = hds[hi], kvh_all = 4, group = 4, bt = 16, window = wi ? 19 : 0;
@@ -894,8 +895,8 @@ static void attention_paged(void)
 static void attention_packed_and_backward(void)
 {
 	owl_err err = {0};
-	static const int hds[] = {64, 128};
-	for (int hi = 0; hi < 2; hi++)
+	static const int hds[] = {64, 80, 128};
+	for (int hi = 0; hi < 3; hi++)
 		for (int wi = 0; wi < 2; wi++) {
 			int hd = hds[hi], n_heads = 8, n_kv = 2, window = wi ? 21 : 0;
 			kernels_attn_seg segs[3] = {{0, 37, 0, NULL}, {37, 70, 0, NULL}, {107, 5, 0, NULL}};
@@ -1085,6 +1086,9 @@ int main(int argc, char **argv)
 			setenv("OWL_CUDA_LIB", exe, 0);
 		}
 	}
+	/* Dequantised bands of 16 KiB: the products of the small test matrices
+	 * are then summed (or written) over several bands, as a model's are. */
+	setenv("OWL_CUDA_BAND_BYTES", "16384", 0);
 	engine_gpu_info info;
 	engine_gpu_probe(&info);
 	gpu_count = info.device_count;

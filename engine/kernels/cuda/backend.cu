@@ -336,6 +336,10 @@ CU_EXPORT int owl_cuda_backend_new(int abi_version, int device, kernels_backend 
 		return cu_err_set(err, OWL_EFAIL, "cannot allocate a CUDA backend");
 	}
 	c->device = device;
+	c->band_bytes = (size_t)64 << 20;
+	const char *band = getenv("OWL_CUDA_BAND_BYTES");
+	if (band && atol(band) >= 1024)
+		c->band_bytes = (size_t)atol(band);
 	be->iface = &cu_iface;
 	be->device = device;
 	be->context = c;

@@ -31,6 +31,9 @@ typedef struct cu_ctx {
 	cublasLtHandle_t lt;
 	void *work;
 	size_t work_bytes;
+	// The largest tile of dequantised weight rows (64 MiB; OWL_CUDA_BAND_BYTES
+	// sets it smaller, so that the tests take many bands of small matrices).
+	size_t band_bytes;
 	// Errors found on the device (a token id outside the table, a target
 	// outside the vocabulary) are flagged in mapped host memory and reported
 	// by the next synchronize: a kernel cannot return an error.

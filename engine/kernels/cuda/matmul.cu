@@ -14,7 +14,6 @@
 enum {
 	MV_MAX_N = 8,          // tokens the matrix-vector kernel takes at once
 	MV_WARPS = 4,          // rows per block of the matrix-vector kernel: one warp each
-	BAND_BYTES = 64 << 20, // the largest dequantised tile of a band of rows
 };
 
 static int is_quant(int t) { return t >= KERNELS_Q8_0; }
@@ -122,11 +121,12 @@ static int widen_rows(cu_ctx *c, T *tile, const kernels_weight *w, int r0, int n
 	return 0;
 }
 
-// Rows per band so that a tile of elem-byte elements stays within BAND_BYTES.
-static int band_rows(const kernels_weight *w, size_t elem)
+// Rows per band so that a tile of elem-byte elements stays within the
+// instance's band_bytes.
+static int band_rows(const cu_ctx *c, const kernels_weight *w, size_t elem)
 {
 	size_t per = (size_t)w->cols * elem;
-	size_t b = BAND_BYTES / per;
+	size_t b = c->band_bytes / per;
 	if (b < 1)
 		b = 1;
 	return b > (size_t)w->rows ? w->rows : (int)b;
@@ -155,7 +155,7 @@ extern "C" int cu_matmul(kernels_backend *be, float *y, const float *x, const ke
 	cudaDataType_t t16 = w->type == KERNELS_BF16 ? CUDA_R_16BF : CUDA_R_16F;
 	size_t xbytes = (size_t)n * w->cols * 2;
 	xbytes = (xbytes + 255) / 256 * 256;
-	int band = is_quant(w->type) ? band_rows(w, 2) : w->rows;
+	int band = is_quant(w->type) ? band_rows(c, w, 2) : w->rows;
 	void *work;
 	if ((rc = cu_work(c, xbytes + (is_quant(w->type) ? (size_t)band * w->cols * 2 : 0), &work,
 			  err)))
@@ -221,7 +221,7 @@ extern "C" int cu_matmul_widened(kernels_backend *be, float *y, const float *x,
 				    y, w->rows));
 		return 0;
 	}
-	int band = band_rows(w, 4);
+	int band = band_rows(c, w, 4);
 	void *work;
 	if ((rc = cu_work(c, (size_t)band * w->cols * 4, &work, err)))
 		return rc;
@@ -264,7 +264,7 @@ extern "C" int cu_matmul_backward(kernels_backend *be, float *dx, const float *d
 				    accumulate ? &one : &zero, dx, w->cols));
 		return 0;
 	}
-	int band = band_rows(w, 4);
+	int band = band_rows(c, w, 4);
 	void *work;
 	if ((rc = cu_work(c, (size_t)band * w->cols * 4, &work, err)))
 		return rc;
