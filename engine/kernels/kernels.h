@@ -11,9 +11,11 @@
  * with the blocks tables they point to. The structs passed by pointer that
  * describe memory (kernels_weight, kernels_kv_layer, kernels_scratch) and
  * the arrays of pointers (matvec_multi's ys and ws, a comm's bufs, in and
- * out) are host memory; the memory they name is the backend's. Buffer ops move data
- * between the two. Every op returns 0 or an OWL_* error with the reason in
- * err.
+ * out) are host memory; the memory they name is the backend's. Buffer ops
+ * move data between the two. A device backend queues its ops in order on
+ * its own stream: an op may return before its result is written, and
+ * synchronize (or an op that hands a result to the host) waits for them.
+ * Every op returns 0 or an OWL_* error with the reason in err.
  * Accumulation is always f32. Ops whose backward training needs have a
  * backward slot; a backend leaves a slot NULL until it implements it. */
 #ifndef OWL_KERNELS_H
