@@ -53,7 +53,7 @@ TEST_COMMON_OBJ := $(TEST_COMMON:%.c=$(BUILD)/obj/%.o)
 TOOLS   := $(notdir $(patsubst %/,%,$(dir $(wildcard tests/tools/*/*.c))))
 TOOL_BIN := $(addprefix $(BUILD)/,$(sort $(TOOLS)))
 
-all: $(BUILD)/owl $(BUILD)/libowl_cuda.so $(TOOL_BIN) $(TEST_BIN)
+all: $(BUILD)/owl $(BUILD)/libowl_cuda.so $(BUILD)/libowl_cuda_emu.so $(TOOL_BIN) $(TEST_BIN)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -81,6 +81,18 @@ $(BUILD)/libowl_cuda.so: $(CU_OBJ)
 	@mkdir -p $(dir $@)
 	$(NVCC) -shared $(CU_ARCH) -o $@ $(CU_OBJ) \
 	    -L$(CUDA_HOME)/lib64 -Xlinker -rpath=$(CUDA_HOME)/lib64 -lcublas -lcublasLt -lnccl
+
+# The same kernel sources built with g++ against a host emulator of CUDA's
+# blocks, warps, shared memory, runtime and cuBLAS (tests/cuda-emu/): the op
+# tests run on it on every machine (tests/run.sh: test_cuda_emu), under ASan
+# too. Not emulated: sample.cu (CUB), nccl.cu.
+EMU_CU  := $(filter-out engine/kernels/cuda/sample.cu engine/kernels/cuda/nccl.cu,$(CU_SRC))
+$(BUILD)/libowl_cuda_emu.so: $(EMU_CU) $(wildcard engine/kernels/cuda/*.cuh tests/cuda-emu/*) \
+		engine/kernels/kernels.h
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++17 -O1 -g -fPIC -shared -pthread -Wall -Wno-attributes -Wno-unknown-pragmas \
+	    -DOWL_CUDA_EMU -I. -I$(CUDA_HOME)/include $(SANFLAGS) -Wl,--no-undefined \
+	    -o $@ -x c++ $(EMU_CU) tests/cuda-emu/emu.cpp
 
 # The GPU checks' programs keep only the libraries they use, so that they
 # can be carried to a GPU machine whose image lacks owl's other dependencies

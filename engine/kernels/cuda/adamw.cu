@@ -32,7 +32,7 @@ extern "C" int cu_adamw_step(kernels_backend *be, float *p, const float *g, floa
 	// The bias corrections on the host, in float, as the CPU forms them.
 	float bc1 = 1.0f - powf(beta1, (float)step), bc2 = 1.0f - powf(beta2, (float)step);
 	CU_TRY("adamw_step", cudaSetDevice(c->device));
-	adamw_kernel<<<cu_blocks(n, 256), 256, 0, c->stream>>>(p, g, m, v, n, lr, beta1, beta2, eps,
+	CU_LAUNCH(adamw_kernel, cu_blocks(n, 256), 256, 0, c->stream)(p, g, m, v, n, lr, beta1, beta2, eps,
 							       weight_decay, lr / bc1, sqrtf(bc2));
 	CU_LAUNCHED("adamw_step");
 	return 0;

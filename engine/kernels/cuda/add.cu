@@ -21,7 +21,7 @@ extern "C" int cu_add(kernels_backend *be, float *y, const float *x, size_t n, o
 	if (!n)
 		return 0;
 	CU_TRY("add", cudaSetDevice(c->device));
-	add_kernel<<<cu_blocks(n, 256), 256, 0, c->stream>>>(y, x, n);
+	CU_LAUNCH(add_kernel, cu_blocks(n, 256), 256, 0, c->stream)(y, x, n);
 	CU_LAUNCHED("add");
 	return 0;
 }
@@ -34,7 +34,7 @@ extern "C" int cu_add_rows(kernels_backend *be, float *y, const float *b, int ro
 	if (rows <= 0 || dim <= 0)
 		return 0;
 	CU_TRY("add_rows", cudaSetDevice(c->device));
-	add_rows_kernel<<<cu_blocks(total, 256), 256, 0, c->stream>>>(y, b, total, dim);
+	CU_LAUNCH(add_rows_kernel, cu_blocks(total, 256), 256, 0, c->stream)(y, b, total, dim);
 	CU_LAUNCHED("add_rows");
 	return 0;
 }

@@ -68,7 +68,7 @@ __device__ __forceinline__ float warp_sum(float v)
 
 __global__ void __launch_bounds__(32 * AT_WARPS) attn_kernel(at_args a)
 {
-	extern __shared__ float sh[];
+	CU_DYN_SHARED(float, sh);
 	const int hd = a.hd, ldk = hd + 1; // padded rows: lanes reading one column hit distinct banks
 	float *sq = sh, *sk = sq + AT_ROWS * hd, *sv = sk + AT_KT * ldk;
 	const kernels_attn_seg g = a.segs[blockIdx.x];
@@ -203,10 +203,10 @@ static int at_launch(cu_ctx *c, const at_args &a, int nseg, const char *op, owl_
 		return 0;
 	size_t smem = at_smem(a.hd);
 	if (smem > 48 * 1024)
-		CU_TRY(op, cudaFuncSetAttribute(attn_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+		CU_TRY(op, cudaFuncSetAttribute((const void *)attn_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
 						(int)smem));
 	dim3 grid((unsigned)nseg, (unsigned)a.nkv, at_chunks(c, nseg, a.nkv));
-	attn_kernel<<<grid, 32 * AT_WARPS, smem, c->stream>>>(a);
+	CU_LAUNCH(attn_kernel, grid, 32 * AT_WARPS, smem, c->stream)(a);
 	CU_LAUNCHED(op);
 	return 0;
 }

@@ -102,7 +102,7 @@ __device__ __forceinline__ int ab_lo(int p, int window)
 // keys in tiles of 32 (lane j scores key j).
 __global__ void __launch_bounds__(32 * AB_WARPS) ab_dq_kernel(ab_args a)
 {
-	extern __shared__ float sh[];
+	CU_DYN_SHARED(float, sh);
 	const int hd = a.hd, ld = hd + 1;
 	float *sk = sh, *sv = sk + AB_T * ld;
 	const kernels_attn_seg g = a.segs[blockIdx.x];
@@ -197,7 +197,7 @@ __global__ void __launch_bounds__(32 * AB_WARPS) ab_dq_kernel(ab_args a)
 // queries that see them (each query head of the group) in tiles of 32.
 __global__ void __launch_bounds__(32 * AB_WARPS) ab_dkv_kernel(ab_args a)
 {
-	extern __shared__ float sh[];
+	CU_DYN_SHARED(float, sh);
 	const int hd = a.hd, ld = hd + 1;
 	float *sq = sh, *sdo = sq + AB_T * ld, *sl = sdo + AB_T * ld, *sd = sl + AB_T;
 	const kernels_attn_seg g = a.segs[blockIdx.x];
@@ -331,7 +331,7 @@ extern "C" int cu_attention_backward(kernels_backend *be, float *dq, float *dk, 
 	if ((rc = cu_attn_packed_forward(c, O, L, q, k, v, segs, nseg, n_heads, n_kv_heads, head_dim,
 					 window, err)))
 		return rc;
-	ab_delta_kernel<<<cu_blocks(rows, 8), 256, 0, c->stream>>>(D, dout, O, rows, head_dim);
+	CU_LAUNCH(ab_delta_kernel, cu_blocks(rows, 8), 256, 0, c->stream)(D, dout, O, rows, head_dim);
 	CU_LAUNCHED(op);
 	// rows outside every segment get no key or value gradient
 	CU_TRY(op, cudaMemsetAsync(dk, 0, (size_t)n_tok * n_kv_heads * head_dim * sizeof(float),
@@ -344,16 +344,16 @@ extern "C" int cu_attention_backward(kernels_backend *be, float *dq, float *dk, 
 	size_t smem_q = 2 * (size_t)AB_T * (head_dim + 1) * sizeof(float);
 	size_t smem_kv = smem_q + 2 * (size_t)AB_T * sizeof(float);
 	if (smem_kv > 48 * 1024) {
-		CU_TRY(op, cudaFuncSetAttribute(ab_dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+		CU_TRY(op, cudaFuncSetAttribute((const void *)ab_dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
 						(int)smem_q));
-		CU_TRY(op, cudaFuncSetAttribute(ab_dkv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+		CU_TRY(op, cudaFuncSetAttribute((const void *)ab_dkv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
 						(int)smem_kv));
 	}
 	unsigned z = tiles > 64 ? 64u : (unsigned)tiles;
-	ab_dq_kernel<<<dim3((unsigned)nseg, (unsigned)n_heads, z), 32 * AB_WARPS, smem_q, c->stream>>>(a);
+	CU_LAUNCH(ab_dq_kernel, dim3((unsigned)nseg, (unsigned)n_heads, z), 32 * AB_WARPS, smem_q, c->stream)(a);
 	CU_LAUNCHED(op);
-	ab_dkv_kernel<<<dim3((unsigned)nseg, (unsigned)n_kv_heads, z), 32 * AB_WARPS, smem_kv,
-			c->stream>>>(a);
+	CU_LAUNCH(ab_dkv_kernel, dim3((unsigned)nseg, (unsigned)n_kv_heads, z), 32 * AB_WARPS, smem_kv,
+			c->stream)(a);
 	CU_LAUNCHED(op);
 	return 0;
 }

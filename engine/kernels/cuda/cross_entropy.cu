@@ -96,7 +96,7 @@ static int ce_run(cu_ctx *c, float *dlogits, const float *logits, const int32_t 
 	if ((rc = cu_work(c, (size_t)rows * sizeof(double), &work, err)) ||
 	    (rc = cu_pinned(c, (size_t)rows * sizeof(double), &host, err)))
 		return rc;
-	ce_kernel<<<(unsigned)rows, CE_THREADS, 0, c->stream>>>(
+	CU_LAUNCH(ce_kernel, (unsigned)rows, CE_THREADS, 0, c->stream)(
 		(double *)work, dlogits, logits, targets, vocab, scale, allow_unscored,
 		c->flags_dev + CU_FLAG_BAD_TARGET);
 	CU_LAUNCHED(op);

@@ -19,6 +19,20 @@ extern "C" {
 #include "engine/kernels/kernels.h"
 }
 
+// Kernel launches and dynamic shared memory go through these two macros so
+// that the same sources also build with g++ against a host emulator of
+// blocks, warps and shared memory (tests/cuda-emu/), which checks the
+// kernels' indexing and synchronisation on machines without a GPU.
+#ifdef OWL_CUDA_EMU
+#include "tests/cuda-emu/emu.h"
+#define CU_LAUNCH(kernel, grid, block, smem, stream) \
+	emu_launcher(dim3(grid), dim3(block), (size_t)(smem), kernel)
+#define CU_DYN_SHARED(type, name) type *name = (type *)emu_dyn_shared()
+#else
+#define CU_LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#define CU_DYN_SHARED(type, name) extern __shared__ type name[]
+#endif
+
 // One instance per device and rank: its own stream, cuBLAS handles and
 // workspace, so that ranks on one GPU (tp > 1 on one device) do not share
 // queues. The workspace grows to the largest request and then stays: ops

@@ -32,7 +32,7 @@ extern "C" int cu_embedding(kernels_backend *be, float *out, const kernels_weigh
 	if (n <= 0)
 		return 0;
 	CU_TRY("embedding", cudaSetDevice(c->device));
-	embedding_kernel<<<(unsigned)n, 256, 0, c->stream>>>(out, table->data, table->row_bytes,
+	CU_LAUNCH(embedding_kernel, (unsigned)n, 256, 0, c->stream)(out, table->data, table->row_bytes,
 							    (int)table->type, table->rows,
 							    table->cols, ids,
 							    c->flags_dev + CU_FLAG_BAD_ID);
@@ -61,7 +61,7 @@ extern "C" int cu_embedding_backward(kernels_backend *be, float *dtable, const f
 	if (n <= 0)
 		return 0;
 	CU_TRY("embedding_backward", cudaSetDevice(c->device));
-	embedding_backward_kernel<<<(unsigned)n, 256, 0, c->stream>>>(dtable, dy, ids, dim,
+	CU_LAUNCH(embedding_backward_kernel, (unsigned)n, 256, 0, c->stream)(dtable, dy, ids, dim,
 								     c->flags_dev + CU_FLAG_BAD_ID);
 	CU_LAUNCHED("embedding_backward");
 	return 0;

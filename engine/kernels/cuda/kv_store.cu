@@ -30,10 +30,10 @@ extern "C" int cu_kv_store(kernels_backend *be, const kernels_kv_layer *kv, cons
 		return 0;
 	CU_TRY("kv_store", cudaSetDevice(c->device));
 	if (kv->type == KERNELS_KV_F16)
-		kv_store_kernel<__half><<<(unsigned)n_tok, 128, 0, c->stream>>>(
+		CU_LAUNCH(kv_store_kernel<__half>, (unsigned)n_tok, 128, 0, c->stream)(
 			kv->k, kv->v, kv->block_stride, kv->block_tokens, kv->row_elems, k, v, slots);
 	else
-		kv_store_kernel<float><<<(unsigned)n_tok, 128, 0, c->stream>>>(
+		CU_LAUNCH(kv_store_kernel<float>, (unsigned)n_tok, 128, 0, c->stream)(
 			kv->k, kv->v, kv->block_stride, kv->block_tokens, kv->row_elems, k, v, slots);
 	CU_LAUNCHED("kv_store");
 	return 0;

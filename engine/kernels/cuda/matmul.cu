@@ -70,7 +70,7 @@ static int launch_mv(cu_ctx *c, float *y, const float *x, const kernels_weight *
 	switch (n) {
 #define MV_CASE(k)                                                                          \
 	case k:                                                                             \
-		mv_kernel<k><<<grid, block, 0, c->stream>>>(y, x, w->data, w->row_bytes,     \
+		CU_LAUNCH(mv_kernel<k>, grid, block, 0, c->stream)(y, x, w->data, w->row_bytes,     \
 							    (int)w->type, w->rows, w->cols); \
 		break;
 		MV_CASE(1) MV_CASE(2) MV_CASE(3) MV_CASE(4) MV_CASE(5) MV_CASE(6) MV_CASE(7) MV_CASE(8)
@@ -115,7 +115,7 @@ template <typename T>
 static int widen_rows(cu_ctx *c, T *tile, const kernels_weight *w, int r0, int nr, owl_err *err)
 {
 	size_t total = (size_t)nr * w->cols;
-	widen_kernel<T><<<cu_blocks(total, 256), 256, 0, c->stream>>>(tile, w->data, w->row_bytes,
+	CU_LAUNCH(widen_kernel<T>, cu_blocks(total, 256), 256, 0, c->stream)(tile, w->data, w->row_bytes,
 								      (int)w->type, r0, nr, w->cols);
 	CU_LAUNCHED("widen");
 	return 0;
@@ -162,10 +162,10 @@ extern "C" int cu_matmul(kernels_backend *be, float *y, const float *x, const ke
 		return rc;
 	size_t nx = (size_t)n * w->cols;
 	if (t16 == CUDA_R_16BF)
-		convert_kernel<__nv_bfloat16><<<cu_blocks(nx, 256), 256, 0, c->stream>>>(
+		CU_LAUNCH(convert_kernel<__nv_bfloat16>, cu_blocks(nx, 256), 256, 0, c->stream)(
 			(__nv_bfloat16 *)work, x, nx);
 	else
-		convert_kernel<__half><<<cu_blocks(nx, 256), 256, 0, c->stream>>>((__half *)work, x, nx);
+		CU_LAUNCH(convert_kernel<__half>, cu_blocks(nx, 256), 256, 0, c->stream)((__half *)work, x, nx);
 	CU_LAUNCHED("matmul");
 	if (!is_quant(w->type)) {
 		CU_BLAS("matmul", cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->rows, n, w->cols,

@@ -41,7 +41,7 @@ extern "C" int cu_rmsnorm(kernels_backend *be, float *out, const float *x, const
 	if (rows <= 0)
 		return 0;
 	CU_TRY("rmsnorm", cudaSetDevice(c->device));
-	rmsnorm_kernel<<<(unsigned)rows, RN_THREADS, 0, c->stream>>>(out, x, weight, dim, eps);
+	CU_LAUNCH(rmsnorm_kernel, (unsigned)rows, RN_THREADS, 0, c->stream)(out, x, weight, dim, eps);
 	CU_LAUNCHED("rmsnorm");
 	return 0;
 }
@@ -94,11 +94,11 @@ extern "C" int cu_rmsnorm_backward(kernels_backend *be, float *dx, float *dweigh
 	if (rc)
 		return rc;
 	float *srow = (float *)work;
-	rmsnorm_backward_kernel<<<(unsigned)rows, RN_THREADS, 0, c->stream>>>(dx, srow, dout, x,
+	CU_LAUNCH(rmsnorm_backward_kernel, (unsigned)rows, RN_THREADS, 0, c->stream)(dx, srow, dout, x,
 									    weight, dim, eps);
 	CU_LAUNCHED("rmsnorm_backward");
 	if (dweight) {
-		rmsnorm_dweight_kernel<<<(unsigned)((dim + 255) / 256), 256, 0, c->stream>>>(
+		CU_LAUNCH(rmsnorm_dweight_kernel, (unsigned)((dim + 255) / 256), 256, 0, c->stream)(
 			dweight, srow, dout, x, rows, dim);
 		CU_LAUNCHED("rmsnorm_backward");
 	}

@@ -33,7 +33,7 @@ static int rope_launch(kernels_backend *be, float *x, int n_tok, const int32_t *
 	if (!total)
 		return 0;
 	CU_TRY(op, cudaSetDevice(c->device));
-	rope_kernel<<<cu_blocks(total, 256), 256, 0, c->stream>>>(
+	CU_LAUNCH(rope_kernel, cu_blocks(total, 256), 256, 0, c->stream)(
 		x, n_tok, pos, n_heads, hd, inv_freq, layout == KERNELS_ROPE_ADJACENT, dir);
 	CU_LAUNCHED(op);
 	return 0;

@@ -169,7 +169,7 @@ extern "C" int cu_sample(kernels_backend *be, int32_t *out_host, const float *lo
 	int32_t *d_out = (int32_t *)w;
 	kernels_sample_row *d_par = (kernels_sample_row *)(w + a_out);
 	kernels_sample_row *h_par = (kernels_sample_row *)((int32_t *)host + rows);
-	argmax_kernel<<<(unsigned)rows, SM_THREADS, 0, c->stream>>>(d_out, logits, vocab);
+	CU_LAUNCH(argmax_kernel, (unsigned)rows, SM_THREADS, 0, c->stream)(d_out, logits, vocab);
 	CU_LAUNCHED("sample");
 	if (any) {
 		float *k_in = (float *)(w + a_out + a_par), *k_out = (float *)((uint8_t *)k_in + a_keys);
@@ -180,13 +180,13 @@ extern "C" int cu_sample(kernels_backend *be, int32_t *out_host, const float *lo
 		memcpy(h_par, params_host, rows * sizeof *h_par);
 		CU_TRY("sample", cudaMemcpyAsync(d_par, h_par, rows * sizeof *h_par,
 						 cudaMemcpyHostToDevice, c->stream));
-		sort_init_kernel<<<cu_blocks(total, 256), 256, 0, c->stream>>>(k_in, v_in, off, logits,
+		CU_LAUNCH(sort_init_kernel, cu_blocks(total, 256), 256, 0, c->stream)(k_in, v_in, off, logits,
 									     rows, vocab);
 		CU_LAUNCHED("sample");
 		CU_TRY("sample", cub::DeviceSegmentedRadixSort::SortPairsDescending(
 					 cub_tmp, cub_bytes, k_in, k_out, v_in, v_out, (int)total, rows,
 					 off, off + 1, 0, 32, c->stream));
-		draw_kernel<<<(unsigned)rows, SM_THREADS, 0, c->stream>>>(d_out, k_out, v_out, d_par,
+		CU_LAUNCH(draw_kernel, (unsigned)rows, SM_THREADS, 0, c->stream)(d_out, k_out, v_out, d_par,
 									  vocab);
 		CU_LAUNCHED("sample");
 	}

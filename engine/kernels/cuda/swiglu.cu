@@ -28,7 +28,7 @@ extern "C" int cu_swiglu(kernels_backend *be, float *gate, const float *up, size
 	if (!n)
 		return 0;
 	CU_TRY("swiglu", cudaSetDevice(c->device));
-	swiglu_kernel<<<cu_blocks(n, 256), 256, 0, c->stream>>>(gate, up, n);
+	CU_LAUNCH(swiglu_kernel, cu_blocks(n, 256), 256, 0, c->stream)(gate, up, n);
 	CU_LAUNCHED("swiglu");
 	return 0;
 }
@@ -40,7 +40,7 @@ extern "C" int cu_swiglu_backward(kernels_backend *be, float *dgate, float *dup,
 	if (!n)
 		return 0;
 	CU_TRY("swiglu_backward", cudaSetDevice(c->device));
-	swiglu_backward_kernel<<<cu_blocks(n, 256), 256, 0, c->stream>>>(dgate, dup, dout, gate, up,
+	CU_LAUNCH(swiglu_backward_kernel, cu_blocks(n, 256), 256, 0, c->stream)(dgate, dup, dout, gate, up,
 									 n);
 	CU_LAUNCHED("swiglu_backward");
 	return 0;
