@@ -78,16 +78,46 @@ float atomicAdd(float *p, float v)
 	return old;
 }
 
+// One host thread per thread of a block, for the whole launch: each walks
+// the grid's blocks in order with the others, a block starting when all of
+// them have finished the one before (creating threads per block would cost
+// more than the kernels).
+struct launch {
+	dim3 grid;
+	size_t smem;
+	const std::function<void()> *body;
+	pthread_barrier_t between; // every thread of the block, between blocks
+};
+
 struct thread_arg {
 	unsigned x;
-	const std::function<void()> *body;
+	launch *l;
 };
 
 static void *thread_main(void *p)
 {
 	thread_arg *a = (thread_arg *)p;
+	launch *l = a->l;
 	emu_thread_idx = {a->x, 0, 0};
-	(*a->body)();
+	for (unsigned z = 0; z < l->grid.z; z++)
+		for (unsigned y = 0; y < l->grid.y; y++)
+			for (unsigned x = 0; x < l->grid.x; x++) {
+				if (a->x == 0) {
+					emu_block_idx = {x, y, z};
+					// fresh, poisoned shared memory per block: a kernel must
+					// not read what it did not write (0xff bytes are NaNs)
+					dyn_shared = l->smem ? malloc(l->smem) : NULL;
+					if (l->smem)
+						memset(dyn_shared, 0xff, l->smem);
+				}
+				pthread_barrier_wait(&l->between);
+				(*l->body)();
+				pthread_barrier_wait(&l->between);
+				if (a->x == 0) {
+					free(dyn_shared);
+					dyn_shared = NULL;
+				}
+			}
 	return NULL;
 }
 
@@ -100,35 +130,26 @@ void emu_run(dim3 grid, dim3 block, size_t smem, const std::function<void()> &bo
 	}
 	emu_grid_dim = grid;
 	emu_block_dim = block;
+	launch l = {grid, smem, &body, {}};
+	pthread_barrier_init(&l.between, NULL, block.x);
+	pthread_barrier_init(&block_barrier, NULL, block.x);
+	for (unsigned w = 0; w < block.x / 32; w++)
+		pthread_barrier_init(&warp_barrier[w], NULL, 32);
 	std::vector<pthread_t> th(block.x);
 	std::vector<thread_arg> args(block.x);
-	for (unsigned z = 0; z < grid.z; z++)
-		for (unsigned y = 0; y < grid.y; y++)
-			for (unsigned x = 0; x < grid.x; x++) {
-				emu_block_idx = {x, y, z};
-				// fresh, poisoned shared memory per block: a kernel must not
-				// read what it did not write
-				dyn_shared = smem ? malloc(smem) : NULL;
-				if (smem)
-					memset(dyn_shared, 0xff, smem); // NaN floats
-				pthread_barrier_init(&block_barrier, NULL, block.x);
-				for (unsigned w = 0; w < block.x / 32; w++)
-					pthread_barrier_init(&warp_barrier[w], NULL, 32);
-				for (unsigned t = 0; t < block.x; t++) {
-					args[t] = {t, &body};
-					if (pthread_create(&th[t], NULL, thread_main, &args[t])) {
-						perror("emu: pthread_create");
-						abort();
-					}
-				}
-				for (unsigned t = 0; t < block.x; t++)
-					pthread_join(th[t], NULL);
-				pthread_barrier_destroy(&block_barrier);
-				for (unsigned w = 0; w < block.x / 32; w++)
-					pthread_barrier_destroy(&warp_barrier[w]);
-				free(dyn_shared);
-				dyn_shared = NULL;
-			}
+	for (unsigned t = 0; t < block.x; t++) {
+		args[t] = {t, &l};
+		if (pthread_create(&th[t], NULL, thread_main, &args[t])) {
+			perror("emu: pthread_create");
+			abort();
+		}
+	}
+	for (unsigned t = 0; t < block.x; t++)
+		pthread_join(th[t], NULL);
+	pthread_barrier_destroy(&l.between);
+	pthread_barrier_destroy(&block_barrier);
+	for (unsigned w = 0; w < block.x / 32; w++)
+		pthread_barrier_destroy(&warp_barrier[w]);
 }
 
 // ---- the runtime on host memory --------------------------------------------
