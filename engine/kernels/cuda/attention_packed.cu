@@ -68,20 +68,21 @@ extern "C" int cu_attention_packed(kernels_backend *be, float *out, const float 
 				      head_dim, window, err);
 }
 
-// D[t][h] = dO . O over the head's columns; one warp per (token, head).
+// D[t][h] = dO . O over the head's columns; a warp per (token, head), the
+// warps striding over the rows.
 __global__ void ab_delta_kernel(float *D, const float *dout, const float *o, size_t rows, int hd)
 {
-	size_t r = blockIdx.x * (size_t)(blockDim.x / 32) + threadIdx.x / 32;
-	int lane = threadIdx.x % 32;
-	if (r >= rows)
-		return;
-	float s = 0.0f;
-	for (int d = lane; d < hd; d += 32)
-		s += dout[r * hd + d] * o[r * hd + d];
-	for (int off = 16; off > 0; off /= 2)
-		s += __shfl_xor_sync(0xffffffffu, s, off);
-	if (lane == 0)
-		D[r] = s;
+	const size_t warps = (size_t)gridDim.x * (blockDim.x / 32);
+	const int lane = threadIdx.x % 32;
+	for (size_t r = blockIdx.x * (size_t)(blockDim.x / 32) + threadIdx.x / 32; r < rows; r += warps) {
+		float s = 0.0f;
+		for (int d = lane; d < hd; d += 32)
+			s += dout[r * hd + d] * o[r * hd + d];
+		for (int off = 16; off > 0; off /= 2)
+			s += __shfl_xor_sync(0xffffffffu, s, off);
+		if (lane == 0)
+			D[r] = s;
+	}
 }
 
 struct ab_args {
