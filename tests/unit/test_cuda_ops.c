@@ -7,7 +7,10 @@
  * Without a device it still checks what a machine without one can: that
  * libowl_cuda.so loads, exports every entry point, refuses a program of
  * another kernel interface, and says which device or driver is missing.
- * Device tests then print "SKIP name: no CUDA device" (not counted). */
+ * Device tests then print "SKIP name: no CUDA device" (not counted).
+ * tests/run.sh also runs the device tests against the host emulator of CUDA
+ * (OWL_CUDA_LIB=$BUILD/libowl_cuda_emu.so, tests/cuda-emu/), which runs the
+ * same kernel sources on host threads. */
 #include "test.h"
 
 #include <dlfcn.h>
