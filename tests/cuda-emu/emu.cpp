@@ -20,28 +20,11 @@ static pthread_barrier_t block_barrier;
 enum { MAX_WARPS = 32 };
 static pthread_barrier_t warp_barrier[MAX_WARPS];
 static unsigned long long warp_slots[MAX_WARPS][32];
-static int or_slot;
 static std::mutex atomic_lock;
 
 void *emu_dyn_shared(void) { return dyn_shared; }
 
 void __syncthreads(void) { pthread_barrier_wait(&block_barrier); }
-
-int __syncthreads_or(int pred)
-{
-	__syncthreads();
-	if (threadIdx.x == 0)
-		or_slot = 0;
-	__syncthreads();
-	if (pred) {
-		std::lock_guard<std::mutex> g(atomic_lock);
-		or_slot = 1;
-	}
-	__syncthreads();
-	int r = or_slot;
-	__syncthreads();
-	return r;
-}
 
 unsigned long long emu_warp_exchange(unsigned long long mine, int src)
 {
@@ -50,24 +33,6 @@ unsigned long long emu_warp_exchange(unsigned long long mine, int src)
 	warp_slots[w][lane] = mine;
 	pthread_barrier_wait(&warp_barrier[w]);
 	return warp_slots[w][src];
-}
-
-int atomicMin(int *p, int v)
-{
-	std::lock_guard<std::mutex> g(atomic_lock);
-	int old = *p;
-	if (v < old)
-		*p = v;
-	return old;
-}
-
-int atomicCAS(int *p, int cmp, int v)
-{
-	std::lock_guard<std::mutex> g(atomic_lock);
-	int old = *p;
-	if (old == cmp)
-		*p = v;
-	return old;
 }
 
 float atomicAdd(float *p, float v)

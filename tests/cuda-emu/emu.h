@@ -35,7 +35,6 @@ extern dim3 emu_block_dim, emu_grid_dim;
 
 void *emu_dyn_shared(void);
 void __syncthreads(void);
-int __syncthreads_or(int pred);
 // The warp's exchange: every lane puts 8 bytes, then takes lane src's.
 unsigned long long emu_warp_exchange(unsigned long long mine, int src);
 
@@ -59,8 +58,6 @@ template <typename T> static inline T __shfl_sync(unsigned mask, T v, int src)
 	return emu_shfl(v, src & 31);
 }
 
-int atomicMin(int *p, int v);
-int atomicCAS(int *p, int cmp, int v);
 float atomicAdd(float *p, float v);
 
 // Runs body once per thread of every block of the grid.
