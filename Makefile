@@ -58,7 +58,7 @@ MPI_CFLAGS := $(shell pkg-config --cflags ompi-c 2>/dev/null)
 MPI_LIBS   := $(shell pkg-config --libs ompi-c 2>/dev/null)
 MPI_SO     := $(if $(MPI_LIBS),$(BUILD)/libowl_mpi.so)
 
-all: $(BUILD)/owl $(BUILD)/libowl_cuda.so $(MPI_SO) $(TOOL_BIN) $(TEST_BIN)
+all: $(BUILD)/owl $(BUILD)/libowl_cuda.so $(BUILD)/libowl_cuda_emu.so $(MPI_SO) $(TOOL_BIN) $(TEST_BIN)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -72,10 +72,19 @@ $(BUILD)/owl: $(CMD_OBJ) $(BUILD)/libowl.a
 	$(CC) $(LDFLAGS) -o $@ $(CMD_OBJ) $(BUILD)/libowl.a $(LDLIBS)
 
 # The CUDA backend is a separate shared object loaded with dlopen at run time,
-# so that owl runs on machines without a GPU. It is always compiled and linked.
-$(BUILD)/libowl_cuda.so: $(CU_SRC) $(wildcard engine/kernels/cuda/*.h engine/kernels/*.h)
+# so that owl runs on machines without a GPU. It is always compiled and linked:
+# each .cu file to its own object (an op's change rebuilds one file), for
+# sm_90 (H100/H200) with its PTX so that newer devices JIT it.
+CU_ARCH ?= -gencode arch=compute_90,code=[sm_90,compute_90]
+NVFLAGS := -O2 -std=c++17 -Xcompiler -fPIC,-Wall,-fvisibility=hidden -I. $(CU_ARCH)
+CU_OBJ  := $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
+$(BUILD)/obj/%.o: %.cu $(wildcard engine/kernels/cuda/*.cuh) engine/kernels/kernels.h
 	@mkdir -p $(dir $@)
-	$(NVCC) -O2 -std=c++17 -shared -Xcompiler -fPIC -I. -o $@ $(CU_SRC) \
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+
+$(BUILD)/libowl_cuda.so: $(CU_OBJ)
+	@mkdir -p $(dir $@)
+	$(NVCC) -shared $(CU_ARCH) -o $@ $(CU_OBJ) \
 	    -L$(CUDA_HOME)/lib64 -Xlinker -rpath=$(CUDA_HOME)/lib64 -lcublas -lcublasLt -lnccl
 
 # The MPI side of engine/dist.c, loaded with dlopen only when a launch is
@@ -83,6 +92,23 @@ $(BUILD)/libowl_cuda.so: $(CU_SRC) $(wildcard engine/kernels/cuda/*.h engine/ker
 $(BUILD)/libowl_mpi.so: engine/dist/mpi.c engine/dist_impl.h
 	@mkdir -p $(dir $@)
 	$(CC) -O2 -g -std=gnu17 -Wall -Wextra -Werror -shared -fPIC -I. $(MPI_CFLAGS) -o $@ $< $(MPI_LIBS)
+
+# The same kernel sources built with g++ against a host emulator of CUDA's
+# blocks, warps, shared memory, runtime and cuBLAS (tests/cuda-emu/): the op
+# tests run on it on every machine (tests/run.sh: test_cuda_emu), under ASan
+# too. Not emulated: sample.cu (CUB), nccl.cu.
+EMU_CU  := $(filter-out engine/kernels/cuda/sample.cu engine/kernels/cuda/nccl.cu,$(CU_SRC))
+$(BUILD)/libowl_cuda_emu.so: $(EMU_CU) $(wildcard engine/kernels/cuda/*.cuh tests/cuda-emu/*) \
+		engine/kernels/kernels.h
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++17 -O1 -g -fPIC -shared -pthread -Wall -Wno-attributes -Wno-unknown-pragmas \
+	    -DOWL_CUDA_EMU -I. -I$(CUDA_HOME)/include $(SANFLAGS) -Wl,--no-undefined \
+	    -o $@ -x c++ $(EMU_CU) tests/cuda-emu/emu.cpp
+
+# The GPU checks' programs keep only the libraries they use, so that they
+# can be carried to a GPU machine whose image lacks owl's other dependencies
+# (scripts/gpu-check.sh --prepare).
+$(BUILD)/tests/test_cuda_ops $(BUILD)/owl-cuda-bench: LDFLAGS += -Wl,--as-needed
 
 $(BUILD)/tests/%: tests/unit/%.c $(TEST_COMMON_OBJ) $(BUILD)/libowl.a
 	@mkdir -p $(dir $@)

@@ -23,6 +23,26 @@ void engine_gpu_probe(engine_gpu_info *info);
  * handle or NULL with the reason in err. The handle lives until exit. */
 void *engine_cuda_open(owl_err *err);
 
+/* The CUDA backend's entry points through that handle (engine/gpu.c). Each
+ * fails with the reason when the object, the driver or the device is
+ * missing, or when the object was built for another kernel interface. */
+typedef struct kernels_backend kernels_backend;
+typedef struct kernels_comm kernels_comm;
+/* A backend instance on CUDA device `device` (kernels_backend_free frees it). */
+int engine_cuda_backend_new(int device, kernels_backend **out, owl_err *err);
+/* An NCCL comm over n ranks of this process, rank i on CUDA backend bes[i],
+ * each on its own device (size = local = n). */
+int engine_cuda_nccl_comm_new(kernels_backend *const *bes, int n, kernels_comm **out,
+			      owl_err *err);
+/* Multi-process jobs: rank 0 makes the 128-byte unique id, the launcher's
+ * rendezvous shares it, and every rank joins with its own backend (local =
+ * 1, first = rank). */
+int engine_cuda_nccl_unique_id(unsigned char id[128], owl_err *err);
+int engine_cuda_nccl_comm_init_rank(const unsigned char id[128], int nranks, int rank,
+				    kernels_backend *be, kernels_comm **out, owl_err *err);
+/* Frees a comm made by either of the above; accepts NULL. */
+void engine_cuda_nccl_comm_free(kernels_comm *c);
+
 /* ---- models (engine/model.c) and the forward pass (engine/forward.c) --- */
 
 typedef struct engine_model engine_model;     /* weights + config, read-only */

@@ -53,8 +53,24 @@ for bin in "$BUILD"/tests/test_*; do
   [ -x "$bin" ] || continue
   name=$(basename "$bin")
   [[ -z "$FILTER" || "$name" == *"$FILTER"* ]] || continue
+  if [ "$name" = test_cuda_ops ] && [ "${SANITIZE:-0}" = 1 ]; then
+    # The CUDA driver maps device memory into the range ASan keeps as its
+    # shadow gap; without this, cudaMalloc fails under ASan on a GPU machine.
+    run_one "$name" env ASAN_OPTIONS="$ASAN_OPTIONS:protect_shadow_gap=0" "$bin"
+    continue
+  fi
   run_one "$name" "$bin"
 done
+# The CUDA kernels again on the host emulator of CUDA (tests/cuda-emu,
+# $BUILD/libowl_cuda_emu.so): every device test of test_cuda_ops but
+# sampling (CUB) and NCCL, so that the kernels' indexing and synchronisation
+# are checked on machines without a GPU; shorter shapes (OWL_TEST_QUICK).
+if [ -x "$BUILD/tests/test_cuda_ops" ] && [ -f "$BUILD/libowl_cuda_emu.so" ] &&
+   [[ -z "$FILTER" || test_cuda_emu == *"$FILTER"* ]]; then
+  emu_tests=$("$BUILD/tests/test_cuda_ops" --list | grep -v '^sample_rows$\|^nccl_comm$')
+  run_one test_cuda_emu env OWL_CUDA_LIB="$ROOT/$BUILD/libowl_cuda_emu.so" OWL_TEST_QUICK=1 \
+    "$BUILD/tests/test_cuda_ops" $emu_tests
+fi
 # The kernels again on every kernel path this CPU runs (OWL_CPU_PATH, the
 # list from test_kernels --cpu-paths, best first), and on the exact f32 path
 # that OWL_NO_QGEMM=1 forces for quantised prompts, as a CPU without AVX-512

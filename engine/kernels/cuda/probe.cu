@@ -5,7 +5,7 @@
 #include <nccl.h>
 #include <stdio.h>
 
-extern "C" int owl_cuda_probe(int *device_count, char *desc, size_t desc_len, int *nccl_version)
+extern "C" __attribute__((visibility("default"))) int owl_cuda_probe(int *device_count, char *desc, size_t desc_len, int *nccl_version)
 {
 	*device_count = 0;
 	*nccl_version = 0;
@@ -25,10 +25,27 @@ extern "C" int owl_cuda_probe(int *device_count, char *desc, size_t desc_len, in
 	}
 	*device_count = n;
 	if (n > 0) {
-		cudaDeviceProp prop;
-		if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess)
-			snprintf(desc, desc_len, "%s, %.1f GiB, sm_%d%d", prop.name,
-				 prop.totalGlobalMem / (1024.0 * 1024 * 1024), prop.major, prop.minor);
+		// Every device, its memory (free of total) and the driver: what a
+		// user checks before choosing --tp.
+		int drv = 0;
+		cudaDriverGetVersion(&drv);
+		size_t used = 0;
+		for (int d = 0; d < n && used + 1 < desc_len; d++) {
+			cudaDeviceProp prop;
+			if (cudaGetDeviceProperties(&prop, d) != cudaSuccess)
+				continue;
+			size_t fr = 0, total = 0;
+			if (cudaSetDevice(d) != cudaSuccess || cudaMemGetInfo(&fr, &total) != cudaSuccess)
+				fr = 0, total = prop.totalGlobalMem;
+			int k = snprintf(desc + used, desc_len - used, "%s%d: %s, %.1f of %.1f GiB free, sm_%d%d",
+					 d ? "; " : "", d, prop.name, fr / 1073741824.0,
+					 total / 1073741824.0, prop.major, prop.minor);
+			if (k < 0)
+				break;
+			used += (size_t)k < desc_len - used ? (size_t)k : desc_len - used - 1;
+		}
+		if (used + 1 < desc_len)
+			snprintf(desc + used, desc_len - used, "; driver %d.%d", drv / 1000, drv % 1000 / 10);
 	}
 	int v = 0;
 	if (ncclGetVersion(&v) == ncclSuccess)

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Every GPU check of owl in one call, for a machine with a CUDA device (an
+# H200 when one is lent): the CUDA op tests against the CPU backend
+# (test_cuda_ops), the op benchmarks (owl-cuda-bench), the op tests again
+# under ASan when time is left, and one summary with counts. It keeps to 8
+# minutes: each step's limit is what is left of them.
+#
+#   scripts/gpu-check.sh                  build here (make), then check
+#   scripts/gpu-check.sh --prepare DIR    build here and put in DIR what a GPU machine
+#                                         without owl's build dependencies needs: the
+#                                         programs, libowl_cuda.so, and the shared
+#                                         libraries they use beyond the C and C++
+#                                         runtimes and CUDA's own (about 45 MiB; no
+#                                         ASan build, which would not fit)
+#   scripts/gpu-check.sh --prebuilt DIR   check with what --prepare put in DIR (no build)
+#
+# A lent machine copies the working tree and the ignored paths named in
+# `carry`: prepare here into a folder git ignores (listed in .git/info/exclude),
+# e.g. `scripts/gpu-check.sh --prepare .gpucheck`, then run
+# `scripts/gpu-check.sh --prebuilt .gpucheck` there with .gpucheck carried (or
+# plain `scripts/gpu-check.sh` where the machine has owl's build dependencies).
+#
+# Without a device it runs the checks that need none (the object loads, exports
+# its entry points, decodes every weight type as the host does, names the
+# missing device), says there is no device and exits 3. A failed build exits 2.
+# Nothing here changes the device's settings.
+set -u
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build}
+JOBS=${JOBS:-$(nproc)}
+start=$SECONDS
+mode=build
+dir=
+case "${1:-}" in
+  --prepare) mode=prepare; dir=${2:?usage: scripts/gpu-check.sh --prepare DIR} ;;
+  --prebuilt) mode=prebuilt; dir=${2:?usage: scripts/gpu-check.sh --prebuilt DIR} ;;
+  "") ;;
+  *) echo "usage: scripts/gpu-check.sh [--prepare DIR | --prebuilt DIR]" >&2; exit 2 ;;
+esac
+log=$(mktemp -d "${TMPDIR:-/tmp}/owl-gpu-check-XXXXXX")
+summary=()
+say() { echo "gpu-check: $*"; }
+elapsed() { echo $((SECONDS - start)); }
+# seconds left of the 8 minutes, less a margin, and at most $1
+left() { local l=$((470 - (SECONDS - start))); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 1 ] && l=1; echo "$l"; }
+finish() { # exit status; prints the summary first
+  echo "== gpu-check summary ($(elapsed)s, logs in $log) =="
+  printf '%s\n' "${summary[@]}"
+  [ -f "$log/bench.log" ] && grep '^bench ' "$log/bench.log" | sed 's/^/  /'
+  exit "$1"
+}
+
+# 1. the programs: built here, or carried
+if [ "$mode" = prebuilt ]; then
+  OPS=$dir/tests/test_cuda_ops BENCH=$dir/owl-cuda-bench OPS_SAN=
+  for f in "$OPS" "$BENCH" "$dir/libowl_cuda.so"; do
+    [ -x "$f" ] || [ -f "$f" ] || { summary+=("prebuilt: $f is missing (run --prepare first)"); finish 2; }
+  done
+  export LD_LIBRARY_PATH="$(cd "$dir" && pwd)/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  # CUDA's libraries where the object's rpath does not find them (a pip install)
+  if ldd "$dir/libowl_cuda.so" | grep -q 'not found'; then
+    for lib in libcublas.so.13 libnccl.so.2; do
+      p=$(find /usr/local /usr/lib /opt -name "$lib" 2>/dev/null | head -n 1)
+      [ -n "$p" ] && LD_LIBRARY_PATH="$(dirname "$p"):$LD_LIBRARY_PATH"
+    done
+  fi
+  missing=$(ldd "$OPS" "$dir/libowl_cuda.so" 2>&1 | grep 'not found' | sort -u)
+  [ -n "$missing" ] && summary+=("prebuilt: libraries not found: $(echo $missing)")
+  summary+=("programs: prebuilt in $dir")
+else
+  say "building with $JOBS jobs (log $log/build.log)"
+  targets="$BUILD/libowl_cuda.so $BUILD/tests/test_cuda_ops $BUILD/owl-cuda-bench"
+  if ! timeout "$(left 300)" make -j"$JOBS" $targets >"$log/build.log" 2>&1; then
+    tail -n 30 "$log/build.log"
+    summary+=("build: FAILED (see $log/build.log)")
+    finish 2
+  fi
+  summary+=("build: ok ($(elapsed)s)")
+  OPS=$BUILD/tests/test_cuda_ops BENCH=$BUILD/owl-cuda-bench OPS_SAN=build-san/tests/test_cuda_ops
+  if [ "$mode" = prepare ]; then
+    # (no ASan build: its runtime would not fit beside OpenBLAS in a carry)
+    rm -rf "$dir" && mkdir -p "$dir/tests" "$dir/lib"
+    cp "$BUILD/libowl_cuda.so" "$BUILD/owl-cuda-bench" "$dir/"
+    cp "$BUILD/tests/test_cuda_ops" "$dir/tests/"
+    # every library they load but the C/C++ runtimes and CUDA's, which the
+    # GPU machine's image has
+    ldd "$dir/tests/test_cuda_ops" "$dir/owl-cuda-bench" "$dir/libowl_cuda.so" 2>/dev/null | awk '/=> \// {print $1, $3}' | sort -u |
+      while read -r name path; do
+        case "$name" in
+          libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|ld-linux*|libstdc++*|libgcc_s*) ;;
+          libcublas*|libnccl*|libcudart*) ;;
+          *) cp -L "$path" "$dir/lib/$name" ;;
+        esac
+      done
+    echo "gpu-check: prepared $dir ($(du -sh "$dir" | cut -f1)): $(ls "$dir/lib" | tr '\n' ' ')"
+    echo "gpu-check: on the GPU machine: scripts/gpu-check.sh --prebuilt $dir (carry $dir)"
+    exit 0
+  fi
+fi
+
+# 2. the device, as nvidia-smi sees it
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >"$log/smi.txt" 2>&1; then
+  summary+=("device: $(head -n 1 "$log/smi.txt"); $(nvidia-smi --query-gpu=memory.total,driver_version \
+    --format=csv,noheader 2>/dev/null | head -n 1)")
+else
+  summary+=("device: nvidia-smi finds none")
+fi
+
+# 3. the op tests, each device test in its own process, so that a fault that
+#    spoils one CUDA context does not fail the tests after it
+timeout "$(left 60)" "$OPS" --no-device-tests >"$log/ops.log" 2>&1
+ops_rc=$?
+if grep -q '^no CUDA device' "$log/ops.log" || ! grep -q '^PASS ' "$log/ops.log"; then
+  grep -v '^PASS \|^SKIP ' "$log/ops.log" | head -n 20
+  summary+=("test_cuda_ops: $(grep -c '^PASS ' "$log/ops.log") passed, $(grep -c '^FAIL ' "$log/ops.log") failed without a device (exit $ops_rc)")
+  summary+=("$(grep -m1 '^no CUDA device' "$log/ops.log" || echo "the op tests did not start")")
+  summary+=("benchmarks: not run (no device)")
+  finish 3
+fi
+for name in $("$OPS" --list); do
+  timeout "$(left 120)" "$OPS" "$name" >"$log/op-$name.log" 2>&1
+  rc=$?
+  if [ "$rc" -ne 0 ] && ! grep -q '^FAIL ' "$log/op-$name.log"; then
+    echo "FAIL $name: exited with status $rc without reporting (a crash or the time limit)" >>"$log/op-$name.log"
+  fi
+  grep -v '^PASS \|^SKIP ' "$log/op-$name.log" | grep -v '^  ' | head -n 20
+  grep '^PASS \|^FAIL ' "$log/op-$name.log" >>"$log/ops.log"
+done
+pass=$(grep -c '^PASS ' "$log/ops.log")
+fail=$(grep -c '^FAIL ' "$log/ops.log")
+summary+=("test_cuda_ops: $pass passed, $fail failed ($(elapsed)s)")
+
+# 4. the op benchmarks
+timeout "$(left 150)" "$BENCH" >"$log/bench.log" 2>&1
+bench_rc=$?
+grep -v '^bench ' "$log/bench.log" | head -n 20
+summary+=("owl-cuda-bench: $(grep -c '^bench ' "$log/bench.log") figures (exit $bench_rc, $(elapsed)s)")
+# The engine's forward pass runs on the CPU backend only: owl bench has no
+# CUDA path to measure yet, and the summary says so rather than time the CPU.
+summary+=("owl bench on CUDA: not run: the engine has no CUDA forward pass yet (engine/forward.c drives the CPU backend)")
+
+# 5. the op tests under ASan + UBSan, if time is left (built here in build
+#    mode; carried in prebuilt mode)
+san_fail=0
+if [ $((SECONDS - start)) -lt 300 ]; then
+  if [ "$mode" = build ] && ! timeout "$(left 150)" make -j"$JOBS" SANITIZE=1 \
+      build-san/libowl_cuda.so build-san/tests/test_cuda_ops >"$log/build-san.log" 2>&1; then
+    summary+=("test_cuda_ops (ASan): build failed (see $log/build-san.log)")
+  elif [ -n "$OPS_SAN" ] && [ -x "$OPS_SAN" ]; then
+    ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:protect_shadow_gap=0" \
+      LSAN_OPTIONS="suppressions=$(pwd)/tests/lsan.supp:print_suppressions=0" \
+      UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+      timeout "$(left 150)" "$OPS_SAN" >"$log/ops-san.log" 2>&1
+    san_rc=$?
+    [ "$san_rc" -ne 0 ] && san_fail=1
+    grep -v '^PASS \|^SKIP ' "$log/ops-san.log" | head -n 30
+    summary+=("test_cuda_ops (ASan): $(grep -c '^PASS ' "$log/ops-san.log") passed, $(grep -c '^FAIL ' "$log/ops-san.log") failed (exit $san_rc)")
+  else
+    summary+=("test_cuda_ops (ASan): not run (prebuilt programs carry no ASan build)")
+  fi
+else
+  summary+=("test_cuda_ops (ASan): skipped for time")
+fi
+
+status=0
+[ "$fail" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$san_fail" -eq 0 ] || status=1
+finish "$status"

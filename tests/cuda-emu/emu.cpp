@@ -1,0 +1,291 @@
+// The emulator's threads, barriers and shared memory, and the few CUDA
+// runtime calls the emulated kernel files make, over host memory (emu.h).
+#include "engine/kernels/cuda/cuda.cuh"
+
+#include <nccl.h>
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <mutex>
+#include <vector>
+
+thread_local uint3 emu_thread_idx;
+uint3 emu_block_idx;
+dim3 emu_block_dim, emu_grid_dim;
+
+static void *dyn_shared;
+static pthread_barrier_t block_barrier;
+enum { MAX_WARPS = 32 };
+static pthread_barrier_t warp_barrier[MAX_WARPS];
+static unsigned long long warp_slots[MAX_WARPS][32];
+static std::mutex atomic_lock;
+
+void *emu_dyn_shared(void) { return dyn_shared; }
+
+void __syncthreads(void) { pthread_barrier_wait(&block_barrier); }
+
+unsigned long long emu_warp_exchange(unsigned long long mine, int src)
+{
+	int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+	pthread_barrier_wait(&warp_barrier[w]); // the slots' last readers are done
+	warp_slots[w][lane] = mine;
+	pthread_barrier_wait(&warp_barrier[w]);
+	return warp_slots[w][src];
+}
+
+float atomicAdd(float *p, float v)
+{
+	std::lock_guard<std::mutex> g(atomic_lock);
+	float old = *p;
+	*p = old + v;
+	return old;
+}
+
+// One host thread per thread of a block, for the whole launch: each walks
+// the grid's blocks in order with the others, a block starting when all of
+// them have finished the one before (creating threads per block would cost
+// more than the kernels).
+struct launch {
+	dim3 grid;
+	size_t smem;
+	const std::function<void()> *body;
+	pthread_barrier_t between; // every thread of the block, between blocks
+};
+
+struct thread_arg {
+	unsigned x;
+	launch *l;
+};
+
+static void *thread_main(void *p)
+{
+	thread_arg *a = (thread_arg *)p;
+	launch *l = a->l;
+	emu_thread_idx = {a->x, 0, 0};
+	for (unsigned z = 0; z < l->grid.z; z++)
+		for (unsigned y = 0; y < l->grid.y; y++)
+			for (unsigned x = 0; x < l->grid.x; x++) {
+				if (a->x == 0) {
+					emu_block_idx = {x, y, z};
+					// fresh, poisoned shared memory per block: a kernel must
+					// not read what it did not write (0xff bytes are NaNs)
+					dyn_shared = l->smem ? malloc(l->smem) : NULL;
+					if (l->smem)
+						memset(dyn_shared, 0xff, l->smem);
+				}
+				pthread_barrier_wait(&l->between);
+				(*l->body)();
+				pthread_barrier_wait(&l->between);
+				if (a->x == 0) {
+					free(dyn_shared);
+					dyn_shared = NULL;
+				}
+			}
+	return NULL;
+}
+
+void emu_run(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body)
+{
+	if (block.y != 1 || block.z != 1 || block.x % 32 || block.x / 32 > MAX_WARPS) {
+		fprintf(stderr, "emu: blocks of %ux%ux%u threads are not emulated\n", block.x, block.y,
+			block.z);
+		abort();
+	}
+	emu_grid_dim = grid;
+	emu_block_dim = block;
+	launch l = {grid, smem, &body, {}};
+	pthread_barrier_init(&l.between, NULL, block.x);
+	pthread_barrier_init(&block_barrier, NULL, block.x);
+	for (unsigned w = 0; w < block.x / 32; w++)
+		pthread_barrier_init(&warp_barrier[w], NULL, 32);
+	std::vector<pthread_t> th(block.x);
+	std::vector<thread_arg> args(block.x);
+	for (unsigned t = 0; t < block.x; t++) {
+		args[t] = {t, &l};
+		if (pthread_create(&th[t], NULL, thread_main, &args[t])) {
+			perror("emu: pthread_create");
+			abort();
+		}
+	}
+	for (unsigned t = 0; t < block.x; t++)
+		pthread_join(th[t], NULL);
+	pthread_barrier_destroy(&l.between);
+	pthread_barrier_destroy(&block_barrier);
+	for (unsigned w = 0; w < block.x / 32; w++)
+		pthread_barrier_destroy(&warp_barrier[w]);
+}
+
+// ---- the runtime on host memory --------------------------------------------
+// One emulated device; device memory, mapped and pinned host memory are all
+// the heap, streams run each call at once.
+
+extern "C" {
+cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+cudaError_t cudaGetDeviceCount(int *n)
+{
+	*n = 1;
+	return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int d)
+{
+	memset(p, 0, sizeof *p);
+	snprintf(p->name, sizeof p->name, "owl host emulator");
+	p->totalGlobalMem = (size_t)1 << 30;
+	p->major = 9;
+	return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int *v, enum cudaDeviceAttr, int)
+{
+	*v = 2; // multiprocessors: few, so that the kernels' loops over tiles run
+	return cudaSuccess;
+}
+cudaError_t cudaDriverGetVersion(int *v)
+{
+	*v = 13000;
+	return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t *fr, size_t *total)
+{
+	*fr = *total = (size_t)1 << 30;
+	return cudaSuccess;
+}
+cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+const char *cudaGetErrorString(cudaError_t e) { return e ? "emulated error" : "no error"; }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned)
+{
+	*s = (cudaStream_t)1;
+	return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaFuncSetAttribute(const void *, enum cudaFuncAttribute, int) { return cudaSuccess; }
+cudaError_t cudaMalloc(void **p, size_t n)
+{
+	*p = malloc(n ? n : 1);
+	return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+cudaError_t cudaFree(void *p)
+{
+	free(p);
+	return cudaSuccess;
+}
+cudaError_t cudaMallocHost(void **p, size_t n) { return cudaMalloc(p, n); }
+cudaError_t cudaHostAlloc(void **p, size_t n, unsigned) { return cudaMalloc(p, n); }
+cudaError_t cudaFreeHost(void *p) { return cudaFree(p); }
+cudaError_t cudaHostGetDevicePointer(void **d, void *h, unsigned)
+{
+	*d = h;
+	return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind, cudaStream_t)
+{
+	memmove(dst, src, n);
+	return cudaSuccess;
+}
+cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch,
+			      size_t width, size_t height, enum cudaMemcpyKind, cudaStream_t)
+{
+	for (size_t r = 0; r < height; r++)
+		memcpy((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
+	return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void *dst, int v, size_t n, cudaStream_t)
+{
+	memset(dst, v, n);
+	return cudaSuccess;
+}
+cudaError_t cudaMemset(void *dst, int v, size_t n)
+{
+	memset(dst, v, n);
+	return cudaSuccess;
+}
+
+// ---- cuBLAS: the column-major products the backend asks for, as loops ----------
+
+cublasStatus_t cublasCreate_v2(cublasHandle_t *h)
+{
+	*h = (cublasHandle_t)1;
+	return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasDestroy_v2(cublasHandle_t) { return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasSetStream_v2(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasLtCreate(cublasLtHandle_t *h)
+{
+	*h = (cublasLtHandle_t)1;
+	return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t) { return CUBLAS_STATUS_SUCCESS; }
+const char *cublasGetStatusString(cublasStatus_t s) { return s ? "emulated cuBLAS error" : "success"; }
+}
+
+static float load(cudaDataType t, const void *p, size_t i)
+{
+	if (t == CUDA_R_32F)
+		return ((const float *)p)[i];
+	if (t == CUDA_R_16F)
+		return __half2float(((const __half *)p)[i]);
+	if (t == CUDA_R_16BF)
+		return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+	fprintf(stderr, "emu: cuBLAS type %d\n", (int)t);
+	abort();
+}
+
+// C = alpha op(A) op(B) + beta C, column-major, C in f32; the leading
+// dimensions are checked as cuBLAS checks them.
+static cublasStatus_t gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+			   float alpha, const void *A, cudaDataType at, int lda, const void *B,
+			   cudaDataType bt, int ldb, float beta, float *C, int ldc)
+{
+	if (m < 0 || n < 0 || k < 0 || lda < (ta == CUBLAS_OP_N ? m : k) || lda < 1 ||
+	    ldb < (tb == CUBLAS_OP_N ? k : n) || ldb < 1 || ldc < m || ldc < 1)
+		return CUBLAS_STATUS_INVALID_VALUE;
+	for (int j = 0; j < n; j++)
+		for (int i = 0; i < m; i++) {
+			double s = 0;
+			for (int l = 0; l < k; l++) {
+				float a = load(at, A, ta == CUBLAS_OP_N ? i + (size_t)l * lda : l + (size_t)i * lda);
+				float b = load(bt, B, tb == CUBLAS_OP_N ? l + (size_t)j * ldb : j + (size_t)l * ldb);
+				s += (double)a * b;
+			}
+			float *c = C + i + (size_t)j * ldc;
+			*c = (float)(alpha * s + (beta == 0 ? 0.0 : (double)beta * *c));
+		}
+	return CUBLAS_STATUS_SUCCESS;
+}
+
+extern "C" {
+cublasStatus_t cublasSgemm_v2(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m,
+			      int n, int k, const float *alpha, const float *A, int lda,
+			      const float *B, int ldb, const float *beta, float *C, int ldc)
+{
+	return gemm(ta, tb, m, n, k, *alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, *beta, C, ldc);
+}
+cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m,
+			    int n, int k, const void *alpha, const void *A, cudaDataType at, int lda,
+			    const void *B, cudaDataType bt, int ldb, const void *beta, void *C,
+			    cudaDataType ct, int ldc, cublasComputeType_t, cublasGemmAlgo_t)
+{
+	if (ct != CUDA_R_32F || at != bt)
+		return CUBLAS_STATUS_NOT_SUPPORTED;
+	return gemm(ta, tb, m, n, k, *(const float *)alpha, A, at, lda, B, bt, ldb,
+		    *(const float *)beta, (float *)C, ldc);
+}
+ncclResult_t ncclGetVersion(int *v)
+{
+	*v = 0;
+	return ncclInvalidUsage;
+}
+
+// The emulated object has no NCCL and no CUB: its sampling answers so.
+int cu_sample(kernels_backend *, int32_t *, const float *, int, int, const kernels_sample_row *,
+	      owl_err *err)
+{
+	if (err) {
+		snprintf(err->msg, sizeof err->msg, "sample is not emulated (CUB)");
+		err->code = OWL_EFAIL;
+	}
+	return OWL_EFAIL;
+}
+}
