@@ -216,6 +216,7 @@ struct engine_trainer {
 	kernels_backend *be;
 	int max_tokens, ckpt, max_in;
 	kernels_buffer *buf;
+	size_t buf_bytes; /* the tape and the working memory, in one buffer */
 	tape_layer *L;
 	float *xf, *xfn, *logits;
 	/* the backward pass's gradients, and the adapters' working memory */
@@ -287,6 +288,7 @@ int engine_trainer_new(engine_model *m, engine_lora_weights *w, int max_tokens,
 		       2 * n * (size_t)w->o.rank + logit_rows * in->vocab + attn_floats + mb_floats;
 	float *p;
 	int rc = kernels_alloc(be, total * sizeof(float), &t->buf, (void **)&p, err);
+	t->buf_bytes = total * sizeof(float);
 	if (rc) {
 		engine_trainer_free(t);
 		owl_err_wrap(err, "cannot allocate the trainer's workspace for %d tokens", max_tokens);
@@ -595,3 +597,5 @@ int engine_train_eval(engine_trainer *t, const engine_train_batch *b, double *lo
 	*loss_sum = 0, *count = 0;
 	return run(t, b, 0, 0.0f, loss_sum, count, err);
 }
+
+size_t engine_trainer_workspace_bytes(const engine_trainer *t) { return t->buf_bytes; }

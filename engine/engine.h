@@ -405,6 +405,10 @@ typedef struct engine_trainer engine_trainer;
 int engine_trainer_new(engine_model *m, engine_lora_weights *w, int max_tokens,
 		       int checkpoint_activations, engine_trainer **out, owl_err *err);
 void engine_trainer_free(engine_trainer *t); /* accepts NULL */
+/* Bytes of the trainer's backend memory: the activations' tape, the
+ * backward pass's gradients of activations and the ops' scratch (the
+ * "activations" of a memory budget). */
+size_t engine_trainer_workspace_bytes(const engine_trainer *t);
 /* Forward and backward: *loss_sum is the sum of the cross-entropy over the
  * scored tokens, *count how many were scored; the gradient of loss_sum
  * times grad_scale is ADDED to w's grads (the loop passes 1 / tokens of

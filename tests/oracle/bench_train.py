@@ -36,18 +36,20 @@ def main():
     pm.train()
     opt = torch.optim.AdamW([q for q in pm.parameters() if q.requires_grad], lr=1e-4)
     ids = torch.randint(0, m.config.vocab_size, (1, a.seq))
-    times = []
+    times, cpu = [], []
     for k in range(a.steps + 1):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = pm(input_ids=ids, labels=ids)
         out.loss.backward()
         opt.step()
         opt.zero_grad()
         if k:
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(json.dumps({"tokens_per_s": round(a.seq * len(times) / sum(times), 1),
                       "best_tokens_per_s": round(a.seq / min(times), 1),
+                      "cpu_s_per_step": round(sum(cpu) / len(cpu), 3),
                       "peak_rss_mib": round(rss), "threads": a.threads}))
 
 
