@@ -4,9 +4,15 @@
  * so the forward pass and training never branch on the device.
  *
  * Conventions: activations are f32, row-major; weights are views of any
- * kernels_dtype, read in place. Pointers are backend memory (host memory for
- * the CPU backend, device memory for CUDA); buffer ops move data between the
- * two. Every op returns 0 or an OWL_* error with the reason in err.
+ * kernels_dtype, read in place. Every pointer an op receives is backend
+ * memory (host memory for the CPU backend, device memory for CUDA) unless
+ * its comment says host: activations, weights' data, the KV cache, the
+ * positions, slots and ids arrays, and the segs arrays of attention together
+ * with the blocks tables they point to. The structs passed by pointer that
+ * describe memory (kernels_weight, kernels_kv_layer, kernels_scratch) are
+ * host memory; the memory they name is the backend's. Buffer ops move data
+ * between the two. Every op returns 0 or an OWL_* error with the reason in
+ * err.
  * Accumulation is always f32. Ops whose backward training needs have a
  * backward slot; a backend leaves a slot NULL until it implements it. */
 #ifndef OWL_KERNELS_H
@@ -108,7 +114,7 @@ typedef struct kernels_buffer kernels_buffer; /* opaque, backend-owned */
 /* The version of this interface. A backend loaded at run time (the CUDA
  * object) reports the version it was built against, and one that differs is
  * refused rather than called through a table of another shape. */
-#define KERNELS_ABI_VERSION 3
+#define KERNELS_ABI_VERSION 4
 
 /* The ops, for supports(): a scheduler asks before it calls. */
 typedef enum kernels_op {
@@ -136,10 +142,24 @@ typedef enum kernels_op {
 	KERNELS_OP_SWIGLU_BACKWARD,
 	KERNELS_OP_CROSS_ENTROPY_BACKWARD,
 	KERNELS_OP_ADAMW,
+	KERNELS_OP_SAMPLE, /* ABI 4 */
 	KERNELS_OP_COUNT,
 } kernels_op;
 
 typedef struct kernels_backend kernels_backend;
+
+/* How one row of logits is sampled (host memory): temperature <= 0 takes
+ * the argmax (the lowest index on ties). Otherwise the candidates are the
+ * tokens in the order (logit descending, index ascending), cut to the first
+ * top_k (0 = all), their probabilities softmax(logit / temperature) over
+ * those k, cut again to the shortest prefix whose mass reaches top_p (top_p
+ * <= 0 or >= 1 = no cut); the token drawn is the first whose cumulative
+ * mass exceeds u times the prefix's mass, u uniform in [0, 1). */
+typedef struct kernels_sample_row {
+	float temperature, top_p;
+	int top_k;
+	float u;
+} kernels_sample_row;
 
 /* A backend's table. Every op receives the backend instance it runs on
  * (which device, which threads). Slots marked optional may be NULL. */
@@ -157,6 +177,11 @@ typedef struct kernels_backend_iface {
 	int (*buffer_alloc)(kernels_backend *be, size_t bytes, kernels_buffer **out, owl_err *err);
 	void (*buffer_free)(kernels_backend *be, kernels_buffer *buf); /* accepts NULL */
 	void *(*buffer_data)(kernels_buffer *buf);
+	/* ABI 4: bytes from one place of backend memory to another (device to
+	 * device), and bytes of backend memory set to zero, both in the order
+	 * of the backend's queue. */
+	int (*copy)(kernels_backend *be, void *dst, const void *src, size_t bytes, owl_err *err);
+	int (*fill_zero)(kernels_backend *be, void *dst, size_t bytes, owl_err *err);
 	int (*copy_to_device)(kernels_backend *be, kernels_buffer *dst, size_t off, const void *src,
 			      size_t bytes, owl_err *err);
 	int (*copy_to_host)(kernels_backend *be, void *dst, const kernels_buffer *src, size_t off,
@@ -286,6 +311,12 @@ typedef struct kernels_backend_iface {
 	int (*adamw_step)(kernels_backend *be, float *p, const float *g, float *m, float *v, size_t n,
 			  float lr, float beta1, float beta2, float eps, float weight_decay, int step,
 			  owl_err *err);
+
+	/* ABI 4, optional: one token per row of logits [rows, vocab] (backend
+	 * memory) as params_host[row] says (kernels_sample_row), written to
+	 * out_host (host memory): only the chosen tokens leave the device. */
+	int (*sample)(kernels_backend *be, int32_t *out_host, const float *logits, int rows,
+		      int vocab, const kernels_sample_row *params_host, owl_err *err);
 } kernels_backend_iface;
 
 /* A backend instance, as in ggml-backend: one per device and rank, so that

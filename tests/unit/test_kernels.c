@@ -654,6 +654,60 @@ static void backend_instance(kernels_backend *be)
 	CHECK_INT(c.all_reduce(&c, bufs, 5, &err), 0);
 	CHECK(b0[3] == 333 && b1[3] == 333 && b2[3] == 333, "all_reduce: %g %g %g", b0[3], b1[3], b2[3]);
 	CHECK_INT(c.barrier(&c, &err), 0);
+	/* ABI 4: copy and fill_zero within backend memory. */
+	float *d;
+	kernels_buffer *db;
+	CHECK_INT(kernels_alloc(be, 8 * sizeof(float), &db, (void **)&d, &err), 0);
+	float h[8] = {1, 2, 3, 4, 5, 6, 7, 8}, back[8];
+	CHECK_INT(f->copy_to_device(be, db, 0, h, 4 * sizeof(float), &err), 0);
+	CHECK_INT(f->copy(be, d + 4, d, 4 * sizeof(float), &err), 0);
+	CHECK_INT(f->fill_zero(be, d + 1, 2 * sizeof(float), &err), 0);
+	CHECK_INT(f->copy_to_host(be, back, db, 0, sizeof back, &err), 0);
+	CHECK(back[0] == 1 && back[1] == 0 && back[2] == 0 && back[3] == 4 && back[4] == 1 &&
+	      back[7] == 4, "copy/fill_zero: %g %g %g %g %g %g", back[0], back[1], back[2], back[3],
+	      back[4], back[7]);
+	f->buffer_free(be, db);
+}
+
+/* Sampling (ABI 4): argmax with the lowest index on ties, the top_k and
+ * top_p cuts, and draws whose frequencies follow the softmax. */
+static void sampling(kernels_backend *be)
+{
+	owl_err err = {0};
+	const kernels_backend_iface *f = be->iface;
+	if (!f->sample)
+		return;
+	float l[3 * 8] = {0, 3, 1, 3, -1, 2, 0, 0, /* tie at 1 and 3 */
+			  1, 1, 1, 1, 1, 1, 1, 1,
+			  0, 0, 0, 0, 5, 0, 0, 4};
+	kernels_sample_row p[3] = {{0, 1, 0, 0.5f}, {1, 1, 0, 0.99f}, {1, 1, 2, 0.0f}};
+	int32_t out[3];
+	CHECK_INT(f->sample(be, out, l, 3, 8, p, &err), 0);
+	CHECK_INT(out[0], 1);
+	CHECK_INT(out[1], 7); /* uniform: u = 0.99 falls in the last eighth */
+	CHECK_INT(out[2], 4);
+	/* top_k 2 of row 2 keeps 4 and 7: p(7) = 1 / (1 + e) */
+	p[2].u = 0.99f;
+	CHECK_INT(f->sample(be, out, l, 3, 8, p, &err), 0);
+	CHECK_INT(out[2], 7);
+	/* top_p 0.5 keeps only 4 */
+	p[2].top_p = 0.5f;
+	CHECK_INT(f->sample(be, out, l, 3, 8, p, &err), 0);
+	CHECK_INT(out[2], 4);
+	/* frequencies over u on a grid follow softmax(l / T) */
+	float row[4] = {0, 1, 2, 3};
+	int hits[4] = {0};
+	for (int i = 0; i < 1000; i++) {
+		kernels_sample_row q = {2.0f, 1, 0, (i + 0.5f) / 1000};
+		int32_t t;
+		CHECK_INT(f->sample(be, &t, row, 1, 4, &q, &err), 0);
+		hits[t]++;
+	}
+	double z = 0;
+	for (int i = 0; i < 4; i++)
+		z += exp(row[i] / 2.0);
+	for (int i = 0; i < 4; i++)
+		CHECK_NEAR(hits[i] / 1000.0, exp(row[i] / 2.0) / z, 0.002);
 }
 
 
@@ -673,6 +727,12 @@ static void backend_instance_every_backend(void)
 {
 	for (size_t i = 0; backends[i]; i++)
 		backend_instance(backends[i]);
+}
+
+static void sampling_every_backend(void)
+{
+	for (size_t i = 0; backends[i]; i++)
+		sampling(backends[i]);
 }
 
 static void other_ops_every_backend(void)
@@ -708,6 +768,7 @@ int main(int argc, char **argv)
 	RUN_TEST(matmul_every_backend);
 	RUN_TEST(backend_instance_every_backend);
 	RUN_TEST(other_ops_every_backend);
+	RUN_TEST(sampling_every_backend);
 	RUN_TEST(repacked_every_backend);
 	kernels_backend_free(backends[0]);
 	TEST_MAIN_END();

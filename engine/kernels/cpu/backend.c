@@ -83,6 +83,21 @@ static int cpu_to_host(kernels_backend *be, void *dst, const kernels_buffer *src
 	return 0;
 }
 
+/* Within backend memory: on the CPU, plain memory. */
+static int cpu_copy(kernels_backend *be, void *dst, const void *src, size_t n, owl_err *err)
+{
+	if (n)
+		memmove(dst, src, n);
+	return 0;
+}
+
+static int cpu_fill_zero(kernels_backend *be, void *dst, size_t n, owl_err *err)
+{
+	if (n)
+		memset(dst, 0, n);
+	return 0;
+}
+
 /* Whole rows of w (a column shard's strided rows made contiguous). */
 static int cpu_contiguous(const kernels_weight *w, uint8_t **out, owl_err *err)
 {
@@ -625,6 +640,7 @@ static int cpu_supports(const kernels_backend *be, kernels_op op, int type)
 	case KERNELS_OP_SWIGLU_BACKWARD:
 	case KERNELS_OP_CROSS_ENTROPY_BACKWARD:
 	case KERNELS_OP_ADAMW:
+	case KERNELS_OP_SAMPLE:
 		return type == KERNELS_F32;
 	case KERNELS_OP_MATMUL_WIDENED:
 	case KERNELS_OP_MATMUL_BACKWARD:
@@ -651,6 +667,9 @@ static void cpu_backend_free(kernels_backend *be)
 /* engine/kernels/cpu/lora.c */
 int cpu_lora(kernels_backend *be, float *y, const float *x, int n, int in, int out, int r,
 	     const float *a, int lda, const float *b, int ldb, float scale, float *tmp, owl_err *err);
+/* engine/kernels/cpu/sample.c */
+int cpu_sample(kernels_backend *be, int32_t *out, const float *logits, int rows, int vocab,
+	       const kernels_sample_row *params, owl_err *err);
 
 static const kernels_backend_iface cpu_iface = {
 	.abi_version = KERNELS_ABI_VERSION,
@@ -661,6 +680,8 @@ static const kernels_backend_iface cpu_iface = {
 	.buffer_alloc = cpu_alloc,
 	.buffer_free = cpu_free,
 	.buffer_data = cpu_data,
+	.copy = cpu_copy,
+	.fill_zero = cpu_fill_zero,
 	.copy_to_device = cpu_to_device,
 	.copy_to_host = cpu_to_host,
 	.weight_prepare = cpu_weight_prepare,
@@ -687,6 +708,7 @@ static const kernels_backend_iface cpu_iface = {
 	.swiglu_backward = cpu_swiglu_backward,
 	.cross_entropy_backward = cpu_cross_entropy_backward,
 	.adamw_step = cpu_adamw_step,
+	.sample = cpu_sample,
 };
 
 /* The CPU's kernels call OpenBLAS from inside their own OpenMP threads,
