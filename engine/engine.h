@@ -23,6 +23,26 @@ void engine_gpu_probe(engine_gpu_info *info);
  * handle or NULL with the reason in err. The handle lives until exit. */
 void *engine_cuda_open(owl_err *err);
 
+/* The CUDA backend's entry points through that handle (engine/gpu.c). Each
+ * fails with the reason when the object, the driver or the device is
+ * missing, or when the object was built for another kernel interface. */
+typedef struct kernels_backend kernels_backend;
+typedef struct kernels_comm kernels_comm;
+/* A backend instance on CUDA device `device` (kernels_backend_free frees it). */
+int engine_cuda_backend_new(int device, kernels_backend **out, owl_err *err);
+/* An NCCL comm over n ranks of this process, rank i on CUDA backend bes[i],
+ * each on its own device (size = local = n). */
+int engine_cuda_nccl_comm_new(kernels_backend *const *bes, int n, kernels_comm **out,
+			      owl_err *err);
+/* Multi-process jobs: rank 0 makes the 128-byte unique id, the launcher's
+ * rendezvous shares it, and every rank joins with its own backend (local =
+ * 1, first = rank). */
+int engine_cuda_nccl_unique_id(unsigned char id[128], owl_err *err);
+int engine_cuda_nccl_comm_init_rank(const unsigned char id[128], int nranks, int rank,
+				    kernels_backend *be, kernels_comm **out, owl_err *err);
+/* Frees a comm made by either of the above; accepts NULL. */
+void engine_cuda_nccl_comm_free(kernels_comm *c);
+
 /* ---- models (engine/model.c) and the forward pass (engine/forward.c) --- */
 
 typedef struct engine_model engine_model;     /* weights + config, read-only */
@@ -30,10 +50,27 @@ typedef struct engine_session engine_session; /* one sequence's KV cache */
 
 typedef struct engine_dist engine_dist; /* engine/dist.h */
 
+/* Where a model runs. AUTO: the CUDA backend when this machine has an
+ * NVIDIA driver, a device and the backend object, else the CPU (said once,
+ * in the log). CUDA: a GPU or an error saying why there is none. */
+typedef enum engine_device {
+	ENGINE_DEVICE_AUTO = 0,
+	ENGINE_DEVICE_CPU,
+	ENGINE_DEVICE_CUDA,
+} engine_device;
+
+/* Parses "auto", "cpu", "cuda" or "cuda:N" (N: the first CUDA device; local
+ * ranks take the devices after it). */
+int engine_device_parse(const char *s, engine_device *dev, int *first_gpu, owl_err *err);
+
 typedef struct engine_model_opts {
 	int tp;      /* tensor-parallel ranks, over all processes; 0 or 1 = none */
 	int threads; /* CPU threads of this process; 0 = all cores */
 	int kv_type; /* engine_kv_type of the sessions' caches: 0 = f32, 1 = f16 */
+	engine_device device; /* ENGINE_DEVICE_AUTO (0) unless set */
+	int first_gpu;        /* CUDA: local rank r of this process runs on device
+			       * first_gpu + local_rank * tp_local + r, local_rank
+			       * being the process's place on its machine */
 	/* The launch this process is part of (engine/dist.h), or NULL: one
 	 * process. Over W processes (W divides tp) this process loads, prepares
 	 * and runs only its tp/W ranks' shards, global ranks [rank * tp/W,
@@ -54,6 +91,7 @@ typedef struct engine_model_info {
 	int tp, threads;
 	int tp_local, tp_first; /* this process's ranks: [tp_first, tp_first + tp_local) */
 	int processes;          /* the processes the ranks are spread over (1: this one) */
+	char backend[16];       /* the kernel backend the ranks run on: "cpu", "cuda" */
 } engine_model_info;
 
 /* path: a checkpoint folder (config.json + model.safetensors or a sharded
@@ -204,7 +242,9 @@ typedef struct engine_adapter engine_adapter;
  * q/k/v/o/gate/up/down_proj. Refused, naming what and why: DoRA,
  * modules_to_save, a bias other than "none", rank_pattern/alpha_pattern,
  * layers_to_transform, tensors for other modules, and any tensor whose shape
- * does not fit m (both shapes are named). */
+ * does not fit m (both shapes are named). On a model whose ranks run on a
+ * device the adapter is also copied into each rank's memory, so it must be
+ * freed before m is closed. */
 int engine_adapter_load(const engine_model *m, const char *dir, engine_adapter **out, owl_err *err);
 void engine_adapter_free(engine_adapter *a); /* accepts NULL */
 /* 0 when a fits m (shapes and GGUF/safetensors layout), else OWL_EUSAGE with what differs. */
