@@ -554,7 +554,8 @@ static int run_train(owl_ctx *ctx, int argc, char **argv)
 		goto fail;
 	if ((rc = registry_version_materialize(s, &base, &path, &err)))
 		goto fail;
-	engine_model_opts mo = {.threads = a.threads};
+	/* The trainer runs on the CPU until the backward ops have a device. */
+	engine_model_opts mo = {.threads = a.threads, .device = ENGINE_DEVICE_CPU};
 	if ((rc = engine_model_open(path, &mo, &m, &err)) ||
 	    (rc = engine_tokenizer_for_model(m, &tok, &err))) {
 		owl_err_wrap(&err, "cannot load %s", base_label);

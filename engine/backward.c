@@ -246,6 +246,11 @@ int engine_trainer_new(engine_model *m, engine_lora_weights *w, int max_tokens,
 				   max_tokens, in->ctx_train * 64 < (1 << 20) ? in->ctx_train * 64 : 1 << 20);
 	kernels_backend *be = m->be;
 	const kernels_backend_iface *f = be->iface;
+	/* The LoRA weights, their gradients and the optimiser live in host
+	 * memory (train/), read by the ops in place. */
+	if (!f->host_memory)
+		return owl_err_set(err, OWL_EUSAGE, "training runs on the CPU: the model was opened on "
+				   "the %s backend (open it on the CPU)", f->name);
 	if (!f->attention_packed || !f->matmul_widened || !f->matmul_backward || !f->lora_backward || !f->rmsnorm_backward ||
 	    !f->rope_backward || !f->attention_backward || !f->swiglu_backward ||
 	    !f->cross_entropy_backward)

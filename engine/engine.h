@@ -50,10 +50,27 @@ typedef struct engine_session engine_session; /* one sequence's KV cache */
 
 typedef struct engine_dist engine_dist; /* engine/dist.h */
 
+/* Where a model runs. AUTO: the CUDA backend when this machine has an
+ * NVIDIA driver, a device and the backend object, else the CPU (said once,
+ * in the log). CUDA: a GPU or an error saying why there is none. */
+typedef enum engine_device {
+	ENGINE_DEVICE_AUTO = 0,
+	ENGINE_DEVICE_CPU,
+	ENGINE_DEVICE_CUDA,
+} engine_device;
+
+/* Parses "auto", "cpu", "cuda" or "cuda:N" (N: the first CUDA device; local
+ * ranks take the devices after it). */
+int engine_device_parse(const char *s, engine_device *dev, int *first_gpu, owl_err *err);
+
 typedef struct engine_model_opts {
 	int tp;      /* tensor-parallel ranks, over all processes; 0 or 1 = none */
 	int threads; /* CPU threads of this process; 0 = all cores */
 	int kv_type; /* engine_kv_type of the sessions' caches: 0 = f32, 1 = f16 */
+	engine_device device; /* ENGINE_DEVICE_AUTO (0) unless set */
+	int first_gpu;        /* CUDA: local rank r of this process runs on device
+			       * first_gpu + local_rank * tp_local + r, local_rank
+			       * being the process's place on its machine */
 	/* The launch this process is part of (engine/dist.h), or NULL: one
 	 * process. Over W processes (W divides tp) this process loads, prepares
 	 * and runs only its tp/W ranks' shards, global ranks [rank * tp/W,
@@ -74,6 +91,7 @@ typedef struct engine_model_info {
 	int tp, threads;
 	int tp_local, tp_first; /* this process's ranks: [tp_first, tp_first + tp_local) */
 	int processes;          /* the processes the ranks are spread over (1: this one) */
+	char backend[16];       /* the kernel backend the ranks run on: "cpu", "cuda" */
 } engine_model_info;
 
 /* path: a checkpoint folder (config.json + model.safetensors or a sharded
@@ -224,7 +242,9 @@ typedef struct engine_adapter engine_adapter;
  * q/k/v/o/gate/up/down_proj. Refused, naming what and why: DoRA,
  * modules_to_save, a bias other than "none", rank_pattern/alpha_pattern,
  * layers_to_transform, tensors for other modules, and any tensor whose shape
- * does not fit m (both shapes are named). */
+ * does not fit m (both shapes are named). On a model whose ranks run on a
+ * device the adapter is also copied into each rank's memory, so it must be
+ * freed before m is closed. */
 int engine_adapter_load(const engine_model *m, const char *dir, engine_adapter **out, owl_err *err);
 void engine_adapter_free(engine_adapter *a); /* accepts NULL */
 /* 0 when a fits m (shapes and GGUF/safetensors layout), else OWL_EUSAGE with what differs. */

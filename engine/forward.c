@@ -105,8 +105,11 @@ int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logit
  * partial output. */
 typedef struct step {
 	engine_kv *kv;
-	const int32_t *tokens;
 	int l, n, nseg;
+	/* the batch's layout as local rank r's backend reads it: the host
+	 * arrays, or their copies in its memory (upload_layout) */
+	const int32_t *tokens[KV_MAX_RANKS], *pos[KV_MAX_RANKS], *slots[KV_MAX_RANKS];
+	const kernels_attn_seg *segs[KV_MAX_RANKS];
 } step;
 
 #define K(be, op, ...) ((be)->iface->op((be), __VA_ARGS__))
@@ -128,7 +131,8 @@ static int adapt(step *st, int r, engine_role role, float *y, const float *x, co
 		int e = s + 1;
 		while (e < st->nseg && kv->seg_adapter[e] == ad)
 			e++;
-		const engine_lora *lo = ad ? &ad->lora[st->l][role] : NULL;
+		/* A device rank reads its own copy of the adapter. */
+		const engine_lora *lo = !ad ? NULL : ad->dev[r] ? &ad->dev[r][st->l][role] : &ad->lora[st->l][role];
 		if (lo && lo->a) {
 			int in_full, rk = ad->rank, t0 = kv->segs[s].tok0;
 			int nt = kv->segs[e - 1].tok0 + kv->segs[e - 1].ntok - t0;
@@ -170,7 +174,7 @@ static int rank_attention(step *st, int r, owl_err *err)
 	int hd = in->head_dim, hpr = in->n_heads / in->tp, n = st->n, h0, kv0, nkv, rc;
 	engine_rank_heads(in, in->tp_first + r, &h0, &kv0, &nkv);
 	if (st->l == 0)
-		rc = K(be, embedding, w->x, &m->tok_embd, st->tokens, n, err);
+		rc = K(be, embedding, w->x, &m->tok_embd, st->tokens[r], n, err);
 	else
 		rc = K(be, add, w->x, w->part, (size_t)n * in->dim, err);
 	/* The rank's own shards and vectors, prepared at load. */
@@ -198,10 +202,10 @@ static int rank_attention(step *st, int r, owl_err *err)
 		return rc;
 	kernels_rope_layout layout = m->rope_adjacent ? KERNELS_ROPE_ADJACENT : KERNELS_ROPE_HALF;
 	kernels_kv_layer cache = kv_layer(kv, r, st->l);
-	if ((rc = K(be, rope, w->q, n, kv->pos, hpr, hd, m->rank_inv_freq[r], layout, err)) ||
-	    (rc = K(be, rope, w->kb, n, kv->pos, nkv, hd, m->rank_inv_freq[r], layout, err)) ||
-	    (rc = K(be, kv_store, &cache, w->kb, w->vb, kv->slots, n, err)) ||
-	    (rc = K(be, attention, w->att, w->q, kv->segs, st->nseg, &cache, hpr, h0,
+	if ((rc = K(be, rope, w->q, n, st->pos[r], hpr, hd, m->rank_inv_freq[r], layout, err)) ||
+	    (rc = K(be, rope, w->kb, n, st->pos[r], nkv, hd, m->rank_inv_freq[r], layout, err)) ||
+	    (rc = K(be, kv_store, &cache, w->kb, w->vb, st->slots[r], n, err)) ||
+	    (rc = K(be, attention, w->att, w->q, st->segs[r], st->nseg, &cache, hpr, h0,
 		    in->n_heads / in->n_kv_heads, kv0, hd, in->sliding_window, &w->attn, err)))
 		return rc;
 	return project(st, r, ENGINE_ROLE_O, w->part, w->att, &R->wo, h0 * hd, err);
@@ -274,6 +278,49 @@ static int all_reduce(engine_kv *kv, int n, owl_err *err)
 	return m->comm.all_reduce(&m->comm, parts, (size_t)n * m->info.dim, err);
 }
 
+/* Points every local rank at the micro-batch's layout: a CPU rank at the
+ * host arrays, a device rank at its copies, uploaded here with the block
+ * tables the segments name (their pointers rewritten to the copies). */
+static int upload_layout(engine_kv *kv, step *st, const int32_t *tokens, owl_err *err)
+{
+	const engine_model *m = kv->m;
+	int n = st->n, rc = 0;
+	for (int r = 0; r < m->info.tp_local && !rc; r++) {
+		kernels_backend *be = m->ranks[r];
+		kv_rank_meta *mt = &kv->meta[r];
+		if (!mt->buf) {
+			st->tokens[r] = tokens, st->pos[r] = kv->pos, st->slots[r] = kv->slots;
+			st->segs[r] = kv->segs;
+			continue;
+		}
+		size_t nb_total = 0;
+		for (int s = 0; s < st->nseg; s++) {
+			const kernels_attn_seg *g = &kv->segs[s];
+			size_t nb = (size_t)(g->pos0 + g->ntok + KV_BLOCK_TOKENS - 1) / KV_BLOCK_TOKENS;
+			if (nb_total + nb > mt->blocks_cap)
+				return owl_err_set(err, OWL_EFAIL, "a micro-batch names %zu KV blocks, more "
+						   "than the %zu its layout holds", nb_total + nb, mt->blocks_cap);
+			memcpy(kv->stage_blocks + nb_total, g->blocks, nb * sizeof(int32_t));
+			kv->stage_segs[s] = *g;
+			kv->stage_segs[s].blocks = mt->blocks + nb_total;
+			nb_total += nb;
+		}
+		const kernels_backend_iface *f = be->iface;
+		size_t ib = (size_t)n * sizeof(int32_t);
+		if ((rc = f->copy_to_device(be, mt->buf, 0, tokens, ib, err)) ||
+		    (rc = f->copy_to_device(be, mt->buf, mt->off_pos, kv->pos, ib, err)) ||
+		    (rc = f->copy_to_device(be, mt->buf, mt->off_slots, kv->slots, ib, err)) ||
+		    (rc = f->copy_to_device(be, mt->buf, mt->off_segs, kv->stage_segs,
+					    (size_t)st->nseg * sizeof(kernels_attn_seg), err)) ||
+		    (rc = f->copy_to_device(be, mt->buf, mt->off_blocks, kv->stage_blocks,
+					    nb_total * sizeof(int32_t), err)))
+			break;
+		st->tokens[r] = mt->tokens, st->pos[r] = mt->pos, st->slots[r] = mt->slots;
+		st->segs[r] = mt->segs;
+	}
+	return rc;
+}
+
 /* Tokens [t0, t0 + n) of the batch, n <= KV_UBATCH, whose runs and
  * positions the caller checked and whose blocks it reserved. Logits of the
  * rows that want them go to logits (rows counted from the batch's start). */
@@ -298,7 +345,9 @@ static int forward_micro(engine_kv *kv, const engine_batch *b, int t0, int n, co
 		}
 		kv->segs[nseg - 1].ntok++;
 	}
-	step st = {.kv = kv, .tokens = b->tokens + t0, .n = n, .nseg = nseg};
+	step st = {.kv = kv, .n = n, .nseg = nseg};
+	if ((rc = upload_layout(kv, &st, b->tokens + t0, err)))
+		return rc;
 	for (int l = 0; l < in->n_layers; l++) {
 		st.l = l;
 		if ((rc = for_ranks(&st, rank_attention, err)) || (rc = all_reduce(kv, n, err)) ||
@@ -316,13 +365,19 @@ static int forward_micro(engine_kv *kv, const engine_batch *b, int t0, int n, co
 	for (int i = 0; i < n; i++) {
 		int t = t0 + i;
 		int want = b->want ? b->want[t] != 0 : (t + 1 == b->n || b->seq[t + 1] != b->seq[t]);
-		if (want)
-			memcpy(w->xl + (size_t)nl++ * dim, w->x + (size_t)i * dim, (size_t)dim * sizeof(float));
+		if (want && (rc = K(be, copy, w->xl + (size_t)nl++ * dim, w->x + (size_t)i * dim,
+				    (size_t)dim * sizeof(float), err)))
+			return rc;
 	}
 	if (!nl)
 		return 0;
+	/* A device computes the logits in its memory and sends them over. */
+	const kv_rank_meta *mt = &kv->meta[0];
+	float *dst = logits + (size_t)*nl_done * in->vocab;
+	size_t lbytes = (size_t)nl * in->vocab * sizeof(float);
 	if ((rc = K(be, rmsnorm, w->xn, w->xl, m->rank_out_norm, nl, dim, in->norm_eps, err)) ||
-	    (rc = K(be, matmul, logits + (size_t)*nl_done * in->vocab, w->xn, &m->output, nl, err)))
+	    (rc = K(be, matmul, mt->buf ? mt->logits : dst, w->xn, &m->output, nl, err)) ||
+	    (mt->buf && (rc = K(be, copy_to_host, dst, mt->buf, mt->off_logits, lbytes, err))))
 		return rc;
 	*nl_done += nl;
 	return 0;

@@ -24,6 +24,7 @@ struct engine_model {
 	 * global rank being info.tp_first + r (all of them in one process). */
 	kernels_backend *ranks[16];
 	kernels_comm comm;         /* how the tp ranks all-reduce */
+	kernels_comm *comm_owned;  /* the NCCL comm behind comm, freed at close, or NULL */
 	layer *layers;       /* as loaded: views into the files */
 	layer *rank_layers[16]; /* each rank's shards prepared by its backend, and its
 				 * own copies of the norms and of its biases (only its
@@ -50,5 +51,12 @@ struct engine_model {
  * read the kv heads [kv0, kv0 + nkv) (replicated across ranks when tp >
  * n_kv_heads). */
 void engine_rank_heads(const engine_model_info *in, int r, int *h0, int *kv0, int *nkv);
+
+/* Makes a backend instance for each of the process's tp_local ranks, on
+ * the device o asks for (engine/device.c), m->be, info.backend, and the
+ * comm between the ranks when none was made for the launch (dist NULL) or
+ * when the ranks are GPUs (NCCL). */
+int engine_model_backends(engine_model *m, const engine_model_opts *o, engine_dist *dist,
+			  owl_err *err);
 
 #endif

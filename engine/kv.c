@@ -149,6 +149,45 @@ static void block_drop(engine_kv *kv, int b)
 
 /* ---- the pool ---------------------------------------------------------------------- */
 
+/* Rank r's copy of a micro-batch's layout (token ids, positions, cache
+ * slots, segments and the block tables they name) in its backend's memory,
+ * for a backend whose memory the host cannot address; rank 0 also gets room
+ * for the logits of a micro-batch. A CPU rank reads the host arrays. */
+static int meta_new(engine_kv *kv, int r, owl_err *err)
+{
+	kernels_backend *be = kv->m->ranks[r];
+	if (be->iface->host_memory)
+		return 0;
+	kv_rank_meta *mt = &kv->meta[r];
+	size_t U = KV_UBATCH;
+	mt->blocks_cap = U * (size_t)((kv->max_seq_tokens + KV_BLOCK_TOKENS - 1) / KV_BLOCK_TOKENS);
+	mt->off_pos = U * sizeof(int32_t);
+	mt->off_slots = 2 * U * sizeof(int32_t);
+	mt->off_segs = 3 * U * sizeof(int32_t);
+	mt->off_blocks = mt->off_segs + U * sizeof(kernels_attn_seg);
+	size_t bytes = mt->off_blocks + mt->blocks_cap * sizeof(int32_t);
+	if (r == 0) {
+		mt->off_logits = (bytes + 63) / 64 * 64;
+		bytes = mt->off_logits + U * (size_t)kv->m->info.vocab * sizeof(float);
+	}
+	void *base;
+	int rc = kernels_alloc(be, bytes, &mt->buf, &base, err);
+	if (rc)
+		return owl_err_wrap(err, "cannot allocate rank %d's batch layout", r);
+	uint8_t *p = base;
+	mt->tokens = (int32_t *)(void *)p;
+	mt->pos = (int32_t *)(void *)(p + mt->off_pos);
+	mt->slots = (int32_t *)(void *)(p + mt->off_slots);
+	mt->segs = (kernels_attn_seg *)(void *)(p + mt->off_segs);
+	mt->blocks = (int32_t *)(void *)(p + mt->off_blocks);
+	mt->logits = r == 0 ? (float *)(void *)(p + mt->off_logits) : NULL;
+	if (!kv->stage_segs &&
+	    (!(kv->stage_segs = try_calloc(U, sizeof(kernels_attn_seg), "segment staging", err)) ||
+	     !(kv->stage_blocks = try_calloc(mt->blocks_cap, sizeof(int32_t), "block table staging", err))))
+		return OWL_EFAIL;
+	return 0;
+}
+
 int engine_kv_new(engine_model *m, const engine_kv_opts *o, engine_kv **out, owl_err *err)
 {
 	*out = NULL;
@@ -236,6 +275,8 @@ int engine_kv_new(engine_model *m, const engine_kv_opts *o, engine_kv **out, owl
 			p += (sizes[i] + 15) / 16 * 16;
 		}
 	}
+	for (int r = 0; r < in->tp_local && !rc; r++)
+		rc = meta_new(kv, r, err);
 	if (rc) {
 		engine_kv_free(kv);
 		return rc;
@@ -255,7 +296,10 @@ void engine_kv_free(engine_kv *kv)
 		be->iface->buffer_free(be, kv->kbuf[r]);
 		be->iface->buffer_free(be, kv->vbuf[r]);
 		be->iface->buffer_free(be, kv->ws[r].buf);
+		be->iface->buffer_free(be, kv->meta[r].buf);
 	}
+	free(kv->stage_segs);
+	free(kv->stage_blocks);
 	for (int s = 0; s < kv->nseqs; s++) {
 		free(kv->seqs[s].blocks);
 		free(kv->seqs[s].tokens);
@@ -454,11 +498,19 @@ int kv_seq_reserve(engine_kv *kv, int seq, int n, owl_err *err)
 				   "blocks of %d tokens and %d are free (pool of %d tokens)", need + copy,
 				   KV_BLOCK_TOKENS, blocks_available(kv), kv->n_blocks * KV_BLOCK_TOKENS);
 	if (copy) {
-		int old = q->blocks[last], nb = block_take(kv);
-		for (int r = 0; r < kv->m->info.tp_local; r++) {
+		/* Through each rank's backend: the cache may be device memory. */
+		int old = q->blocks[last], nb = block_take(kv), rc = 0;
+		for (int r = 0; r < kv->m->info.tp_local && !rc; r++) {
+			kernels_backend *be = kv->m->ranks[r];
 			size_t st = kv->block_stride[r];
-			memcpy(kv->k[r] + (size_t)nb * st, kv->k[r] + (size_t)old * st, st);
-			memcpy(kv->v[r] + (size_t)nb * st, kv->v[r] + (size_t)old * st, st);
+			rc = be->iface->copy(be, kv->k[r] + (size_t)nb * st, kv->k[r] + (size_t)old * st, st, err);
+			if (!rc)
+				rc = be->iface->copy(be, kv->v[r] + (size_t)nb * st,
+						     kv->v[r] + (size_t)old * st, st, err);
+		}
+		if (rc) {
+			block_drop(kv, nb);
+			return rc;
 		}
 		block_drop(kv, old);
 		q->blocks[last] = nb;

@@ -46,6 +46,17 @@ typedef struct kv_rank_ws {
 	kernels_scratch attn;
 } kv_rank_ws;
 
+/* A rank's copy of the micro-batch's layout in its backend's memory, made
+ * only for a backend whose memory the host cannot address (engine/kv.c). */
+typedef struct kv_rank_meta {
+	kernels_buffer *buf;     /* NULL: the rank reads the host arrays */
+	int32_t *tokens, *pos, *slots, *blocks;
+	kernels_attn_seg *segs;  /* their blocks point into blocks */
+	float *logits;           /* rank 0: [KV_UBATCH][vocab] */
+	size_t blocks_cap;       /* int32 entries of blocks */
+	size_t off_pos, off_slots, off_segs, off_blocks, off_logits; /* bytes into buf */
+} kv_rank_meta;
+
 struct engine_kv {
 	engine_model *m;
 	kernels_kv_type type;
@@ -72,6 +83,9 @@ struct engine_kv {
 	kernels_attn_seg *segs;
 	const engine_adapter **seg_adapter; /* per segment: its sequence's adapter */
 	kv_rank_ws ws[KV_MAX_RANKS];
+	kv_rank_meta meta[KV_MAX_RANKS];
+	kernels_attn_seg *stage_segs; /* host staging of a device rank's segments */
+	int32_t *stage_blocks;        /* and of the block tables they name */
 };
 
 /* One layer of rank r's cache as the kernels see it. */

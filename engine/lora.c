@@ -344,6 +344,53 @@ static int load_tensors(const engine_model *m, const char *dir, engine_adapter *
 	return rc;
 }
 
+/* Copies A and B into the memory of every local rank of m whose backend is
+ * a device, once at load, so that the forward pass never moves them. */
+static int upload_to_ranks(const engine_model *m, engine_adapter *ad, owl_err *err)
+{
+	const engine_model_info *in = &m->info;
+	ad->dev_model = m;
+	size_t floats = 0;
+	for (int l = 0; l < in->n_layers; l++)
+		for (int r = 0; r < ENGINE_ROLE_COUNT; r++)
+			if (ad->lora[l][r].a) {
+				int rows, cols;
+				engine_role_shape(in, r, &rows, &cols);
+				floats += (size_t)ad->rank * ((size_t)rows + cols);
+			}
+	for (int k = 0; k < in->tp_local; k++) {
+		kernels_backend *be = m->ranks[k];
+		if (be->iface->host_memory || !floats)
+			continue;
+		void *base;
+		int rc = kernels_alloc(be, floats * sizeof(float), &ad->dev_buf[k], &base, err);
+		if (rc)
+			return owl_err_wrap(err, "cannot place the adapter on rank %d's device", k);
+		ad->dev[k] = owl_xcalloc((size_t)in->n_layers, sizeof *ad->dev[k]);
+		size_t off = 0;
+		for (int l = 0; l < in->n_layers && !rc; l++)
+			for (int r = 0; r < ENGINE_ROLE_COUNT && !rc; r++) {
+				const engine_lora *lo = &ad->lora[l][r];
+				if (!lo->a)
+					continue;
+				int rows, cols;
+				engine_role_shape(in, r, &rows, &cols);
+				size_t na = (size_t)ad->rank * cols, nb = (size_t)rows * ad->rank;
+				ad->dev[k][l][r].a = (float *)base + off;
+				ad->dev[k][l][r].b = (float *)base + off + na;
+				rc = be->iface->copy_to_device(be, ad->dev_buf[k], off * sizeof(float), lo->a,
+							       na * sizeof(float), err);
+				if (!rc)
+					rc = be->iface->copy_to_device(be, ad->dev_buf[k], (off + na) * sizeof(float),
+								       lo->b, nb * sizeof(float), err);
+				off += na + nb;
+			}
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
 int engine_adapter_load(const engine_model *m, const char *dir, engine_adapter **out, owl_err *err)
 {
 	*out = NULL;
@@ -361,6 +408,8 @@ int engine_adapter_load(const engine_model *m, const char *dir, engine_adapter *
 	int rc = parse_config(dir, in->n_layers, ad, sel, err);
 	if (!rc)
 		rc = load_tensors(m, dir, ad, sel, err);
+	if (!rc)
+		rc = upload_to_ranks(m, ad, err);
 	free(sel);
 	if (rc) {
 		owl_err_wrap(err, "cannot load the adapter '%s'", dir);
@@ -381,6 +430,13 @@ void engine_adapter_free(engine_adapter *a)
 			free(a->lora[l][r].b);
 		}
 	free(a->lora);
+	for (int k = 0; k < 16; k++) {
+		if (a->dev_buf[k]) {
+			kernels_backend *be = a->dev_model->ranks[k];
+			be->iface->buffer_free(be, a->dev_buf[k]);
+		}
+		free(a->dev[k]);
+	}
 	free(a->name);
 	free(a);
 }
@@ -395,6 +451,11 @@ int engine_adapter_check(const engine_adapter *a, const engine_model *m, owl_err
 				   "layers, hidden %d, ffn %d, q %d, kv %d; this one has %d, %d, %d, %d, %d",
 				   a->name, a->n_layers, a->dim, a->ffn_dim, a->q_dim, a->kv_dim,
 				   in->n_layers, in->dim, in->ffn_dim, qd, kvd);
+	if (a->dev_model && a->dev_model != m)
+		for (int k = 0; k < 16; k++)
+			if (a->dev[k])
+				return owl_err_set(err, OWL_EUSAGE, "the adapter '%s' was placed on another "
+						   "model's devices: load it again for this model", a->name);
 	if (a->gguf_layout != m->rope_adjacent)
 		return owl_err_set(err, OWL_EUSAGE, "the adapter '%s' was laid out for a %s base, this "
 				   "model is %s: load it again for this model", a->name,

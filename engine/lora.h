@@ -62,6 +62,12 @@ struct engine_adapter {
 	int n_layers, dim, ffn_dim, q_dim, kv_dim, gguf_layout;
 	engine_lora (*lora)[ENGINE_ROLE_COUNT]; /* [n_layers][role] */
 	int borrowed; /* a view of trainable weights (engine/backward.c): A and B are not its own */
+	/* For each local rank of dev_model whose backend's memory the host
+	 * cannot address: a copy of every A and B in that memory (dev[r]
+	 * NULL: the rank reads lora). */
+	const engine_model *dev_model;
+	engine_lora (*dev[16])[ENGINE_ROLE_COUNT];
+	kernels_buffer *dev_buf[16];
 };
 
 #endif

@@ -527,6 +527,10 @@ static int prepare_weights(engine_model *m, owl_err *err)
 		m->output = m->tok_embd;
 	} else if (!rc) {
 		rc = prepare_one(m, 0, &m->output, err);
+		/* The CPU looks rows up in the file's mapping; a device needs the
+		 * table in its own memory. */
+		if (!rc && !m->be->iface->host_memory)
+			rc = prepare_one(m, 0, &m->tok_embd, err);
 	}
 	return rc;
 }
@@ -632,18 +636,9 @@ int engine_model_open(const char *path, const engine_model_opts *o, engine_model
 	/* Nested parallelism (rank groups, then threads within each) is a
 	 * process-wide setting: made once, not on every forward pass. */
 	pthread_once(&omp_levels_once, set_omp_levels);
-	int nl = in->tp_local;
-	int per_rank = nl == 1 ? in->threads : (in->threads / nl > 0 ? in->threads / nl : 1);
-	for (int r = 0; r < nl && !rc; r++)
-		rc = kernels_cpu_backend_new(per_rank, &m->ranks[r], err);
-	if (rc) {
+	if ((rc = engine_model_backends(m, o, dist, err))) {
 		engine_model_close(m);
 		return rc;
-	}
-	m->be = m->ranks[0];
-	if (!dist) {
-		m->comm = *kernels_cpu_comm();
-		m->comm.size = m->comm.local = tp;
 	}
 	account(m);
 	if ((rc = prepare_weights(m, err))) {
@@ -680,6 +675,7 @@ void engine_model_close(engine_model *m)
 	for (int r = 0; r < 16; r++)
 		free(m->rank_layers[r]);
 	free(m->dir);
+	engine_cuda_nccl_comm_free(m->comm_owned);
 	for (int r = 0; r < 16; r++)
 		kernels_backend_free(m->ranks[r]);
 	free(m);

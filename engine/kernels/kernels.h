@@ -169,6 +169,11 @@ typedef struct kernels_sample_row {
 typedef struct kernels_backend_iface {
 	int abi_version; /* KERNELS_ABI_VERSION */
 	const char *name; /* "cpu", "cuda" */
+	/* 1: buffer_data() pointers are host memory that the caller may read
+	 * and write directly, and host arrays may be passed where backend
+	 * memory is asked for (the CPU); 0: device memory, reached only
+	 * through the ops and the copies (CUDA). */
+	int host_memory;
 	void (*free)(kernels_backend *be); /* the instance and its context */
 	/* Whether op runs on weights (or caches) of type: for ops without a
 	 * weight the type is KERNELS_F32 (KERNELS_KV_* for the cache ops). */

@@ -674,6 +674,7 @@ int cpu_sample(kernels_backend *be, int32_t *out, const float *logits, int rows,
 static const kernels_backend_iface cpu_iface = {
 	.abi_version = KERNELS_ABI_VERSION,
 	.name = "cpu",
+	.host_memory = 1,
 	.free = cpu_backend_free,
 	.supports = cpu_supports,
 	.synchronize = cpu_synchronize,
@@ -740,6 +741,8 @@ int kernels_cpu_backend_new(int threads, kernels_backend **out, owl_err *err)
 
 int kernels_cpu_backend_threads(const kernels_backend *be)
 {
+	if (be->iface != &cpu_iface)
+		return 1; /* another backend's instance: one host thread drives it */
 	return ((const cpu_context *)be->context)->threads;
 }
 

@@ -49,7 +49,7 @@ int main(int argc, char **argv)
 {
 	const char *path = NULL, *targets = "q_proj,k_proj,v_proj,o_proj";
 	engine_lora_opts lo = {.rank = 16, .alpha = 32, .seed = 1};
-	engine_model_opts mo = {0};
+	engine_model_opts mo = {.device = ENGINE_DEVICE_CPU}; /* the trainer runs on the CPU */
 	int seq = 512, steps = 3, ckpt = 0;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--r") && i + 1 < argc) lo.rank = atoi(argv[++i]);

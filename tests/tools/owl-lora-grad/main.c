@@ -98,7 +98,7 @@ int main(int argc, char **argv)
 	const char *path = NULL, *adapter = NULL, *targets = "q_proj,k_proj,v_proj,o_proj";
 	const char *toks = NULL, *labs = NULL, *segs = NULL;
 	engine_lora_opts lo = {.rank = 8, .alpha = 16};
-	engine_model_opts mo = {0};
+	engine_model_opts mo = {.device = ENGINE_DEVICE_CPU}; /* the trainer runs on the CPU */
 	int micro = 1, ckpt = 0, eval = 0, steps = 0;
 	float lr = 1e-3f, wd = 0.0f;
 	uint64_t dseed = 1;
