@@ -299,7 +299,7 @@ static void unload(loaded *l)
  * every process checks that it holds the same model (and adapter) as rank 0
  * before it loads anything. */
 static int load(owl_ctx *ctx, engine_dist *dist, const char *ref, const char *adapter, int tp,
-		int threads, int n_ctx, int kv_type, loaded *l, owl_err *err)
+		int threads, int n_ctx, int kv_type, const char *device, loaded *l, owl_err *err)
 {
 	memset(l, 0, sizeof *l);
 	char *path = NULL, *apath = NULL, *alabel = NULL, digest[65] = "";
@@ -324,6 +324,8 @@ static int load(owl_ctx *ctx, engine_dist *dist, const char *ref, const char *ad
 	}
 	engine_model_opts o = {.tp = tp, .threads = threads, .kv_type = kv_type,
 			       .dist = many ? dist : NULL};
+	if (!rc && device)
+		rc = engine_device_parse(device, &o.device, &o.first_gpu, err);
 	if (!rc)
 		rc = engine_model_open(path, &o, &l->m, err);
 	if (!rc)
@@ -395,7 +397,7 @@ typedef struct gen_args {
 	engine_gen_opts g;
 	const char *stop[16];
 	int tp, threads, ctx, chat, kv_type;
-	const char *system, *prompts, *adapter, *rendezvous;
+	const char *system, *prompts, *adapter, *rendezvous, *device;
 } gen_args;
 
 /* --kv-type f32|f16 */
@@ -420,7 +422,8 @@ static const struct option gen_options[] = {
 	{"ctx", required_argument, 0, 'c'}, {"chat", no_argument, 0, 'C'},
 	{"system", required_argument, 0, 'y'}, {"kv-type", required_argument, 0, 'K'},
 	{"prompts", required_argument, 0, 'F'}, {"adapter", required_argument, 0, 'A'},
-	{"rendezvous", required_argument, 0, 'Z'}, {0, 0, 0, 0},
+	{"rendezvous", required_argument, 0, 'Z'}, {"device", required_argument, 0, 'D'},
+	{0, 0, 0, 0},
 };
 
 /* Without --seed: the clock's nanoseconds and the process, so that two runs
@@ -471,6 +474,7 @@ static int parse_gen(const char *verb, int argc, char **argv, gen_args *a)
 		case 'F': a->prompts = optarg; break;
 		case 'A': a->adapter = optarg; break;
 		case 'Z': a->rendezvous = optarg; break;
+		case 'D': a->device = optarg; break;
 		default: return cmd_usage_error(verb, "unknown option");
 		}
 	}
@@ -669,7 +673,7 @@ static int run_prompts(owl_ctx *ctx, gen_args *a, engine_dist *d, int argc, char
 	int n = 0, rc = read_prompts(d, a->prompts, a, &reqs, &n, keep, &err);
 	loaded l = {0};
 	if (!rc)
-		rc = load(ctx, d, argv[optind], a->adapter, a->tp, a->threads, -1, a->kv_type, &l, &err);
+		rc = load(ctx, d, argv[optind], a->adapter, a->tp, a->threads, -1, a->kv_type, a->device, &l, &err);
 	if (rc) {
 		json_decref(keep);
 		free(reqs);
@@ -877,7 +881,7 @@ static int run_run(owl_ctx *ctx, int argc, char **argv)
 	if (a.prompts)
 		return run_prompts(ctx, &a, d, argc, argv);
 	loaded l;
-	if (load(ctx, d, argv[optind], a.adapter, a.tp, a.threads, a.ctx, a.kv_type, &l, &err))
+	if (load(ctx, d, argv[optind], a.adapter, a.tp, a.threads, a.ctx, a.kv_type, a.device, &l, &err))
 		return engine_fail(d, &err);
 	const char *prompt = argv[optind + 1];
 	char *text = NULL;
@@ -963,7 +967,7 @@ static int run_chat(owl_ctx *ctx, int argc, char **argv)
 		return engine_fail(d, &err);
 	}
 	loaded l;
-	if (load(ctx, NULL, argv[optind], a.adapter, a.tp, a.threads, a.ctx, a.kv_type, &l, &err))
+	if (load(ctx, NULL, argv[optind], a.adapter, a.tp, a.threads, a.ctx, a.kv_type, a.device, &l, &err))
 		return engine_fail(d, &err);
 	a.g.vocab = engine_model_get_info(l.m)->vocab;
 	engine_chat_family f = engine_chat_detect(engine_tokenizer_chat_template(l.tok));
@@ -1081,9 +1085,10 @@ static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 		{"file", required_argument, 0, 'f'}, {"ctx", required_argument, 0, 'c'},
 		{"tp", required_argument, 0, 'T'}, {"threads", required_argument, 0, 'j'},
 		{"chunks", required_argument, 0, 'k'}, {"adapter", required_argument, 0, 'A'},
-		{"rendezvous", required_argument, 0, 'Z'}, {0, 0, 0, 0},
+		{"rendezvous", required_argument, 0, 'Z'}, {"device", required_argument, 0, 'D'},
+		{0, 0, 0, 0},
 	};
-	const char *file = NULL, *adapter = NULL, *rendezvous = NULL;
+	const char *file = NULL, *adapter = NULL, *rendezvous = NULL, *device = NULL;
 	int n_ctx = 512, tp = 0, threads = 0, max_chunks = 0, c;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
@@ -1094,6 +1099,7 @@ static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 		case 'k': max_chunks = atoi(optarg); break;
 		case 'A': adapter = optarg; break;
 		case 'Z': rendezvous = optarg; break;
+		case 'D': device = optarg; break;
 		default: return cmd_usage_error("perplexity", "unknown option");
 		}
 	}
@@ -1109,7 +1115,7 @@ static int run_perplexity(owl_ctx *ctx, int argc, char **argv)
 	    dist_read_file(d, file, 1u << 30, &text, &len, &err))
 		return engine_fail(d, &err);
 	loaded l;
-	if (load(ctx, d, argv[optind], adapter, tp, threads, -1, ENGINE_KV_F32, &l, &err)) {
+	if (load(ctx, d, argv[optind], adapter, tp, threads, -1, ENGINE_KV_F32, device, &l, &err)) {
 		free(text);
 		return engine_fail(d, &err);
 	}
@@ -1213,10 +1219,11 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 		{"reps", required_argument, 0, 'r'}, {"tp", required_argument, 0, 'T'},
 		{"threads", required_argument, 0, 'j'}, {"batch", required_argument, 0, 'b'},
 		{"kv-type", required_argument, 0, 'K'}, {"adapter", required_argument, 0, 'A'},
-		{"rendezvous", required_argument, 0, 'Z'}, {0, 0, 0, 0},
+		{"rendezvous", required_argument, 0, 'Z'}, {"device", required_argument, 0, 'D'},
+		{0, 0, 0, 0},
 	};
 	int npp = 512, ntg = 128, reps = 3, tp = 0, threads = 0, batch = 1, kv_type = 0, c;
-	const char *adapter = NULL, *rendezvous = NULL;
+	const char *adapter = NULL, *rendezvous = NULL, *device = NULL;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
 		case 'p': npp = atoi(optarg); break;
@@ -1231,6 +1238,7 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 			break;
 		case 'A': adapter = optarg; break;
 		case 'Z': rendezvous = optarg; break;
+		case 'D': device = optarg; break;
 		default: return cmd_usage_error("bench", "unknown option");
 		}
 	}
@@ -1247,7 +1255,7 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 	/* What the process holds before the model (code, libraries, the
 	 * registry): peak memory is reported as this plus what the model adds. */
 	long base_kib = status_kib("VmRSS");
-	if (load(ctx, d, argv[optind], adapter, tp, threads, npp > ntg ? npp : ntg, kv_type, &l, &err))
+	if (load(ctx, d, argv[optind], adapter, tp, threads, npp > ntg ? npp : ntg, kv_type, device, &l, &err))
 		return engine_fail(d, &err);
 	const engine_model_info *in = engine_model_get_info(l.m);
 	float *logits = owl_xmalloc((size_t)in->vocab * sizeof *logits);
@@ -1307,11 +1315,12 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 	owl_fmt_bytes(work, works, sizeof works);
 	snprintf(params, sizeof params, "%.2f M", (double)in->n_params / 1e6);
 	/* Ranks over processes are named by what joins them. */
-	char backend[16];
+	char backend[32];
 	if (in->processes > 1)
-		snprintf(backend, sizeof backend, "cpu %s", engine_dist_transport(d));
+		snprintf(backend, sizeof backend, "%s %s", in->backend,
+			 !strcmp(in->backend, "cpu") ? engine_dist_transport(d) : "nccl");
 	else
-		snprintf(backend, sizeof backend, "%s", in->tp > 1 ? "cpu tp" : "cpu");
+		snprintf(backend, sizeof backend, "%s%s", in->backend, in->tp > 1 ? " tp" : "");
 	if (ctx->json) {
 		cmd_print_json(json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:f,"
 					 " s:f, s:i, s:s, s:I, s:I, s:I, s:i}",
@@ -1360,7 +1369,7 @@ const owl_command cmd_engine_commands[] = {
 	 "          [--min-p P] [--repeat-penalty R] [--frequency-penalty F]\n"
 	 "          [--presence-penalty P] [--seed S] [--stop STR]... [--chat [--system TEXT]]\n"
 	 "          [--ctx N] [--kv-type f32|f16] [--tp N] [--threads N] [--adapter NAME[@V]|DIR]\n"
-	 "          [--rendezvous HOST:PORT]\n"
+	 "          [--device auto|cpu|cuda[:N]] [--rendezvous HOST:PORT]\n"
 	 "  owl run MODEL --prompts FILE [the same options] [--json]\n"
 	 "\n"
 	 "MODEL is a registry reference (NAME, NAME@V, NAME:TAG) or a path to a\n"
@@ -1373,7 +1382,13 @@ const owl_command cmd_engine_commands[] = {
 	 "with 'owl pull DIR --base NAME@V', whose base must be the MODEL version run.\n"
 	 "Defaults: --max-tokens 128, --temperature 0.8, --top-k 40, --top-p 0.95,\n"
 	 "--min-p 0.05, --ctx the model's training context, --kv-type f32 (f16 halves the\n"
-	 "KV cache's memory).\n"
+	 "KV cache's memory), --device auto.\n"
+	 "\n"
+	 "--device picks where the ranks run: auto takes the GPUs when this machine has\n"
+	 "an NVIDIA driver, a CUDA device and owl's CUDA backend (libowl_cuda.so beside\n"
+	 "owl), else the CPU; cpu always the CPU; cuda a GPU or an error saying why there\n"
+	 "is none (cuda:N starts at device N; rank r takes device N + r, and with --tp >\n"
+	 "1 the GPUs sum through NCCL). 'owl status' shows what this machine has.\n"
 	 "\n"
 	 "--prompts FILE runs every prompt of FILE as one batch: all prompts in one\n"
 	 "forward pass, then one decoding step for all unfinished ones at a time, and\n"
@@ -1414,7 +1429,7 @@ const owl_command cmd_engine_commands[] = {
 	{"perplexity", run_perplexity, "measure a model's perplexity on a text file",
 	 "USAGE\n"
 	 "  owl perplexity MODEL --file TEXT [--ctx N] [--chunks N] [--adapter NAME[@V]|DIR]\n"
-	 "                 [--tp N] [--threads N] [--rendezvous HOST:PORT] [--json]\n"
+	 "                 [--tp N] [--threads N] [--device D] [--rendezvous HOST:PORT] [--json]\n"
 	 "\n"
 	 "Splits the tokenized file into chunks of --ctx tokens (default 512) and scores\n"
 	 "the second half of each chunk given what precedes it, as llama.cpp's\n"
@@ -1424,7 +1439,7 @@ const owl_command cmd_engine_commands[] = {
 	 "adapter unmerged (a registered one must derive from MODEL), so a fine-tune can be\n"
 	 "compared with its base on held-out text. Under a launcher (mpirun, srun,\n"
 	 "LeaderWorkerSet) the --tp ranks spread over the processes as in 'owl run'; the\n"
-	 "text is rank 0's file, sent to every process.\n"
+	 "text is rank 0's file, sent to every process. --device as in 'owl run'.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl perplexity smollm2@2 --file wiki.test.raw --ctx 512\n"
@@ -1434,8 +1449,8 @@ const owl_command cmd_engine_commands[] = {
 	{"bench", run_bench, "measure prompt processing and generation speed",
 	 "USAGE\n"
 	 "  owl bench MODEL [--prompt 512] [--gen 128] [--reps 3] [--batch N] [--kv-type f32|f16]\n"
-	 "            [--tp N] [--threads N] [--adapter NAME[@V]|DIR] [--rendezvous HOST:PORT]\n"
-	 "            [--json]\n"
+	 "            [--tp N] [--threads N] [--adapter NAME[@V]|DIR] [--device D]\n"
+	 "            [--rendezvous HOST:PORT] [--json]\n"
 	 "\n"
 	 "Prints a table like llama-bench: prompt processing (ppN: N tokens in one batch)\n"
 	 "and generation (tgN: N tokens one by one from an empty context) in tokens per\n"
@@ -1447,6 +1462,7 @@ const owl_command cmd_engine_commands[] = {
 	 "--adapter measures with a LoRA adapter applied (as in 'owl run'). Under a\n"
 	 "launcher the --tp ranks spread over the processes as in 'owl run'; the backend\n"
 	 "column names what joins them (cpu mpi, cpu tcp) and the memory is rank 0's.\n"
+	 "--device as in 'owl run'; the backend column names the device's backend.\n"
 	 "\n"
 	 "EXAMPLES\n"
 	 "  owl bench smollm2 --threads 2\n"

@@ -262,6 +262,7 @@ static void cu_backend_free(kernels_backend *be)
 static const kernels_backend_iface cu_iface = {
 	.abi_version = KERNELS_ABI_VERSION,
 	.name = "cuda",
+	.host_memory = 0, /* device memory: reached through the ops and the copies */
 	.free = cu_backend_free,
 	.supports = cu_supports,
 	.synchronize = cu_synchronize,

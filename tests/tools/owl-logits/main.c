@@ -1,7 +1,7 @@
 /* Prints a model's logits for token ids as JSON, for comparison with the
  * PyTorch oracle and between owl's own modes (tp, stepwise vs prefill).
  * Usage: owl-logits PATH --tokens 1,2,3 [--tp N] [--threads N] [--all] [--stepwise]
- *                   [--adapter DIR] */
+ *                   [--adapter DIR] [--device auto|cpu|cuda[:N]] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,13 +19,20 @@ int main(int argc, char **argv)
 		else if (!strcmp(argv[i], "--tp") && i + 1 < argc) o.tp = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--threads") && i + 1 < argc) o.threads = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--adapter") && i + 1 < argc) adapter_dir = argv[++i];
+		else if (!strcmp(argv[i], "--device") && i + 1 < argc) {
+			owl_err derr = {0};
+			if (engine_device_parse(argv[++i], &o.device, &o.first_gpu, &derr)) {
+				fprintf(stderr, "owl-logits: %s\n", derr.msg);
+				return 2;
+			}
+		}
 		else if (!strcmp(argv[i], "--all")) all = 1;
 		else if (!strcmp(argv[i], "--stepwise")) stepwise = 1;
 		else path = argv[i];
 	}
 	if (!path || !toks) {
 		fprintf(stderr, "usage: owl-logits PATH --tokens 1,2,3 [--tp N] [--all] [--stepwise] "
-				"[--adapter DIR]\n");
+				"[--adapter DIR] [--device D]\n");
 		return 2;
 	}
 	int32_t ids[4096];
