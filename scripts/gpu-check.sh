@@ -69,7 +69,7 @@ if [ "$mode" = prebuilt ]; then
   summary+=("programs: prebuilt in $dir")
 else
   say "building with $JOBS jobs (log $log/build.log)"
-  targets="$BUILD/libowl_cuda.so $BUILD/tests/test_cuda_ops $BUILD/owl-cuda-bench"
+  targets="$BUILD/libowl_cuda.so $BUILD/tests/test_cuda_ops $BUILD/owl-cuda-bench $BUILD/owl $BUILD/owl-logits $BUILD/owl-fixture"
   if ! timeout "$(left 300)" make -j"$JOBS" $targets >"$log/build.log" 2>&1; then
     tail -n 30 "$log/build.log"
     summary+=("build: FAILED (see $log/build.log)")
@@ -80,11 +80,12 @@ else
   if [ "$mode" = prepare ]; then
     # (no ASan build: its runtime would not fit beside OpenBLAS in a carry)
     rm -rf "$dir" && mkdir -p "$dir/tests" "$dir/lib"
-    cp "$BUILD/libowl_cuda.so" "$BUILD/owl-cuda-bench" "$dir/"
+    cp "$BUILD/libowl_cuda.so" "$BUILD/owl-cuda-bench" "$BUILD/owl" "$BUILD/owl-logits" "$BUILD/owl-fixture" "$dir/"
     cp "$BUILD/tests/test_cuda_ops" "$dir/tests/"
     # every library they load but the C/C++ runtimes and CUDA's, which the
     # GPU machine's image has
-    ldd "$dir/tests/test_cuda_ops" "$dir/owl-cuda-bench" "$dir/libowl_cuda.so" 2>/dev/null | awk '/=> \// {print $1, $3}' | sort -u |
+    ldd "$dir/tests/test_cuda_ops" "$dir/owl-cuda-bench" "$dir/libowl_cuda.so" "$dir/owl" "$dir/owl-logits" \
+        "$dir/owl-fixture" 2>/dev/null | awk '/=> \// {print $1, $3}' | sort -u |
       while read -r name path; do
         case "$name" in
           libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|ld-linux*|libstdc++*|libgcc_s*) ;;
@@ -135,9 +136,55 @@ timeout "$(left 150)" "$BENCH" >"$log/bench.log" 2>&1
 bench_rc=$?
 grep -v '^bench ' "$log/bench.log" | head -n 20
 summary+=("owl-cuda-bench: $(grep -c '^bench ' "$log/bench.log") figures (exit $bench_rc, $(elapsed)s)")
-# The engine's forward pass runs on the CPU backend only: owl bench has no
-# CUDA path to measure yet, and the summary says so rather than time the CPU.
-summary+=("owl bench on CUDA: not run: the engine has no CUDA forward pass yet (engine/forward.c drives the CPU backend)")
+# 4b. the whole engine on the device: logits against the CPU's for every
+#     stored type (as tests/e2e/device.sh does on the emulator), greedy
+#     text, and owl bench on a TinyLlama-1.1B-shaped bf16 model.
+ENG=$(dirname "$OPS")/..
+[ "$mode" = prebuilt ] && ENG=$dir
+if [ -x "$ENG/owl" ] && [ -x "$ENG/owl-logits" ] && [ -x "$ENG/owl-fixture" ]; then
+  fx=$log/fx
+  eng_pass=0 eng_fail=0
+  cmp_logits() { # NAME TOLERANCE MODEL ARGS...
+    local name=$1 tol=$2; shift 2
+    if timeout "$(left 60)" "$ENG/owl-logits" "$@" --device cpu >"$log/$name.cpu" 2>>"$log/engine.log" &&
+       timeout "$(left 60)" "$ENG/owl-logits" "$@" --device cuda >"$log/$name.cuda" 2>>"$log/engine.log" &&
+       python3 - "$log/$name.cpu" "$log/$name.cuda" "$tol" >>"$log/engine.log" 2>&1 <<'PY'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+fa = [v for r in a for v in r]; fb = [v for r in b for v in r]
+d = max(abs(x - y) for x, y in zip(fa, fb)); m = max(abs(x) for x in fa)
+print(f"{sys.argv[1]}: max |diff| {d:.3g} of {m:.3g}")
+sys.exit(0 if len(fa) == len(fb) and d <= float(sys.argv[3]) * m else 1)
+PY
+    then eng_pass=$((eng_pass + 1)); else eng_fail=$((eng_fail + 1)); echo "FAIL engine $name" | tee -a "$log/engine.log"; fi
+  }
+  "$ENG/owl-fixture" --out "$fx/f32" --seed 3 --gguf Q8_0 --quiet &&
+    "$ENG/owl-fixture" --out "$fx/f16" --seed 5 --dtype f16 --gguf Q4_0 --quiet &&
+    "$ENG/owl-fixture" --out "$fx/bf16" --seed 6 --dtype bf16 --arch qwen2 --quiet
+  TOK=1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20
+  cmp_logits f32 1e-4 "$fx/f32" --tokens $TOK --all
+  cmp_logits f32_decode 1e-4 "$fx/f32" --tokens $TOK --all --stepwise
+  cmp_logits q8_0 0.05 "$fx/f32/model.gguf" --tokens $TOK --all
+  cmp_logits q8_0_decode 0.05 "$fx/f32/model.gguf" --tokens $TOK --all --stepwise
+  cmp_logits f16 0.01 "$fx/f16" --tokens $TOK --all
+  cmp_logits q4_0_decode 0.1 "$fx/f16/model.gguf" --tokens $TOK --all --stepwise
+  cmp_logits bf16_qwen2 0.02 "$fx/bf16" --tokens $TOK --all --stepwise
+  a=$(timeout "$(left 60)" "$ENG/owl" run "$fx/f32" "hello world" --temperature 0 --max-tokens 16 --device cpu 2>>"$log/engine.log")
+  b=$(timeout "$(left 60)" "$ENG/owl" run "$fx/f32" "hello world" --temperature 0 --max-tokens 16 --device cuda 2>>"$log/engine.log")
+  if [ -n "$a" ] && [ "$a" = "$b" ]; then eng_pass=$((eng_pass + 1)); else eng_fail=$((eng_fail + 1)); echo "FAIL engine greedy text: '$a' vs '$b'" | tee -a "$log/engine.log"; fi
+  summary+=("engine on CUDA vs CPU: $eng_pass passed, $eng_fail failed ($(elapsed)s; $log/engine.log)")
+  if [ "$(left 120)" -ge 60 ] && "$ENG/owl-fixture" --out "$fx/tiny" --preset tinyllama-1.1b --dtype bf16 --quiet; then
+    for args in "--prompt 512 --gen 128" "--prompt 16 --gen 64 --batch 32"; do
+      timeout "$(left 90)" "$ENG/owl" bench "$fx/tiny" $args --reps 2 --device cuda >>"$log/owl-bench.log" 2>&1
+    done
+    summary+=("owl bench --device cuda, TinyLlama-1.1B shape, bf16: $(grep -E '\| +(pp512|tg128|tg64x32) ' "$log/owl-bench.log" | awk -F'|' '{print $8 ":" $9}' | sed 's/  */ /g' | tr '\n' ';')")
+    rm -rf "$fx/tiny"
+  else
+    summary+=("owl bench --device cuda: skipped for time")
+  fi
+else
+  summary+=("engine on CUDA: not run (owl, owl-logits or owl-fixture missing in $ENG)")
+fi
 
 # 5. the op tests under ASan + UBSan, if time is left (built here in build
 #    mode; carried in prebuilt mode)
