@@ -42,7 +42,7 @@ int engine_device_parse(const char *s, engine_device *dev, int *first_gpu, owl_e
  * never maps the CUDA libraries, then the backend object and a device.
  * Answered once per process; why not, when not. */
 static pthread_once_t gpu_once = PTHREAD_ONCE_INIT;
-static int gpu_usable;
+static int gpu_usable, gpu_count;
 static char gpu_why_not[300];
 
 static void gpu_check_once(void)
@@ -61,6 +61,7 @@ static void gpu_check_once(void)
 		return;
 	}
 	gpu_usable = 1;
+	gpu_count = gi.device_count;
 }
 
 /* AUTO falling back to the CPU is said once per process, not per model. */
@@ -70,16 +71,79 @@ static void cpu_note(void)
 	owl_log(1, "running on the CPU: %s", gpu_why_not);
 }
 
-/* The CUDA device of local rank r. */
-static int rank_device(const engine_model_opts *o, engine_dist *dist, int tp_local, int r)
+/* The CUDA device of local rank r: the process's ranks take devices
+ * first_gpu + local_rank * tp_local + r when the machine has them, else
+ * all of them share the process's one device (*shared = 1). */
+static int rank_device(const engine_model_opts *o, engine_dist *dist, int tp_local, int r,
+		       int *shared)
 {
-	int local = dist ? engine_dist_local_rank(dist) : 0;
-	return (o ? o->first_gpu : 0) + local * tp_local + r;
+	int first = o ? o->first_gpu : 0, local = dist ? engine_dist_local_rank(dist) : 0;
+	int base = first + local * tp_local;
+	*shared = tp_local > 1 && base + tp_local > gpu_count;
+	return *shared ? first + local : base + r;
+}
+
+/* Ranks sharing one device (more ranks than GPUs): their partial sums meet
+ * through the backends' own ops, on rank 0's stream after every rank's
+ * queue has run, summed in rank order as the CPU's comm sums them. The
+ * sharding is then computed on the device as it would be over several. */
+typedef struct shared_device_comm {
+	kernels_comm comm;
+	kernels_backend *ranks[16];
+} shared_device_comm;
+
+static int shared_wait_all(const shared_device_comm *s, int n, owl_err *err)
+{
+	int rc = 0;
+	for (int r = 0; r < n && !rc; r++)
+		rc = s->ranks[r]->iface->synchronize(s->ranks[r], err);
+	return rc;
+}
+
+static int shared_all_reduce(const kernels_comm *c, float *const *bufs, size_t n, owl_err *err)
+{
+	const shared_device_comm *s = c->ctx;
+	kernels_backend *be = s->ranks[0];
+	int rc = shared_wait_all(s, c->local, err);
+	for (int r = 1; r < c->local && !rc; r++)
+		rc = be->iface->add(be, bufs[0], bufs[r], n, err);
+	for (int r = 1; r < c->local && !rc; r++)
+		rc = be->iface->copy(be, bufs[r], bufs[0], n * sizeof(float), err);
+	return rc ? rc : be->iface->synchronize(be, err);
+}
+
+static int shared_all_gather(const kernels_comm *c, float *const *out, const float *const *in,
+			     size_t n, owl_err *err)
+{
+	const shared_device_comm *s = c->ctx;
+	kernels_backend *be = s->ranks[0];
+	int rc = shared_wait_all(s, c->local, err);
+	for (int r = 0; r < c->local && !rc; r++)
+		for (int q = 0; q < c->local && !rc; q++)
+			rc = be->iface->copy(be, out[r] + (size_t)q * n, in[q], n * sizeof(float), err);
+	return rc ? rc : be->iface->synchronize(be, err);
+}
+
+static int shared_barrier(const kernels_comm *c, owl_err *err)
+{
+	return shared_wait_all(c->ctx, c->local, err);
+}
+
+static void shared_comm_new(engine_model *m)
+{
+	shared_device_comm *s = owl_xcalloc(1, sizeof *s);
+	for (int r = 0; r < m->info.tp_local; r++)
+		s->ranks[r] = m->ranks[r];
+	s->comm = (kernels_comm){.name = "device-shared", .size = m->info.tp, .local = m->info.tp_local,
+				 .first = 0, .ctx = s, .all_reduce = shared_all_reduce,
+				 .all_gather = shared_all_gather, .barrier = shared_barrier};
+	m->comm = s->comm;
+	m->shared_comm = s;
 }
 
 /* NCCL between this process's GPUs, or between processes with the unique
  * id rank 0 makes and the launch carries to every process. */
-static int cuda_comm(engine_model *m, engine_dist *dist, owl_err *err)
+static int cuda_comm(engine_model *m, engine_dist *dist, int shared, owl_err *err)
 {
 	const engine_model_info *in = &m->info;
 	kernels_comm *c = NULL;
@@ -87,6 +151,10 @@ static int cuda_comm(engine_model *m, engine_dist *dist, owl_err *err)
 	if (!dist) {
 		if (in->tp_local == 1)
 			return 0; /* one rank: the shared-memory comm sums nothing */
+		if (shared) {
+			shared_comm_new(m);
+			return 0;
+		}
 		rc = engine_cuda_nccl_comm_new(m->ranks, in->tp_local, &c, err);
 	} else {
 		if (in->tp_local != 1)
@@ -131,11 +199,11 @@ int engine_model_backends(engine_model *m, const engine_model_opts *o, engine_di
 		else
 			pthread_once(&cpu_note_once, cpu_note);
 	}
-	int nl = in->tp_local, rc = 0;
+	int nl = in->tp_local, rc = 0, shared = 0;
 	int per_rank = nl == 1 ? in->threads : (in->threads / nl > 0 ? in->threads / nl : 1);
 	for (int r = 0; r < nl && !rc; r++) {
 		if (cuda)
-			rc = engine_cuda_backend_new(rank_device(o, dist, nl, r), &m->ranks[r], err);
+			rc = engine_cuda_backend_new(rank_device(o, dist, nl, r, &shared), &m->ranks[r], err);
 		else
 			rc = kernels_cpu_backend_new(per_rank, &m->ranks[r], err);
 	}
@@ -147,5 +215,8 @@ int engine_model_backends(engine_model *m, const engine_model_opts *o, engine_di
 		m->comm = *kernels_cpu_comm();
 		m->comm.size = m->comm.local = in->tp;
 	}
-	return cuda ? cuda_comm(m, dist, err) : 0;
+	if (cuda && shared && dist)
+		return owl_err_set(err, OWL_EUSAGE, "this process's %d ranks would share one GPU: across "
+				   "processes each rank needs a GPU of its own (start one process per GPU)", nl);
+	return cuda ? cuda_comm(m, dist, shared, err) : 0;
 }

@@ -25,6 +25,7 @@ struct engine_model {
 	kernels_backend *ranks[16];
 	kernels_comm comm;         /* how the tp ranks all-reduce */
 	kernels_comm *comm_owned;  /* the NCCL comm behind comm, freed at close, or NULL */
+	void *shared_comm;         /* ranks sharing one device: comm's state, freed at close */
 	layer *layers;       /* as loaded: views into the files */
 	layer *rank_layers[16]; /* each rank's shards prepared by its backend, and its
 				 * own copies of the norms and of its biases (only its

@@ -676,6 +676,7 @@ void engine_model_close(engine_model *m)
 		free(m->rank_layers[r]);
 	free(m->dir);
 	engine_cuda_nccl_comm_free(m->comm_owned);
+	free(m->shared_comm);
 	for (int r = 0; r < 16; r++)
 		kernels_backend_free(m->ranks[r]);
 	free(m);

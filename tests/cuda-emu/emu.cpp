@@ -86,8 +86,15 @@ static void *thread_main(void *p)
 	return NULL;
 }
 
+// One launch at a time: the grid's dimensions and the barriers are the
+// emulator's globals, and host threads driving several ranks' streams (the
+// engine's tensor-parallel ranks) launch at the same time. Serialising the
+// launches is one of the orders a device may run two streams in.
+static std::mutex launch_lock;
+
 void emu_run(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body)
 {
+	std::lock_guard<std::mutex> one_at_a_time(launch_lock);
 	if (block.y != 1 || block.z != 1 || block.x % 32 || block.x / 32 > MAX_WARPS) {
 		fprintf(stderr, "emu: blocks of %ux%ux%u threads are not emulated\n", block.x, block.y,
 			block.z);

@@ -4,7 +4,8 @@
 # backend's kernels, built against the host emulator of CUDA
 # (tests/cuda-emu/, $OWL_BUILD/libowl_cuda_emu.so, named by OWL_CUDA_LIB),
 # gives the CPU's logits for every stored type, prompt and decoding steps,
-# with an adapter, and the CPU's greedy text. This checks the engine's side
+# with an adapter, tensor-parallel ranks sharing the device, and the CPU's
+# greedy text. This checks the engine's side
 # of a device backend (the batch's layout and block tables uploaded, logits
 # and gathered rows copied through the backend, adapters placed in its
 # memory) on every machine; the kernels' arithmetic on a real GPU is
@@ -55,7 +56,7 @@ compare() {
   "$LOGITS" "$@" --device cpu >"$T/cpu.json" 2>"$T/cpu.err" &&
     OWL_CUDA_LIB="$EMU" "$LOGITS" "$@" --device cuda >"$T/cuda.json" 2>"$T/cuda.err"
   if [ $? != 0 ]; then
-    fail "$name" "owl-logits failed: $(tail -2 "$T/cpu.err" "$T/cuda.err")"
+    fail "$name" "owl-logits failed: $(tail -n 2 "$T/cpu.err" "$T/cuda.err")"
     return
   fi
   python3 - "$T/cpu.json" "$T/cuda.json" "$tol" >"$T/.cmp" <<'EOF'
@@ -78,6 +79,11 @@ compare cuda_q8_0_logits 0.05 "$T/f32/model.gguf" --tokens $TOK --all
 compare cuda_f16_logits 0.01 "$T/f16" --tokens $TOK --all
 compare cuda_q4_0_logits 0.1 "$T/f16/model.gguf" --tokens $TOK --all --stepwise
 compare cuda_bf16_qwen2_biases_logits 0.02 "$T/bf16" --tokens $TOK --all --stepwise
+# Tensor parallelism on one device: the ranks share the emulator's one GPU and
+# sum through the backend's own ops (the sharding math on a device).
+compare cuda_tp2_one_device_logits 1e-4 "$T/f32" --tokens $TOK --all --stepwise --tp 2
+compare cuda_tp2_one_device_q8_0_logits 0.05 "$T/f32/model.gguf" --tokens $TOK --all --tp 2
+compare cuda_tp4_one_device_logits 1e-4 "$T/f32" --tokens $TOK --all --tp 4
 
 # An adapter placed in the device's memory: the CPU's logits, not the base's.
 PY=$("$OWL_ROOT/scripts/pyenv.sh" 2>/dev/null) || PY=
