@@ -96,6 +96,12 @@ int owl_path_exists(const char *path);
 int owl_is_dir(const char *path);
 /* Joins a and b with one '/'; caller frees. */
 char *owl_path_join(const char *a, const char *b);
+/* Opens a shared object owl loads at run time (the CUDA backend, the MPI
+ * side of a launch): the path in environment variable env_name, else name
+ * beside the running executable, else name on the library path. global:
+ * RTLD_GLOBAL (its own plugins need its symbols). NULL with dlerror()'s
+ * reason in why when none opens. */
+void *owl_dlopen_lib(const char *env_name, const char *name, int global, char *why, size_t why_len);
 /* fsync a file descriptor's directory entry by path (after rename). */
 int owl_fsync_dir(const char *dir, owl_err *err);
 /* Writes data to path atomically: tmp file beside it, fsync, rename, fsync dir. */

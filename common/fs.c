@@ -2,6 +2,8 @@
 #include "common.h"
 
 #include <dirent.h>
+#include <dlfcn.h>
+#include <limits.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -230,4 +232,33 @@ int owl_read_json_object(const char *dir, const char *name, size_t max, void **o
 	}
 	*out = c;
 	return 0;
+}
+
+void *owl_dlopen_lib(const char *env_name, const char *name, int global, char *why, size_t why_len)
+{
+	const char *env = getenv(env_name);
+	char exe[PATH_MAX];
+	char *beside = NULL;
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+	if (n > 0) {
+		exe[n] = 0;
+		char *slash = strrchr(exe, '/');
+		if (slash) {
+			*slash = 0;
+			beside = owl_xasprintf("%s/%s", exe, name);
+		}
+	}
+	const char *candidates[] = {env, beside, name};
+	void *h = NULL;
+	for (size_t i = 0; i < 3 && !h; i++) {
+		if (!candidates[i] || !*candidates[i])
+			continue;
+		if (i < 2 && access(candidates[i], F_OK) != 0)
+			continue;
+		h = dlopen(candidates[i], RTLD_NOW | (global ? RTLD_GLOBAL : RTLD_LOCAL));
+		if (!h && why_len)
+			snprintf(why, why_len, "%s", dlerror());
+	}
+	free(beside);
+	return h;
 }

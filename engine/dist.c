@@ -134,29 +134,7 @@ static char mpi_reason[512];
  * for libmpi's symbols in the global scope. */
 static void mpi_open_once(void)
 {
-	const char *env = getenv("OWL_MPI_LIB");
-	char exe[PATH_MAX];
-	char *beside = NULL;
-	ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-	if (n > 0) {
-		exe[n] = 0;
-		char *slash = strrchr(exe, '/');
-		if (slash) {
-			*slash = 0;
-			beside = owl_xasprintf("%s/%s", exe, OWL_MPI_LIB);
-		}
-	}
-	const char *candidates[] = {env, beside, OWL_MPI_LIB};
-	for (size_t i = 0; i < 3 && !mpi_handle; i++) {
-		if (!candidates[i] || !*candidates[i])
-			continue;
-		if (i < 2 && access(candidates[i], F_OK) != 0)
-			continue;
-		mpi_handle = dlopen(candidates[i], RTLD_NOW | RTLD_GLOBAL);
-		if (!mpi_handle)
-			snprintf(mpi_reason, sizeof mpi_reason, "%s", dlerror());
-	}
-	free(beside);
+	mpi_handle = owl_dlopen_lib("OWL_MPI_LIB", OWL_MPI_LIB, 1, mpi_reason, sizeof mpi_reason);
 }
 
 static const owl_mpi_api *mpi_api(owl_err *err)

@@ -20,29 +20,7 @@ static char cuda_reason[512];
 
 static void cuda_open_once(void)
 {
-	const char *env = getenv("OWL_CUDA_LIB");
-	char exe[PATH_MAX];
-	char *beside = NULL;
-	ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-	if (n > 0) {
-		exe[n] = 0;
-		char *slash = strrchr(exe, '/');
-		if (slash) {
-			*slash = 0;
-			beside = owl_xasprintf("%s/%s", exe, OWL_CUDA_LIB);
-		}
-	}
-	const char *candidates[] = {env, beside, OWL_CUDA_LIB};
-	for (size_t i = 0; i < 3 && !cuda_handle; i++) {
-		if (!candidates[i] || !*candidates[i])
-			continue;
-		if (i < 2 && access(candidates[i], F_OK) != 0)
-			continue;
-		cuda_handle = dlopen(candidates[i], RTLD_NOW | RTLD_LOCAL);
-		if (!cuda_handle)
-			snprintf(cuda_reason, sizeof cuda_reason, "%s", dlerror());
-	}
-	free(beside);
+	cuda_handle = owl_dlopen_lib("OWL_CUDA_LIB", OWL_CUDA_LIB, 0, cuda_reason, sizeof cuda_reason);
 }
 
 void *engine_cuda_open(owl_err *err)
