@@ -77,8 +77,10 @@ $(BUILD)/owl: $(CMD_OBJ) $(BUILD)/libowl.a
 # sm_90 (H100/H200) with its PTX so that newer devices JIT it.
 CU_ARCH ?= -gencode arch=compute_90,code=[sm_90,compute_90]
 NVFLAGS := -O2 -std=c++17 -Xcompiler -fPIC,-Wall,-fvisibility=hidden -I. $(CU_ARCH)
-CU_OBJ  := $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
-$(BUILD)/obj/%.o: %.cu $(wildcard engine/kernels/cuda/*.cuh) engine/kernels/kernels.h
+# The objects carry no sanitizer, so every build variant shares build/'s
+# (the sanitizer run links them again instead of compiling them again).
+CU_OBJ  := $(CU_SRC:%.cu=build/obj/%.o)
+build/obj/%.o: %.cu $(wildcard engine/kernels/cuda/*.cuh) engine/kernels/kernels.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
