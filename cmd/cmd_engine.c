@@ -1220,9 +1220,11 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 		{"threads", required_argument, 0, 'j'}, {"batch", required_argument, 0, 'b'},
 		{"kv-type", required_argument, 0, 'K'}, {"adapter", required_argument, 0, 'A'},
 		{"rendezvous", required_argument, 0, 'Z'}, {"device", required_argument, 0, 'D'},
+		{"bandwidth", required_argument, 0, 'W'}, {"gemm", no_argument, 0, 'G'},
 		{0, 0, 0, 0},
 	};
-	int npp = 512, ntg = 128, reps = 3, tp = 0, threads = 0, batch = 1, kv_type = 0, c;
+	int npp = 512, ntg = 128, reps = 3, tp = 0, threads = 0, batch = 1, kv_type = 0, gemm = 0, c;
+	double bandwidth = 0; /* GB/s of the memory the weights lie in; 0: unknown */
 	const char *adapter = NULL, *rendezvous = NULL, *device = NULL;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
@@ -1239,6 +1241,14 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 		case 'A': adapter = optarg; break;
 		case 'Z': rendezvous = optarg; break;
 		case 'D': device = optarg; break;
+		case 'W': {
+			char *end;
+			bandwidth = strtod(optarg, &end);
+			if (end == optarg || *end || !(bandwidth > 0) || bandwidth > 1e6)
+				return cmd_usage_error("bench", "--bandwidth takes GB/s, a number above 0");
+			break;
+		}
+		case 'G': gemm = 1; break;
 		default: return cmd_usage_error("bench", "unknown option");
 		}
 	}
@@ -1294,6 +1304,11 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 	}
 	free(toks);
 	free(logits);
+	/* The prompt's matrix products alone, on the same weights and backend:
+	 * what prompt processing would reach if nothing else took time. */
+	double gemm_s = 0, gemm_flops = 0;
+	if (!rc && gemm && in->tp == 1 && in->processes == 1)
+		rc = engine_model_gemm_bench(l.m, npp, reps, &gemm_s, &gemm_flops, &err);
 	if (rc) {
 		unload(&l);
 		return engine_fail(d, &err);
@@ -1301,6 +1316,13 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 	double ppm, pps, tgm, tgs;
 	mean_sd(pp, reps, &ppm, &pps);
 	mean_sd(tg, reps, &tgm, &tgs);
+	/* A decoding step reads the weights once for the whole batch and each
+	 * sequence's keys and values: from an empty context, step g attends to
+	 * g + 1 positions, (ntg + 1) / 2 on average. */
+	double step_bytes = (double)engine_model_decode_bytes(l.m) +
+			    batch * (double)engine_model_kv_token_bytes(l.m, kv_type) * (ntg + 1) / 2.0;
+	double read_gbps = ntg && tgm > 0 ? step_bytes * (tgm / batch) / 1e9 : 0;
+	int roofline = bandwidth > 0 && read_gbps > 0 && in->tp == 1 && in->processes == 1;
 	long rss = status_kib("VmHWM");
 	uint64_t kv = engine_session_kv_bytes(l.sess);
 	uint64_t model_bytes = rss > base_kib ? (uint64_t)(rss - base_kib) * 1024 : 0;
@@ -1322,7 +1344,7 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 	else
 		snprintf(backend, sizeof backend, "%s%s", in->backend, in->tp > 1 ? " tp" : "");
 	if (ctx->json) {
-		cmd_print_json(json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:f,"
+		json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:f,"
 					 " s:f, s:i, s:s, s:I, s:I, s:I, s:i}",
 					 "model", l.label, "arch", in->arch, "dtype", in->weight_dtype,
 					 "params", (json_int_t)in->n_params, "weight_bytes",
@@ -1332,7 +1354,21 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 					 "tg_stddev", tgs, "batch", batch, "kv_type", kv_type ? "f16" : "f32",
 					 "kv_bytes", (json_int_t)kv, "peak_rss_bytes",
 					 (json_int_t)rss * 1024, "baseline_rss_bytes",
-					 (json_int_t)base_kib * 1024, "processes", in->processes));
+					 (json_int_t)base_kib * 1024, "processes", in->processes);
+		if (o && ntg) {
+			json_object_set_new(o, "decode_bytes_per_step", json_integer((json_int_t)step_bytes));
+			json_object_set_new(o, "decode_read_gbps", json_real(read_gbps));
+		}
+		if (o && roofline) {
+			json_object_set_new(o, "bandwidth_gbps", json_real(bandwidth));
+			json_object_set_new(o, "roofline_fraction", json_real(read_gbps / bandwidth));
+		}
+		if (o && gemm_s > 0) {
+			json_object_set_new(o, "gemm_seconds", json_real(gemm_s));
+			json_object_set_new(o, "gemm_flops_per_s", json_real(gemm_flops / gemm_s));
+			json_object_set_new(o, "pp_gemm_fraction", json_real(gemm_s * ppm / npp));
+		}
+		cmd_print_json(o);
 	} else {
 		printf("| %-28s | %10s | %9s | %-5s | %7s | %3s | %8s | %16s |\n", "model", "size",
 		       "params", "dtype", "backend", "thr", "test", "t/s");
@@ -1357,6 +1393,21 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 		       "%s for %d tokens + %s working buffers, %.1f%% over weights + KV)\n",
 		       rsss, bases, models, wsize, kvs, npp > ntg ? npp : ntg, works,
 		       want ? 100.0 * ((double)model_bytes - (double)want) / (double)want : 0.0);
+		char sb[32];
+		owl_fmt_bytes((uint64_t)step_bytes, sb, sizeof sb);
+		if (roofline)
+			printf("roofline %s: a step reads %s (weights + KV), %.1f GB/s = %.1f%% of %.0f "
+			       "GB/s\n", test, sb, read_gbps, 100.0 * read_gbps / bandwidth, bandwidth);
+		else if (ntg)
+			printf("roofline %s: a step reads %s (weights + KV), %.1f GB/s (--bandwidth GBPS "
+			       "gives the fraction%s)\n", test, sb, read_gbps,
+			       in->tp == 1 && in->processes == 1 ? "" : "; tp 1 only");
+		if (gemm_s > 0)
+			printf("gemm pp%d: its matrix products alone take %.1f ms (%.2f TFLOP/s); pp%d "
+			       "reaches %.1f%% of that\n", npp, gemm_s * 1e3, gemm_flops / gemm_s / 1e12,
+			       npp, 100.0 * gemm_s * ppm / npp);
+		else if (gemm)
+			printf("gemm pp%d: not measured (tp 1 in one process only)\n", npp);
 	}
 	unload(&l);
 	return dist_end(d, OWL_OK);
@@ -1450,7 +1501,7 @@ const owl_command cmd_engine_commands[] = {
 	 "USAGE\n"
 	 "  owl bench MODEL [--prompt 512] [--gen 128] [--reps 3] [--batch N] [--kv-type f32|f16]\n"
 	 "            [--tp N] [--threads N] [--adapter NAME[@V]|DIR] [--device D]\n"
-	 "            [--rendezvous HOST:PORT] [--json]\n"
+	 "            [--bandwidth GBPS] [--gemm] [--rendezvous HOST:PORT] [--json]\n"
 	 "\n"
 	 "Prints a table like llama-bench: prompt processing (ppN: N tokens in one batch)\n"
 	 "and generation (tgN: N tokens one by one from an empty context) in tokens per\n"
@@ -1464,10 +1515,19 @@ const owl_command cmd_engine_commands[] = {
 	 "column names what joins them (cpu mpi, cpu tcp) and the memory is rank 0's.\n"
 	 "--device as in 'owl run'; the backend column names the device's backend.\n"
 	 "\n"
+	 "Against the hardware's limits (tp 1, one process): the roofline line gives the\n"
+	 "bytes a decoding step reads (the weights once, plus each sequence's keys and\n"
+	 "values, from an empty context) and the rate generation reads them at; with\n"
+	 "--bandwidth GBPS (the memory's bandwidth: an H200 has 4800, a DDR5 server\n"
+	 "socket a few hundred) as a fraction of it. --gemm runs the prompt's matrix\n"
+	 "products alone on the same weights and backend (cuBLAS on a GPU, the CPU's\n"
+	 "kernels here) and gives pp as a fraction of their throughput.\n"
+	 "\n"
 	 "EXAMPLES\n"
 	 "  owl bench smollm2 --threads 2\n"
 	 "  owl bench smollm2 --batch 8 --gen 64\n"
 	 "  owl bench ./tinyllama.Q8_0.gguf --prompt 512 --gen 128 --json\n"
+	 "  owl bench llama-8b --device cuda --bandwidth 4800 --gemm --batch 32\n"
 	 "  mpirun -np 2 owl bench smollm2 --tp 2 --threads 1\n"},
 	{0},
 };

@@ -107,6 +107,20 @@ const struct gguf_file *engine_model_gguf(const engine_model *m);
 /* The folder holding the checkpoint's other files (tokenizer), or NULL. */
 const char *engine_model_dir(const engine_model *m);
 
+/* ---- figures for benchmarks (engine/bench.c) ---- */
+/* Bytes of weights one decoding step reads: every layer's matrices and
+ * norms, the output matrix, one embedding row. */
+uint64_t engine_model_decode_bytes(const engine_model *m);
+/* Bytes of keys and values one token of context holds across the layers
+ * (kv_type an engine_kv_type): what attention reads per cached token. */
+uint64_t engine_model_kv_token_bytes(const engine_model *m, int kv_type);
+/* The matrix products of a forward pass over n tokens run alone on the
+ * model's own prepared weights and backend (every layer's projections on
+ * n rows, the output matrix on one), reps times after one warm-up:
+ * *seconds per pass and the *flops of one. tp 1 in one process only. */
+int engine_model_gemm_bench(engine_model *m, int n, int reps, double *seconds, double *flops,
+			    owl_err *err);
+
 /* A KV cache for n_ctx tokens (memory sized from n_ctx). */
 int engine_session_new(engine_model *m, int n_ctx, engine_session **out, owl_err *err);
 void engine_session_free(engine_session *s);

@@ -138,7 +138,8 @@ grep -v '^bench ' "$log/bench.log" | head -n 20
 summary+=("owl-cuda-bench: $(grep -c '^bench ' "$log/bench.log") figures (exit $bench_rc, $(elapsed)s)")
 # 4b. the whole engine on the device: logits against the CPU's for every
 #     stored type (as tests/e2e/device.sh does on the emulator), greedy
-#     text, and owl bench on a TinyLlama-1.1B-shaped bf16 model.
+#     text, and owl bench on TinyLlama-1.1B- and Llama-8B-shaped bf16 models
+#     (roofline and GEMM fractions, batch 32).
 ENG=$(dirname "$OPS")/..
 [ "$mode" = prebuilt ] && ENG=$dir
 if [ -x "$ENG/owl" ] && [ -x "$ENG/owl-logits" ] && [ -x "$ENG/owl-fixture" ]; then
@@ -173,14 +174,31 @@ PY
   b=$(timeout "$(left 60)" "$ENG/owl" run "$fx/f32" "hello world" --temperature 0 --max-tokens 16 --device cuda 2>>"$log/engine.log")
   if [ -n "$a" ] && [ "$a" = "$b" ]; then eng_pass=$((eng_pass + 1)); else eng_fail=$((eng_fail + 1)); echo "FAIL engine greedy text: '$a' vs '$b'" | tee -a "$log/engine.log"; fi
   summary+=("engine on CUDA vs CPU: $eng_pass passed, $eng_fail failed ($(elapsed)s; $log/engine.log)")
-  if [ "$(left 120)" -ge 60 ] && "$ENG/owl-fixture" --out "$fx/tiny" --preset tinyllama-1.1b --dtype bf16 --quiet; then
-    for args in "--prompt 512 --gen 128" "--prompt 16 --gen 64 --batch 32"; do
-      timeout "$(left 90)" "$ENG/owl" bench "$fx/tiny" $args --reps 2 --device cuda >>"$log/owl-bench.log" 2>&1
-    done
-    summary+=("owl bench --device cuda, TinyLlama-1.1B shape, bf16: $(grep -E '\| +(pp512|tg128|tg64x32) ' "$log/owl-bench.log" | awk -F'|' '{print $8 ":" $9}' | sed 's/  */ /g' | tr '\n' ';')")
-    rm -rf "$fx/tiny"
+  # owl bench: batch-1 decode against the bandwidth roofline, prompt
+  # processing against its own GEMMs (cuBLAS) alone, and batch 32.
+  bw=${GPU_BANDWIDTH:-4800}
+  bench_shape() { # LABEL PRESET PROMPT GEN
+    local label=$1 preset=$2 pp=$3 tg=$4 f=$log/owl-bench-$2.log
+    "$ENG/owl-fixture" --out "$fx/$preset" --preset "$preset" --dtype bf16 --quiet || return 1
+    timeout "$(left 150)" "$ENG/owl" bench "$fx/$preset" --prompt "$pp" --gen "$tg" --reps 2 \
+      --device cuda --bandwidth "$bw" --gemm >>"$f" 2>&1
+    timeout "$(left 90)" "$ENG/owl" bench "$fx/$preset" --prompt 16 --gen "$tg" --batch 32 --reps 1 \
+      --device cuda --bandwidth "$bw" >>"$f" 2>&1
+    cat "$f" >>"$log/owl-bench.log"
+    summary+=("owl bench --device cuda, $label, bf16: $(grep -E '\| +(pp[0-9]+|tg[0-9]+|tg[0-9]+x32) ' "$f" | awk -F'|' '{print $8 ":" $9}' | sed 's/  */ /g' | tr '\n' ';')")
+    while read -r line; do summary+=("  $line"); done < <(grep -E '^(roofline|gemm) ' "$f")
+    rm -rf "$fx/$preset"
+  }
+  if [ "$(left 120)" -ge 60 ]; then
+    bench_shape "TinyLlama-1.1B shape" tinyllama-1.1b 512 128 || summary+=("owl bench TinyLlama: fixture failed")
   else
     summary+=("owl bench --device cuda: skipped for time")
+  fi
+  # Llama-8B: 16 GB of bf16 to write and load, only when time is left
+  if [ "$(left 200)" -ge 200 ]; then
+    bench_shape "Llama-8B shape" llama-8b 512 64 || summary+=("owl bench Llama-8B: fixture failed")
+  else
+    summary+=("owl bench --device cuda, Llama-8B shape: skipped for time ($(elapsed)s used)")
   fi
 else
   summary+=("engine on CUDA: not run (owl, owl-logits or owl-fixture missing in $ENG)")

@@ -110,6 +110,9 @@ owl run "$T/f32" "hello world" --temperature 0 --max-tokens 6 --device cpu
 expect_eq cuda_greedy_text_equals_cpu "$ON_CUDA" "$OUT"
 OWL_CUDA_LIB="$EMU" owl bench "$T/f32" --prompt 8 --gen 2 --reps 1 --device cuda --json
 expect_contains cuda_bench_names_the_backend "$OUT" '"backend": "cuda"'
+OWL_CUDA_LIB="$EMU" owl bench "$T/f32" --prompt 8 --gen 2 --reps 1 --device cuda --gemm --bandwidth 4800
+expect_contains cuda_bench_gemm_reference "$OUT" "gemm pp8: its matrix products alone take"
+expect_contains cuda_bench_roofline "$OUT" "% of 4800 GB/s"
 # Training stays on the CPU: a model on the device is refused by the trainer,
 # and owl train opens its base on the CPU whatever the machine has.
 printf '{"text": "hello world, hello owl"}\n' >"$T/d.jsonl"

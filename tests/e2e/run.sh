@@ -88,6 +88,39 @@ expect_eq bench_peak_covers_baseline_and_weights "$(json 'd["peak_rss_bytes"] >=
 owl bench "$T/m" --prompt 32 --gen 8 --reps 1
 expect_contains bench_table "$OUT" "pp32"
 expect_contains bench_memory_breakdown "$OUT" "before loading"
+# Against the hardware's limits: the bytes a decoding step reads are every
+# layer's matrices and norms, the output matrix, one embedding row and the
+# keys and values of (gen + 1) / 2 positions on average; --gemm times the
+# prompt's products alone (FLOPs: 2 x rows x params of the layers, the output
+# matrix on one row).
+owl bench "$T/m" --prompt 32 --gen 8 --reps 1 --gemm --bandwidth 10 --json
+expect_rc bench_roofline 0
+BENCH_JSON=$OUT
+python3 - "$T/m/config.json" "$BENCH_JSON" <<'PY' && pass bench_roofline_accounting || fail bench_roofline_accounting "see the log"
+import json, sys
+c = json.load(open(sys.argv[1])); d = json.loads(sys.argv[2])
+dim, L, ffn, V = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"], c["vocab_size"]
+hd = dim // c["num_attention_heads"]; q = c["num_attention_heads"] * hd; kv = c["num_key_value_heads"] * hd
+layer = q * dim + 2 * kv * dim + dim * q + 3 * ffn * dim
+want = 4 * (L * (layer + 2 * dim) + V * dim + dim + dim) + L * 2 * kv * 4 * (8 + 1) / 2
+flops = 2 * 32 * L * layer + 2 * V * dim
+ok = d["decode_bytes_per_step"] == int(want)
+ok &= abs(d["decode_read_gbps"] - d["decode_bytes_per_step"] * d["tg_tokens_per_s"] / 1e9) < 1e-6 * d["decode_read_gbps"] + 1e-12
+ok &= abs(d["roofline_fraction"] - d["decode_read_gbps"] / 10) < 1e-9 and d["bandwidth_gbps"] == 10
+ok &= abs(d["gemm_seconds"] * d["gemm_flops_per_s"] - flops) < 1e-6 * flops
+ok &= abs(d["pp_gemm_fraction"] - d["gemm_seconds"] * d["pp_tokens_per_s"] / 32) < 1e-9
+print(d, int(want), flops); sys.exit(0 if ok else 1)
+PY
+owl bench "$T/m" --prompt 32 --gen 8 --reps 1 --gemm --bandwidth 10
+expect_contains bench_roofline_line "$OUT" "roofline tg8: a step reads"
+expect_contains bench_roofline_fraction "$OUT" "% of 10 GB/s"
+expect_contains bench_gemm_line "$OUT" "gemm pp32: its matrix products alone take"
+owl bench "$T/m" --prompt 32 --gen 8 --reps 1 --gemm --tp 2
+expect_contains bench_gemm_tp1_only "$OUT" "gemm pp32: not measured (tp 1 in one process only)"
+expect_contains bench_roofline_without_bandwidth "$OUT" "GB/s (--bandwidth GBPS gives the fraction; tp 1 only)"
+owl bench "$T/m" --prompt 32 --gen 8 --bandwidth fast
+expect_rc bench_bad_bandwidth 2
+expect_contains bench_bad_bandwidth_reason "$ERR" "--bandwidth takes GB/s"
 
 # Registry references, tensor parallelism and errors.
 owl pull "$T/m" --name tiny-run

@@ -19,8 +19,9 @@ static const char USAGE[] =
 	"\n"
 	"MODEL\n"
 	"  --preset NAME          tiny (default: hidden 64, 2 layers, 4 heads, 2 kv heads, ffn 128,\n"
-	"                         vocab 512, ctx 256), smollm2-135m, tinyllama-1.1b (real shapes;\n"
-	"                         applied first, other flags override it)\n"
+	"                         vocab 512, ctx 256), smollm2-135m, tinyllama-1.1b, llama-8b (real\n"
+	"                         shapes; llama-8b is 16 GB in bf16; applied first, other\n"
+	"                         flags override it)\n"
 	"  --arch A               llama (default) | mistral | qwen2 (qwen2: q/k/v biases)\n"
 	"  --hidden N --layers N --heads N --kv-heads N --intermediate N --head-dim N\n"
 	"  --vocab N              tokenizer size: 256 bytes + merges + specials, padded with\n"
@@ -137,6 +138,11 @@ static void preset_apply(fx_opts *o, const char *name, int *ok)
 		o->spm = 1;
 		o->chat_template = "zephyr";
 		o->model_name = "owl-fixture-tinyllama-1.1b";
+	} else if (strcmp(name, "llama-8b") == 0) {
+		/* Llama 3.1 8B's shapes (16 GB in bf16): for GPU benchmarks */
+		o->hidden = 4096, o->layers = 32, o->heads = 32, o->kv_heads = 8, o->intermediate = 14336;
+		o->vocab = 128256, o->ctx = 8192, o->rope_theta = 500000, o->rms_eps = 1e-5;
+		o->model_name = "owl-fixture-llama-8b";
 	} else {
 		*ok = 0;
 	}
@@ -369,7 +375,7 @@ int main(int argc, char **argv)
 		if (strcmp(argv[i], "--preset") == 0) {
 			preset_apply(&o, argv[i + 1], &ok);
 			if (!ok) {
-				fprintf(stderr, "owl-fixture: error: unknown preset '%s' (tiny, smollm2-135m, tinyllama-1.1b)\n",
+				fprintf(stderr, "owl-fixture: error: unknown preset '%s' (tiny, smollm2-135m, tinyllama-1.1b, llama-8b)\n",
 				        argv[i + 1]);
 				return OWL_EUSAGE;
 			}
