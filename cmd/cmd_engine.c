@@ -1187,7 +1187,7 @@ static void mean_sd(const double *x, int n, double *mean, double *sd)
  * empty context: each step is one forward pass over batch tokens, so the
  * weights are read once for all of them. */
 static int bench_batch(engine_model *m, const engine_adapter *adapter, int batch, int ntg,
-		       int kv_type, int32_t tok, double *tps, owl_err *err)
+		       int kv_type, int32_t tok, double *tps, uint64_t *graph_launches, owl_err *err)
 {
 	engine_kv *kv = NULL;
 	engine_kv_opts o = {.n_tokens = batch * (ntg + 32), .max_seq_tokens = ntg, .type = kv_type};
@@ -1207,6 +1207,11 @@ static int bench_batch(engine_model *m, const engine_adapter *adapter, int batch
 		rc = engine_decode(kv, &b, logits, err);
 	}
 	*tps = rc ? 0 : (double)batch * ntg / (owl_now() - t0);
+	engine_kv_stats st;
+	if (kv) {
+		engine_kv_get_stats(kv, &st);
+		*graph_launches += st.graph_launches;
+	}
 	free(toks), free(seq), free(logits);
 	engine_kv_free(kv);
 	return rc;
@@ -1276,6 +1281,7 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 		toks[i] = (int32_t)((seed >> 33) % (uint64_t)in->vocab);
 	}
 	double pp[100], tg[100];
+	uint64_t graph_launches = 0; /* decoding steps replayed from CUDA graphs */
 	int rc = 0;
 	/* One warm-up pass maps the weights in and settles the thread pools. */
 	engine_session_truncate(l.sess, 0);
@@ -1292,7 +1298,8 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 		/* As llama-bench: generation is timed from an empty context, so
 		 * pp and tg measure one thing each. */
 		if (batch > 1) {
-			rc = bench_batch(l.m, l.adapter, batch, ntg, kv_type, toks[npp - 1], &tg[r], &err);
+			rc = bench_batch(l.m, l.adapter, batch, ntg, kv_type, toks[npp - 1], &tg[r],
+					 &graph_launches, &err);
 			continue;
 		}
 		engine_session_truncate(l.sess, 0);
@@ -1301,6 +1308,11 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 		for (int g = 0; g < ntg && !rc; g++)
 			rc = engine_forward(l.sess, &t, 1, logits, 0, &err);
 		tg[r] = ntg / (owl_now() - t0);
+	}
+	if (batch == 1) {
+		engine_kv_stats st;
+		engine_session_get_stats(l.sess, &st);
+		graph_launches = st.graph_launches;
 	}
 	free(toks);
 	free(logits);
@@ -1356,6 +1368,7 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 					 (json_int_t)rss * 1024, "baseline_rss_bytes",
 					 (json_int_t)base_kib * 1024, "processes", in->processes);
 		if (o && ntg) {
+			json_object_set_new(o, "decode_graph_launches", json_integer((json_int_t)graph_launches));
 			json_object_set_new(o, "decode_bytes_per_step", json_integer((json_int_t)step_bytes));
 			json_object_set_new(o, "decode_read_gbps", json_real(read_gbps));
 		}
@@ -1402,6 +1415,9 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 			printf("roofline %s: a step reads %s (weights + KV), %.1f GB/s (--bandwidth GBPS "
 			       "gives the fraction%s)\n", test, sb, read_gbps,
 			       in->tp == 1 && in->processes == 1 ? "" : "; tp 1 only");
+		if (graph_launches)
+			printf("cuda graphs: %llu of the decoding steps replayed from a recorded graph\n",
+			       (unsigned long long)graph_launches);
 		if (gemm_s > 0)
 			printf("gemm pp%d: its matrix products alone take %.1f ms (%.2f TFLOP/s); pp%d "
 			       "reaches %.1f%% of that\n", npp, gemm_s * 1e3, gemm_flops / gemm_s / 1e12,

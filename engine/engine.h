@@ -128,6 +128,9 @@ int engine_session_pos(const engine_session *s);
 int engine_session_ctx(const engine_session *s);
 void engine_session_truncate(engine_session *s, int pos);
 uint64_t engine_session_kv_bytes(const engine_session *s);
+/* The session's pool (engine_kv_stats, declared below). */
+struct engine_kv_stats;
+void engine_session_get_stats(const engine_session *s, struct engine_kv_stats *st);
 /* Appends n tokens and runs them through the model. logits receives [n, vocab]
  * when all_logits, else [1, vocab] for the last token. Overflowing the
  * context is an error (OWL_EUSAGE), never a crash. */
@@ -158,6 +161,9 @@ typedef struct engine_kv_stats {
 	uint64_t bytes_reserved; /* address space of the pool */
 	uint64_t bytes_used;     /* blocks held by sequences */
 	uint64_t bytes_touched;  /* blocks ever used: the memory the pool really occupies */
+	/* decoding steps replayed from CUDA graphs, and the graphs recorded
+	 * (0 on a backend without graphs, or with OWL_CUDA_GRAPHS=0) */
+	uint64_t graph_launches, graph_recordings;
 } engine_kv_stats;
 
 typedef struct engine_kv engine_kv;

@@ -14,6 +14,8 @@
 
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -68,6 +70,11 @@ int engine_session_set_adapter(engine_session *s, const engine_adapter *a, owl_e
 {
 	engine_kv_seq_truncate(s->kv, s->seq, 0);
 	return engine_kv_seq_set_adapter(s->kv, s->seq, a, err);
+}
+
+void engine_session_get_stats(const engine_session *s, engine_kv_stats *st)
+{
+	engine_kv_get_stats(s->kv, st);
 }
 
 uint64_t engine_session_kv_bytes(const engine_session *s)
@@ -321,6 +328,129 @@ static int upload_layout(engine_kv *kv, step *st, const int32_t *tokens, owl_err
 	return rc;
 }
 
+/* The ops of one micro-batch whose layout is uploaded: every layer on every
+ * rank, then the first local rank's stream, with the last MLP's output,
+ * through the output layer for the rows that want logits (every process
+ * has the same stream, so every process computes the same logits): into
+ * dst on a host rank, into the rank's logits buffer on a device. *nl: the
+ * rows of logits made. */
+static int micro_ops(engine_kv *kv, step *st, const engine_batch *b, int t0, float *dst, int *nl,
+		     owl_err *err)
+{
+	engine_model *m = kv->m;
+	const engine_model_info *in = &m->info;
+	const int dim = in->dim, n = st->n;
+	int rc;
+	*nl = 0;
+	for (int l = 0; l < in->n_layers; l++) {
+		st->l = l;
+		if ((rc = for_ranks(st, rank_attention, err)) || (rc = all_reduce(kv, n, err)) ||
+		    (rc = for_ranks(st, rank_ffn, err)) || (rc = all_reduce(kv, n, err)))
+			return rc;
+	}
+	kernels_backend *be = m->be;
+	kv_rank_ws *w = &kv->ws[0];
+	if ((rc = K(be, add, w->x, w->part, (size_t)n * dim, err)))
+		return rc;
+	int rows = 0;
+	for (int i = 0; i < n; i++) {
+		int t = t0 + i;
+		int want = b->want ? b->want[t] != 0 : (t + 1 == b->n || b->seq[t + 1] != b->seq[t]);
+		if (want && (rc = K(be, copy, w->xl + (size_t)rows++ * dim, w->x + (size_t)i * dim,
+				    (size_t)dim * sizeof(float), err)))
+			return rc;
+	}
+	if (!rows)
+		return 0;
+	const kv_rank_meta *mt = &kv->meta[0];
+	if ((rc = K(be, rmsnorm, w->xn, w->xl, m->rank_out_norm, rows, dim, in->norm_eps, err)) ||
+	    (rc = K(be, matmul, mt->buf ? mt->logits : dst, w->xn, &m->output, rows, err)))
+		return rc;
+	*nl = rows;
+	return 0;
+}
+
+/* Whether a micro-batch is a decoding step a graph can replay: one token of
+ * each of n sequences, every row wanting logits, no adapters (which ops run
+ * depends on which sequences have one), on a pool whose backend records. */
+static int graphable(const engine_kv *kv, const engine_batch *b, int t0, int n, int nseg)
+{
+	if (!kv->graphs_on || n != nseg)
+		return 0;
+	for (int s = 0; s < nseg; s++)
+		if (kv->seg_adapter[s])
+			return 0;
+	for (int i = 0; b->want && i < n; i++)
+		if (!b->want[t0 + i])
+			return 0;
+	return 1;
+}
+
+/* Recording failed: this pool stops recording, said once per process. */
+static pthread_once_t graph_note_once = PTHREAD_ONCE_INIT;
+static char graph_note[sizeof(((owl_err *)0)->msg)];
+static void say_graph_note(void)
+{
+	fprintf(stderr, "owl: decoding without CUDA graphs: %s\n", graph_note);
+}
+
+/* A decoding step through graph[n]: replayed when recorded, else run op by
+ * op (the shape's first step) or recorded and launched (its second). The
+ * buffers a graph names are the pool's own and its layout's, whose contents
+ * upload_layout has just rewritten; a graph the backend calls stale (its
+ * workspace moved) is dropped and made again. */
+static int graph_step(engine_kv *kv, step *st, const engine_batch *b, int t0, float *dst, int *nl,
+		      owl_err *err)
+{
+	kernels_backend *be = kv->m->ranks[0];
+	const kernels_backend_iface *f = be->iface;
+	int n = st->n, stale = 0, rc;
+	kernels_graph **g = &kv->graph[n];
+	if (*g) {
+		if ((rc = f->graph_launch(be, *g, &stale, err)))
+			return rc;
+		if (!stale) {
+			*nl = n;
+			kv->graph_launches++;
+			return 0;
+		}
+		f->graph_free(be, *g);
+		*g = NULL;
+		kv->graph_seen[n] = 0;
+	}
+	if (!kv->graph_seen[n]) {
+		kv->graph_seen[n] = 1;
+		return micro_ops(kv, st, b, t0, dst, nl, err);
+	}
+	owl_err rec = {0};
+	rc = f->graph_begin(be, &rec);
+	if (!rc) {
+		int orc = micro_ops(kv, st, b, t0, dst, nl, &rec);
+		owl_err end = {0};
+		int erc = f->graph_end(be, g, &end);
+		rc = orc ? orc : erc;
+		if (!orc && erc)
+			rec = end;
+	}
+	if (rc) {
+		/* Nothing recorded ran: the step runs op by op. */
+		f->graph_free(be, *g);
+		*g = NULL;
+		kv->graphs_on = 0;
+		snprintf(graph_note, sizeof graph_note, "%s", rec.msg);
+		pthread_once(&graph_note_once, say_graph_note);
+		return micro_ops(kv, st, b, t0, dst, nl, err);
+	}
+	kv->graph_recordings++;
+	if ((rc = f->graph_launch(be, *g, &stale, err)))
+		return rc;
+	if (stale)
+		return owl_err_set(err, OWL_EFAIL, "a CUDA graph was stale at once");
+	*nl = n;
+	kv->graph_launches++;
+	return 0;
+}
+
 /* Tokens [t0, t0 + n) of the batch, n <= KV_UBATCH, whose runs and
  * positions the caller checked and whose blocks it reserved. Logits of the
  * rows that want them go to logits (rows counted from the batch's start). */
@@ -329,7 +459,6 @@ static int forward_micro(engine_kv *kv, const engine_batch *b, int t0, int n, co
 {
 	engine_model *m = kv->m;
 	const engine_model_info *in = &m->info;
-	const int dim = in->dim;
 	int rc, nseg = 0;
 	/* Positions, cache slots and one attention segment per run. */
 	for (int i = 0; i < n; i++) {
@@ -348,36 +477,16 @@ static int forward_micro(engine_kv *kv, const engine_batch *b, int t0, int n, co
 	step st = {.kv = kv, .n = n, .nseg = nseg};
 	if ((rc = upload_layout(kv, &st, b->tokens + t0, err)))
 		return rc;
-	for (int l = 0; l < in->n_layers; l++) {
-		st.l = l;
-		if ((rc = for_ranks(&st, rank_attention, err)) || (rc = all_reduce(kv, n, err)) ||
-		    (rc = for_ranks(&st, rank_ffn, err)) || (rc = all_reduce(kv, n, err)))
-			return rc;
-	}
-	/* The first local rank's stream, with the last MLP's output, through
-	 * the output layer for the rows that want logits (every process has the
-	 * same stream, so every process computes the same logits). */
-	kernels_backend *be = m->be;
-	kv_rank_ws *w = &kv->ws[0];
-	if ((rc = K(be, add, w->x, w->part, (size_t)n * dim, err)))
-		return rc;
 	int nl = 0;
-	for (int i = 0; i < n; i++) {
-		int t = t0 + i;
-		int want = b->want ? b->want[t] != 0 : (t + 1 == b->n || b->seq[t + 1] != b->seq[t]);
-		if (want && (rc = K(be, copy, w->xl + (size_t)nl++ * dim, w->x + (size_t)i * dim,
-				    (size_t)dim * sizeof(float), err)))
-			return rc;
-	}
-	if (!nl)
-		return 0;
-	/* A device computes the logits in its memory and sends them over. */
-	const kv_rank_meta *mt = &kv->meta[0];
 	float *dst = logits + (size_t)*nl_done * in->vocab;
+	rc = graphable(kv, b, t0, n, nseg) ? graph_step(kv, &st, b, t0, dst, &nl, err)
+					   : micro_ops(kv, &st, b, t0, dst, &nl, err);
+	if (rc || !nl)
+		return rc;
+	/* A device computed the logits in its memory: they come over now. */
+	const kv_rank_meta *mt = &kv->meta[0];
 	size_t lbytes = (size_t)nl * in->vocab * sizeof(float);
-	if ((rc = K(be, rmsnorm, w->xn, w->xl, m->rank_out_norm, nl, dim, in->norm_eps, err)) ||
-	    (rc = K(be, matmul, mt->buf ? mt->logits : dst, w->xn, &m->output, nl, err)) ||
-	    (mt->buf && (rc = K(be, copy_to_host, dst, mt->buf, mt->off_logits, lbytes, err))))
+	if (mt->buf && (rc = K(m->be, copy_to_host, dst, mt->buf, mt->off_logits, lbytes, err)))
 		return rc;
 	*nl_done += nl;
 	return 0;

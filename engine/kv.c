@@ -281,6 +281,12 @@ int engine_kv_new(engine_model *m, const engine_kv_opts *o, engine_kv **out, owl
 		engine_kv_free(kv);
 		return rc;
 	}
+	/* Graphs on one device rank in one process: several ranks would record
+	 * on several streams, joined by the comm. OWL_CUDA_GRAPHS=0 turns them
+	 * off (to compare, or to rule them out). */
+	const char *g = getenv("OWL_CUDA_GRAPHS");
+	kv->graphs_on = in->tp_local == 1 && in->processes == 1 && m->ranks[0]->iface->graph_begin &&
+			!(g && !strcmp(g, "0"));
 	*out = kv;
 	return 0;
 }
@@ -298,6 +304,9 @@ void engine_kv_free(engine_kv *kv)
 		be->iface->buffer_free(be, kv->ws[r].buf);
 		be->iface->buffer_free(be, kv->meta[r].buf);
 	}
+	for (int n = 0; n <= KV_UBATCH; n++)
+		if (kv->graph[n])
+			kv->m->ranks[0]->iface->graph_free(kv->m->ranks[0], kv->graph[n]);
 	free(kv->stage_segs);
 	free(kv->stage_blocks);
 	for (int s = 0; s < kv->nseqs; s++) {
@@ -325,6 +334,8 @@ void engine_kv_get_stats(const engine_kv *kv, engine_kv_stats *st)
 		per_block += 2 * kv->block_stride[r];
 	}
 	st->bytes_used = (uint64_t)st->blocks_used * per_block;
+	st->graph_launches = kv->graph_launches;
+	st->graph_recordings = kv->graph_recordings;
 	st->bytes_touched = (uint64_t)kv->next_fresh * per_block;
 }
 

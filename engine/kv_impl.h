@@ -86,6 +86,15 @@ struct engine_kv {
 	kv_rank_meta meta[KV_MAX_RANKS];
 	kernels_attn_seg *stage_segs; /* host staging of a device rank's segments */
 	int32_t *stage_blocks;        /* and of the block tables they name */
+	/* Graphs of decoding steps on a backend that records them (CUDA):
+	 * graph[n] replays the ops of a micro-batch of n sequences, one token
+	 * each, every one wanting logits, on one device rank without adapters
+	 * (engine/forward.c). A shape is recorded at its second step: the first
+	 * runs the ops, which sets up what they allocate on first use. */
+	int graphs_on;
+	kernels_graph *graph[KV_UBATCH + 1];
+	uint8_t graph_seen[KV_UBATCH + 1];
+	uint64_t graph_launches, graph_recordings;
 };
 
 /* One layer of rank r's cache as the kernels see it. */

@@ -113,11 +113,12 @@ size_t kernels_attention_packed_scratch(int n_tok, int max_seg, int q_elems, int
 size_t kernels_matmul_backward_scratch(int n, int cols, int threads);
 
 typedef struct kernels_buffer kernels_buffer; /* opaque, backend-owned */
+typedef struct kernels_graph kernels_graph;   /* opaque: recorded ops (graph_begin) */
 
 /* The version of this interface. A backend loaded at run time (the CUDA
  * object) reports the version it was built against, and one that differs is
  * refused rather than called through a table of another shape. */
-#define KERNELS_ABI_VERSION 4
+#define KERNELS_ABI_VERSION 5
 
 /* The ops, for supports(): a scheduler asks before it calls. */
 typedef enum kernels_op {
@@ -326,6 +327,20 @@ typedef struct kernels_backend_iface {
 	 * out_host (host memory): only the chosen tokens leave the device. */
 	int (*sample)(kernels_backend *be, int32_t *out_host, const float *logits, int rows,
 		      int vocab, const kernels_sample_row *params_host, owl_err *err);
+
+	/* ABI 5, optional (NULL where a backend has none; CUDA graphs): the ops
+	 * queued between graph_begin and graph_end are recorded, not run, into a
+	 * graph that graph_launch replays with the same arguments: the same
+	 * buffers, whose contents may change between launches. graph_end always
+	 * ends the recording, and fails when an op could not be recorded (a
+	 * synchronous call, an allocation): then no graph is made and none of
+	 * the recorded ops ran. graph_launch sets *stale and runs nothing when
+	 * memory the backend lends its ops (a workspace) was reallocated since
+	 * the recording: the caller frees the graph and records it again. */
+	int (*graph_begin)(kernels_backend *be, owl_err *err);
+	int (*graph_end)(kernels_backend *be, kernels_graph **out, owl_err *err);
+	int (*graph_launch)(kernels_backend *be, kernels_graph *g, int *stale, owl_err *err);
+	void (*graph_free)(kernels_backend *be, kernels_graph *g); /* accepts NULL */
 } kernels_backend_iface;
 
 /* A backend instance, as in ggml-backend: one per device and rank, so that

@@ -92,7 +92,46 @@ static void *thread_main(void *p)
 // launches is one of the orders a device may run two streams in.
 static std::mutex launch_lock;
 
+// ---- graphs: what a thread queues while it records runs later, each time
+// the graph is launched; calls a device cannot record (synchronous copies,
+// allocation, waiting for the stream) spoil the recording, as CUDA's
+// thread-local capture mode makes them.
+struct CUgraph_st {
+	std::vector<std::function<void()>> ops;
+};
+struct CUgraphExec_st {
+	std::vector<std::function<void()>> ops;
+};
+static thread_local CUgraph_st *recording;
+static thread_local bool recording_spoilt;
+
+// Runs op now, or appends it to the graph being recorded.
+static void enqueue(const std::function<void()> &op)
+{
+	if (recording)
+		recording->ops.push_back(op);
+	else
+		op();
+}
+
+// A call that cannot be recorded: refused while recording, which it spoils.
+static bool unrecordable(void)
+{
+	if (!recording)
+		return false;
+	recording_spoilt = true;
+	return true;
+}
+
+static void run_now(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body);
+
 void emu_run(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body)
+{
+	std::function<void()> copy = body;
+	enqueue([=]() { run_now(grid, block, smem, copy); });
+}
+
+static void run_now(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body)
 {
 	std::lock_guard<std::mutex> one_at_a_time(launch_lock);
 	if (block.y != 1 || block.z != 1 || block.x % 32 || block.x / 32 > MAX_WARPS) {
@@ -166,15 +205,67 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned)
 	return cudaSuccess;
 }
 cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t)
+{
+	return unrecordable() ? cudaErrorStreamCaptureUnsupported : cudaSuccess;
+}
+cudaError_t cudaStreamBeginCapture(cudaStream_t, enum cudaStreamCaptureMode)
+{
+	if (recording)
+		return cudaErrorIllegalState;
+	recording = new CUgraph_st;
+	recording_spoilt = false;
+	return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t *g)
+{
+	*g = NULL;
+	if (!recording)
+		return cudaErrorIllegalState;
+	CUgraph_st *r = recording;
+	recording = NULL;
+	if (recording_spoilt) {
+		delete r;
+		return cudaErrorStreamCaptureInvalidated;
+	}
+	*g = r;
+	return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *x, cudaGraph_t g, unsigned long long)
+{
+	*x = new CUgraphExec_st{g->ops};
+	return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t g)
+{
+	delete g;
+	return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t x)
+{
+	delete x;
+	return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t x, cudaStream_t)
+{
+	if (recording)
+		return cudaErrorStreamCaptureUnsupported; // not nested here
+	for (const auto &op : x->ops)
+		op();
+	return cudaSuccess;
+}
 cudaError_t cudaFuncSetAttribute(const void *, enum cudaFuncAttribute, int) { return cudaSuccess; }
 cudaError_t cudaMalloc(void **p, size_t n)
 {
+	if (unrecordable())
+		return cudaErrorStreamCaptureUnsupported;
 	*p = malloc(n ? n : 1);
 	return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 cudaError_t cudaFree(void *p)
 {
+	if (unrecordable())
+		return cudaErrorStreamCaptureUnsupported;
 	free(p);
 	return cudaSuccess;
 }
@@ -188,23 +279,27 @@ cudaError_t cudaHostGetDevicePointer(void **d, void *h, unsigned)
 }
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind, cudaStream_t)
 {
-	memmove(dst, src, n);
+	enqueue([=]() { memmove(dst, src, n); });
 	return cudaSuccess;
 }
 cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch,
 			      size_t width, size_t height, enum cudaMemcpyKind, cudaStream_t)
 {
-	for (size_t r = 0; r < height; r++)
-		memcpy((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
+	enqueue([=]() {
+		for (size_t r = 0; r < height; r++)
+			memcpy((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
+	});
 	return cudaSuccess;
 }
 cudaError_t cudaMemsetAsync(void *dst, int v, size_t n, cudaStream_t)
 {
-	memset(dst, v, n);
+	enqueue([=]() { memset(dst, v, n); });
 	return cudaSuccess;
 }
 cudaError_t cudaMemset(void *dst, int v, size_t n)
 {
+	if (unrecordable())
+		return cudaErrorStreamCaptureUnsupported;
 	memset(dst, v, n);
 	return cudaSuccess;
 }
@@ -241,13 +336,10 @@ static float load(cudaDataType t, const void *p, size_t i)
 
 // C = alpha op(A) op(B) + beta C, column-major, C in f32; the leading
 // dimensions are checked as cuBLAS checks them.
-static cublasStatus_t gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-			   float alpha, const void *A, cudaDataType at, int lda, const void *B,
-			   cudaDataType bt, int ldb, float beta, float *C, int ldc)
+static void gemm_now(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+		     float alpha, const void *A, cudaDataType at, int lda, const void *B,
+		     cudaDataType bt, int ldb, float beta, float *C, int ldc)
 {
-	if (m < 0 || n < 0 || k < 0 || lda < (ta == CUBLAS_OP_N ? m : k) || lda < 1 ||
-	    ldb < (tb == CUBLAS_OP_N ? k : n) || ldb < 1 || ldc < m || ldc < 1)
-		return CUBLAS_STATUS_INVALID_VALUE;
 	for (int j = 0; j < n; j++)
 		for (int i = 0; i < m; i++) {
 			double s = 0;
@@ -259,6 +351,18 @@ static cublasStatus_t gemm(cublasOperation_t ta, cublasOperation_t tb, int m, in
 			float *c = C + i + (size_t)j * ldc;
 			*c = (float)(alpha * s + (beta == 0 ? 0.0 : (double)beta * *c));
 		}
+}
+
+// The arguments are checked at the call, the product queued on the stream
+// (alpha and beta by value, as cuBLAS reads host scalars when called).
+static cublasStatus_t gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+			   float alpha, const void *A, cudaDataType at, int lda, const void *B,
+			   cudaDataType bt, int ldb, float beta, float *C, int ldc)
+{
+	if (m < 0 || n < 0 || k < 0 || lda < (ta == CUBLAS_OP_N ? m : k) || lda < 1 ||
+	    ldb < (tb == CUBLAS_OP_N ? k : n) || ldb < 1 || ldc < m || ldc < 1)
+		return CUBLAS_STATUS_INVALID_VALUE;
+	enqueue([=]() { gemm_now(ta, tb, m, n, k, alpha, A, at, lda, B, bt, ldb, beta, C, ldc); });
 	return CUBLAS_STATUS_SUCCESS;
 }
 

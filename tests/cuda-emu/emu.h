@@ -60,7 +60,8 @@ template <typename T> static inline T __shfl_sync(unsigned mask, T v, int src)
 
 float atomicAdd(float *p, float v);
 
-// Runs body once per thread of every block of the grid.
+// Runs body once per thread of every block of the grid, or records it when
+// the calling thread is recording a graph (cudaStreamBeginCapture).
 void emu_run(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body);
 
 template <typename F> struct emu_launch {
@@ -70,7 +71,9 @@ template <typename F> struct emu_launch {
 	template <typename... A> void operator()(A... args) const
 	{
 		F *k = kernel;
-		emu_run(grid, block, smem, [&]() { k(args...); });
+		// The arguments by value: a launch recorded into a graph runs
+		// after this call has returned.
+		emu_run(grid, block, smem, [=]() { k(args...); });
 	}
 };
 

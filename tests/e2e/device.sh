@@ -79,6 +79,23 @@ compare cuda_q8_0_logits 0.05 "$T/f32/model.gguf" --tokens $TOK --all
 compare cuda_f16_logits 0.01 "$T/f16" --tokens $TOK --all
 compare cuda_q4_0_logits 0.1 "$T/f16/model.gguf" --tokens $TOK --all --stepwise
 compare cuda_bf16_qwen2_biases_logits 0.02 "$T/bf16" --tokens $TOK --all --stepwise
+# Decoding steps replayed from CUDA graphs (recorded at a shape's second step)
+# give the very logits and text the ops give one by one (OWL_CUDA_GRAPHS=0);
+# bench counts the replays: of 2 x 5 steps all but the first, which runs op
+# by op (the second is recorded, then launched).
+OWL_CUDA_LIB="$EMU" "$LOGITS" "$T/f32/model.gguf" --tokens $TOK,7,8,9,10 --all --stepwise --device cuda >"$T/graphs.json"
+OWL_CUDA_GRAPHS=0 OWL_CUDA_LIB="$EMU" "$LOGITS" "$T/f32/model.gguf" --tokens $TOK,7,8,9,10 --all --stepwise --device cuda >"$T/nographs.json"
+[ -s "$T/graphs.json" ] && cmp -s "$T/graphs.json" "$T/nographs.json" && pass cuda_graphs_same_logits \
+  || fail cuda_graphs_same_logits "the logits of replayed steps differ from the ops'"
+OWL_CUDA_LIB="$EMU" owl bench "$T/f32" --prompt 40 --gen 5 --reps 2 --device cuda --json
+expect_eq cuda_graphs_replay_decoding "$(printf '%s' "$OUT" | python3 -c 'import json,sys; print(json.load(sys.stdin)["decode_graph_launches"])')" "9"
+OWL_CUDA_GRAPHS=0 OWL_CUDA_LIB="$EMU" owl bench "$T/f32" --prompt 40 --gen 5 --reps 1 --device cuda --json
+expect_eq cuda_graphs_off "$(printf '%s' "$OUT" | python3 -c 'import json,sys; print(json.load(sys.stdin)["decode_graph_launches"])')" "0"
+OWL_CUDA_LIB="$EMU" owl run "$T/f32" "hello world" --temperature 0 --max-tokens 6 --device cuda
+GRAPH_TEXT=$OUT
+OWL_CUDA_GRAPHS=0 OWL_CUDA_LIB="$EMU" owl run "$T/f32" "hello world" --temperature 0 --max-tokens 6 --device cuda
+expect_eq cuda_graphs_same_text "$GRAPH_TEXT" "$OUT"
+
 # Tensor parallelism on one device: the ranks share the emulator's one GPU and
 # sum through the backend's own ops (the sharding math on a device).
 compare cuda_tp2_one_device_logits 1e-4 "$T/f32" --tokens $TOK --all --stepwise --tp 2

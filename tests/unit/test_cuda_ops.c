@@ -597,6 +597,87 @@ static void embedding_backward_repeats(void)
 
 /* ---- row and elementwise ops -------------------------------------------------- */
 
+/* CUDA graphs: a recording replays the recorded ops on the buffers' current
+ * contents, as often as launched, and equals running them op by op; a
+ * synchronous call inside a recording spoils it (no graph, nothing ran) and
+ * leaves the backend usable; a graph recorded before the backend's
+ * workspace moved is called stale and runs nothing. */
+static void graphs_replay(void)
+{
+	owl_err err = {0};
+	const kernels_backend_iface *f = gpu->iface;
+	CHECK(f->graph_begin && f->graph_end && f->graph_launch && f->graph_free,
+	      "the CUDA backend records no graphs");
+	if (!f->graph_begin)
+		return;
+	int rows = 67, cols = 256, n = 3;
+	kernels_weight w;
+	uint8_t *data = make_weight(KERNELS_Q8_0, rows, cols, &w);
+	kernels_buffer *owned = NULL;
+	kernels_weight gw = to_gpu(&w, &owned);
+	size_t nx = (size_t)n * cols, ny = (size_t)n * rows;
+	float *x0 = frandv(nx, 1), *b0 = frandv(nx, 1);
+	float *dx = dput(x0, nx * 4);
+	kernels_buffer *xbuf = bufs[nbufs - 1].b;
+	float *db = dput(b0, nx * 4), *dy = dalloc(ny * 4), *dsum = dalloc(nx * 4);
+	/* the ops: sum = x + b, y = sum W^T, y = silu(y) * y (each launch
+	 * computes y afresh from x, so launching twice gives what once does) */
+#define RUN_OPS(e)                                                                              	(f->copy(gpu, dsum, dx, nx * 4, (e)) || f->add(gpu, dsum, db, nx, (e)) ||                  	 f->matmul(gpu, dy, dsum, &gw, n, (e)) || f->swiglu(gpu, dy, dy, ny, (e)))
+	/* op by op first: the workspace grows to what the ops want */
+	CHECK(!RUN_OPS(&err), "the ops: %s", err.msg);
+	float *want = back(dy, ny);
+	kernels_graph *g = NULL;
+	CHECK_INT(f->graph_begin(gpu, &err), 0);
+	CHECK(!RUN_OPS(&err), "recording: %s", err.msg);
+	CHECK(f->graph_end(gpu, &g, &err) == 0 && g, "graph_end: %s", err.msg);
+	CHECK_INT(f->fill_zero(gpu, dy, ny * 4, &err), 0);
+	int stale = 1;
+	CHECK(f->graph_launch(gpu, g, &stale, &err) == 0 && !stale, "graph_launch: %s", err.msg);
+	float *got = back(dy, ny);
+	CLOSE(got, want, ny, 0, "a graph's replay against the ops run one by one%s", "");
+	free(got), free(want);
+	/* new input contents, same buffers: the replay reads them */
+	float *x1 = frandv(nx, 2);
+	CHECK_INT(f->copy_to_device(gpu, xbuf, 0, x1, nx * 4, &err), 0);
+	CHECK(!RUN_OPS(&err), "the ops: %s", err.msg);
+	want = back(dy, ny);
+	CHECK_INT(f->fill_zero(gpu, dy, ny * 4, &err), 0);
+	CHECK(f->graph_launch(gpu, g, &stale, &err) == 0 && !stale, "graph_launch: %s", err.msg);
+	CHECK(f->graph_launch(gpu, g, &stale, &err) == 0 && !stale, "graph_launch: %s", err.msg);
+	got = back(dy, ny);
+	CLOSE(got, want, ny, 0, "a replay on new inputs%s", "");
+	free(got);
+	/* a synchronous call spoils a recording; the backend works on */
+	kernels_graph *bad = NULL;
+	float tmp[4];
+	CHECK_INT(f->graph_begin(gpu, &err), 0);
+	f->add(gpu, dsum, db, nx, &err);
+	f->copy_to_host(gpu, tmp, xbuf, 0, sizeof tmp, &err);
+	owl_err end_err = {0};
+	CHECK(f->graph_end(gpu, &bad, &end_err) != 0 && !bad, "a recording with a synchronous copy "
+	      "made a graph");
+	CHECK(strstr(end_err.msg, "could not be recorded") != NULL, "graph_end said: %s", end_err.msg);
+	CHECK_INT(f->fill_zero(gpu, dy, ny * 4, &err), 0);
+	CHECK(!RUN_OPS(&err), "the ops after a spoilt recording: %s", err.msg);
+	got = back(dy, ny);
+	CLOSE(got, want, ny, 0, "the ops after a spoilt recording%s", "");
+	free(got), free(want);
+	/* a bigger product moves the workspace: the graph is stale */
+	int big = 4096;
+	float *xb = frandv((size_t)big * cols, 1);
+	float *dxb = dput(xb, (size_t)big * cols * 4), *dyb = dalloc((size_t)big * rows * 4);
+	CHECK(f->matmul(gpu, dyb, dxb, &gw, big, &err) == 0, "matmul: %s", err.msg);
+	CHECK(f->graph_launch(gpu, g, &stale, &err) == 0, "graph_launch: %s", err.msg);
+	CHECK(stale, "a graph recorded before the workspace moved was launched");
+	f->graph_free(gpu, g);
+	f->graph_free(gpu, NULL);
+#undef RUN_OPS
+	dsync("graphs");
+	gpu->iface->buffer_free(gpu, owned);
+	dfree_all();
+	free(data), free(x0), free(b0), free(x1), free(xb);
+}
+
 static void norms_rope_elementwise(void)
 {
 	owl_err err = {0};
@@ -1068,6 +1149,7 @@ int main(int argc, char **argv)
 		{"embedding_every_type", embedding_every_type},
 		{"embedding_backward_repeats", embedding_backward_repeats},
 		{"norms_rope_elementwise", norms_rope_elementwise},
+		{"graphs_replay", graphs_replay},
 		{"cross_entropy_both", cross_entropy_both},
 		{"lora_both", lora_both},
 		{"attention_paged", attention_paged},

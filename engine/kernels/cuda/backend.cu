@@ -26,6 +26,7 @@ int cu_work(cu_ctx *c, size_t bytes, void **out, owl_err *err)
 			CU_TRY("workspace", cudaFree(c->work));
 		c->work = NULL;
 		c->work_bytes = 0;
+		c->memory_generation++;
 		size_t want = bytes < ((size_t)1 << 20) ? (size_t)1 << 20 : bytes;
 		cudaError_t e = cudaMalloc(&c->work, want);
 		if (e != cudaSuccess)
@@ -45,6 +46,7 @@ int cu_pinned(cu_ctx *c, size_t bytes, void **out, owl_err *err)
 			CU_TRY("pinned memory", cudaFreeHost(c->pinned));
 		c->pinned = NULL;
 		c->pinned_bytes = 0;
+		c->memory_generation++;
 		size_t want = bytes < 4096 ? 4096 : bytes;
 		CU_TRY("pinned memory", cudaMallocHost(&c->pinned, want));
 		c->pinned_bytes = want;
@@ -298,6 +300,10 @@ static const kernels_backend_iface cu_iface = {
 	.cross_entropy_backward = cu_cross_entropy_backward,
 	.adamw_step = cu_adamw_step,
 	.sample = cu_sample,
+	.graph_begin = cu_graph_begin,
+	.graph_end = cu_graph_end,
+	.graph_launch = cu_graph_launch,
+	.graph_free = cu_graph_free,
 };
 
 // Row of cols elements of a weight of type `type` in the stored layout,

@@ -57,6 +57,9 @@ typedef struct cu_ctx {
 	// tokens, losses).
 	void *pinned;
 	size_t pinned_bytes;
+	// Counts the reallocations of work and pinned: a graph recorded before
+	// one names freed memory (graph.cu).
+	unsigned long memory_generation;
 } cu_ctx;
 
 enum {
@@ -308,5 +311,10 @@ CU_OP int cu_adamw_step(kernels_backend *be, float *p, const float *g, float *m,
 // sample.cu
 CU_OP int cu_sample(kernels_backend *be, int32_t *out_host, const float *logits, int rows,
 		    int vocab, const kernels_sample_row *params_host, owl_err *err);
+// graph.cu
+CU_OP int cu_graph_begin(kernels_backend *be, owl_err *err);
+CU_OP int cu_graph_end(kernels_backend *be, kernels_graph **out, owl_err *err);
+CU_OP int cu_graph_launch(kernels_backend *be, kernels_graph *g, int *stale, owl_err *err);
+CU_OP void cu_graph_free(kernels_backend *be, kernels_graph *g);
 
 #endif
