@@ -170,6 +170,14 @@ PY
   cmp_logits f16 0.01 "$fx/f16" --tokens $TOK --all
   cmp_logits q4_0_decode 0.1 "$fx/f16/model.gguf" --tokens $TOK --all --stepwise
   cmp_logits bf16_qwen2 0.02 "$fx/bf16" --tokens $TOK --all --stepwise
+  # decoding steps replayed from CUDA graphs against the ops one by one: the same bits
+  if timeout "$(left 60)" "$ENG/owl-logits" "$fx/f32/model.gguf" --tokens $TOK --all --stepwise --device cuda >"$log/graphs.on" 2>>"$log/engine.log" &&
+     OWL_CUDA_GRAPHS=0 timeout "$(left 60)" "$ENG/owl-logits" "$fx/f32/model.gguf" --tokens $TOK --all --stepwise --device cuda >"$log/graphs.off" 2>>"$log/engine.log" &&
+     cmp -s "$log/graphs.on" "$log/graphs.off"; then
+    eng_pass=$((eng_pass + 1))
+  else
+    eng_fail=$((eng_fail + 1)); echo "FAIL engine cuda_graphs_same_logits" | tee -a "$log/engine.log"
+  fi
   a=$(timeout "$(left 60)" "$ENG/owl" run "$fx/f32" "hello world" --temperature 0 --max-tokens 16 --device cpu 2>>"$log/engine.log")
   b=$(timeout "$(left 60)" "$ENG/owl" run "$fx/f32" "hello world" --temperature 0 --max-tokens 16 --device cuda 2>>"$log/engine.log")
   if [ -n "$a" ] && [ "$a" = "$b" ]; then eng_pass=$((eng_pass + 1)); else eng_fail=$((eng_fail + 1)); echo "FAIL engine greedy text: '$a' vs '$b'" | tee -a "$log/engine.log"; fi
@@ -186,7 +194,7 @@ PY
       --device cuda --bandwidth "$bw" >>"$f" 2>&1
     cat "$f" >>"$log/owl-bench.log"
     summary+=("owl bench --device cuda, $label, bf16: $(grep -E '\| +(pp[0-9]+|tg[0-9]+|tg[0-9]+x32) ' "$f" | awk -F'|' '{print $8 ":" $9}' | sed 's/  */ /g' | tr '\n' ';')")
-    while read -r line; do summary+=("  $line"); done < <(grep -E '^(roofline|gemm) ' "$f")
+    while read -r line; do summary+=("  $line"); done < <(grep -E '^(roofline|gemm|cuda graphs)' "$f")
     rm -rf "$fx/$preset"
   }
   if [ "$(left 120)" -ge 60 ]; then
