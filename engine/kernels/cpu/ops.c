@@ -503,7 +503,7 @@ void w_matvec_multi(const wmat *const *ws, float *const *ys, int k, const float 
 		need_q |= qdot_for(ws[m]->type) != NULL;
 	q8x *xq = NULL;
 	if (need_q) {
-		xq = malloc((size_t)nb * sizeof *xq);
+		xq = owl_xmalloc((size_t)nb * sizeof *xq);
 		quantize_x(x, cols, xq);
 	}
 #pragma omp parallel
@@ -569,7 +569,7 @@ void w_matmul(const wmat *w, const float *x, float *y, int n)
 #pragma omp parallel
 	{
 		/* Non-f32 weights are widened a band at a time into a small tile. */
-		float *tile = direct ? NULL : malloc((size_t)BLOCK * w->cols * sizeof *tile);
+		float *tile = direct ? NULL : owl_xmalloc((size_t)BLOCK * w->cols * sizeof *tile);
 #pragma omp for schedule(static)
 		for (int blk = 0; blk < nblocks; blk++) {
 			int r0 = blk * BLOCK, nr = w->rows - r0 < BLOCK ? w->rows - r0 : BLOCK;
