@@ -80,7 +80,7 @@ NVFLAGS := -O2 -std=c++17 -Xcompiler -fPIC,-Wall,-fvisibility=hidden -I. $(CU_AR
 # The objects carry no sanitizer, so every build variant shares build/'s
 # (the sanitizer run links them again instead of compiling them again).
 CU_OBJ  := $(CU_SRC:%.cu=build/obj/%.o)
-build/obj/%.o: %.cu $(wildcard engine/kernels/cuda/*.cuh) engine/kernels/kernels.h
+build/obj/%.o: %.cu $(wildcard engine/kernels/cuda/*.cuh) engine/kernels/kernels.h engine/kernels/dtype_table.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
@@ -101,7 +101,7 @@ $(BUILD)/libowl_mpi.so: engine/dist/mpi.c engine/dist_impl.h
 # too. Not emulated: sample.cu (CUB), nccl.cu.
 EMU_CU  := $(filter-out engine/kernels/cuda/sample.cu engine/kernels/cuda/nccl.cu,$(CU_SRC))
 $(BUILD)/libowl_cuda_emu.so: $(EMU_CU) $(wildcard engine/kernels/cuda/*.cuh tests/cuda-emu/*) \
-		engine/kernels/kernels.h
+		engine/kernels/kernels.h engine/kernels/dtype_table.h
 	@mkdir -p $(dir $@)
 	$(CXX) -std=c++17 -O1 -g -fPIC -shared -pthread -Wall -Wno-attributes -Wno-unknown-pragmas \
 	    -DOWL_CUDA_EMU -I. -I$(CUDA_HOME)/include $(SANFLAGS) -Wl,--no-undefined \

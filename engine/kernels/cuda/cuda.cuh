@@ -16,7 +16,7 @@
 #include <string.h>
 
 extern "C" {
-#include "engine/kernels/kernels.h"
+#include "engine/kernels/dtype_table.h"
 }
 
 // Kernel launches and dynamic shared memory go through these two macros so
@@ -90,27 +90,8 @@ const char *cu_blas_error(cublasStatus_t s);
 
 // kernels_row_bytes and kernels_dtype_name of dtype.c, again: the object
 // is loaded into programs that need not export them.
-static inline size_t cu_row_bytes(kernels_dtype t, int cols)
-{
-	switch (t) {
-	case KERNELS_F32: return (size_t)cols * 4;
-	case KERNELS_F16:
-	case KERNELS_BF16: return (size_t)cols * 2;
-	case KERNELS_Q8_0: return cols % 32 ? 0 : (size_t)cols / 32 * 34;
-	case KERNELS_Q4_0: return cols % 32 ? 0 : (size_t)cols / 32 * 18;
-	case KERNELS_Q4_1: return cols % 32 ? 0 : (size_t)cols / 32 * 20;
-	case KERNELS_Q4_K: return cols % 256 ? 0 : (size_t)cols / 256 * 144;
-	case KERNELS_Q6_K: return cols % 256 ? 0 : (size_t)cols / 256 * 210;
-	}
-	return 0;
-}
-
-static inline const char *cu_dtype_name(kernels_dtype t)
-{
-	static const char *const names[] = {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k",
-					    "q6_k"};
-	return (unsigned)t < sizeof names / sizeof names[0] ? names[t] : "unknown";
-}
+static inline size_t cu_row_bytes(kernels_dtype t, int cols) { return kernels_dtype_row_bytes(t, cols); }
+static inline const char *cu_dtype_name(kernels_dtype t) { return kernels_dtype_short_name(t); }
 
 // The call's failure as "op: what failed: the runtime's words".
 #define CU_TRY(op, call)                                                                     \
