@@ -292,6 +292,10 @@ static int upload_layout(engine_kv *kv, step *st, const int32_t *tokens, owl_err
 {
 	const engine_model *m = kv->m;
 	int n = st->n, rc = 0;
+	/* The block tables, gathered once for every device rank; only the
+	 * segments' pointers into them differ from rank to rank. */
+	size_t nb_total = 0, seg_off[KV_UBATCH];
+	int gathered = 0;
 	for (int r = 0; r < m->info.tp_local && !rc; r++) {
 		kernels_backend *be = m->ranks[r];
 		kv_rank_meta *mt = &kv->meta[r];
@@ -300,17 +304,20 @@ static int upload_layout(engine_kv *kv, step *st, const int32_t *tokens, owl_err
 			st->segs[r] = kv->segs;
 			continue;
 		}
-		size_t nb_total = 0;
-		for (int s = 0; s < st->nseg; s++) {
+		for (int s = 0; !gathered && s < st->nseg; s++) {
 			const kernels_attn_seg *g = &kv->segs[s];
 			size_t nb = (size_t)(g->pos0 + g->ntok + KV_BLOCK_TOKENS - 1) / KV_BLOCK_TOKENS;
 			if (nb_total + nb > mt->blocks_cap)
 				return owl_err_set(err, OWL_EFAIL, "a micro-batch names %zu KV blocks, more "
 						   "than the %zu its layout holds", nb_total + nb, mt->blocks_cap);
 			memcpy(kv->stage_blocks + nb_total, g->blocks, nb * sizeof(int32_t));
-			kv->stage_segs[s] = *g;
-			kv->stage_segs[s].blocks = mt->blocks + nb_total;
+			seg_off[s] = nb_total;
 			nb_total += nb;
+		}
+		gathered = 1;
+		for (int s = 0; s < st->nseg; s++) {
+			kv->stage_segs[s] = kv->segs[s];
+			kv->stage_segs[s].blocks = mt->blocks + seg_off[s];
 		}
 		const kernels_backend_iface *f = be->iface;
 		size_t ib = (size_t)n * sizeof(int32_t);
