@@ -82,19 +82,45 @@ static void table_remove(engine_kv *kv, int b)
 			break;
 		if (kv->table[i] == b) {
 			kv->table[i] = SLOT_DELETED;
+			kv->table_deleted++;
 			break;
 		}
 	}
 	kv->blk[b].hashed = 0;
 }
 
-/* Inserts block b; the table has twice as many slots as there are blocks,
- * so it never fills, and tombstones are reused. */
-static void table_insert(engine_kv *kv, int b, uint64_t h, const int32_t *tokens)
+/* The slot an insert of hash h takes: the first that holds no block. */
+static size_t table_slot(const engine_kv *kv, uint64_t h)
 {
 	size_t mask = (size_t)kv->table_cap - 1, i = h & mask;
 	while (kv->table[i] >= 0)
 		i = (i + 1) & mask;
+	return i;
+}
+
+/* Every cached block again into an empty table: tombstones lengthen the
+ * probes of every lookup that misses, and a pool that serves for long
+ * removes and inserts blocks without end. */
+static void table_rebuild(engine_kv *kv)
+{
+	for (int i = 0; i < kv->table_cap; i++)
+		kv->table[i] = SLOT_EMPTY;
+	for (int b = 0; b < kv->next_fresh; b++)
+		if (kv->blk[b].hashed)
+			kv->table[table_slot(kv, kv->blk[b].hash)] = b;
+	kv->table_deleted = 0;
+}
+
+/* Inserts block b; the table has twice as many slots as there are blocks,
+ * so it never fills. Tombstones are reused, and swept away once they are
+ * a quarter of the table. */
+static void table_insert(engine_kv *kv, int b, uint64_t h, const int32_t *tokens)
+{
+	if (kv->table_deleted > kv->table_cap / 4)
+		table_rebuild(kv);
+	size_t i = table_slot(kv, h);
+	if (kv->table[i] == SLOT_DELETED)
+		kv->table_deleted--;
 	kv->table[i] = b;
 	kv->blk[b].hashed = 1;
 	kv->blk[b].hash = h;

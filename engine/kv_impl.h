@@ -73,7 +73,7 @@ struct engine_kv {
 	uint64_t clock;
 	/* prefix cache: open addressing, hash -> block (-1 empty, -2 deleted) */
 	int32_t *table;
-	int table_cap;
+	int table_cap, table_deleted; /* slots; tombstones among them */
 	int32_t *block_tokens; /* [n_blocks][KV_BLOCK_TOKENS]: a cached block's tokens */
 	kv_seq *seqs;
 	int nseqs;

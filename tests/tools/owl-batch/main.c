@@ -278,6 +278,58 @@ static void shared_prefixes(void)
 	engine_kv_free(kv);
 }
 
+/* A pool that serves for long: 300 prompts of one full block each come and
+ * go through a pool of 8 blocks, each evicting the oldest cached block (a
+ * tombstone in the prefix cache's table, swept away as they pile up). The
+ * most recent prompts are still found, the old ones are not. */
+static void prefix_cache_churn(void)
+{
+	owl_err err = {0};
+	engine_kv *kv = NULL;
+	engine_kv_opts o = {.n_tokens = 8 * 32, .max_seq_tokens = 64};
+	int rc = engine_kv_new(model, &o, &kv, &err);
+	enum { PROMPTS = 300, LEN = 33 };
+	static int32_t toks[PROMPTS][LEN];
+	float *lg = malloc((size_t)vocab * sizeof *lg);
+	int32_t sq[LEN];
+	int found_recent = 1, found_old = 0;
+	for (int p = 0; p < PROMPTS && !rc; p++) {
+		for (int i = 0; i < LEN; i++)
+			toks[p][i] = next_token();
+		int s;
+		if ((rc = engine_kv_seq_new(kv, 0, &s, &err)))
+			break;
+		for (int i = 0; i < LEN; i++)
+			sq[i] = s;
+		engine_batch b = {.n = LEN, .tokens = toks[p], .seq = sq};
+		rc = engine_decode(kv, &b, lg, &err);
+		engine_kv_seq_free(kv, s);
+		/* the last three prompts' blocks are cached; one from 20 prompts
+		 * ago has been evicted */
+		for (int back = 0; !rc && back < 3 && back <= p; back++) {
+			int t;
+			if ((rc = engine_kv_seq_new(kv, 0, &t, &err)))
+				break;
+			found_recent &= engine_kv_seq_reuse_prefix(kv, t, toks[p - back], LEN) == 32;
+			engine_kv_seq_free(kv, t);
+		}
+		if (!rc && p >= 20) {
+			int t;
+			if (!(rc = engine_kv_seq_new(kv, 0, &t, &err))) {
+				found_old |= engine_kv_seq_reuse_prefix(kv, t, toks[p - 20], LEN) != 0;
+				engine_kv_seq_free(kv, t);
+			}
+		}
+	}
+	if (rc)
+		report("prefix_cache_churn", 0, "%s", err.msg);
+	else
+		report("prefix_cache_churn", found_recent && !found_old, "recent prompts found: %s; an "
+		       "evicted one found: %s", found_recent ? "all" : "not all", found_old ? "yes" : "no");
+	free(lg);
+	engine_kv_free(kv);
+}
+
 /* A pool of 8 blocks: sequences come and go, their blocks are reused, and
  * one that cannot get a block is refused while another goes on. */
 static void blocks_freed_and_reused(void)
@@ -539,6 +591,7 @@ int main(int argc, char **argv)
 	batched_equals_alone();
 	shared_prefixes();
 	blocks_freed_and_reused();
+	prefix_cache_churn();
 	kv_f16();
 	bad_batches();
 	unsatisfiable_pool_is_an_error();
