@@ -284,15 +284,4 @@ ncclResult_t ncclGetVersion(int *v)
 	*v = 0;
 	return ncclInvalidUsage;
 }
-
-// The emulated object has no NCCL and no CUB: its sampling answers so.
-int cu_sample(kernels_backend *, int32_t *, const float *, int, int, const kernels_sample_row *,
-	      owl_err *err)
-{
-	if (err) {
-		snprintf(err->msg, sizeof err->msg, "sample is not emulated (CUB)");
-		err->code = OWL_EFAIL;
-	}
-	return OWL_EFAIL;
-}
 }
