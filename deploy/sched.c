@@ -473,7 +473,8 @@ int srv_rev_load(deploy_spec *spec, const srv_rev_opts *o, srv_metrics *met, srv
 	r->queue = owl_xcalloc((size_t)o->max_queue, sizeof *r->queue);
 	r->running = owl_xcalloc((size_t)o->max_batch, sizeof *r->running);
 	r->adapters = owl_xcalloc(spec->nadapters + 1, sizeof *r->adapters);
-	engine_model_opts mo = {.tp = spec->tp, .threads = spec->threads, .kv_type = spec->kv_type};
+	engine_model_opts mo = {.tp = spec->tp, .threads = spec->threads, .kv_type = spec->kv_type,
+				.device = (engine_device)spec->device, .first_gpu = spec->first_gpu};
 	int rc = engine_model_open(spec->model_dir, &mo, &r->model, err);
 	if (rc)
 		owl_err_wrap(err, "revision %lld: %s", (long long)spec->revision, spec->model_dir);
