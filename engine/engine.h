@@ -63,6 +63,17 @@ typedef enum engine_device {
  * ranks take the devices after it). */
 int engine_device_parse(const char *s, engine_device *dev, int *first_gpu, owl_err *err);
 
+/* What a model's backends hold in device memory, for owl bench: the
+ * process's ranks' buffers (weights, KV caches, batch buffers), their ops'
+ * workspace and pinned host memory summed; total and free of each distinct
+ * device they run on summed. known 0: a backend that keeps host memory (the
+ * CPU) reports none. */
+typedef struct engine_device_mem {
+	int known, devices;
+	uint64_t buffer_bytes, work_bytes, pinned_bytes;
+	uint64_t device_total, device_free;
+} engine_device_mem;
+
 typedef struct engine_model_opts {
 	int tp;      /* tensor-parallel ranks, over all processes; 0 or 1 = none */
 	int threads; /* CPU threads of this process; 0 = all cores */
@@ -102,6 +113,7 @@ int engine_model_open(const char *path, const engine_model_opts *o, engine_model
 		      owl_err *err);
 void engine_model_close(engine_model *m); /* accepts NULL */
 const engine_model_info *engine_model_get_info(const engine_model *m);
+int engine_model_device_memory(const engine_model *m, engine_device_mem *out, owl_err *err);
 /* The GGUF file a model came from (for its tokenizer), or NULL. */
 const struct gguf_file *engine_model_gguf(const engine_model *m);
 /* The folder holding the checkpoint's other files (tokenizer), or NULL. */

@@ -117,7 +117,7 @@ typedef struct kernels_buffer kernels_buffer; /* opaque, backend-owned */
 /* The version of this interface. A backend loaded at run time (the CUDA
  * object) reports the version it was built against, and one that differs is
  * refused rather than called through a table of another shape. */
-#define KERNELS_ABI_VERSION 4
+#define KERNELS_ABI_VERSION 5
 
 /* The ops, for supports(): a scheduler asks before it calls. */
 typedef enum kernels_op {
@@ -163,6 +163,15 @@ typedef struct kernels_sample_row {
 	int top_k;
 	float u;
 } kernels_sample_row;
+
+/* What one backend instance holds in its memory, and its device's memory
+ * (kernels_backend_iface.mem_info). */
+typedef struct kernels_mem_info {
+	uint64_t buffer_bytes; /* in the buffers it holds now (weights, caches, batch buffers) */
+	uint64_t work_bytes;   /* the ops' own workspace */
+	uint64_t pinned_bytes; /* pinned host memory for transfers */
+	uint64_t device_total, device_free; /* the whole device's, as its driver says */
+} kernels_mem_info;
 
 /* A backend's table. Every op receives the backend instance it runs on
  * (which device, which threads). Slots marked optional may be NULL. */
@@ -326,6 +335,10 @@ typedef struct kernels_backend_iface {
 	 * out_host (host memory): only the chosen tokens leave the device. */
 	int (*sample)(kernels_backend *be, int32_t *out_host, const float *logits, int rows,
 		      int vocab, const kernels_sample_row *params_host, owl_err *err);
+
+	/* ABI 5, optional (a device's backend): what the instance holds and
+	 * what its device has, for owl bench. */
+	int (*mem_info)(kernels_backend *be, kernels_mem_info *out, owl_err *err);
 } kernels_backend_iface;
 
 /* A backend instance, as in ggml-backend: one per device and rank, so that

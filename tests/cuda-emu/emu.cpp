@@ -153,9 +153,18 @@ cudaError_t cudaDriverGetVersion(int *v)
 	*v = 13000;
 	return cudaSuccess;
 }
+// The emulated device: 8 GiB, less what cudaMalloc holds now (each block's
+// size in a header before it), so that owl bench's device line reports the
+// backend's own allocations here too.
+static const size_t emu_device_bytes = (size_t)8 << 30;
+static std::mutex mem_lock;
+static size_t emu_allocated;
+enum { EMU_HEADER = 64 };
 cudaError_t cudaMemGetInfo(size_t *fr, size_t *total)
 {
-	*fr = *total = (size_t)1 << 30;
+	std::lock_guard<std::mutex> g(mem_lock);
+	*total = emu_device_bytes;
+	*fr = emu_allocated < emu_device_bytes ? emu_device_bytes - emu_allocated : 0;
 	return cudaSuccess;
 }
 cudaError_t cudaGetLastError(void) { return cudaSuccess; }
@@ -170,17 +179,42 @@ cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaFuncSetAttribute(const void *, enum cudaFuncAttribute, int) { return cudaSuccess; }
 cudaError_t cudaMalloc(void **p, size_t n)
 {
+	unsigned char *b = (unsigned char *)malloc(EMU_HEADER + (n ? n : 1));
+	*p = NULL;
+	if (!b)
+		return cudaErrorMemoryAllocation;
+	memcpy(b, &n, sizeof n);
+	std::lock_guard<std::mutex> g(mem_lock);
+	emu_allocated += n;
+	*p = b + EMU_HEADER;
+	return cudaSuccess;
+}
+cudaError_t cudaFree(void *p)
+{
+	if (!p)
+		return cudaSuccess;
+	unsigned char *b = (unsigned char *)p - EMU_HEADER;
+	size_t n;
+	memcpy(&n, b, sizeof n);
+	{
+		std::lock_guard<std::mutex> g(mem_lock);
+		emu_allocated -= n;
+	}
+	free(b);
+	return cudaSuccess;
+}
+// Host memory: not the device's.
+cudaError_t cudaMallocHost(void **p, size_t n)
+{
 	*p = malloc(n ? n : 1);
 	return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }
-cudaError_t cudaFree(void *p)
+cudaError_t cudaHostAlloc(void **p, size_t n, unsigned) { return cudaMallocHost(p, n); }
+cudaError_t cudaFreeHost(void *p)
 {
 	free(p);
 	return cudaSuccess;
 }
-cudaError_t cudaMallocHost(void **p, size_t n) { return cudaMalloc(p, n); }
-cudaError_t cudaHostAlloc(void **p, size_t n, unsigned) { return cudaMalloc(p, n); }
-cudaError_t cudaFreeHost(void *p) { return cudaFree(p); }
 cudaError_t cudaHostGetDevicePointer(void **d, void *h, unsigned)
 {
 	*d = h;

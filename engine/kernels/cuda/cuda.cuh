@@ -57,6 +57,9 @@ typedef struct cu_ctx {
 	// tokens, losses).
 	void *pinned;
 	size_t pinned_bytes;
+	// Bytes in the instance's buffers now (mem_info); one thread at a time
+	// drives an instance.
+	size_t buffer_bytes;
 } cu_ctx;
 
 enum {
