@@ -70,8 +70,12 @@ greedy() {
 }
 wait_curls() { for p in $(jobs -p); do [ "$p" = "$PID" ] || wait "$p"; done; }
 
+text_of() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["choices"][0]["text"])' "$1" 2>&1; }
+HELLO='{"model":"web","prompt":"hello","max_tokens":8,"temperature":0'
 start cpu cpu || exit 1
 greedy cpu
+complete "$T/cpu.hello" "$HELLO}"
+wait_curls
 expect_contains cpu_serves_on_the_cpu "$(cat "$T/cpu.log")" "on the cpu backend"
 stop
 
@@ -85,20 +89,23 @@ else
 fi
 
 # Sampled on the backend, and kept on the host (penalties, logprobs), in
-# one batch: each answered.
+# one batch: each answered; the greedy row whose logits came to the host
+# (logprobs: copied row by row beside the rows sampled on the backend) and
+# the greedy row sampled on the backend both give the CPU's text.
 complete "$T/s.0" '{"model":"web","prompt":"hello","max_tokens":8,"temperature":0.8,"top_p":0.9,"seed":7}'
 complete "$T/s.1" '{"model":"web","prompt":"hello","max_tokens":8,"temperature":0.8,"presence_penalty":0.5,"seed":7}'
-complete "$T/s.2" '{"model":"web","prompt":"hello","max_tokens":8,"temperature":0.8,"frequency_penalty":0.5,"seed":7}'
-complete "$T/s.3" '{"model":"web","prompt":"hello","max_tokens":8,"temperature":0,"logprobs":2}'
+complete "$T/s.2" "$HELLO,\"logprobs\":2}"
+complete "$T/s.3" "$HELLO}"
 wait_curls
 for i in 0 1 2 3; do
   expect_eq "cuda_mixed_batch_row_${i}_answered" "$(cat "$T/s.$i.code")" 200
 done
+want=$(text_of "$T/cpu.hello")
+expect_eq cuda_mixed_batch_host_row_equals_cpu "$(text_of "$T/s.2")" "$want"
+expect_eq cuda_mixed_batch_device_row_equals_cpu "$(text_of "$T/s.3")" "$want"
 # The same seed, the same text: the backend's draw follows the request's seed.
 complete "$T/s.4" '{"model":"web","prompt":"hello","max_tokens":8,"temperature":0.8,"top_p":0.9,"seed":7}'
 wait_curls
-t0=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["choices"][0]["text"])' "$T/s.0" 2>&1)
-t4=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["choices"][0]["text"])' "$T/s.4" 2>&1)
-expect_eq cuda_same_seed_same_text "$t4" "$t0"
+expect_eq cuda_same_seed_same_text "$(text_of "$T/s.4")" "$(text_of "$T/s.0")"
 stop
 expect_not_contains cuda_server_logged_no_failure "$(cat "$T/cuda.log")" "failed"
