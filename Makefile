@@ -98,8 +98,8 @@ $(BUILD)/libowl_mpi.so: engine/dist/mpi.c engine/dist_impl.h
 # The same kernel sources built with g++ against a host emulator of CUDA's
 # blocks, warps, shared memory, runtime and cuBLAS (tests/cuda-emu/): the op
 # tests run on it on every machine (tests/run.sh: test_cuda_emu), under ASan
-# too. Not emulated: sample.cu (CUB), nccl.cu.
-EMU_CU  := $(filter-out engine/kernels/cuda/sample.cu engine/kernels/cuda/nccl.cu,$(CU_SRC))
+# too. Not emulated: nccl.cu.
+EMU_CU  := $(filter-out engine/kernels/cuda/nccl.cu,$(CU_SRC))
 $(BUILD)/libowl_cuda_emu.so: $(EMU_CU) $(wildcard engine/kernels/cuda/*.cuh tests/cuda-emu/*) \
 		engine/kernels/kernels.h engine/kernels/dtype_table.h
 	@mkdir -p $(dir $@)

@@ -282,6 +282,7 @@ typedef struct loaded {
 	engine_adapter *adapter; /* or NULL */
 	char *label;
 	int64_t version_id;      /* the registered version, 0 for a path */
+	uint64_t dev_model_bytes; /* device memory the model's buffers took at load (0: host) */
 } loaded;
 
 static void unload(loaded *l)
@@ -328,6 +329,10 @@ static int load(owl_ctx *ctx, engine_dist *dist, const char *ref, const char *ad
 		rc = engine_device_parse(device, &o.device, &o.first_gpu, err);
 	if (!rc)
 		rc = engine_model_open(path, &o, &l->m, err);
+	/* Before any session: what the weights took on a device (owl bench). */
+	engine_device_mem dm;
+	if (!rc && !(rc = engine_model_device_memory(l->m, &dm, err)))
+		l->dev_model_bytes = dm.buffer_bytes;
 	if (!rc)
 		rc = engine_tokenizer_for_model(l->m, &l->tok, err);
 	if (!rc && n_ctx >= 0)
@@ -1316,6 +1321,9 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 	}
 	free(toks);
 	free(logits);
+	engine_device_mem dm = {0};
+	if (!rc)
+		rc = engine_model_device_memory(l.m, &dm, &err);
 	/* The prompt's matrix products alone, on the same weights and backend:
 	 * what prompt processing would reach if nothing else took time. */
 	double gemm_s = 0, gemm_flops = 0;
@@ -1355,6 +1363,10 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 			 !strcmp(in->backend, "cpu") ? engine_dist_transport(d) : "nccl");
 	else
 		snprintf(backend, sizeof backend, "%s%s", in->backend, in->tp > 1 ? " tp" : "");
+	/* On a device: what the backend holds there, the weights (as loaded),
+	 * the KV cache and the batch buffers, and the device's own figures. */
+	uint64_t dev_other = dm.buffer_bytes > l.dev_model_bytes + kv ?
+			     dm.buffer_bytes - l.dev_model_bytes - kv : 0;
 	if (ctx->json) {
 		json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:f,"
 					 " s:f, s:i, s:s, s:I, s:I, s:I, s:i}",
@@ -1381,6 +1393,16 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 			json_object_set_new(o, "gemm_flops_per_s", json_real(gemm_flops / gemm_s));
 			json_object_set_new(o, "pp_gemm_fraction", json_real(gemm_s * ppm / npp));
 		}
+		if (o && dm.known)
+			json_object_set_new(o, "device_memory", json_pack(
+				"{s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "devices", dm.devices,
+				"backend_bytes", (json_int_t)(dm.buffer_bytes + dm.work_bytes),
+				"weight_bytes", (json_int_t)l.dev_model_bytes, "kv_bytes", (json_int_t)kv,
+				"batch_buffer_bytes", (json_int_t)dev_other,
+				"workspace_bytes", (json_int_t)dm.work_bytes,
+				"pinned_host_bytes", (json_int_t)dm.pinned_bytes,
+				"device_total_bytes", (json_int_t)dm.device_total,
+				"device_free_bytes", (json_int_t)dm.device_free));
 		cmd_print_json(o);
 	} else {
 		printf("| %-28s | %10s | %9s | %-5s | %7s | %3s | %8s | %16s |\n", "model", "size",
@@ -1424,6 +1446,20 @@ static int run_bench(owl_ctx *ctx, int argc, char **argv)
 			       npp, 100.0 * gemm_s * ppm / npp);
 		else if (gemm)
 			printf("gemm pp%d: not measured (tp 1 in one process only)\n", npp);
+		if (dm.known) {
+			char all[32], dw[32], dkv[32], doth[32], dws[32], tot[32], fr[32];
+			owl_fmt_bytes(dm.buffer_bytes + dm.work_bytes, all, sizeof all);
+			owl_fmt_bytes(l.dev_model_bytes, dw, sizeof dw);
+			owl_fmt_bytes(kv, dkv, sizeof dkv);
+			owl_fmt_bytes(dev_other, doth, sizeof doth);
+			owl_fmt_bytes(dm.work_bytes, dws, sizeof dws);
+			owl_fmt_bytes(dm.device_total, tot, sizeof tot);
+			owl_fmt_bytes(dm.device_free, fr, sizeof fr);
+			printf("device memory (%s, %d device%s): the backend holds %s (weights %s + KV "
+			       "cache %s + %s batch buffers + %s op workspace); the device%s %s total, "
+			       "%s free\n", in->backend, dm.devices, dm.devices == 1 ? "" : "s", all, dw,
+			       dkv, doth, dws, dm.devices == 1 ? " has" : "s have", tot, fr);
+		}
 	}
 	unload(&l);
 	return dist_end(d, OWL_OK);
@@ -1529,7 +1565,9 @@ const owl_command cmd_engine_commands[] = {
 	 "--adapter measures with a LoRA adapter applied (as in 'owl run'). Under a\n"
 	 "launcher the --tp ranks spread over the processes as in 'owl run'; the backend\n"
 	 "column names what joins them (cpu mpi, cpu tcp) and the memory is rank 0's.\n"
-	 "--device as in 'owl run'; the backend column names the device's backend.\n"
+	 "--device as in 'owl run'; the backend column names the device's backend, and on a\n"
+	 "device a last line (--json: device_memory) says what the backend holds there\n"
+	 "(weights, KV cache, batch buffers, op workspace) and the device's total and free.\n"
 	 "\n"
 	 "Against the hardware's limits (tp 1, one process): the roofline line gives the\n"
 	 "bytes a decoding step reads (the weights once, plus each sequence's keys and\n"

@@ -7,6 +7,7 @@
 #include "deploy/deploy.h"
 #include "deploy/server.h"
 #include "engine/dist.h"
+#include "engine/engine.h"
 
 #include <getopt.h>
 #include <stdlib.h>
@@ -61,7 +62,8 @@ static int run_serve(owl_ctx *ctx, int argc, char **argv)
 		{"max-body", required_argument, 0, 'B'},  {"max-tokens", required_argument, 0, 'm'},
 		{"drain-timeout", required_argument, 0, 'd'},
 		{"grace", required_argument, 0, 'g'},     {"log-prompts", no_argument, 0, 'L'},
-		{"access-log", required_argument, 0, 'a'}, {0, 0, 0, 0},
+		{"access-log", required_argument, 0, 'a'}, {"device", required_argument, 0, 'D'},
+		{0, 0, 0, 0},
 	};
 	deploy_server_opts o = {.host = "127.0.0.1", .port = -1};
 	double v;
@@ -117,6 +119,14 @@ static int run_serve(owl_ctx *ctx, int argc, char **argv)
 			break;
 		case 'L': o.log_prompts = 1; break;
 		case 'a': o.access_log = optarg; break;
+		case 'D': {
+			engine_device dev;
+			owl_err err = {0};
+			if (engine_device_parse(optarg, &dev, &o.first_gpu, &err))
+				return cmd_usage_error("serve", "%s", err.msg);
+			o.device = (int)dev;
+			break;
+		}
 		default: return cmd_usage_error("serve", "unknown option");
 		}
 	}
@@ -192,6 +202,9 @@ const owl_command cmd_serve_commands[] = {
 	 "  --max-batch N        sequences decoding together (default 16)\n"
 	 "  --threads N          CPU threads of the engine (default: every core but one, which\n"
 	 "                       the HTTP threads streaming tokens need)\n"
+	 "  --device D           where the model runs: auto (default: the GPUs when this machine\n"
+	 "                       has them and owl's CUDA backend, else the CPU), cpu, cuda or\n"
+	 "                       cuda:N (first device N), as in 'owl run'\n"
 	 "  --max-queue N        waiting requests before 429 (default 64)\n"
 	 "  --queue-timeout S    a queued request gives up with 503 after S seconds (default 60)\n"
 	 "  --max-body BYTES     request body limit (default 1048576)\n"

@@ -286,6 +286,8 @@ static void *sched_main(void *arg)
 	int *take = owl_xmalloc((size_t)r->o.max_batch * sizeof *take);
 	float *logits = owl_xmalloc((size_t)r->o.max_batch * r->vocab * sizeof *logits);
 	float *raw = owl_xmalloc((size_t)r->vocab * sizeof *raw);
+	engine_row_sample *dev_rows = owl_xmalloc((size_t)r->o.max_batch * sizeof *dev_rows);
+	int32_t *dev_ids = owl_xmalloc((size_t)r->o.max_batch * sizeof *dev_ids);
 	srv_job **newly = owl_xmalloc((size_t)r->o.max_batch * sizeof *newly);
 	int kv_used = 0;
 	for (;;) {
@@ -364,7 +366,26 @@ static void *sched_main(void *arg)
 		}
 		if (n == 0)
 			continue;
+		/* On a device backend, the jobs whose options the backend's sample
+		 * op takes (no penalties, no min_p, no logprobs, which need the
+		 * logits) are sampled there: only their tokens come back. Their
+		 * rows are those of the runs that want logits, in slot order. */
 		engine_batch b = {.n = n, .tokens = tok, .seq = seq, .want = want};
+		if (engine_kv_can_sample(r->kv)) {
+			int nrow = 0;
+			for (int k = 0; k < r->nrunning; k++) {
+				srv_job *j = r->running[k];
+				if (!take[k] || (j->fed < j->nids && j->fed + (size_t)take[k] < j->nids))
+					continue;
+				engine_row_sample *rs = &dev_rows[nrow++];
+				if (j->want_lp)
+					memset(rs, 0, sizeof *rs);
+				else
+					engine_gen_device_row(j->gen, rs);
+			}
+			b.sample = dev_rows;
+			b.sampled = dev_ids;
+		}
 		owl_err err = {0};
 		if (engine_decode(r->kv, &b, logits, &err)) {
 			owl_log(1, "revision %lld: a batch of %d tokens failed: %s", (long long)r->revision, n,
@@ -397,10 +418,12 @@ static void *sched_main(void *arg)
 				continue;
 			srv_job *j = r->running[k];
 			float *lg = logits + (size_t)rows[k] * r->vocab;
+			int on_dev = b.sample && dev_rows[rows[k]].device;
 			if (j->want_lp)
 				memcpy(raw, lg, (size_t)r->vocab * sizeof *raw);
 			int before = engine_gen_count(j->gen);
-			int go = engine_gen_step(j->gen, lg, &j->next);
+			int go = on_dev ? engine_gen_step_token(j->gen, dev_ids[rows[k]], &j->next)
+					: engine_gen_step(j->gen, lg, &j->next);
 			int after = engine_gen_count(j->gen);
 			if (after > before) {
 				gen_new++;
@@ -433,6 +456,7 @@ static void *sched_main(void *arg)
 	}
 	update_kv_metrics(r, &kv_used);
 	free(tok), free(seq), free(want), free(take), free(logits), free(raw), free(newly);
+	free(dev_rows), free(dev_ids);
 	return NULL;
 }
 
@@ -449,7 +473,8 @@ int srv_rev_load(deploy_spec *spec, const srv_rev_opts *o, srv_metrics *met, srv
 	r->queue = owl_xcalloc((size_t)o->max_queue, sizeof *r->queue);
 	r->running = owl_xcalloc((size_t)o->max_batch, sizeof *r->running);
 	r->adapters = owl_xcalloc(spec->nadapters + 1, sizeof *r->adapters);
-	engine_model_opts mo = {.tp = spec->tp, .threads = spec->threads, .kv_type = spec->kv_type};
+	engine_model_opts mo = {.tp = spec->tp, .threads = spec->threads, .kv_type = spec->kv_type,
+				.device = (engine_device)spec->device, .first_gpu = spec->first_gpu};
 	int rc = engine_model_open(spec->model_dir, &mo, &r->model, err);
 	if (rc)
 		owl_err_wrap(err, "revision %lld: %s", (long long)spec->revision, spec->model_dir);

@@ -49,6 +49,8 @@ static int load_revision(srv *s, int64_t revision, srv_rev **out, owl_err *err)
 		return rc;
 	if (!spec->threads)
 		spec->threads = s->o.threads;
+	spec->device = s->o.device;
+	spec->first_gpu = s->o.first_gpu;
 	if (!spec->threads) {
 		/* Every core but one: the HTTP threads that stream tokens wake
 		 * once per token, and on a core the engine's OpenMP team needs
@@ -306,8 +308,9 @@ int deploy_server_run(const deploy_server_opts *o, owl_err *err)
 	s->cur = r;
 	pthread_mutex_unlock(&s->mu);
 	set_serving(s);
-	srv_say("serving revision %lld (%s)", (long long)first, r->spec->model_ref ? r->spec->model_ref
-									: r->spec->model_dir);
+	srv_say("serving revision %lld (%s) on the %s backend", (long long)first,
+		r->spec->model_ref ? r->spec->model_ref : r->spec->model_dir,
+		engine_model_get_info(r->model)->backend);
 	double last_check = owl_now();
 	while (!got_term) {
 		usleep(50000);

@@ -23,6 +23,7 @@ typedef struct deploy_spec {
 	char *model_digest;
 	char *model_dir;   /* materialised checkpoint folder or .gguf */
 	int tp, ctx, kv_type, threads;
+	int device, first_gpu; /* engine_device and its first GPU: the server's choice */
 	deploy_adapter_spec *adapters;
 	size_t nadapters;
 } deploy_spec;
@@ -59,6 +60,7 @@ typedef struct deploy_server_opts {
 	int port;                /* default 8080; 0 = any free port (tests) */
 	int max_batch;           /* sequences decoding together (default 16) */
 	int threads;             /* engine CPU threads where the revision says none (0 = every core but one) */
+	int device, first_gpu;   /* where revisions run (engine_device: 0 = auto) and the first GPU */
 	int max_queue;           /* waiting requests before 429 (default 64) */
 	double queue_timeout_s;  /* a queued request gives up with 503 (default 60) */
 	size_t max_body;         /* request body limit in bytes (default 1 MiB) */

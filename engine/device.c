@@ -220,3 +220,32 @@ int engine_model_backends(engine_model *m, const engine_model_opts *o, engine_di
 				   "processes each rank needs a GPU of its own (start one process per GPU)", nl);
 	return cuda ? cuda_comm(m, dist, shared, err) : 0;
 }
+
+int engine_model_device_memory(const engine_model *m, engine_device_mem *out, owl_err *err)
+{
+	memset(out, 0, sizeof *out);
+	int seen[16];
+	for (int r = 0; r < m->info.tp_local; r++) {
+		kernels_backend *be = m->ranks[r];
+		if (be->iface->host_memory || !be->iface->mem_info)
+			continue;
+		kernels_mem_info mi;
+		int rc = be->iface->mem_info(be, &mi, err);
+		if (rc)
+			return owl_err_wrap(err, "rank %d's device memory", m->info.tp_first + r);
+		out->known = 1;
+		out->buffer_bytes += mi.buffer_bytes;
+		out->work_bytes += mi.work_bytes;
+		out->pinned_bytes += mi.pinned_bytes;
+		/* ranks sharing a device count its memory once */
+		int dup = 0;
+		for (int i = 0; i < out->devices && !dup; i++)
+			dup = seen[i] == be->device;
+		if (!dup) {
+			seen[out->devices++] = be->device;
+			out->device_total += mi.device_total;
+			out->device_free += mi.device_free;
+		}
+	}
+	return 0;
+}

@@ -63,6 +63,17 @@ typedef enum engine_device {
  * ranks take the devices after it). */
 int engine_device_parse(const char *s, engine_device *dev, int *first_gpu, owl_err *err);
 
+/* What a model's backends hold in device memory, for owl bench: the
+ * process's ranks' buffers (weights, KV caches, batch buffers), their ops'
+ * workspace and pinned host memory summed; total and free of each distinct
+ * device they run on summed. known 0: a backend that keeps host memory (the
+ * CPU) reports none. */
+typedef struct engine_device_mem {
+	int known, devices;
+	uint64_t buffer_bytes, work_bytes, pinned_bytes;
+	uint64_t device_total, device_free;
+} engine_device_mem;
+
 typedef struct engine_model_opts {
 	int tp;      /* tensor-parallel ranks, over all processes; 0 or 1 = none */
 	int threads; /* CPU threads of this process; 0 = all cores */
@@ -102,6 +113,7 @@ int engine_model_open(const char *path, const engine_model_opts *o, engine_model
 		      owl_err *err);
 void engine_model_close(engine_model *m); /* accepts NULL */
 const engine_model_info *engine_model_get_info(const engine_model *m);
+int engine_model_device_memory(const engine_model *m, engine_device_mem *out, owl_err *err);
 /* The GGUF file a model came from (for its tokenizer), or NULL. */
 const struct gguf_file *engine_model_gguf(const engine_model *m);
 /* The folder holding the checkpoint's other files (tokenizer), or NULL. */
@@ -199,11 +211,39 @@ typedef struct engine_batch {
 	const int32_t *seq;
 	const int32_t *pos;      /* NULL: each sequence continues where its cache ends */
 	const uint8_t *want;     /* rows that want logits; NULL: the last row of each run */
+	/* Sampling where the logits are computed: NULL, or one entry per row
+	 * that wants logits (in batch order). A row whose entry has device
+	 * set is sampled by the model's backend into sampled[row] and its
+	 * logits stay there; the other rows' logits come to the host as
+	 * without it. The model's backend must have the sample op
+	 * (engine_kv_can_sample). */
+	const struct engine_row_sample *sample;
+	int32_t *sampled;
 } engine_batch;
 
+/* One row's sampling on the backend, as the kernels' sample op takes it
+ * (kernels_sample_row): temperature <= 0 greedy, else top_k, top_p and the
+ * uniform draw u in [0, 1) (engine_sampler_device_row). */
+typedef struct engine_row_sample {
+	int device; /* 0: this row's logits go to the host */
+	float temperature, top_p;
+	int top_k;
+	float u;
+} engine_row_sample;
+
 /* Runs the batch; logits receives [rows wanting logits, vocab], in batch
- * order. All or nothing: on failure no sequence has changed. */
+ * order (rows sampled on the backend are left as they were). All or
+ * nothing: on failure no sequence has changed. */
 int engine_decode(engine_kv *kv, const engine_batch *b, float *logits, owl_err *err);
+/* 1 when sampling on the model's backend saves copying logits to the host:
+ * the backend has the sample op and its memory is a device's. */
+int engine_kv_can_sample(const engine_kv *kv);
+/* engine_forward of the session's next tokens (the last one's logits) with
+ * that row sampled as rs says: rs NULL or rs->device clear, the logits come
+ * to the host; else the backend samples and *sampled is the token. */
+int engine_forward_sample(engine_session *s, const int32_t *tokens, int n,
+			  const engine_row_sample *rs, int32_t *sampled, float *logits, owl_err *err);
+int engine_session_can_sample(const engine_session *s);
 /* How many rows of b want logits. */
 int engine_batch_logit_rows(const engine_batch *b);
 
@@ -322,6 +362,11 @@ engine_sampler *engine_sampler_new(const engine_sampler_opts *o, int vocab);
 void engine_sampler_free(engine_sampler *s);
 /* Picks the next token; logits are modified (penalties). */
 int engine_sample(engine_sampler *s, float *logits, const int32_t *history, size_t nhist);
+/* The next token's sampling as the backend's sample op does it, drawing u
+ * from the sampler's sequence as engine_sample would: returns 1 with
+ * rs->device set, or 0 with rs->device clear (nothing drawn) when the
+ * options need the host (penalties, min_p). */
+int engine_sampler_device_row(engine_sampler *s, engine_row_sample *rs);
 
 typedef enum engine_chat_family {
 	ENGINE_CHAT_UNKNOWN = 0,
@@ -386,6 +431,13 @@ void engine_gen_free(engine_gen *g); /* accepts NULL */
  * through the model before the next step, or 0 when generation has ended
  * (end of generation token, stop string, max_tokens). */
 int engine_gen_step(engine_gen *g, float *logits, int32_t *next);
+/* The same step with the token sampled elsewhere (on the backend, after
+ * engine_gen_device_row): returns as engine_gen_step. */
+int engine_gen_step_token(engine_gen *g, int32_t id, int32_t *next);
+/* The next step's sampling on the backend (engine_sampler_device_row): 0
+ * with rs->device clear when generation has ended or the request's
+ * options need the host's sampler. */
+int engine_gen_device_row(engine_gen *g, engine_row_sample *rs);
 /* Ends generation from outside (context_full, cancelled ...). */
 void engine_gen_stop(engine_gen *g, const char *reason);
 int engine_gen_done(const engine_gen *g);

@@ -84,6 +84,26 @@ uint64_t engine_session_kv_bytes(const engine_session *s)
 	return st.bytes_reserved;
 }
 
+int engine_session_can_sample(const engine_session *s) { return engine_kv_can_sample(s->kv); }
+
+int engine_forward_sample(engine_session *s, const int32_t *tokens, int n,
+			  const engine_row_sample *rs, int32_t *sampled, float *logits, owl_err *err)
+{
+	if (n <= 0)
+		return owl_err_set(err, OWL_EUSAGE, "nothing to run: no tokens");
+	int32_t *seq = malloc((size_t)n * sizeof *seq);
+	if (!seq)
+		return owl_err_set(err, OWL_EFAIL, "cannot allocate a batch of %d tokens", n);
+	for (int i = 0; i < n; i++)
+		seq[i] = s->seq;
+	int dev = rs && rs->device;
+	engine_batch b = {.n = n, .tokens = tokens, .seq = seq, .sample = dev ? rs : NULL,
+			  .sampled = dev ? sampled : NULL};
+	int rc = engine_decode(s->kv, &b, logits, err);
+	free(seq);
+	return rc;
+}
+
 int engine_forward(engine_session *s, const int32_t *tokens, int n, float *logits, int all_logits,
 		   owl_err *err)
 {
@@ -458,6 +478,53 @@ static int graph_step(engine_kv *kv, step *st, const engine_batch *b, int t0, fl
 	return 0;
 }
 
+/* Logit rows [row0, row0 + nl) of the batch, just computed in the first
+ * rank's logits buffer (dst itself on a host backend): the rows whose
+ * b->sample entry has device set sampled there, the others' logits copied
+ * to dst. One sample call takes the micro-batch's rows; the host's rows
+ * ride along greedily, which costs an argmax and spares a second layout. */
+static int sample_rows(engine_kv *kv, const engine_batch *b, int row0, int nl, float *dst,
+		       owl_err *err)
+{
+	kernels_backend *be = kv->m->be;
+	const kv_rank_meta *mt = &kv->meta[0];
+	const int vocab = kv->m->info.vocab;
+	const size_t row_bytes = (size_t)vocab * sizeof(float);
+	kernels_sample_row p[KV_UBATCH];
+	int32_t got[KV_UBATCH];
+	int ndev = 0;
+	for (int i = 0; i < nl; i++) {
+		const engine_row_sample *rs = &b->sample[row0 + i];
+		p[i] = rs->device ? (kernels_sample_row){rs->temperature, rs->top_p, rs->top_k, rs->u}
+				  : (kernels_sample_row){0, 1, 0, 0};
+		ndev += rs->device != 0;
+	}
+	int rc;
+	if (!ndev)
+		return mt->buf ? K(be, copy_to_host, dst, mt->buf, mt->off_logits,
+				   (size_t)nl * row_bytes, err) : 0;
+	if (!be->iface->sample)
+		return owl_err_set(err, OWL_EUSAGE, "the %s backend cannot sample: its logits go to the "
+				   "host", be->iface->name);
+	const float *lg = mt->buf ? mt->logits : dst;
+	if ((rc = K(be, sample, got, lg, nl, vocab, p, err)))
+		return owl_err_wrap(err, "sampling %d rows on the %s backend", nl, be->iface->name);
+	for (int i = 0; i < nl; i++) {
+		if (b->sample[row0 + i].device)
+			b->sampled[row0 + i] = got[i];
+		else if (mt->buf && (rc = K(be, copy_to_host, dst + (size_t)i * vocab, mt->buf,
+					    mt->off_logits + (size_t)i * row_bytes, row_bytes, err)))
+			return rc;
+	}
+	return 0;
+}
+
+int engine_kv_can_sample(const engine_kv *kv)
+{
+	const kernels_backend *be = kv->m->be;
+	return be->iface->sample != NULL && !be->iface->host_memory;
+}
+
 /* Tokens [t0, t0 + n) of the batch, n <= KV_UBATCH, whose runs and
  * positions the caller checked and whose blocks it reserved. Logits of the
  * rows that want them go to logits (rows counted from the batch's start). */
@@ -490,10 +557,13 @@ static int forward_micro(engine_kv *kv, const engine_batch *b, int t0, int n, co
 					   : micro_ops(kv, &st, b, t0, dst, &nl, err);
 	if (rc || !nl)
 		return rc;
-	/* A device computed the logits in its memory: they come over now. */
+	/* A device computed the logits in its memory: they come over now, or
+	 * are sampled there and only the tokens come. */
 	const kv_rank_meta *mt = &kv->meta[0];
 	size_t lbytes = (size_t)nl * in->vocab * sizeof(float);
-	if (mt->buf && (rc = K(m->be, copy_to_host, dst, mt->buf, mt->off_logits, lbytes, err)))
+	rc = b->sample ? sample_rows(kv, b, *nl_done, nl, dst, err)
+	     : mt->buf ? K(m->be, copy_to_host, dst, mt->buf, mt->off_logits, lbytes, err) : 0;
+	if (rc)
 		return rc;
 	*nl_done += nl;
 	return 0;

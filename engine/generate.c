@@ -164,6 +164,28 @@ int engine_sample(engine_sampler *s, float *logits, const int32_t *history, size
 	return s->order[n - 1];
 }
 
+int engine_sampler_device_row(engine_sampler *s, engine_row_sample *rs)
+{
+	const engine_sampler_opts *o = &s->o;
+	memset(rs, 0, sizeof *rs);
+	/* The op has no penalties (they need the history on the device) and
+	 * no min_p: those requests keep the host's sampler. */
+	if (o->repeat_penalty != 1.0f || o->frequency_penalty != 0 || o->presence_penalty != 0 ||
+	    o->min_p > 0)
+		return 0;
+	rs->device = 1;
+	rs->temperature = o->temperature > 0 ? o->temperature : 0;
+	rs->top_k = o->top_k;
+	rs->top_p = o->top_p;
+	if (rs->temperature > 0) {
+		/* One draw per sampled token, as engine_sample takes it; in float,
+		 * as the op takes it, kept below 1. */
+		float u = (float)((double)(next_rand(&s->rng) >> 11) / 9007199254740992.0);
+		rs->u = u < 1.0f ? u : nextafterf(1.0f, 0.0f);
+	}
+	return 1;
+}
+
 /* ---- chat templates ---------------------------------------------------------------- */
 
 engine_chat_family engine_chat_detect(const char *tmpl)
@@ -374,7 +396,23 @@ int engine_gen_step(engine_gen *g, float *logits, int32_t *next)
 	*next = -1;
 	if (g->done)
 		return 0;
-	int32_t id = engine_sample(g->smp, logits, g->hist, g->nh);
+	return engine_gen_step_token(g, engine_sample(g->smp, logits, g->hist, g->nh), next);
+}
+
+int engine_gen_device_row(engine_gen *g, engine_row_sample *rs)
+{
+	if (g->done) {
+		memset(rs, 0, sizeof *rs);
+		return 0;
+	}
+	return engine_sampler_device_row(g->smp, rs);
+}
+
+int engine_gen_step_token(engine_gen *g, int32_t id, int32_t *next)
+{
+	*next = -1;
+	if (g->done)
+		return 0;
 	if (g->o.agree && g->o.agree(g->o.agree_ctx, &id)) {
 		gen_finish(g, "error");
 		return 0;
@@ -442,22 +480,34 @@ int engine_generate(engine_session *sess, const engine_tokenizer *tok, const int
 	float *logits = rc ? NULL : malloc((size_t)vocab * sizeof *logits);
 	if (!rc && !logits)
 		rc = owl_err_set(err, OWL_EFAIL, "cannot allocate logits for a vocabulary of %d", vocab);
+	/* On a device backend the last position's logits are sampled where
+	 * they are, so only the token crosses to the host (rs.device); the
+	 * request's draw is taken just before the pass whose logits it picks
+	 * from, as the host's sampler takes it just after. */
+	const int on_device = engine_session_can_sample(sess);
+	engine_row_sample rs = {0};
+	int32_t picked = -1;
 	double t0 = owl_now();
 	/* Prompt processing in chunks, so a long prompt never needs one huge batch. */
 	for (size_t i = 0; i < nprompt && !rc; i += 512) {
 		size_t n = nprompt - i < 512 ? nprompt - i : 512;
-		rc = engine_forward(sess, prompt + i, (int)n, logits, 0, err);
+		if (on_device && i + n == nprompt)
+			engine_gen_device_row(g, &rs);
+		rc = engine_forward_sample(sess, prompt + i, (int)n, &rs, &picked, logits, err);
 	}
 	st->prompt_tokens = (int)nprompt;
 	st->prompt_s = owl_now() - t0;
 	double t1 = owl_now();
 	int32_t id;
-	while (!rc && engine_gen_step(g, logits, &id)) {
+	while (!rc && (rs.device ? engine_gen_step_token(g, picked, &id)
+				 : engine_gen_step(g, logits, &id))) {
 		if (engine_session_pos(sess) >= engine_session_ctx(sess)) {
 			engine_gen_stop(g, "context_full");
 			break;
 		}
-		rc = engine_forward(sess, &id, 1, logits, 0, err);
+		if (on_device)
+			engine_gen_device_row(g, &rs);
+		rc = engine_forward_sample(sess, &id, 1, &rs, &picked, logits, err);
 		if (!rc)
 			st->gen_cached++;
 	}

@@ -138,8 +138,9 @@ grep -v '^bench ' "$log/bench.log" | head -n 20
 summary+=("owl-cuda-bench: $(grep -c '^bench ' "$log/bench.log") figures (exit $bench_rc, $(elapsed)s)")
 # 4b. the whole engine on the device: logits against the CPU's for every
 #     stored type (as tests/e2e/device.sh does on the emulator), greedy
-#     text, and owl bench on TinyLlama-1.1B- and Llama-8B-shaped bf16 models
-#     (roofline and GEMM fractions, batch 32).
+#     text, sampled text, owl serve's batch against the CPU server's, and
+#     owl bench on TinyLlama-1.1B- and Llama-8B-shaped bf16 models
+#     (roofline and GEMM fractions, batch 32, the device memory line).
 ENG=$(dirname "$OPS")/..
 [ "$mode" = prebuilt ] && ENG=$dir
 if [ -x "$ENG/owl" ] && [ -x "$ENG/owl-logits" ] && [ -x "$ENG/owl-fixture" ]; then
@@ -181,6 +182,32 @@ PY
   a=$(timeout "$(left 60)" "$ENG/owl" run "$fx/f32" "hello world" --temperature 0 --max-tokens 16 --device cpu 2>>"$log/engine.log")
   b=$(timeout "$(left 60)" "$ENG/owl" run "$fx/f32" "hello world" --temperature 0 --max-tokens 16 --device cuda 2>>"$log/engine.log")
   if [ -n "$a" ] && [ "$a" = "$b" ]; then eng_pass=$((eng_pass + 1)); else eng_fail=$((eng_fail + 1)); echo "FAIL engine greedy text: '$a' vs '$b'" | tee -a "$log/engine.log"; fi
+  # sampled on the device (sample.cu): it answers, the same seed twice the same text
+  a=$(timeout "$(left 60)" "$ENG/owl" run "$fx/f32" "hello world" --temperature 0.8 --top-p 0.9 --seed 5 --max-tokens 16 --device cuda 2>>"$log/engine.log")
+  b=$(timeout "$(left 60)" "$ENG/owl" run "$fx/f32" "hello world" --temperature 0.8 --top-p 0.9 --seed 5 --max-tokens 16 --device cuda 2>>"$log/engine.log")
+  if [ -n "$a" ] && [ "$a" = "$b" ]; then eng_pass=$((eng_pass + 1)); else eng_fail=$((eng_fail + 1)); echo "FAIL engine sampled text on the device: '$a' vs '$b'" | tee -a "$log/engine.log"; fi
+  # owl serve --device cuda: four greedy completions decoding in one batch
+  # (sampled on the device) against the CPU server's (tests/e2e/serve_device.sh
+  # on the emulator)
+  serve_texts() { # DEVICE OUT
+    local port pid i
+    OWL_HOME=$fx/home "$ENG/owl" serve web --port 0 --threads 4 --max-batch 4 --device "$1" >"$fx/$1.port" 2>>"$log/engine.log" &
+    pid=$!
+    for _ in $(seq 1 300); do port=$(head -n 1 "$fx/$1.port" 2>/dev/null); [ -n "$port" ] && curl -sf -o /dev/null "http://127.0.0.1:$port/health" && break; sleep 0.1; done
+    for i in 1 2 3 4; do
+      curl -s "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' \
+        --data-binary "{\"model\":\"web\",\"prompt\":\"prompt number $i\",\"max_tokens\":16,\"temperature\":0}" >"$fx/$1.$i" &
+    done
+    wait $(jobs -p | grep -vx "$pid")
+    kill -TERM "$pid"; wait "$pid"
+    for i in 1 2 3 4; do python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["choices"][0]["text"])' "$fx/$1.$i" 2>/dev/null; done >"$2"
+  }
+  if [ "$(left 120)" -ge 60 ] && OWL_HOME=$fx/home "$ENG/owl" pull "$fx/f32" --name tiny --quiet >>"$log/engine.log" 2>&1 &&
+     OWL_HOME=$fx/home "$ENG/owl" deploy create web --model tiny@1 --ctx 128 --use internal >>"$log/engine.log" 2>&1; then
+    serve_texts cpu "$fx/serve.cpu"
+    serve_texts cuda "$fx/serve.cuda"
+    if [ "$(grep -c . "$fx/serve.cpu")" -ge 4 ] && cmp -s "$fx/serve.cpu" "$fx/serve.cuda"; then eng_pass=$((eng_pass + 1)); else eng_fail=$((eng_fail + 1)); echo "FAIL serve --device cuda batch greedy vs cpu: $(tr '\n' '|' <"$fx/serve.cuda") vs $(tr '\n' '|' <"$fx/serve.cpu")" | tee -a "$log/engine.log"; fi
+  fi
   summary+=("engine on CUDA vs CPU: $eng_pass passed, $eng_fail failed ($(elapsed)s; $log/engine.log)")
   # owl bench: batch-1 decode against the bandwidth roofline, prompt
   # processing against its own GEMMs (cuBLAS) alone, and batch 32.
@@ -194,7 +221,7 @@ PY
       --device cuda --bandwidth "$bw" >>"$f" 2>&1
     cat "$f" >>"$log/owl-bench.log"
     summary+=("owl bench --device cuda, $label, bf16: $(grep -E '\| +(pp[0-9]+|tg[0-9]+|tg[0-9]+x32) ' "$f" | awk -F'|' '{print $8 ":" $9}' | sed 's/  */ /g' | tr '\n' ';')")
-    while read -r line; do summary+=("  $line"); done < <(grep -E '^(roofline|gemm|cuda graphs)' "$f")
+    while read -r line; do summary+=("  $line"); done < <(grep -E '^(roofline|gemm|cuda graphs|device memory)' "$f")
     rm -rf "$fx/$preset"
   }
   if [ "$(left 120)" -ge 60 ]; then

@@ -63,11 +63,11 @@ for bin in "$BUILD"/tests/test_*; do
 done
 # The CUDA kernels again on the host emulator of CUDA (tests/cuda-emu,
 # $BUILD/libowl_cuda_emu.so): every device test of test_cuda_ops but
-# sampling (CUB) and NCCL, so that the kernels' indexing and synchronisation
+# NCCL, so that the kernels' indexing and synchronisation
 # are checked on machines without a GPU; shorter shapes (OWL_TEST_QUICK).
 if [ -x "$BUILD/tests/test_cuda_ops" ] && [ -f "$BUILD/libowl_cuda_emu.so" ] &&
    [[ -z "$FILTER" || test_cuda_emu == *"$FILTER"* ]]; then
-  emu_tests=$("$BUILD/tests/test_cuda_ops" --list | grep -v '^sample_rows$\|^nccl_comm$')
+  emu_tests=$("$BUILD/tests/test_cuda_ops" --list | grep -v '^nccl_comm$')
   run_one test_cuda_emu env OWL_CUDA_LIB="$ROOT/$BUILD/libowl_cuda_emu.so" OWL_TEST_QUICK=1 \
     "$BUILD/tests/test_cuda_ops" $emu_tests
 fi

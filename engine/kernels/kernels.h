@@ -165,6 +165,15 @@ typedef struct kernels_sample_row {
 	float u;
 } kernels_sample_row;
 
+/* What one backend instance holds in its memory, and its device's memory
+ * (kernels_backend_iface.mem_info). */
+typedef struct kernels_mem_info {
+	uint64_t buffer_bytes; /* in the buffers it holds now (weights, caches, batch buffers) */
+	uint64_t work_bytes;   /* the ops' own workspace */
+	uint64_t pinned_bytes; /* pinned host memory for transfers */
+	uint64_t device_total, device_free; /* the whole device's, as its driver says */
+} kernels_mem_info;
+
 /* A backend's table. Every op receives the backend instance it runs on
  * (which device, which threads). Slots marked optional may be NULL. */
 typedef struct kernels_backend_iface {
@@ -341,6 +350,9 @@ typedef struct kernels_backend_iface {
 	int (*graph_end)(kernels_backend *be, kernels_graph **out, owl_err *err);
 	int (*graph_launch)(kernels_backend *be, kernels_graph *g, int *stale, owl_err *err);
 	void (*graph_free)(kernels_backend *be, kernels_graph *g); /* accepts NULL */
+	/* ABI 5, optional (a device's backend): what the instance holds and
+	 * what its device has, for owl bench. */
+	int (*mem_info)(kernels_backend *be, kernels_mem_info *out, owl_err *err);
 } kernels_backend_iface;
 
 /* A backend instance, as in ggml-backend: one per device and rank, so that

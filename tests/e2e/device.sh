@@ -127,6 +127,22 @@ owl run "$T/f32" "hello world" --temperature 0 --max-tokens 6 --device cpu
 expect_eq cuda_greedy_text_equals_cpu "$ON_CUDA" "$OUT"
 OWL_CUDA_LIB="$EMU" owl bench "$T/f32" --prompt 8 --gen 2 --reps 1 --device cuda --json
 expect_contains cuda_bench_names_the_backend "$OUT" '"backend": "cuda"'
+# bench's device memory: what the backend holds (the weights, the KV cache)
+# and the emulated device's total and free, which count those allocations.
+printf '%s' "$OUT" | python3 -c '
+import json, sys
+m = json.load(sys.stdin)["device_memory"]
+assert m["devices"] == 1, m
+assert m["weight_bytes"] > 0 and m["kv_bytes"] > 0, m
+assert m["backend_bytes"] >= m["weight_bytes"] + m["kv_bytes"] + m["workspace_bytes"], m
+assert m["device_total_bytes"] == 8 << 30, m
+assert m["device_total_bytes"] - m["device_free_bytes"] >= m["backend_bytes"], m
+' 2>"$T/dm.err" && pass cuda_bench_reports_device_memory ||
+  fail cuda_bench_reports_device_memory "$(tail -3 "$T/dm.err")"
+OWL_CUDA_LIB="$EMU" owl bench "$T/f32" --prompt 8 --gen 2 --reps 1 --device cuda
+expect_contains cuda_bench_prints_device_memory "$OUT" "device memory (cuda, 1 device): the backend holds"
+owl bench "$T/f32" --prompt 8 --gen 2 --reps 1 --device cpu
+expect_not_contains cpu_bench_has_no_device_memory "$OUT" "device memory"
 OWL_CUDA_LIB="$EMU" owl bench "$T/f32" --prompt 8 --gen 2 --reps 1 --device cuda --gemm --bandwidth 4800
 expect_contains cuda_bench_gemm_reference "$OUT" "gemm pp8: its matrix products alone take"
 expect_contains cuda_bench_roofline "$OUT" "% of 4800 GB/s"

@@ -1036,31 +1036,72 @@ static void attention_packed_and_backward(void)
 
 /* ---- sampling ----------------------------------------------------------------- */
 
+/* The device's draw against the CPU reference: every option of
+ * kernels_sample_row (greedy, temperature, top_k, top_p, together), rows
+ * of distinct logits, rows of many ties (small integers, all equal, -0 and
+ * +0, -inf), the same u on both, over several rounds of u (0 and just
+ * below 1 among them). OWL_TEST_QUICK (the host emulator): small rows. */
 static void sample_rows(void)
 {
 	owl_err err = {0};
-	int rows = 8, vocab = 50000;
-	size_t n = (size_t)rows * vocab;
-	float *l = frandv(n, 6);
-	l[3 * (size_t)vocab + 10] = l[3 * (size_t)vocab + 20] = 100; /* a tie: the lower index */
-	kernels_sample_row p[8] = {{0, 1, 0, 0.3f},     {0.7f, 1, 40, 0.5f}, {1.0f, 0.9f, 0, 0.77f},
-				   {0, 1, 0, 0},        {1.3f, 0.5f, 100, 0.01f},
-				   {0.9f, 0, 0, 0.999f}, {2.0f, 0.95f, 1, 0.6f}, {0.5f, 1, 0, 0.25f}};
-	float *dl = dput(l, n * 4);
-	for (int round = 0; round < 4; round++) {
-		int32_t want[8], got[8];
-		CHECK_INT(cpu->iface->sample(cpu, want, l, rows, vocab, p, &err), 0);
-		CHECK(gpu->iface->sample(gpu, got, dl, rows, vocab, p, &err) == 0, "%s", err.msg);
-		for (int r = 0; r < rows; r++)
-			CHECK(got[r] == want[r], "round %d row %d (T %g top_k %d top_p %g u %g): cuda %d, "
-			      "cpu %d", round, r, p[r].temperature, p[r].top_k, p[r].top_p, p[r].u, got[r],
-			      want[r]);
-		for (int r = 0; r < rows; r++)
-			p[r].u = (frand() + 1) * 0.4999f;
+	int quick = getenv("OWL_TEST_QUICK") != NULL;
+	const int vocabs[] = {50000, 1000, 7};
+	enum { ROWS = 24 };
+	const kernels_sample_row opts[ROWS] = {
+		{0, 1, 0, 0.3f},       {0.7f, 1, 40, 0.5f},    {1.0f, 0.9f, 0, 0.77f},
+		{0, 1, 0, 0},          {1.3f, 0.5f, 100, 0.01f}, {0.9f, 0, 0, 0.999f},
+		{2.0f, 0.95f, 1, 0.6f}, {0.5f, 1, 0, 0.25f},   {1.0f, 1, 0, 0.5f},
+		{1.0f, 1, 3, 0.5f},    {1.0f, 0.1f, 0, 0.5f},  {1.0f, 0.5f, 5, 0.5f},
+		{0.3f, 0.7f, 2, 0.9f}, {5.0f, 1, 0, 0.1f},     {1.0f, 1, 1000000, 0.4f},
+		{0.01f, 1, 0, 0.6f},   {1.0f, 0.99f, 0, 0.2f}, {0, 0.5f, 5, 0.5f},
+		{1.5f, 1, 2, 0.3f},    {1.0f, 0.3f, 4, 0.8f},  {0.8f, 0.6f, 0, 0.45f},
+		{1.0f, 1, 6, 0.7f},    {2.5f, 0.8f, 3, 0.05f}, {1.0f, 0.25f, 0, 0.99f},
+	};
+	for (int vi = quick; vi < 3; vi++) {
+		int vocab = vocabs[vi], rows = ROWS;
+		size_t n = (size_t)rows * vocab;
+		float *l = frandv(n, 6);
+		for (int r = 0; r < rows; r++) {
+			float *row = l + (size_t)r * vocab;
+			switch (r % 6) {
+			case 1: /* ties everywhere: small integers */
+				for (int v = 0; v < vocab; v++)
+					row[v] = (float)irand(5) - 2;
+				break;
+			case 3: /* all equal */
+				for (int v = 0; v < vocab; v++)
+					row[v] = 1.5f;
+				break;
+			case 5: /* -0 and +0 at the top, -inf below */
+				for (int v = 0; v < vocab; v++)
+					row[v] = v % 3 == 0 ? -INFINITY : v % 3 == 1 ? -0.0f : 0.0f;
+				break;
+			default: /* distinct, with a tie at the top */
+				if (vocab > 20)
+					row[10] = row[20] = 100;
+			}
+		}
+		kernels_sample_row p[ROWS];
+		memcpy(p, opts, sizeof p);
+		float *dl = dput(l, n * 4);
+		for (int round = 0; round < (quick ? 3 : 6); round++) {
+			int32_t want[ROWS], got[ROWS];
+			CHECK_INT(cpu->iface->sample(cpu, want, l, rows, vocab, p, &err), 0);
+			CHECK(gpu->iface->sample(gpu, got, dl, rows, vocab, p, &err) == 0, "%s", err.msg);
+			for (int r = 0; r < rows; r++) {
+				CHECK(got[r] == want[r], "vocab %d round %d row %d (T %g top_k %d top_p %g u "
+				      "%g): cuda %d, cpu %d", vocab, round, r, p[r].temperature, p[r].top_k,
+				      p[r].top_p, p[r].u, got[r], want[r]);
+			}
+			for (int r = 0; r < rows; r++)
+				p[r].u = round == 0 ? (r % 2 ? 0.0f : nextafterf(1.0f, 0.0f))
+						    : (frand() + 1) * 0.4999f;
+		}
+		printf("  sample: vocab %d, %d rows x %d rounds\n", vocab, rows, quick ? 3 : 6);
+		dsync("sample");
+		free(l);
+		dfree_all();
 	}
-	dsync("sample");
-	free(l);
-	dfree_all();
 }
 
 /* ---- NCCL -------------------------------------------------------------------- */

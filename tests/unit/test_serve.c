@@ -351,6 +351,76 @@ static void full_pool_fails_one(void)
 	srv_metrics_destroy(&met);
 }
 
+/* engine_decode with b->sample on the CPU backend (which has the sample
+ * op): rows asked to be sampled get the backend's token (greedy: the
+ * argmax of the logits a plain decode gives), the others their logits as
+ * without it, in one batch of two sequences. The CPU's decode steps never
+ * ask for it (engine_kv_can_sample). */
+static void decode_samples_where_asked(void)
+{
+	owl_err err = {0};
+	engine_model *m = NULL;
+	engine_model_opts mo = {.threads = 1, .device = ENGINE_DEVICE_CPU};
+	CHECK(engine_model_open(model_dir, &mo, &m, &err) == 0, "%s", err.msg);
+	if (!m)
+		return;
+	const int vocab = engine_model_get_info(m)->vocab;
+	engine_kv *kv[2] = {NULL, NULL};
+	engine_kv_opts ko = {.n_tokens = 256, .max_seq_tokens = 64};
+	int seq[2][2];
+	for (int i = 0; i < 2; i++) {
+		CHECK(engine_kv_new(m, &ko, &kv[i], &err) == 0, "%s", err.msg);
+		for (int k = 0; kv[i] && k < 2; k++)
+			CHECK(engine_kv_seq_new(kv[i], 0, &seq[i][k], &err) == 0, "%s", err.msg);
+	}
+	if (kv[0] && kv[1]) {
+		CHECK(!engine_kv_can_sample(kv[0]), "the CPU backend's logits are host memory already");
+		const int32_t tok[5] = {5, 9, 2, 7, 3};
+		float *want = owl_xmalloc(2 * (size_t)vocab * sizeof *want);
+		float *got = owl_xmalloc(2 * (size_t)vocab * sizeof *got);
+		for (int step = 0; step < 3; step++) {
+			int32_t sq[2][5];
+			for (int t = 0; t < 5; t++)
+				sq[0][t] = seq[0][t < 3 ? 0 : 1], sq[1][t] = seq[1][t < 3 ? 0 : 1];
+			int n = step == 0 ? 5 : 2; /* the prompts, then one token each */
+			int32_t stok[5];
+			memcpy(stok, tok, sizeof stok);
+			if (step) {
+				stok[0] = (int32_t)(step * 11 % vocab), stok[1] = (int32_t)(step * 13 % vocab);
+				sq[0][1] = seq[0][1], sq[1][1] = seq[1][1];
+			}
+			engine_batch plain = {.n = n, .tokens = stok, .seq = sq[0]};
+			CHECK(engine_decode(kv[0], &plain, want, &err) == 0, "%s", err.msg);
+			/* the two rows take turns at being sampled */
+			engine_row_sample rs[2] = {{0}, {0}};
+			rs[step % 2 ? 0 : 1].device = 1;
+			int32_t ids[2] = {-1, -1};
+			memset(got, 0, 2 * (size_t)vocab * sizeof *got);
+			engine_batch b = {.n = n, .tokens = stok, .seq = sq[1], .sample = rs, .sampled = ids};
+			CHECK(engine_decode(kv[1], &b, got, &err) == 0, "%s", err.msg);
+			for (int r = 0; r < 2; r++) {
+				const float *w = want + (size_t)r * vocab;
+				if (rs[r].device) {
+					int best = 0;
+					for (int v = 1; v < vocab; v++)
+						if (w[v] > w[best])
+							best = v;
+					CHECK(ids[r] == best, "step %d row %d: sampled %d, the argmax is %d", step, r,
+					      ids[r], best);
+				} else {
+					CHECK(memcmp(got + (size_t)r * vocab, w, (size_t)vocab * sizeof *w) == 0,
+					      "step %d row %d: the host row's logits differ", step, r);
+				}
+			}
+		}
+		free(want);
+		free(got);
+	}
+	engine_kv_free(kv[0]);
+	engine_kv_free(kv[1]);
+	engine_model_close(m);
+}
+
 int main(int argc, char **argv)
 {
 #if defined(__SANITIZE_THREAD__)
@@ -377,6 +447,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	free(cmd);
+	RUN_TEST(decode_samples_where_asked);
 	RUN_TEST(threads_share_one_batch);
 	RUN_TEST(queue_bound_and_cancel);
 	RUN_TEST(full_pool_fails_one);

@@ -78,6 +78,7 @@ static int cu_buffer_alloc(kernels_backend *be, size_t bytes, kernels_buffer **o
 				  cudaGetErrorString(e));
 	}
 	b->size = bytes;
+	c->buffer_bytes += bytes;
 	*out = b;
 	return 0;
 }
@@ -90,7 +91,22 @@ static void cu_buffer_free(kernels_backend *be, kernels_buffer *b)
 	cudaSetDevice(c->device);
 	// cudaFree waits for the device; queued ops that read b finish first.
 	cudaFree(b->data);
+	c->buffer_bytes -= b->size;
 	free(b);
+}
+
+static int cu_mem_info(kernels_backend *be, kernels_mem_info *out, owl_err *err)
+{
+	cu_ctx *c = cu_of(be);
+	CU_ENTER("mem_info", c);
+	size_t fr = 0, total = 0;
+	CU_TRY("mem_info", cudaMemGetInfo(&fr, &total));
+	out->buffer_bytes = c->buffer_bytes;
+	out->work_bytes = c->work_bytes;
+	out->pinned_bytes = c->pinned_bytes;
+	out->device_total = total;
+	out->device_free = fr;
+	return 0;
 }
 
 static void *cu_buffer_data(kernels_buffer *b) { return b->data; }
@@ -304,6 +320,7 @@ static const kernels_backend_iface cu_iface = {
 	.graph_end = cu_graph_end,
 	.graph_launch = cu_graph_launch,
 	.graph_free = cu_graph_free,
+	.mem_info = cu_mem_info,
 };
 
 // Row of cols elements of a weight of type `type` in the stored layout,

@@ -60,6 +60,9 @@ typedef struct cu_ctx {
 	// Counts the reallocations of work and pinned: a graph recorded before
 	// one names freed memory (graph.cu).
 	unsigned long memory_generation;
+	// Bytes in the instance's buffers now (mem_info); one thread at a time
+	// drives an instance.
+	size_t buffer_bytes;
 } cu_ctx;
 
 enum {
