@@ -117,7 +117,7 @@ typedef struct kernels_buffer kernels_buffer; /* opaque, backend-owned */
 /* The version of this interface. A backend loaded at run time (the CUDA
  * object) reports the version it was built against, and one that differs is
  * refused rather than called through a table of another shape. */
-#define KERNELS_ABI_VERSION 4
+#define KERNELS_ABI_VERSION 5
 
 /* The ops, for supports(): a scheduler asks before it calls. */
 typedef enum kernels_op {
@@ -145,7 +145,8 @@ typedef enum kernels_op {
 	KERNELS_OP_SWIGLU_BACKWARD,
 	KERNELS_OP_CROSS_ENTROPY_BACKWARD,
 	KERNELS_OP_ADAMW,
-	KERNELS_OP_SAMPLE, /* ABI 4 */
+	KERNELS_OP_SAMPLE,  /* ABI 4 */
+	KERNELS_OP_DROPOUT, /* ABI 5 */
 	KERNELS_OP_COUNT,
 } kernels_op;
 
@@ -326,6 +327,16 @@ typedef struct kernels_backend_iface {
 	 * out_host (host memory): only the chosen tokens leave the device. */
 	int (*sample)(kernels_backend *be, int32_t *out_host, const float *logits, int rows,
 		      int vocab, const kernels_sample_row *params_host, owl_err *err);
+
+	/* ABI 5, training, optional: LoRA's dropout, y[i] = x[i] / (1 - p) where
+	 * element i is kept, 0 where dropped (accumulate: y[i] += x[i] / (1 - p)
+	 * where kept, y[i] unchanged where dropped). Element i is kept when
+	 * u >= p, u the splitmix64 output of the state seed ^ (i *
+	 * 0x9e3779b97f4a7c15) (one step: state += 0x9e3779b97f4a7c15, then the
+	 * two multiply-xorshift rounds) shifted right by 11 and times 2^-53, in
+	 * double: every backend draws the same mask from the same seed. */
+	int (*dropout)(kernels_backend *be, float *y, const float *x, size_t n, uint64_t seed,
+		       float p, int accumulate, owl_err *err);
 } kernels_backend_iface;
 
 /* A backend instance, as in ggml-backend: one per device and rank, so that

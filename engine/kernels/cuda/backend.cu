@@ -226,6 +226,7 @@ static int cu_supports(const kernels_backend *be, kernels_op op, int type)
 	case KERNELS_OP_CROSS_ENTROPY_BACKWARD:
 	case KERNELS_OP_ADAMW:
 	case KERNELS_OP_SAMPLE:
+	case KERNELS_OP_DROPOUT:
 		return type == KERNELS_F32;
 	case KERNELS_OP_COUNT:
 		break;
@@ -298,6 +299,7 @@ static const kernels_backend_iface cu_iface = {
 	.cross_entropy_backward = cu_cross_entropy_backward,
 	.adamw_step = cu_adamw_step,
 	.sample = cu_sample,
+	.dropout = cu_dropout,
 };
 
 // Row of cols elements of a weight of type `type` in the stored layout,
