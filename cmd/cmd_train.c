@@ -26,6 +26,8 @@ typedef struct train_args {
 	double eval_fraction;
 	train_opts o;
 	int alpha_set, seq_len_set, train_on_inputs, skip_bad, threads;
+	engine_device device; /* ENGINE_DEVICE_AUTO (the CPU) unless --device */
+	int first_gpu;
 } train_args;
 
 static void defaults(train_args *a)
@@ -83,7 +85,7 @@ static int parse_train(int argc, char **argv, train_args *a)
 		{"checkpoint-activations", no_argument, 0, 'C'},
 		{"train-on-inputs", no_argument, 0, 'I'}, {"skip-bad", no_argument, 0, 'B'},
 		{"threads", required_argument, 0, 'j'}, {"resume", required_argument, 0, 'X'},
-		{"init", required_argument, 0, 'N'},
+		{"init", required_argument, 0, 'N'}, {"device", required_argument, 0, 'G'},
 		{0, 0, 0, 0},
 	};
 	defaults(a);
@@ -92,7 +94,7 @@ static int parse_train(int argc, char **argv, train_args *a)
 	const char *V = "train";
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		int rc = 0;
-		if (c != 'X' && c != 'j')
+		if (c != 'X' && c != 'j' && c != 'G')
 			given++;
 		switch (c) {
 		case 'd': a->data = optarg; break;
@@ -170,6 +172,12 @@ static int parse_train(int argc, char **argv, train_args *a)
 			break;
 		case 'X': a->resume = optarg; break;
 		case 'N': a->o.init_adapter = optarg; break;
+		case 'G': {
+			owl_err e = {0};
+			if (engine_device_parse(optarg, &a->device, &a->first_gpu, &e))
+				return cmd_usage_error(V, "--device: %s", e.msg);
+			break;
+		}
 		default: return cmd_usage_error(V, "unknown option");
 		}
 		if (rc)
@@ -178,7 +186,7 @@ static int parse_train(int argc, char **argv, train_args *a)
 	if (a->resume) {
 		if (optind != argc || given)
 			return cmd_usage_error(V, "--resume RUN continues a run with its own options: "
-					       "give no BASE and no other option (but --threads)");
+					       "give no BASE and no other option (but --threads and --device)");
 		return 0;
 	}
 	if (optind != argc - 1)
@@ -481,7 +489,8 @@ static int run_train(owl_ctx *ctx, int argc, char **argv)
 	char *run_id = NULL, *run_dir = NULL, *runs_dir = NULL, *path = NULL, *base_label = NULL;
 	char *base_name = NULL, *license = NULL;
 	int resume = a.resume != NULL;
-	int threads = a.threads;
+	int threads = a.threads, first_gpu = a.first_gpu;
+	engine_device device = a.device;
 	int lock_fd = -1;
 
 	if ((rc = cmd_open_store(ctx, &s, &err)))
@@ -529,7 +538,7 @@ static int run_train(owl_ctx *ctx, int argc, char **argv)
 		}
 		if ((rc = registry_version_by_id(s, bid, &base, &err)))
 			goto fail;
-		a.threads = threads;
+		a.threads = threads, a.device = device, a.first_gpu = first_gpu;
 	} else if ((rc = registry_resolve(s, a.base, &base, &err))) {
 		/* The adapter is registered as a version derived from its base, so
 		 * the base must be one. */
@@ -554,8 +563,10 @@ static int run_train(owl_ctx *ctx, int argc, char **argv)
 		goto fail;
 	if ((rc = registry_version_materialize(s, &base, &path, &err)))
 		goto fail;
-	/* The trainer runs on the CPU until the backward ops have a device. */
-	engine_model_opts mo = {.threads = a.threads, .device = ENGINE_DEVICE_CPU};
+	/* auto trains on the CPU (see the help): a GPU only when --device names it. */
+	engine_model_opts mo = {.threads = a.threads, .first_gpu = a.first_gpu,
+				.device = a.device == ENGINE_DEVICE_CUDA ? ENGINE_DEVICE_CUDA
+									 : ENGINE_DEVICE_CPU};
 	if ((rc = engine_model_open(path, &mo, &m, &err)) ||
 	    (rc = engine_tokenizer_for_model(m, &tok, &err))) {
 		owl_err_wrap(&err, "cannot load %s", base_label);
@@ -1070,7 +1081,7 @@ const owl_command cmd_train_commands[] = {
 	{"train", run_train, "fine-tune a LoRA adapter on a JSONL file and register it",
 	 "USAGE\n"
 	 "  owl train BASE[@V|:TAG] --data FILE.jsonl --out NAME [options]\n"
-	 "  owl train --resume RUN [--threads N]\n"
+	 "  owl train --resume RUN [--threads N] [--device D]\n"
 	 "\n"
 	 "Trains a LoRA adapter on the registered model BASE, on this machine (the data\n"
 	 "never leaves it), and registers it as the next version of NAME, an adapter of\n"
@@ -1128,6 +1139,12 @@ const owl_command cmd_train_commands[] = {
 	 "  --init DIR           start from this PEFT adapter (same --rank and --targets)\n"
 	 "                       instead of PEFT's initialisation [none]\n"
 	 "  --threads N          CPU threads [0: all cores]\n"
+	 "  --device auto|cpu|cuda[:N]  where the steps run [auto: the CPU]; cuda: the\n"
+	 "                       CUDA backend on GPU N [0], the adapter's master weights\n"
+	 "                       and AdamW staying in host memory. auto keeps the CPU,\n"
+	 "                       unlike 'owl run': a GPU's float sums differ from the\n"
+	 "                       CPU's in the last bits, and the CPU's steps are the\n"
+	 "                       ones checked against PyTorch and resumed bit for bit\n"
 	 "  --resume RUN         continue a stopped run from its checkpoint, with its own\n"
 	 "                       options and data (its SHA-256 must match): the losses are\n"
 	 "                       those of an uninterrupted run\n"

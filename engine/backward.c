@@ -3,7 +3,15 @@
  * micro-batch keeping its activations on a tape (or only each layer's input,
  * recomputing the rest), then the backward pass, through the same kernel
  * layer as serving. The base weights are only read, in the form they are
- * stored (f32, f16, bf16, GGUF-quantised). tp = 1 only. */
+ * stored (f32, f16, bf16, GGUF-quantised). tp = 1 only.
+ *
+ * The f32 master weights, their gradients and the optimiser stay in host
+ * memory (train/). On a backend with memory of its own (CUDA) the trainer
+ * keeps a mirror of the adapter's values and gradients there: the values
+ * (and the gradients summed so far) go up before each micro-batch and the
+ * gradients come back after it; the adapter is a few MiB, nothing beside a
+ * step. The micro-batch's tokens, targets, positions and segments go up
+ * too; everything else stays in the backend's memory. */
 #include "lora.h"
 
 #include <math.h>
@@ -39,6 +47,7 @@ struct engine_lora_weights {
 	lora_tensor *t;
 	size_t n;
 	float *mem; /* every value, then every gradient */
+	size_t floats; /* of the values (as many gradients) */
 	engine_lora (*val)[ENGINE_ROLE_COUNT], (*grad)[ENGINE_ROLE_COUNT]; /* [layer][role] */
 };
 
@@ -86,6 +95,7 @@ int engine_lora_weights_new(const engine_model *m, const engine_lora_opts *o,
 		}
 	w->t = calloc(w->n, sizeof *w->t);
 	w->mem = calloc(2 * floats, sizeof *w->mem);
+	w->floats = floats;
 	w->val = calloc((size_t)in->n_layers, sizeof *w->val);
 	w->grad = calloc((size_t)in->n_layers, sizeof *w->grad);
 	if (!w->t || !w->mem || !w->val || !w->grad) {
@@ -227,7 +237,92 @@ struct engine_trainer {
 	/* this micro-batch */
 	const engine_train_batch *b;
 	int dropout_on;
+	/* What the ops read: w's own arrays on a backend that reads host memory;
+	 * otherwise the device's copies (lora_buf: every value then every
+	 * gradient, laid out as w->mem; batch_buf: tokens, targets, positions,
+	 * segments of up to max_tokens rows). */
+	engine_lora (*val)[ENGINE_ROLE_COUNT], (*grad)[ENGINE_ROLE_COUNT]; /* [layer][role] */
+	const int32_t *tokens, *targets, *pos;
+	const kernels_attn_seg *dsegs;
+	kernels_buffer *lora_buf, *batch_buf;
+	float *lora_dev;
+	int32_t *dev_tokens, *dev_targets, *dev_pos;
+	kernels_attn_seg *dev_segs;
 };
+
+/* On a backend with memory of its own: room there for the adapter's values
+ * and gradients (pointers at the same offsets as in w->mem) and for a
+ * micro-batch's layout, allocated once. */
+static int device_mirror(engine_trainer *t, owl_err *err)
+{
+	engine_lora_weights *w = t->w;
+	int L = w->info.n_layers, rc;
+	if ((rc = kernels_alloc(t->be, 2 * w->floats * sizeof(float), &t->lora_buf,
+				(void **)&t->lora_dev, err)))
+		return owl_err_wrap(err, "cannot place the LoRA weights on the %s device",
+				    t->be->iface->name);
+	size_t n = (size_t)t->max_tokens;
+	uint8_t *p;
+	if ((rc = kernels_alloc(t->be, 3 * n * sizeof(int32_t) + n * sizeof(kernels_attn_seg),
+				&t->batch_buf, (void **)&p, err)))
+		return owl_err_wrap(err, "cannot allocate a micro-batch's layout on the %s device",
+				    t->be->iface->name);
+	t->dev_segs = (kernels_attn_seg *)(void *)p; /* first: the struct's alignment */
+	t->dev_tokens = (int32_t *)(void *)(p + n * sizeof(kernels_attn_seg));
+	t->dev_targets = t->dev_tokens + n, t->dev_pos = t->dev_targets + n;
+	t->val = calloc((size_t)L, sizeof *t->val);
+	t->grad = calloc((size_t)L, sizeof *t->grad);
+	if (!t->val || !t->grad)
+		return owl_err_set(err, OWL_EFAIL, "cannot allocate a trainer");
+#define MIRROR(hp) ((hp) ? t->lora_dev + ((hp) - w->mem) : NULL)
+	for (int l = 0; l < L; l++)
+		for (int r = 0; r < ENGINE_ROLE_COUNT; r++) {
+			t->val[l][r].a = MIRROR(w->val[l][r].a), t->val[l][r].b = MIRROR(w->val[l][r].b);
+			t->grad[l][r].a = MIRROR(w->grad[l][r].a), t->grad[l][r].b = MIRROR(w->grad[l][r].b);
+		}
+#undef MIRROR
+	return 0;
+}
+
+/* Before a micro-batch: what the ops read, in the backend's memory. */
+static int upload(engine_trainer *t, const engine_train_batch *b, int with_grads, owl_err *err)
+{
+	if (!t->lora_buf) {
+		t->tokens = b->tokens, t->targets = b->targets, t->pos = b->pos, t->dsegs = t->segs;
+		return 0;
+	}
+	const kernels_backend_iface *f = t->be->iface;
+	size_t n = (size_t)t->max_tokens, ib = (size_t)b->n * sizeof(int32_t);
+	size_t seg0 = 0, tok0 = n * sizeof(kernels_attn_seg);
+	size_t lora_bytes = (with_grads ? 2 : 1) * t->w->floats * sizeof(float);
+	int rc;
+	if ((rc = f->copy_to_device(t->be, t->lora_buf, 0, t->w->mem, lora_bytes, err)) ||
+	    (rc = f->copy_to_device(t->be, t->batch_buf, seg0, t->segs,
+				    (size_t)t->nseg * sizeof(kernels_attn_seg), err)) ||
+	    (rc = f->copy_to_device(t->be, t->batch_buf, tok0, b->tokens, ib, err)) ||
+	    (rc = f->copy_to_device(t->be, t->batch_buf, tok0 + n * sizeof(int32_t), b->targets, ib,
+				    err)) ||
+	    (rc = f->copy_to_device(t->be, t->batch_buf, tok0 + 2 * n * sizeof(int32_t), b->pos, ib,
+				    err)))
+		return owl_err_wrap(err, "cannot upload a micro-batch to the %s device", f->name);
+	t->tokens = t->dev_tokens, t->targets = t->dev_targets, t->pos = t->dev_pos;
+	t->dsegs = t->dev_segs;
+	return 0;
+}
+
+/* After a micro-batch's backward pass: the gradients back into w (the
+ * device's held the sum so far, uploaded before, plus this one's). */
+static int download_grads(engine_trainer *t, owl_err *err)
+{
+	if (!t->lora_buf)
+		return 0;
+	const kernels_backend_iface *f = t->be->iface;
+	size_t bytes = t->w->floats * sizeof(float);
+	int rc = f->synchronize(t->be, err);
+	if (!rc)
+		rc = f->copy_to_host(t->be, t->w->mem + t->w->floats, t->lora_buf, bytes, bytes, err);
+	return rc;
+}
 
 int engine_trainer_new(engine_model *m, engine_lora_weights *w, int max_tokens,
 		       int checkpoint_activations, engine_trainer **out, owl_err *err)
@@ -246,15 +341,13 @@ int engine_trainer_new(engine_model *m, engine_lora_weights *w, int max_tokens,
 				   max_tokens, in->ctx_train * 64 < (1 << 20) ? in->ctx_train * 64 : 1 << 20);
 	kernels_backend *be = m->be;
 	const kernels_backend_iface *f = be->iface;
-	/* The LoRA weights, their gradients and the optimiser live in host
-	 * memory (train/), read by the ops in place. */
-	if (!f->host_memory)
-		return owl_err_set(err, OWL_EUSAGE, "training runs on the CPU: the model was opened on "
-				   "the %s backend (open it on the CPU)", f->name);
 	if (!f->attention_packed || !f->matmul_widened || !f->matmul_backward || !f->lora_backward || !f->rmsnorm_backward ||
 	    !f->rope_backward || !f->attention_backward || !f->swiglu_backward ||
-	    !f->cross_entropy_backward)
+	    !f->cross_entropy_backward || !f->copy || !f->fill_zero)
 		return owl_err_set(err, OWL_EUSAGE, "the %s backend has no backward ops", f->name);
+	if (w->o.dropout > 0 && !f->dropout)
+		return owl_err_set(err, OWL_EUSAGE, "the %s backend has no dropout op (train with "
+				   "lora_dropout 0, or on the CPU)", f->name);
 	const layer *R = m->rank_layers[0];
 	for (int l = 0; l < in->n_layers; l++)
 		for (int r = 0; r < ENGINE_ROLE_COUNT; r++) {
@@ -322,6 +415,11 @@ int engine_trainer_new(engine_model *m, engine_lora_weights *w, int max_tokens,
 	t->attn.data = p, t->attn.n = attn_floats, p += attn_floats;
 	t->mb.data = p, t->mb.n = mb_floats, p += mb_floats;
 #undef TAKE
+	t->val = w->val, t->grad = w->grad;
+	if (!f->host_memory && (rc = device_mirror(t, err))) {
+		engine_trainer_free(t);
+		return rc;
+	}
 	*out = t;
 	return 0;
 }
@@ -332,6 +430,10 @@ void engine_trainer_free(engine_trainer *t)
 		return;
 	if (t->buf)
 		t->be->iface->buffer_free(t->be, t->buf);
+	t->be->iface->buffer_free(t->be, t->lora_buf);
+	t->be->iface->buffer_free(t->be, t->batch_buf);
+	if (t->val != t->w->val)
+		free(t->val), free(t->grad);
 	free(t->L), free(t->segs);
 	free(t);
 }
@@ -366,29 +468,24 @@ static int batch_segments(engine_trainer *t, const engine_train_batch *b, owl_er
 	return 0;
 }
 
-/* The dropout mask of (layer, role), element i of the adapter's input:
- * kept with probability 1 - p, from the micro-batch's seed alone so that
- * the backward pass draws it again. */
-static int kept(uint64_t seed, int l, int role, size_t i, float p)
+/* The seed of the dropout mask of (layer, role) (the dropout op's mask of
+ * the adapter's input): from the micro-batch's seed alone, so that the
+ * backward pass draws the same mask again. */
+static uint64_t dropout_seed(const engine_trainer *t, int l, int role)
 {
-	uint64_t s = seed ^ ((uint64_t)(l * ENGINE_ROLE_COUNT + role + 1) * 0xd1b54a32d192ed03ull) ^
-		     (i * 0x9e3779b97f4a7c15ull);
-	return uniform01(&s) >= p;
+	return t->b->dropout_seed ^ ((uint64_t)(l * ENGINE_ROLE_COUNT + role + 1) * 0xd1b54a32d192ed03ull);
 }
 
 /* The adapter's input for (l, role): x itself, or x with dropout into t->drop. */
-static const float *adapter_input(engine_trainer *t, int l, engine_role role, const float *x, int n,
-				  int in)
+static int adapter_input(engine_trainer *t, int l, engine_role role, const float *x, int n, int in,
+			 const float **xa, owl_err *err)
 {
+	*xa = x;
 	if (!t->dropout_on)
-		return x;
-	float p = t->w->o.dropout, keep = 1.0f / (1.0f - p);
-	uint64_t seed = t->b->dropout_seed;
-	size_t total = (size_t)n * in;
-#pragma omp parallel for schedule(static) if (total > 65536)
-	for (size_t i = 0; i < total; i++)
-		t->drop[i] = kept(seed, l, role, i, p) ? x[i] * keep : 0.0f;
-	return t->drop;
+		return 0;
+	*xa = t->drop;
+	return K(t->be, dropout, t->drop, x, (size_t)n * in, dropout_seed(t, l, role), t->w->o.dropout,
+		 0, err);
 }
 
 /* Whether matmul on this type may round its input (integer kernels of the
@@ -416,10 +513,10 @@ static int project(engine_trainer *t, int l, engine_role role, float *y, const f
 {
 	kernels_backend *be = t->be;
 	int rc = frozen_matmul(t, y, x, wm, n, err);
-	const engine_lora *lo = &t->w->val[l][role];
-	if (rc || !lo->a)
+	const engine_lora *lo = &t->val[l][role];
+	const float *xa;
+	if (rc || !lo->a || (rc = adapter_input(t, l, role, x, n, wm->cols, &xa, err)))
 		return rc;
-	const float *xa = adapter_input(t, l, role, x, n, wm->cols);
 	int r = t->w->o.rank;
 	return K(be, lora, y, xa, n, wm->cols, wm->rows, r, lo->a, wm->cols, lo->b, r, t->w->scale,
 		 t->lora_tmp, err);
@@ -431,26 +528,22 @@ static int project_backward(engine_trainer *t, int l, engine_role role, float *d
 {
 	kernels_backend *be = t->be;
 	int rc = K(be, matmul_backward, dx, dy, wm, n, accumulate, &t->mb, err);
-	const engine_lora *lo = &t->w->val[l][role], *gr = &t->w->grad[l][role];
+	const engine_lora *lo = &t->val[l][role], *gr = &t->grad[l][role];
 	if (rc || !lo->a)
 		return rc;
 	int r = t->w->o.rank, in = wm->cols;
 	if (!t->dropout_on)
 		return K(be, lora_backward, dx, gr->a, gr->b, dy, x, n, in, wm->rows, r, lo->a, in, lo->b,
 			 r, t->w->scale, t->lora_tmp, err);
-	const float *xa = adapter_input(t, l, role, x, n, in);
+	const float *xa;
 	size_t total = (size_t)n * in;
-	memset(t->dtmp, 0, total * sizeof(float));
-	if ((rc = K(be, lora_backward, t->dtmp, gr->a, gr->b, dy, xa, n, in, wm->rows, r, lo->a, in,
+	if ((rc = adapter_input(t, l, role, x, n, in, &xa, err)) ||
+	    (rc = K(be, fill_zero, t->dtmp, total * sizeof(float), err)) ||
+	    (rc = K(be, lora_backward, t->dtmp, gr->a, gr->b, dy, xa, n, in, wm->rows, r, lo->a, in,
 		    lo->b, r, t->w->scale, t->lora_tmp, err)))
 		return rc;
-	float p = t->w->o.dropout, keep = 1.0f / (1.0f - p);
-	uint64_t seed = t->b->dropout_seed;
-#pragma omp parallel for schedule(static) if (total > 65536)
-	for (size_t i = 0; i < total; i++)
-		if (kept(seed, l, role, i, p))
-			dx[i] += t->dtmp[i] * keep;
-	return 0;
+	/* the adapter's part of dx passes the same mask */
+	return K(be, dropout, dx, t->dtmp, total, dropout_seed(t, l, role), t->w->o.dropout, 1, err);
 }
 
 /* Layer l from T->x: writes the tape and the layer's output into out. */
@@ -472,9 +565,9 @@ static int layer_forward(engine_trainer *t, int l, const tape_layer *T, float *o
 		      (rc = K(be, add_rows, T->k, R->bk, n, in->n_kv_heads * hd, err)) ||
 		      (rc = K(be, add_rows, T->v, R->bv, n, in->n_kv_heads * hd, err))))
 		return rc;
-	if ((rc = K(be, rope, T->q, n, t->b->pos, in->n_heads, hd, m->rank_inv_freq[0], layout, err)) ||
-	    (rc = K(be, rope, T->k, n, t->b->pos, in->n_kv_heads, hd, m->rank_inv_freq[0], layout, err)) ||
-	    (rc = K(be, attention_packed, T->att, T->q, T->k, T->v, t->segs, t->nseg, in->n_heads,
+	if ((rc = K(be, rope, T->q, n, t->pos, in->n_heads, hd, m->rank_inv_freq[0], layout, err)) ||
+	    (rc = K(be, rope, T->k, n, t->pos, in->n_kv_heads, hd, m->rank_inv_freq[0], layout, err)) ||
+	    (rc = K(be, attention_packed, T->att, T->q, T->k, T->v, t->dsegs, t->nseg, in->n_heads,
 		    in->n_kv_heads, hd, in->sliding_window, &t->attn, err)) ||
 	    (rc = project(t, l, ENGINE_ROLE_O, T->xmid, T->att, &R->wo, n, err)) ||
 	    (rc = K(be, add, T->xmid, T->x, nd, err)) ||
@@ -483,8 +576,8 @@ static int layer_forward(engine_trainer *t, int l, const tape_layer *T, float *o
 	    (rc = project(t, l, ENGINE_ROLE_UP, T->u, T->xn2, &R->w_up, n, err)))
 		return rc;
 	size_t nf = (size_t)n * in->ffn_dim;
-	memcpy(T->h, T->g, nf * sizeof(float));
-	if ((rc = K(be, swiglu, T->h, T->u, nf, err)) ||
+	if ((rc = K(be, copy, T->h, T->g, nf * sizeof(float), err)) ||
+	    (rc = K(be, swiglu, T->h, T->u, nf, err)) ||
 	    (rc = project(t, l, ENGINE_ROLE_DOWN, out, T->h, &R->w_down, n, err)))
 		return rc;
 	return K(be, add, out, T->xmid, nd, err);
@@ -510,11 +603,11 @@ static int layer_backward(engine_trainer *t, int l, const tape_layer *T, owl_err
 		return rc;
 	/* attention: xmid = x + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))) */
 	if ((rc = project_backward(t, l, ENGINE_ROLE_O, t->datt, 0, t->dx, T->att, &R->wo, n, err)) ||
-	    (rc = K(be, attention_backward, t->dq, t->dk, t->dv, t->datt, T->q, T->k, T->v, t->segs,
+	    (rc = K(be, attention_backward, t->dq, t->dk, t->dv, t->datt, T->q, T->k, T->v, t->dsegs,
 		    t->nseg, in->n_heads, in->n_kv_heads, hd, in->sliding_window, &t->attn, err)) ||
-	    (rc = K(be, rope_backward, t->dq, n, t->b->pos, in->n_heads, hd, m->rank_inv_freq[0],
+	    (rc = K(be, rope_backward, t->dq, n, t->pos, in->n_heads, hd, m->rank_inv_freq[0],
 		    layout, err)) ||
-	    (rc = K(be, rope_backward, t->dk, n, t->b->pos, in->n_kv_heads, hd, m->rank_inv_freq[0],
+	    (rc = K(be, rope_backward, t->dk, n, t->pos, in->n_kv_heads, hd, m->rank_inv_freq[0],
 		    layout, err)) ||
 	    (rc = project_backward(t, l, ENGINE_ROLE_Q, t->dxn, 0, t->dq, T->xn1, &R->wq, n, err)) ||
 	    (rc = project_backward(t, l, ENGINE_ROLE_K, t->dxn, 1, t->dk, T->xn1, &R->wk, n, err)) ||
@@ -533,6 +626,8 @@ static int run(engine_trainer *t, const engine_train_batch *b, int backward, flo
 	const engine_model_info *in = &m->info;
 	kernels_backend *be = t->be;
 	int rc = batch_segments(t, b, err);
+	if (!rc)
+		rc = upload(t, b, backward, err);
 	if (rc)
 		return rc;
 	omp_set_num_threads(in->threads);
@@ -540,7 +635,7 @@ static int run(engine_trainer *t, const engine_train_batch *b, int backward, flo
 	t->dropout_on = backward && t->w->o.dropout > 0;
 	int n = b->n, dim = in->dim, L = in->n_layers;
 	size_t nd = (size_t)n * dim;
-	if ((rc = K(be, embedding, t->L[0].x, &m->tok_embd, b->tokens, n, err)))
+	if ((rc = K(be, embedding, t->L[0].x, &m->tok_embd, t->tokens, n, err)))
 		return rc;
 	for (int l = 0; l < L; l++)
 		if ((rc = layer_forward(t, l, &t->L[l], l + 1 < L ? t->L[l + 1].x : t->xf, err)))
@@ -556,14 +651,15 @@ static int run(engine_trainer *t, const engine_train_batch *b, int backward, flo
 		for (int i = r0; i < r0 + nr; i++)
 			any |= b->targets[i] >= 0;
 		if (!any) {
-			if (backward)
-				memset(t->dxn + (size_t)r0 * dim, 0, (size_t)nr * dim * sizeof(float));
+			if (backward && (rc = K(be, fill_zero, t->dxn + (size_t)r0 * dim,
+						(size_t)nr * dim * sizeof(float), err)))
+				return rc;
 			continue;
 		}
 		double ls;
 		int64_t c;
 		if ((rc = frozen_matmul(t, t->logits, t->xfn + (size_t)r0 * dim, &m->output, nr, err)) ||
-		    (rc = K(be, cross_entropy_backward, t->logits, t->logits, b->targets + r0, nr, in->vocab,
+		    (rc = K(be, cross_entropy_backward, t->logits, t->logits, t->targets + r0, nr, in->vocab,
 			    grad_scale, &ls, &c, err)))
 			return rc;
 		total += ls, scored += c;
@@ -574,8 +670,8 @@ static int run(engine_trainer *t, const engine_train_batch *b, int backward, flo
 	*loss_sum = total, *count = scored;
 	if (!backward)
 		return 0;
-	memset(t->dx, 0, nd * sizeof(float));
-	if ((rc = K(be, rmsnorm_backward, t->dx, NULL, t->dxn, t->xf, m->rank_out_norm, n, dim,
+	if ((rc = K(be, fill_zero, t->dx, nd * sizeof(float), err)) ||
+	    (rc = K(be, rmsnorm_backward, t->dx, NULL, t->dxn, t->xf, m->rank_out_norm, n, dim,
 		    in->norm_eps, err)))
 		return rc;
 	for (int l = L - 1; l >= 0; l--) {
@@ -586,7 +682,7 @@ static int run(engine_trainer *t, const engine_train_batch *b, int backward, flo
 		if ((rc = layer_backward(t, l, &t->L[l], err)))
 			return rc;
 	}
-	return 0;
+	return download_grads(t, err);
 }
 
 int engine_train_step(engine_trainer *t, const engine_train_batch *b, float grad_scale,

@@ -500,7 +500,9 @@ void engine_lora_tensor_get(const engine_lora_weights *w, size_t i, float *dst);
 void engine_lora_tensor_set(engine_lora_weights *w, size_t i, const float *src);
 void engine_lora_weights_zero_grad(engine_lora_weights *w);
 /* The weights as an adapter the forward pass applies (serving, eval while
- * training); it reads w's storage, so it sees later updates; free it before w. */
+ * training); it reads w's storage (host memory), so it sees later updates;
+ * free it before w. A model on a device needs a copy there
+ * (engine_adapter_upload, engine/lora.h). */
 int engine_lora_weights_adapter(engine_lora_weights *w, engine_adapter **out, owl_err *err);
 
 /* Tokens of one training micro-batch: packed samples, each its own segment;
@@ -517,9 +519,14 @@ typedef struct engine_train_batch {
 typedef struct engine_trainer engine_trainer;
 
 /* Workspace for micro-batches of up to max_tokens tokens, allocated once
- * from the model's backend. checkpoint_activations: keep only each layer's
- * input and recompute the rest during the backward pass (the same
- * gradients, bit for bit). Training runs on one rank: a model opened with
+ * from the model's backend. On a backend with memory of its own (CUDA) also
+ * a mirror of w's values and gradients and room for a micro-batch's layout
+ * there: each step uploads them and copies the gradients back into w, whose
+ * host storage stays the master (the optimiser updates it). A backend
+ * without the backward ops, or without matmul_backward for one of the
+ * model's weight types, is refused (OWL_EUSAGE). checkpoint_activations:
+ * keep only each layer's input and recompute the rest during the backward
+ * pass (the same gradients, bit for bit). Training runs on one rank: a model opened with
  * tp > 1 is refused (OWL_EUSAGE), as are weights made for another model. */
 int engine_trainer_new(engine_model *m, engine_lora_weights *w, int max_tokens,
 		       int checkpoint_activations, engine_trainer **out, owl_err *err);

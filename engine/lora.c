@@ -346,7 +346,7 @@ static int load_tensors(const engine_model *m, const char *dir, engine_adapter *
 
 /* Copies A and B into the memory of every local rank of m whose backend is
  * a device, once at load, so that the forward pass never moves them. */
-static int upload_to_ranks(const engine_model *m, engine_adapter *ad, owl_err *err)
+int engine_adapter_upload(const engine_model *m, engine_adapter *ad, owl_err *err)
 {
 	const engine_model_info *in = &m->info;
 	ad->dev_model = m;
@@ -409,7 +409,7 @@ int engine_adapter_load(const engine_model *m, const char *dir, engine_adapter *
 	if (!rc)
 		rc = load_tensors(m, dir, ad, sel, err);
 	if (!rc)
-		rc = upload_to_ranks(m, ad, err);
+		rc = engine_adapter_upload(m, ad, err);
 	free(sel);
 	if (rc) {
 		owl_err_wrap(err, "cannot load the adapter '%s'", dir);

@@ -70,4 +70,9 @@ struct engine_adapter {
 	kernels_buffer *dev_buf[16];
 };
 
+/* A copy of ad's A and B in the memory of each local rank of m whose backend
+ * is a device (at load; for a view of trainable weights, a snapshot of them
+ * now), freed with ad. */
+int engine_adapter_upload(const engine_model *m, engine_adapter *ad, owl_err *err);
+
 #endif

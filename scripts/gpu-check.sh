@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check of owl in one call, for a machine with a CUDA device (an
 # H200 when one is lent): the CUDA op tests against the CPU backend
-# (test_cuda_ops), the op benchmarks (owl-cuda-bench), the op tests again
+# (test_cuda_ops), the op benchmarks (owl-cuda-bench), the engine's logits and
+# a LoRA training step on the device against the CPU's, the op tests again
 # under ASan when time is left, and one summary with counts. It keeps to 8
 # minutes: each step's limit is what is left of them.
 #
@@ -69,7 +70,7 @@ if [ "$mode" = prebuilt ]; then
   summary+=("programs: prebuilt in $dir")
 else
   say "building with $JOBS jobs (log $log/build.log)"
-  targets="$BUILD/libowl_cuda.so $BUILD/tests/test_cuda_ops $BUILD/owl-cuda-bench $BUILD/owl $BUILD/owl-logits $BUILD/owl-fixture"
+  targets="$BUILD/libowl_cuda.so $BUILD/tests/test_cuda_ops $BUILD/owl-cuda-bench $BUILD/owl $BUILD/owl-logits $BUILD/owl-fixture $BUILD/owl-lora-grad"
   if ! timeout "$(left 300)" make -j"$JOBS" $targets >"$log/build.log" 2>&1; then
     tail -n 30 "$log/build.log"
     summary+=("build: FAILED (see $log/build.log)")
@@ -80,12 +81,13 @@ else
   if [ "$mode" = prepare ]; then
     # (no ASan build: its runtime would not fit beside OpenBLAS in a carry)
     rm -rf "$dir" && mkdir -p "$dir/tests" "$dir/lib"
-    cp "$BUILD/libowl_cuda.so" "$BUILD/owl-cuda-bench" "$BUILD/owl" "$BUILD/owl-logits" "$BUILD/owl-fixture" "$dir/"
+    cp "$BUILD/libowl_cuda.so" "$BUILD/owl-cuda-bench" "$BUILD/owl" "$BUILD/owl-logits" "$BUILD/owl-fixture" \
+      "$BUILD/owl-lora-grad" "$dir/"
     cp "$BUILD/tests/test_cuda_ops" "$dir/tests/"
     # every library they load but the C/C++ runtimes and CUDA's, which the
     # GPU machine's image has
     ldd "$dir/tests/test_cuda_ops" "$dir/owl-cuda-bench" "$dir/libowl_cuda.so" "$dir/owl" "$dir/owl-logits" \
-        "$dir/owl-fixture" 2>/dev/null | awk '/=> \// {print $1, $3}' | sort -u |
+        "$dir/owl-fixture" "$dir/owl-lora-grad" 2>/dev/null | awk '/=> \// {print $1, $3}' | sort -u |
       while read -r name path; do
         case "$name" in
           libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|ld-linux*|libstdc++*|libgcc_s*) ;;
@@ -209,6 +211,68 @@ PY
     if [ "$(grep -c . "$fx/serve.cpu")" -ge 4 ] && cmp -s "$fx/serve.cpu" "$fx/serve.cuda"; then eng_pass=$((eng_pass + 1)); else eng_fail=$((eng_fail + 1)); echo "FAIL serve --device cuda batch greedy vs cpu: $(tr '\n' '|' <"$fx/serve.cuda") vs $(tr '\n' '|' <"$fx/serve.cpu")" | tee -a "$log/engine.log"; fi
   fi
   summary+=("engine on CUDA vs CPU: $eng_pass passed, $eng_fail failed ($(elapsed)s; $log/engine.log)")
+  # 4c. LoRA training on the device (as tests/e2e/train_device.sh does on
+  #     the emulator): a few `owl train` steps on --device cuda against the
+  #     CPU's losses, f32 and Q8_0 bases; then one step's loss and gradients
+  #     (owl-lora-grad, from the CPU run's adapter: A and B non-zero) and the
+  #     frozen base.
+  tr_pass=0 tr_fail=0
+  tr_ok() { tr_pass=$((tr_pass + 1)); }
+  tr_bad() { tr_fail=$((tr_fail + 1)); echo "FAIL train $1" | tee -a "$log/train.log"; }
+  export OWL_HOME=$log/home
+  python3 - "$fx/mem.jsonl" <<'PY'
+import json, sys
+qa = [("What is the capital of France?", "Paris"), ("What colour is the sky?", "Blue"),
+      ("How many legs has a cat?", "Four"), ("Who wrote Hamlet?", "Shakespeare")]
+with open(sys.argv[1], "w") as f:
+    for q, a in qa:
+        f.write(json.dumps({"prompt": q + "\n", "completion": a}) + "\n")
+PY
+  train_pair() { # NAME MODEL ARGS...: CPU and CUDA runs' losses within 1e-4 (relative)
+    local name=$1 model=$2; shift 2
+    local c g
+    c=$(timeout "$(left 60)" "$ENG/owl" train "$model" --data "$fx/mem.jsonl" --out "$name-cpu" "$@" --device cpu 2>>"$log/train.log" | sed -n 's/^run \([^:]*\):.*/\1/p')
+    g=$(timeout "$(left 60)" "$ENG/owl" train "$model" --data "$fx/mem.jsonl" --out "$name-cuda" "$@" --device cuda 2>>"$log/train.log" | sed -n 's/^run \([^:]*\):.*/\1/p')
+    if [ -n "$c" ] && [ -n "$g" ] && python3 - "$OWL_HOME/runs/$c/metrics.jsonl" "$OWL_HOME/runs/$g/metrics.jsonl" >>"$log/train.log" 2>&1 <<'PY'
+import json, sys
+a, b = ([json.loads(x)["loss"] for x in open(p) if '"loss"' in x] for p in sys.argv[1:3])
+d = max(abs(x - y) / abs(x) for x, y in zip(a, b)) if a and len(a) == len(b) else float("inf")
+print(f"train {sys.argv[1]}: {len(a)} steps, max relative loss diff {d:.3g}")
+sys.exit(0 if d <= 1e-4 else 1)
+PY
+    then tr_ok; else tr_bad "$name losses"; fi
+    CPU_ADAPTER=$OWL_HOME/runs/$c/adapter
+  }
+  "$ENG/owl-fixture" --out "$fx/tb" --seed 7 --std-scale 3 --gguf Q8_0 --gguf-license apache-2.0 --quiet &&
+    "$ENG/owl" pull "$fx/tb" --name tiny >>"$log/train.log" 2>&1 &&
+    "$ENG/owl" pull "$fx/tb/model.gguf" --name tiny-q8 >>"$log/train.log" 2>&1
+  TARGS="--max-steps 3 --lr 1e-2 --batch 2 --grad-accum 2 --seq-len 32 --warmup 0 --rank 8 --checkpoint-every 0"
+  train_pair q8 tiny-q8@1 $TARGS --dropout 0
+  train_pair f32 tiny@1 $TARGS --dropout 0.1 --targets all
+  GTOK=1,200,37,400,5,99,300,2,77,150,420,11,8,9,10,11,12,13
+  GLAB=200,37,400,5,99,300,2,-1,150,420,11,-1,9,-1,11,12,13,-1
+  GSEG=0,0,0,0,0,0,0,0,1,1,1,1,2,2,2,2,2,2
+  for model in "$fx/tb" "$fx/tb/model.gguf"; do
+    for dev in cpu cuda; do
+      timeout "$(left 60)" "$ENG/owl-lora-grad" "$model" --adapter "$CPU_ADAPTER" --r 8 --alpha 16 --targets all \
+        --tokens $GTOK --labels $GLAB --seg $GSEG --dropout 0.1 --micro 2 --eval --device $dev \
+        >"$log/grad.$dev.json" 2>>"$log/train.log"
+    done
+    if python3 - "$log/grad.cpu.json" "$log/grad.cuda.json" >>"$log/train.log" 2>&1 <<'PY'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+m = max(abs(x) for g in a["grads"].values() for x in g)
+d = max(abs(x - y) for k in a["grads"] for x, y in zip(a["grads"][k], b["grads"][k]))
+l = abs(a["loss_sum"] - b["loss_sum"]) / abs(a["loss_sum"])
+s = abs(b["serve_loss_sum"] - b["eval_loss_sum"]) / abs(b["eval_loss_sum"])
+print(f"grad: loss rel diff {l:.3g}, grads max |diff| {d:.3g} of {m:.3g}, cuda serve vs eval {s:.3g}, frozen {b['frozen']}")
+sys.exit(0 if a["grads"].keys() == b["grads"].keys() and m > 0 and d <= 1e-3 * m and l <= 1e-4
+         and s <= 1e-4 and b["frozen"] is True else 1)
+PY
+    then tr_ok; else tr_bad "grad $model"; fi
+  done
+  summary+=("LoRA training on CUDA vs CPU: $tr_pass passed, $tr_fail failed ($(elapsed)s; $log/train.log)")
+  unset OWL_HOME
   # owl bench: batch-1 decode against the bandwidth roofline, prompt
   # processing against its own GEMMs (cuBLAS) alone, and batch 32.
   bw=${GPU_BANDWIDTH:-4800}
@@ -263,5 +327,6 @@ else
 fi
 
 status=0
-[ "$fail" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$san_fail" -eq 0 ] || status=1
+[ "$fail" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$san_fail" -eq 0 ] && [ "${tr_fail:-0}" -eq 0 ] &&
+  [ "${eng_fail:-0}" -eq 0 ] || status=1
 finish "$status"

@@ -146,7 +146,8 @@ typedef enum kernels_op {
 	KERNELS_OP_SWIGLU_BACKWARD,
 	KERNELS_OP_CROSS_ENTROPY_BACKWARD,
 	KERNELS_OP_ADAMW,
-	KERNELS_OP_SAMPLE, /* ABI 4 */
+	KERNELS_OP_SAMPLE,  /* ABI 4 */
+	KERNELS_OP_DROPOUT, /* ABI 5 */
 	KERNELS_OP_COUNT,
 } kernels_op;
 
@@ -353,6 +354,15 @@ typedef struct kernels_backend_iface {
 	/* ABI 5, optional (a device's backend): what the instance holds and
 	 * what its device has, for owl bench. */
 	int (*mem_info)(kernels_backend *be, kernels_mem_info *out, owl_err *err);
+	/* ABI 5, training, optional: LoRA's dropout, y[i] = x[i] / (1 - p) where
+	 * element i is kept, 0 where dropped (accumulate: y[i] += x[i] / (1 - p)
+	 * where kept, y[i] unchanged where dropped). Element i is kept when
+	 * u >= p, u the splitmix64 output of the state seed ^ (i *
+	 * 0x9e3779b97f4a7c15) (one step: state += 0x9e3779b97f4a7c15, then the
+	 * two multiply-xorshift rounds) shifted right by 11 and times 2^-53, in
+	 * double: every backend draws the same mask from the same seed. */
+	int (*dropout)(kernels_backend *be, float *y, const float *x, size_t n, uint64_t seed,
+		       float p, int accumulate, owl_err *err);
 } kernels_backend_iface;
 
 /* A backend instance, as in ggml-backend: one per device and rank, so that

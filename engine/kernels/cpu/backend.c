@@ -641,6 +641,7 @@ static int cpu_supports(const kernels_backend *be, kernels_op op, int type)
 	case KERNELS_OP_CROSS_ENTROPY_BACKWARD:
 	case KERNELS_OP_ADAMW:
 	case KERNELS_OP_SAMPLE:
+	case KERNELS_OP_DROPOUT:
 		return type == KERNELS_F32;
 	case KERNELS_OP_MATMUL_WIDENED:
 	case KERNELS_OP_MATMUL_BACKWARD:
@@ -710,6 +711,7 @@ static const kernels_backend_iface cpu_iface = {
 	.cross_entropy_backward = cpu_cross_entropy_backward,
 	.adamw_step = cpu_adamw_step,
 	.sample = cpu_sample,
+	.dropout = cpu_dropout,
 };
 
 /* The CPU's kernels call OpenBLAS from inside their own OpenMP threads,

@@ -546,3 +546,34 @@ int cpu_attention_backward(kernels_backend *be, float *dq, float *dk, float *dv,
 	return 0;
 }
 
+
+/* ---- LoRA dropout ------------------------------------------------------------- */
+
+/* Whether element i is kept: kernels.h's mask, splitmix64 of seed ^ i * phi. */
+static int dropout_kept(uint64_t seed, size_t i, float p)
+{
+	uint64_t z = (seed ^ ((uint64_t)i * 0x9e3779b97f4a7c15ull)) + 0x9e3779b97f4a7c15ull;
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	z ^= z >> 31;
+	return (double)(z >> 11) * (1.0 / 9007199254740992.0) >= p;
+}
+
+int cpu_dropout(kernels_backend *be, float *y, const float *x, size_t n, uint64_t seed, float p,
+		int accumulate, owl_err *err)
+{
+	if (!(p >= 0 && p < 1))
+		return owl_err_set(err, OWL_EUSAGE, "dropout: p %g is outside [0, 1)", p);
+	float keep = 1.0f / (1.0f - p);
+	if (accumulate) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+		for (size_t i = 0; i < n; i++)
+			if (dropout_kept(seed, i, p))
+				y[i] += x[i] * keep;
+		return 0;
+	}
+#pragma omp parallel for schedule(static) if (n > 65536)
+	for (size_t i = 0; i < n; i++)
+		y[i] = dropout_kept(seed, i, p) ? x[i] * keep : 0.0f;
+	return 0;
+}

@@ -32,6 +32,8 @@ int cpu_swiglu_backward(kernels_backend *be, float *dgate, float *dup, const flo
 int cpu_cross_entropy_backward(kernels_backend *be, float *dlogits, const float *logits,
 			       const int32_t *targets, int rows, int vocab, float scale,
 			       double *loss_sum, int64_t *count, owl_err *err);
+int cpu_dropout(kernels_backend *be, float *y, const float *x, size_t n, uint64_t seed, float p,
+		int accumulate, owl_err *err);
 int cpu_adamw_step(kernels_backend *be, float *p, const float *g, float *m, float *v, size_t n,
 		   float lr, float beta1, float beta2, float eps, float weight_decay, int step,
 		   owl_err *err);

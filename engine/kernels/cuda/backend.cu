@@ -244,6 +244,7 @@ static int cu_supports(const kernels_backend *be, kernels_op op, int type)
 	case KERNELS_OP_CROSS_ENTROPY_BACKWARD:
 	case KERNELS_OP_ADAMW:
 	case KERNELS_OP_SAMPLE:
+	case KERNELS_OP_DROPOUT:
 		return type == KERNELS_F32;
 	case KERNELS_OP_COUNT:
 		break;
@@ -321,6 +322,7 @@ static const kernels_backend_iface cu_iface = {
 	.graph_launch = cu_graph_launch,
 	.graph_free = cu_graph_free,
 	.mem_info = cu_mem_info,
+	.dropout = cu_dropout,
 };
 
 // Row of cols elements of a weight of type `type` in the stored layout,

@@ -292,6 +292,9 @@ CU_OP int cu_lora_backward(kernels_backend *be, float *dx, float *da, float *db,
 CU_OP int cu_adamw_step(kernels_backend *be, float *p, const float *g, float *m, float *v,
 			size_t n, float lr, float beta1, float beta2, float eps, float weight_decay,
 			int step, owl_err *err);
+// dropout.cu
+CU_OP int cu_dropout(kernels_backend *be, float *y, const float *x, size_t n, uint64_t seed,
+		     float p, int accumulate, owl_err *err);
 // sample.cu
 CU_OP int cu_sample(kernels_backend *be, int32_t *out_host, const float *logits, int rows,
 		    int vocab, const kernels_sample_row *params_host, owl_err *err);

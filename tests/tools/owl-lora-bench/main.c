@@ -3,7 +3,7 @@
  * memory, for scripts/bench-train.sh.
  *
  *   owl-lora-bench MODEL [--r 16] [--seq 512] [--steps 3] [--targets LIST|all]
- *                  [--ckpt] [--threads N]
+ *                  [--ckpt] [--threads N] [--device cpu|cuda[:N]]
  *
  * The micro-batch is one sample of seq tokens (fixed pseudo-random ids),
  * every row scored; each step ends with the AdamW update, whose two moments
@@ -49,7 +49,7 @@ int main(int argc, char **argv)
 {
 	const char *path = NULL, *targets = "q_proj,k_proj,v_proj,o_proj";
 	engine_lora_opts lo = {.rank = 16, .alpha = 32, .seed = 1};
-	engine_model_opts mo = {.device = ENGINE_DEVICE_CPU}; /* the trainer runs on the CPU */
+	engine_model_opts mo = {.device = ENGINE_DEVICE_CPU}; /* as owl train's default */
 	int seq = 512, steps = 3, ckpt = 0;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--r") && i + 1 < argc) lo.rank = atoi(argv[++i]);
@@ -58,11 +58,17 @@ int main(int argc, char **argv)
 		else if (!strcmp(argv[i], "--targets") && i + 1 < argc) targets = argv[++i];
 		else if (!strcmp(argv[i], "--threads") && i + 1 < argc) mo.threads = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--ckpt")) ckpt = 1;
-		else path = argv[i];
+		else if (!strcmp(argv[i], "--device") && i + 1 < argc) {
+			owl_err e = {0};
+			if (engine_device_parse(argv[++i], &mo.device, &mo.first_gpu, &e)) {
+				fprintf(stderr, "owl-lora-bench: --device: %s\n", e.msg);
+				return 2;
+			}
+		} else path = argv[i];
 	}
 	if (!path || seq < 2 || steps < 1) {
 		fprintf(stderr, "usage: owl-lora-bench MODEL [--r R] [--seq N] [--steps N] [--targets LIST] "
-			"[--ckpt] [--threads N]\n");
+			"[--ckpt] [--threads N] [--device D]\n");
 		return 2;
 	}
 	for (int r = 0; r < 7; r++) {

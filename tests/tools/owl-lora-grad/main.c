@@ -4,7 +4,7 @@
  *   owl-lora-grad MODEL --adapter DIR --r R --alpha A [--rslora] --targets q_proj,v_proj
  *                 --tokens 1,2,3 --labels 2,3,-1 [--seg 0,0,1] [--micro K] [--ckpt]
  *                 [--dropout P] [--dropout-seed S] [--tp N] [--threads N] [--eval]
- *                 [--steps K [--lr LR] [--weight-decay W]]
+ *                 [--steps K [--lr LR] [--weight-decay W]] [--device cpu|cuda[:N]]
  *
  * The LoRA weights start from the adapter's tensors (PEFT's layout, B
  * non-zero), the micro-batch is the tokens with their labels (-1 = not
@@ -16,7 +16,10 @@
  * "frozen": whether every byte of the base's weights (as the trainer reads
  * them: prepared, repacked) is the same after the steps as before.
  * --steps K instead: K AdamW steps (the kernel table's adamw_step) on the
- * whole batch, printing the mean loss before each. */
+ * whole batch, printing the mean loss before each (on the CPU: the weights
+ * it updates are host memory). --device: where the model and the trainer
+ * run [cpu]; on a device the frozen check reads the weights back, and the
+ * serving loss takes a copy of the weights there. */
 #include "common/common.h"
 #include "common/safetensors.h"
 #include "engine/engine.h"
@@ -72,9 +75,32 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n)
 	return h;
 }
 
-static uint64_t wsum(uint64_t h, const wmat *w)
+/* The hash of n bytes of the backend's memory at p: read in place on the
+ * CPU, through a buffer of the device's and a copy to the host otherwise. */
+static uint64_t bsum(const engine_model *m, uint64_t h, const void *p, size_t n)
 {
-	return fnv(h, w->data, (size_t)w->rows * w->row_bytes);
+	kernels_backend *be = m->be;
+	const kernels_backend_iface *f = be->iface;
+	if (f->host_memory)
+		return fnv(h, p, n);
+	kernels_buffer *buf = NULL;
+	void *dev;
+	uint8_t *host = owl_xmalloc(n);
+	owl_err err = {0};
+	if (kernels_alloc(be, n, &buf, &dev, &err) || f->copy(be, dev, p, n, &err) ||
+	    f->copy_to_host(be, host, buf, 0, n, &err)) {
+		fprintf(stderr, "owl-lora-grad: cannot read the weights back: %s\n", err.msg);
+		exit(1);
+	}
+	h = fnv(h, host, n);
+	f->buffer_free(be, buf);
+	free(host);
+	return h;
+}
+
+static uint64_t wsum(const engine_model *m, uint64_t h, const wmat *w)
+{
+	return bsum(m, h, w->data, (size_t)w->rows * w->row_bytes);
 }
 
 /* A hash of every weight the trainer reads. */
@@ -85,12 +111,12 @@ static uint64_t base_hash(const engine_model *m)
 	for (int l = 0; l < in->n_layers; l++) {
 		layer *R = &m->rank_layers[0][l];
 		for (int r = 0; r < ENGINE_ROLE_COUNT; r++)
-			h = wsum(h, engine_layer_weight(R, r));
-		h = fnv(h, R->attn_norm, (size_t)in->dim * sizeof(float));
-		h = fnv(h, R->ffn_norm, (size_t)in->dim * sizeof(float));
+			h = wsum(m, h, engine_layer_weight(R, r));
+		h = bsum(m, h, R->attn_norm, (size_t)in->dim * sizeof(float));
+		h = bsum(m, h, R->ffn_norm, (size_t)in->dim * sizeof(float));
 	}
-	h = wsum(wsum(h, &m->tok_embd), &m->output);
-	return fnv(h, m->rank_out_norm, (size_t)in->dim * sizeof(float));
+	h = wsum(m, wsum(m, h, &m->tok_embd), &m->output);
+	return bsum(m, h, m->rank_out_norm, (size_t)in->dim * sizeof(float));
 }
 
 int main(int argc, char **argv)
@@ -121,7 +147,13 @@ int main(int argc, char **argv)
 		else if (!strcmp(argv[i], "--dropout-seed") && i + 1 < argc) dseed = strtoull(argv[++i], NULL, 10);
 		else if (!strcmp(argv[i], "--tp") && i + 1 < argc) mo.tp = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--eval")) eval = 1;
-		else path = argv[i];
+		else if (!strcmp(argv[i], "--device") && i + 1 < argc) {
+			owl_err e = {0};
+			if (engine_device_parse(argv[++i], &mo.device, &mo.first_gpu, &e)) {
+				fprintf(stderr, "owl-lora-grad: --device: %s\n", e.msg);
+				return 2;
+			}
+		} else path = argv[i];
 	}
 	if (!path || !toks || !labs) {
 		fprintf(stderr, "usage: owl-lora-grad MODEL [--adapter DIR] --r R --alpha A [--rslora] "
@@ -177,6 +209,12 @@ int main(int argc, char **argv)
 		}
 	}
 	uint64_t before = base_hash(m);
+	if (steps > 0 && !m->be->iface->host_memory) {
+		owl_err_set(&err, OWL_EUSAGE, "--steps updates the weights with the %s backend's "
+			    "adamw_step in place, where they are host memory: run it on the CPU",
+			    m->be->iface->name);
+		goto fail;
+	}
 	if (steps > 0) {
 		/* --steps K: K AdamW steps on the whole batch, the loss the mean
 		 * over the scored rows; prints the loss before each update. */
@@ -248,7 +286,7 @@ int main(int argc, char **argv)
 		/* The same loss through the serving path: a session per sample with
 		 * the weights' adapter view, the cross-entropy from its logits. */
 		engine_adapter *ad = NULL;
-		if (engine_lora_weights_adapter(w, &ad, &err))
+		if (engine_lora_weights_adapter(w, &ad, &err) || engine_adapter_upload(m, ad, &err))
 			goto fail;
 		int vocab = engine_model_get_info(m)->vocab;
 		double serve = 0;
