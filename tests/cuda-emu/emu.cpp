@@ -16,24 +16,11 @@ uint3 emu_block_idx;
 dim3 emu_block_dim, emu_grid_dim;
 
 static void *dyn_shared;
-static pthread_barrier_t block_barrier;
 enum { MAX_WARPS = 32 };
-static pthread_barrier_t warp_barrier[MAX_WARPS];
 static unsigned long long warp_slots[MAX_WARPS][32];
 static std::mutex atomic_lock;
 
 void *emu_dyn_shared(void) { return dyn_shared; }
-
-void __syncthreads(void) { pthread_barrier_wait(&block_barrier); }
-
-unsigned long long emu_warp_exchange(unsigned long long mine, int src)
-{
-	int w = threadIdx.x / 32, lane = threadIdx.x % 32;
-	pthread_barrier_wait(&warp_barrier[w]); // the slots' last readers are done
-	warp_slots[w][lane] = mine;
-	pthread_barrier_wait(&warp_barrier[w]);
-	return warp_slots[w][src];
-}
 
 float atomicAdd(float *p, float v)
 {
@@ -43,47 +30,35 @@ float atomicAdd(float *p, float v)
 	return old;
 }
 
-// One host thread per thread of a block, for the whole launch: each walks
-// the grid's blocks in order with the others, a block starting when all of
-// them have finished the one before (creating threads per block would cost
-// more than the kernels).
-struct launch {
-	dim3 grid;
-	size_t smem;
-	const std::function<void()> *body;
-	pthread_barrier_t between; // every thread of the block, between blocks
-};
+// A block's barriers: 0 is __syncthreads (every thread of the block), 1 + w
+// warp w's 32 threads (the shuffles' exchange).
+static void barrier_wait(int b);
 
-struct thread_arg {
-	unsigned x;
-	launch *l;
-};
+void __syncthreads(void) { barrier_wait(0); }
 
-static void *thread_main(void *p)
+unsigned long long emu_warp_exchange(unsigned long long mine, int src)
 {
-	thread_arg *a = (thread_arg *)p;
-	launch *l = a->l;
-	emu_thread_idx = {a->x, 0, 0};
-	for (unsigned z = 0; z < l->grid.z; z++)
-		for (unsigned y = 0; y < l->grid.y; y++)
-			for (unsigned x = 0; x < l->grid.x; x++) {
-				if (a->x == 0) {
-					emu_block_idx = {x, y, z};
-					// fresh, poisoned shared memory per block: a kernel must
-					// not read what it did not write (0xff bytes are NaNs)
-					dyn_shared = l->smem ? malloc(l->smem) : NULL;
-					if (l->smem)
-						memset(dyn_shared, 0xff, l->smem);
-				}
-				pthread_barrier_wait(&l->between);
-				(*l->body)();
-				pthread_barrier_wait(&l->between);
-				if (a->x == 0) {
-					free(dyn_shared);
-					dyn_shared = NULL;
-				}
-			}
-	return NULL;
+	int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+	barrier_wait(1 + w); // the slots' last readers are done
+	warp_slots[w][lane] = mine;
+	barrier_wait(1 + w);
+	return warp_slots[w][src];
+}
+
+// Fresh, poisoned shared memory per block: a kernel must not read what it
+// did not write (0xff bytes are NaNs).
+static void block_begin(unsigned x, unsigned y, unsigned z, size_t smem)
+{
+	emu_block_idx = {x, y, z};
+	dyn_shared = smem ? malloc(smem) : NULL;
+	if (smem)
+		memset(dyn_shared, 0xff, smem);
+}
+
+static void block_end(void)
+{
+	free(dyn_shared);
+	dyn_shared = NULL;
 }
 
 // One launch at a time: the grid's dimensions and the barriers are the
@@ -91,6 +66,188 @@ static void *thread_main(void *p)
 // engine's tensor-parallel ranks) launch at the same time. Serialising the
 // launches is one of the orders a device may run two streams in.
 static std::mutex launch_lock;
+
+#if !defined(__SANITIZE_ADDRESS__)
+// Every CUDA thread of a block is a fiber (ucontext) on the launching
+// thread: a barrier switches to the next thread that can run, in user
+// space. (Host threads for CUDA threads spent most of the emulated
+// engine's time in the kernel's futexes, 256 threads on two cores.) A
+// block whose threads wait at a barrier that the others never reach is
+// reported and aborts, where a device would hang.
+#include <ucontext.h>
+
+enum { FIBER_STACK = 256 << 10, RUNNABLE = 0, WAITING, DONE };
+struct fiber {
+	ucontext_t ctx;
+	char *stack;
+	int state, waiting_on;
+};
+static fiber fibers[MAX_WARPS * 32];
+static ucontext_t scheduler;
+static int running;      // the fiber now running
+static int arrived[1 + MAX_WARPS];
+static const std::function<void()> *block_body;
+
+static void fiber_main(void)
+{
+	(*block_body)();
+	fibers[running].state = DONE; // uc_link returns to the scheduler
+}
+
+static void barrier_wait(int b)
+{
+	int first = b == 0 ? 0 : 32 * (b - 1), n = b == 0 ? (int)emu_block_dim.x : 32;
+	if (++arrived[b] == n) { // the last to arrive releases the others and goes on
+		arrived[b] = 0;
+		for (int t = first; t < first + n; t++)
+			if (fibers[t].state == WAITING && fibers[t].waiting_on == b)
+				fibers[t].state = RUNNABLE;
+		return;
+	}
+	fiber *f = &fibers[running];
+	f->state = WAITING;
+	f->waiting_on = b;
+	swapcontext(&f->ctx, &scheduler);
+}
+
+static void run_block(unsigned n)
+{
+	for (unsigned t = 0; t < n; t++) {
+		fiber *f = &fibers[t];
+		if (!f->stack && !(f->stack = (char *)malloc(FIBER_STACK))) {
+			fprintf(stderr, "emu: cannot allocate a thread's stack\n");
+			abort();
+		}
+		getcontext(&f->ctx);
+		f->ctx.uc_stack.ss_sp = f->stack;
+		f->ctx.uc_stack.ss_size = FIBER_STACK;
+		f->ctx.uc_link = &scheduler;
+		makecontext(&f->ctx, fiber_main, 0);
+		f->state = RUNNABLE;
+	}
+	memset(arrived, 0, sizeof arrived);
+	for (unsigned done = 0; done < n;) {
+		int ran = 0;
+		for (unsigned t = 0; t < n; t++) {
+			if (fibers[t].state != RUNNABLE)
+				continue;
+			ran = 1;
+			running = (int)t;
+			emu_thread_idx = {t, 0, 0};
+			swapcontext(&scheduler, &fibers[t].ctx);
+			done += fibers[t].state == DONE;
+		}
+		if (!ran) {
+			fprintf(stderr, "emu: block (%u, %u, %u): threads wait at a barrier that the "
+				"others of their block or warp never reach\n", emu_block_idx.x,
+				emu_block_idx.y, emu_block_idx.z);
+			abort();
+		}
+	}
+}
+
+static void launch_blocks(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body)
+{
+	block_body = &body;
+	for (unsigned z = 0; z < grid.z; z++)
+		for (unsigned y = 0; y < grid.y; y++)
+			for (unsigned x = 0; x < grid.x; x++) {
+				block_begin(x, y, z, smem);
+				run_block(block.x);
+				block_end();
+			}
+	block_body = NULL;
+}
+#else
+// Under ASan, which does not follow a stack switched by swapcontext, every
+// CUDA thread of a block is a host thread of a pool made once; each walks
+// the grid's blocks in order with the others, a block starting when all of
+// them have finished the one before.
+#include <semaphore.h>
+
+static pthread_barrier_t barriers[1 + MAX_WARPS], between;
+static void barrier_wait(int b) { pthread_barrier_wait(&barriers[b]); }
+
+struct launch {
+	dim3 grid;
+	size_t smem;
+	const std::function<void()> *body;
+};
+static std::vector<sem_t *> worker_go;
+static sem_t workers_done;
+static const launch *current_launch;
+
+static void *worker_main(void *p)
+{
+	unsigned x = (unsigned)(uintptr_t)p;
+	for (;;) {
+		while (sem_wait(worker_go[x]) != 0)
+			; // EINTR
+		const launch *l = current_launch;
+		emu_thread_idx = {x, 0, 0};
+		for (unsigned z = 0; z < l->grid.z; z++)
+			for (unsigned y = 0; y < l->grid.y; y++)
+				for (unsigned bx = 0; bx < l->grid.x; bx++) {
+					if (x == 0)
+						block_begin(bx, y, z, l->smem);
+					pthread_barrier_wait(&between);
+					(*l->body)();
+					pthread_barrier_wait(&between);
+					if (x == 0)
+						block_end();
+				}
+		sem_post(&workers_done);
+	}
+	return NULL;
+}
+
+// Enough workers for a block of n threads (called under launch_lock).
+static void workers_for(unsigned n)
+{
+	if (worker_go.empty() && sem_init(&workers_done, 0, 0) != 0) {
+		perror("emu: sem_init");
+		abort();
+	}
+	pthread_attr_t attr;
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	while (worker_go.size() < n) {
+		sem_t *go = new sem_t;
+		pthread_t th;
+		if (sem_init(go, 0, 0) != 0) {
+			perror("emu: sem_init");
+			abort();
+		}
+		worker_go.push_back(go);
+		if (pthread_create(&th, &attr, worker_main, (void *)(uintptr_t)(worker_go.size() - 1))) {
+			perror("emu: pthread_create");
+			abort();
+		}
+	}
+	pthread_attr_destroy(&attr);
+}
+
+static void launch_blocks(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body)
+{
+	launch l = {grid, smem, &body};
+	pthread_barrier_init(&between, NULL, block.x);
+	pthread_barrier_init(&barriers[0], NULL, block.x);
+	for (unsigned w = 0; w < block.x / 32; w++)
+		pthread_barrier_init(&barriers[1 + w], NULL, 32);
+	workers_for(block.x);
+	current_launch = &l;
+	for (unsigned t = 0; t < block.x; t++)
+		sem_post(worker_go[t]);
+	for (unsigned t = 0; t < block.x; t++)
+		while (sem_wait(&workers_done) != 0)
+			; // EINTR
+	current_launch = NULL;
+	pthread_barrier_destroy(&between);
+	pthread_barrier_destroy(&barriers[0]);
+	for (unsigned w = 0; w < block.x / 32; w++)
+		pthread_barrier_destroy(&barriers[1 + w]);
+}
+#endif
 
 // ---- graphs: what a thread queues while it records runs later, each time
 // the graph is launched; calls a device cannot record (synchronous copies,
@@ -141,26 +298,7 @@ static void run_now(dim3 grid, dim3 block, size_t smem, const std::function<void
 	}
 	emu_grid_dim = grid;
 	emu_block_dim = block;
-	launch l = {grid, smem, &body, {}};
-	pthread_barrier_init(&l.between, NULL, block.x);
-	pthread_barrier_init(&block_barrier, NULL, block.x);
-	for (unsigned w = 0; w < block.x / 32; w++)
-		pthread_barrier_init(&warp_barrier[w], NULL, 32);
-	std::vector<pthread_t> th(block.x);
-	std::vector<thread_arg> args(block.x);
-	for (unsigned t = 0; t < block.x; t++) {
-		args[t] = {t, &l};
-		if (pthread_create(&th[t], NULL, thread_main, &args[t])) {
-			perror("emu: pthread_create");
-			abort();
-		}
-	}
-	for (unsigned t = 0; t < block.x; t++)
-		pthread_join(th[t], NULL);
-	pthread_barrier_destroy(&l.between);
-	pthread_barrier_destroy(&block_barrier);
-	for (unsigned w = 0; w < block.x / 32; w++)
-		pthread_barrier_destroy(&warp_barrier[w]);
+	launch_blocks(grid, block, smem, body);
 }
 
 // ---- the runtime on host memory --------------------------------------------
