@@ -173,7 +173,9 @@ struct launch {
 	size_t smem;
 	const std::function<void()> *body;
 };
-static std::vector<sem_t *> worker_go;
+// Fixed places: a worker reads its semaphore while others are being made.
+static sem_t worker_go[MAX_WARPS * 32];
+static unsigned n_workers;
 static sem_t workers_done;
 static const launch *current_launch;
 
@@ -181,7 +183,7 @@ static void *worker_main(void *p)
 {
 	unsigned x = (unsigned)(uintptr_t)p;
 	for (;;) {
-		while (sem_wait(worker_go[x]) != 0)
+		while (sem_wait(&worker_go[x]) != 0)
 			; // EINTR
 		const launch *l = current_launch;
 		emu_thread_idx = {x, 0, 0};
@@ -204,22 +206,20 @@ static void *worker_main(void *p)
 // Enough workers for a block of n threads (called under launch_lock).
 static void workers_for(unsigned n)
 {
-	if (worker_go.empty() && sem_init(&workers_done, 0, 0) != 0) {
+	if (!n_workers && sem_init(&workers_done, 0, 0) != 0) {
 		perror("emu: sem_init");
 		abort();
 	}
 	pthread_attr_t attr;
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	while (worker_go.size() < n) {
-		sem_t *go = new sem_t;
+	while (n_workers < n) {
 		pthread_t th;
-		if (sem_init(go, 0, 0) != 0) {
+		if (sem_init(&worker_go[n_workers], 0, 0) != 0) {
 			perror("emu: sem_init");
 			abort();
 		}
-		worker_go.push_back(go);
-		if (pthread_create(&th, &attr, worker_main, (void *)(uintptr_t)(worker_go.size() - 1))) {
+		if (pthread_create(&th, &attr, worker_main, (void *)(uintptr_t)n_workers++)) {
 			perror("emu: pthread_create");
 			abort();
 		}
@@ -237,7 +237,7 @@ static void launch_blocks(dim3 grid, dim3 block, size_t smem, const std::functio
 	workers_for(block.x);
 	current_launch = &l;
 	for (unsigned t = 0; t < block.x; t++)
-		sem_post(worker_go[t]);
+		sem_post(&worker_go[t]);
 	for (unsigned t = 0; t < block.x; t++)
 		while (sem_wait(&workers_done) != 0)
 			; // EINTR
