@@ -52,3 +52,16 @@ expect_eq() {
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
+
+# A memorisation set for training: four questions and their one-word answers
+# as prompt/completion lines, into FILE.
+write_memorisation_set() {
+  python3 - "$1" <<'PY'
+import json, sys
+qa = [("What is the capital of France?", "Paris"), ("What colour is the sky?", "Blue"),
+      ("How many legs has a cat?", "Four"), ("Who wrote Hamlet?", "Shakespeare")]
+with open(sys.argv[1], "w") as f:
+    for q, a in qa:
+        f.write(json.dumps({"prompt": q + "\n", "completion": a}) + "\n")
+PY
+}

@@ -25,14 +25,7 @@ owl pull "$T/base" --name tiny
 expect_rc pull_base 0
 
 # A memorisation set: four questions and their one-word answers.
-python3 - "$T/mem.jsonl" <<'EOF'
-import json, sys
-qa = [("What is the capital of France?", "Paris"), ("What colour is the sky?", "Blue"),
-      ("How many legs has a cat?", "Four"), ("Who wrote Hamlet?", "Shakespeare")]
-with open(sys.argv[1], "w") as f:
-    for q, a in qa:
-        f.write(json.dumps({"prompt": q + "\n", "completion": a}) + "\n")
-EOF
+write_memorisation_set "$T/mem.jsonl"
 
 # ---- a run that registers an adapter ---------------------------------------------------
 owl train tiny@1 --data "$T/mem.jsonl" --out tiny-mem --max-steps 40 --lr 1e-2 --batch 4 \

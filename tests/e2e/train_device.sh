@@ -28,14 +28,7 @@ expect_rc pull_base 0
 owl pull "$T/base/model.gguf" --name tiny-q8
 expect_rc pull_q8_base 0
 
-python3 - "$T/mem.jsonl" <<'EOF'
-import json, sys
-qa = [("What is the capital of France?", "Paris"), ("What colour is the sky?", "Blue"),
-      ("How many legs has a cat?", "Four"), ("Who wrote Hamlet?", "Shakespeare")]
-with open(sys.argv[1], "w") as f:
-    for q, a in qa:
-        f.write(json.dumps({"prompt": q + "\n", "completion": a}) + "\n")
-EOF
+write_memorisation_set "$T/mem.jsonl"
 
 # ---- refusals and the default --------------------------------------------------
 TRAIN=(--data "$T/mem.jsonl" --max-steps 3 --lr 1e-2 --batch 2 --grad-accum 2 --seq-len 32
