@@ -67,14 +67,28 @@ static void block_end(void)
 // launches is one of the orders a device may run two streams in.
 static std::mutex launch_lock;
 
-#if !defined(__SANITIZE_ADDRESS__)
 // Every CUDA thread of a block is a fiber (ucontext) on the launching
 // thread: a barrier switches to the next thread that can run, in user
 // space. (Host threads for CUDA threads spent most of the emulated
 // engine's time in the kernel's futexes, 256 threads on two cores.) A
 // block whose threads wait at a barrier that the others never reach is
-// reported and aborts, where a device would hang.
+// reported and aborts, where a device would hang. ASan is told of every
+// switch of stacks, so that it follows the fibers.
 #include <ucontext.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+static void switch_begin(void **save, const void *bottom, size_t size)
+{
+	__sanitizer_start_switch_fiber(save, bottom, size);
+}
+static void switch_end(void *save, const void **bottom_old, size_t *size_old)
+{
+	__sanitizer_finish_switch_fiber(save, bottom_old, size_old);
+}
+#else
+static void switch_begin(void **, const void *, size_t) {}
+static void switch_end(void *, const void **, size_t *) {}
+#endif
 
 enum { FIBER_STACK = 256 << 10, RUNNABLE = 0, WAITING, DONE };
 struct fiber {
@@ -84,14 +98,19 @@ struct fiber {
 };
 static fiber fibers[MAX_WARPS * 32];
 static ucontext_t scheduler;
-static int running;      // the fiber now running
+static const void *scheduler_stack; // the launching thread's, for ASan
+static size_t scheduler_stack_size;
+static int running;                 // the fiber now running
 static int arrived[1 + MAX_WARPS];
 static const std::function<void()> *block_body;
 
 static void fiber_main(void)
 {
+	switch_end(NULL, &scheduler_stack, &scheduler_stack_size);
 	(*block_body)();
-	fibers[running].state = DONE; // uc_link returns to the scheduler
+	fibers[running].state = DONE;
+	switch_begin(NULL, scheduler_stack, scheduler_stack_size); // this stack ends here
+	// returning goes to uc_link: the scheduler
 }
 
 static void barrier_wait(int b)
@@ -107,7 +126,10 @@ static void barrier_wait(int b)
 	fiber *f = &fibers[running];
 	f->state = WAITING;
 	f->waiting_on = b;
+	void *save = NULL;
+	switch_begin(&save, scheduler_stack, scheduler_stack_size);
 	swapcontext(&f->ctx, &scheduler);
+	switch_end(save, &scheduler_stack, &scheduler_stack_size);
 }
 
 static void run_block(unsigned n)
@@ -134,7 +156,10 @@ static void run_block(unsigned n)
 			ran = 1;
 			running = (int)t;
 			emu_thread_idx = {t, 0, 0};
+			void *save = NULL;
+			switch_begin(&save, fibers[t].stack, FIBER_STACK);
 			swapcontext(&scheduler, &fibers[t].ctx);
+			switch_end(save, NULL, NULL);
 			done += fibers[t].state == DONE;
 		}
 		if (!ran) {
@@ -158,96 +183,6 @@ static void launch_blocks(dim3 grid, dim3 block, size_t smem, const std::functio
 			}
 	block_body = NULL;
 }
-#else
-// Under ASan, which does not follow a stack switched by swapcontext, every
-// CUDA thread of a block is a host thread of a pool made once; each walks
-// the grid's blocks in order with the others, a block starting when all of
-// them have finished the one before.
-#include <semaphore.h>
-
-static pthread_barrier_t barriers[1 + MAX_WARPS], between;
-static void barrier_wait(int b) { pthread_barrier_wait(&barriers[b]); }
-
-struct launch {
-	dim3 grid;
-	size_t smem;
-	const std::function<void()> *body;
-};
-// Fixed places: a worker reads its semaphore while others are being made.
-static sem_t worker_go[MAX_WARPS * 32];
-static unsigned n_workers;
-static sem_t workers_done;
-static const launch *current_launch;
-
-static void *worker_main(void *p)
-{
-	unsigned x = (unsigned)(uintptr_t)p;
-	for (;;) {
-		while (sem_wait(&worker_go[x]) != 0)
-			; // EINTR
-		const launch *l = current_launch;
-		emu_thread_idx = {x, 0, 0};
-		for (unsigned z = 0; z < l->grid.z; z++)
-			for (unsigned y = 0; y < l->grid.y; y++)
-				for (unsigned bx = 0; bx < l->grid.x; bx++) {
-					if (x == 0)
-						block_begin(bx, y, z, l->smem);
-					pthread_barrier_wait(&between);
-					(*l->body)();
-					pthread_barrier_wait(&between);
-					if (x == 0)
-						block_end();
-				}
-		sem_post(&workers_done);
-	}
-	return NULL;
-}
-
-// Enough workers for a block of n threads (called under launch_lock).
-static void workers_for(unsigned n)
-{
-	if (!n_workers && sem_init(&workers_done, 0, 0) != 0) {
-		perror("emu: sem_init");
-		abort();
-	}
-	pthread_attr_t attr;
-	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	while (n_workers < n) {
-		pthread_t th;
-		if (sem_init(&worker_go[n_workers], 0, 0) != 0) {
-			perror("emu: sem_init");
-			abort();
-		}
-		if (pthread_create(&th, &attr, worker_main, (void *)(uintptr_t)n_workers++)) {
-			perror("emu: pthread_create");
-			abort();
-		}
-	}
-	pthread_attr_destroy(&attr);
-}
-
-static void launch_blocks(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body)
-{
-	launch l = {grid, smem, &body};
-	pthread_barrier_init(&between, NULL, block.x);
-	pthread_barrier_init(&barriers[0], NULL, block.x);
-	for (unsigned w = 0; w < block.x / 32; w++)
-		pthread_barrier_init(&barriers[1 + w], NULL, 32);
-	workers_for(block.x);
-	current_launch = &l;
-	for (unsigned t = 0; t < block.x; t++)
-		sem_post(&worker_go[t]);
-	for (unsigned t = 0; t < block.x; t++)
-		while (sem_wait(&workers_done) != 0)
-			; // EINTR
-	current_launch = NULL;
-	pthread_barrier_destroy(&between);
-	pthread_barrier_destroy(&barriers[0]);
-	for (unsigned w = 0; w < block.x / 32; w++)
-		pthread_barrier_destroy(&barriers[1 + w]);
-}
-#endif
 
 // ---- graphs: what a thread queues while it records runs later, each time
 // the graph is launched; calls a device cannot record (synchronous copies,

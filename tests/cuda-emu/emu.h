@@ -1,15 +1,14 @@
 // A host emulator of what the CUDA backend's kernels use, so that the same
 // kernel sources (engine/kernels/cuda/*.cu, built with g++ -DOWL_CUDA_EMU)
 // run on a machine without a GPU: every CUDA thread of a block is a fiber
-// on the launching thread (a host thread of a pool under ASan),
+// on the launching thread (ASan told of each switch of stacks),
 // __syncthreads a barrier of the block's threads, a warp shuffle an
 // exchange through memory between two barriers of the warp's 32 threads,
 // __shared__ memory the block's own (static memory, or a heap block of the
 // launch's size for dynamic shared memory, so that ASan sees overruns).
 // Blocks run one after the other. A kernel whose threads of a warp do not
-// all reach a shuffle, or of a block a __syncthreads, is reported and aborts
-// (the fibers; the ASan build's threads hang, and the test's alarm turns
-// that into a failure), as it would misbehave on a device.
+// all reach a shuffle, or of a block a __syncthreads, is reported and
+// aborts, where it would misbehave on a device.
 // Only the runtime calls the emulated files make are provided (emu.cpp).
 #ifndef OWL_CUDA_EMU_H
 #define OWL_CUDA_EMU_H

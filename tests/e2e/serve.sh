@@ -224,9 +224,16 @@ echo 1 >"$T/rev"
 start slow "$T/slow" --rev-file "$T/rev" --name fixture --threads 1 --max-batch 1 --max-queue 1 \
   --queue-timeout 0.5 --ctx 1024 || exit 1
 long='{"model": "fixture", "prompt": "a long one", "max_tokens": 900, "temperature": 0, "stream": true}'
-# One runs, one waits, the rest are refused.
-qpids=()
-for i in 1 2 3 4; do
+# One runs, one waits, the rest are refused. The first is running before the
+# others arrive: four at once could all find the queue before the scheduler
+# has taken the first from it, and then three are refused and none waits.
+curl -s -o "$T/q1.out" -w '%{http_code}\n' "$URL/v1/completions" -d "$long" >"$T/q1.code" &
+qpids=($!)
+for _ in $(seq 1 200); do
+  [ "$(curl -s "$URL/metrics" | awk '$1 == "owl_running_batch_size" {print $2}')" = 1 ] && break
+  sleep 0.05
+done
+for i in 2 3 4; do
   curl -s -o "$T/q$i.out" -w '%{http_code}\n' "$URL/v1/completions" -d "$long" >"$T/q$i.code" &
   qpids+=($!)
 done
