@@ -2,7 +2,7 @@
  * reads (for the fraction of the memory-bandwidth roofline) and the speed of
  * a prompt's matrix products run alone on the model's own weights (for the
  * fraction of its GEMMs' throughput that prompt processing reaches). */
-#include "internal.h"
+#include "lora.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -16,10 +16,8 @@ uint64_t engine_model_decode_bytes(const engine_model *m)
 	const engine_model_info *in = &m->info;
 	uint64_t bytes = 0;
 	for (int l = 0; l < in->n_layers; l++) {
-		const layer *L = &m->layers[l];
-		const wmat *ws[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-		for (int k = 0; k < 7; k++)
-			bytes += matrix_bytes(ws[k]);
+		for (int r = 0; r < ENGINE_ROLE_COUNT; r++)
+			bytes += matrix_bytes(engine_layer_weight(&m->layers[l], (engine_role)r));
 		bytes += 2 * (uint64_t)in->dim * sizeof(float); /* the two norms */
 	}
 	/* The output matrix is read whole; the embedding lookup reads one row. */
@@ -41,12 +39,10 @@ static int products(engine_model *m, float *x, float *y, int n, owl_err *err)
 	const engine_model_info *in = &m->info;
 	kernels_backend *be = m->ranks[0];
 	int rc = 0;
-	for (int l = 0; l < in->n_layers && !rc; l++) {
-		const layer *R = &m->rank_layers[0][l];
-		const wmat *ws[7] = {&R->wq, &R->wk, &R->wv, &R->wo, &R->w_gate, &R->w_up, &R->w_down};
-		for (int k = 0; k < 7 && !rc; k++)
-			rc = K(be, matmul, y, x, ws[k], n, err);
-	}
+	for (int l = 0; l < in->n_layers && !rc; l++)
+		for (int r = 0; r < ENGINE_ROLE_COUNT && !rc; r++)
+			rc = K(be, matmul, y, x, engine_layer_weight(&m->rank_layers[0][l], (engine_role)r), n,
+			       err);
 	if (!rc)
 		rc = K(be, matmul, y, x, &m->output, 1, err);
 	if (!rc)
@@ -102,12 +98,11 @@ int engine_model_gemm_bench(engine_model *m, int n, int reps, double *seconds, d
 		return rc;
 	}
 	double f = 0;
-	for (int l = 0; l < in->n_layers; l++) {
-		const layer *L = &m->layers[l];
-		const wmat *ws[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-		for (int k = 0; k < 7; k++)
-			f += 2.0 * n * ws[k]->rows * (double)ws[k]->cols;
-	}
+	for (int l = 0; l < in->n_layers; l++)
+		for (int r = 0; r < ENGINE_ROLE_COUNT; r++) {
+			const wmat *w = engine_layer_weight(&m->layers[l], (engine_role)r);
+			f += 2.0 * n * w->rows * (double)w->cols;
+		}
 	f += 2.0 * m->output.rows * (double)m->output.cols;
 	*seconds = t / reps, *flops = f;
 	return 0;
